@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fused_oracle import LazyAdam, MomentumSGD, RowWiseAdagrad, reduce_rows
+from fused_oracle import Adagrad, LazyAdam, MomentumSGD, RowWiseAdagrad, reduce_rows
 
 import embtable
 from embtable.ops._fused_reference import POOL_MEAN, POOL_SUM
@@ -79,7 +79,7 @@ def test_adam_table_bias_correction_equals_sparse_adam(kernel_path):
 
 
 def _run_numpy_oracle(oracle, opt_name, pooling, seed, **options):
-    """Bags through fused_lookup and the NumPy oracle; returns (fused weight, oracle weight)."""
+    """Bags through fused_lookup and the NumPy oracle; returns (fused weight, oracle, optimizer)."""
     torch.manual_seed(seed)
     weight = torch.nn.Parameter(torch.randn(V, D))
     model = oracle(weight.detach().numpy())
@@ -99,7 +99,7 @@ def _run_numpy_oracle(oracle, opt_name, pooling, seed, **options):
         mode = "mean" if pooling == POOL_MEAN else "sum"
         psw_np = None if psw is None else psw.numpy()
         model.update(reduce_rows(ids.numpy(), offsets.numpy(), target.numpy(), psw_np, mode, PAD, True))
-    return weight.detach().numpy(), model
+    return weight.detach().numpy(), model, fused
 
 
 @pytest.mark.parametrize("pooling", [POOL_SUM, POOL_MEAN])
@@ -109,7 +109,7 @@ def test_rowwise_adagrad_equals_fbgemm_formula(kernel_path, pooling, weight_deca
         return RowWiseAdagrad(w, lr=0.1, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
 
     options = {"lr": 0.1, "weight_decay": weight_decay, "decoupled_weight_decay": decoupled}
-    got, model = _run_numpy_oracle(oracle, "rowwise_adagrad", pooling, 4, **options)
+    got, model, _ = _run_numpy_oracle(oracle, "rowwise_adagrad", pooling, 4, **options)
     np.testing.assert_allclose(got, model.w, rtol=1e-5, atol=1e-6)
 
 
@@ -125,7 +125,7 @@ def test_lazy_adam_equals_documented_formula(kernel_path, pooling, name, weight_
 
     options = {"lr": 0.05, "betas": (0.9, 0.99), "weight_decay": weight_decay,
                "bias_correction": "row" if per_row else "table"}
-    got, model = _run_numpy_oracle(oracle, name, pooling, 5, **options)
+    got, model, _ = _run_numpy_oracle(oracle, name, pooling, 5, **options)
     np.testing.assert_allclose(got, model.w, rtol=1e-5, atol=1e-6)
 
 
@@ -151,5 +151,48 @@ def test_sgd_momentum_equals_documented_formula(kernel_path, nesterov, weight_de
 
     options = {"lr": 0.1, "momentum": 0.9, "nesterov": nesterov, "weight_decay": weight_decay,
                "decoupled_weight_decay": decoupled}
-    got, model = _run_numpy_oracle(oracle, "sgd", POOL_SUM, 7, **options)
+    got, model, _ = _run_numpy_oracle(oracle, "sgd", POOL_SUM, 7, **options)
     np.testing.assert_allclose(got, model.w, rtol=1e-5, atol=1e-6)
+
+
+# int8_rowwise state: (oracle, options, {state key: oracle attribute}) per rule.
+_QUANTIZED = {
+    "adam": (
+        lambda w: LazyAdam(w, 0.05, (0.9, 0.99), 1e-8, 0.05, quantized=True),
+        {"lr": 0.05, "betas": (0.9, 0.99), "weight_decay": 0.05},
+        {"exp_avg": "m", "exp_avg_sq": "v"},
+    ),
+    "adagrad": (
+        lambda w: Adagrad(w, 0.1, 1e-10, initial=0.1, quantized=True),
+        {"lr": 0.1, "initial_accumulator_value": 0.1},
+        {"sum": "s"},
+    ),
+    "sgd": (
+        lambda w: MomentumSGD(w, 0.1, 0.9, nesterov=True, quantized=True),
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+        {"momentum_buffer": "b"},
+    ),
+}
+
+
+@pytest.mark.parametrize("pooling", [POOL_SUM, POOL_MEAN])
+@pytest.mark.parametrize("name", sorted(_QUANTIZED))
+def test_int8_rowwise_state_equals_quantized_oracle(kernel_path, pooling, name):
+    """Decode, update in float64, encode (NumPy) vs the float32 kernel: codes agree except
+    where float32 rounding lands on the other side of a rounding boundary."""
+    oracle, options, moments = _QUANTIZED[name]
+    got, model, fused = _run_numpy_oracle(oracle, name, pooling, 8, state_dtype="int8_rowwise", **options)
+    state = fused.state[fused.param_groups[0]["params"][0]]
+    for key, attr in moments.items():
+        codes, scale = state[key].long().numpy(), state[key + "_scale"].numpy()
+        want = getattr(model, attr)
+        assert state[key].dtype == (torch.int8 if key in ("exp_avg", "momentum_buffer") else torch.uint8)
+        assert np.mean(codes == want.codes) > 0.99
+        assert np.abs(codes - want.codes).max() <= 1
+        np.testing.assert_allclose(scale, want.scale, rtol=1e-5, atol=1e-7)
+    # A flipped code moves later updates of its row by about one quantization step (2/127 of
+    # the row's largest |moment|), i.e. a few hundredths of lr; elsewhere only float32 rounding.
+    # (Float state would leave about half the weights more than 1e-4 * lr from this oracle.)
+    lr = options["lr"]
+    np.testing.assert_allclose(got, model.w, rtol=0, atol=3 * (2 / 127) * lr)
+    assert np.mean(np.abs(got - model.w) <= 1e-4 * lr) >= 0.95

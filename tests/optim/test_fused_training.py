@@ -69,8 +69,11 @@ def _train(model, opt, steps):
         opt.step()
 
 
-@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
-def test_state_dict_round_trip_mid_training(kernel_path, state_dtype):
+@pytest.mark.parametrize(
+    ("state_dtype", "exp_avg_dtype"),
+    [("float32", torch.float32), ("bfloat16", torch.bfloat16), ("int8_rowwise", torch.int8)],
+)
+def test_state_dict_round_trip_mid_training(kernel_path, state_dtype, exp_avg_dtype):
     torch.manual_seed(1)
     model = Model()
     for p in model.mlp.parameters():
@@ -87,7 +90,10 @@ def test_state_dict_round_trip_mid_training(kernel_path, state_dtype):
     opt2 = embtable.optim.fuse(restored, "adamw", lr=0.05, state_dtype=state_dtype)
     opt2.load_state_dict(saved_opt)
     state = opt2.state[restored.words.weight]
-    assert state["exp_avg"].dtype == getattr(torch, state_dtype)
+    assert state["exp_avg"].dtype == exp_avg_dtype
+    if state_dtype == "int8_rowwise":
+        assert state["exp_avg_sq"].dtype == torch.uint8
+        assert state["exp_avg_scale"].dtype == state["exp_avg_sq_scale"].dtype == torch.float32
     assert state["row_step"].dtype == torch.int64 and state["table_step"] == 3
     _train(restored, opt2, range(3, 6))
     for name, param in model.named_parameters():
@@ -231,7 +237,9 @@ def test_errors():
     with pytest.raises(ValueError, match="float16' underflows"):
         embtable.optim.fuse(Model(), "adam", state_dtype="float16")
     with pytest.raises(ValueError, match="state_dtype must be one of"):
-        embtable.optim.fuse(Model(), "sgd", state_dtype="int8")
+        embtable.optim.fuse(Model(), "sgd", state_dtype="int4")
+    with pytest.raises(ValueError, match="already one float per row"):
+        embtable.optim.fuse(Model(), "rowwise_adagrad", state_dtype="int8_rowwise")
     with pytest.raises(ValueError, match="table_options names"):
         embtable.optim.fuse(Model(), "sgd", table_options={"nope": {"lr": 1.0}})
     model = Model()

@@ -17,6 +17,23 @@ Conventions (shared with the C++ kernels):
       starts with ``lr, weight_decay, weight_decay_mode`` where the mode is
       0 (none), 1 (L2: ``g += weight_decay * w``) or 2 (decoupled:
       ``w *= 1 - lr * weight_decay`` before the update).
+    * ``state``: the optimizer's tensors in the order of :func:`fused_update_rows`.  A
+      moment is one float32/bfloat16/float16 ``[V, D]`` tensor, or, quantized
+      (``state_dtype="int8_rowwise"``), two consecutive entries: its codes (``[V, D]``,
+      int8 for a signed moment, uint8 for a non-negative one) and their float32 scales
+      (``[V]``).  Both contiguous.
+
+8-bit row-wise quantized moments (:func:`encode_rows`, :func:`decode_rows`): a row ``x``
+is stored as ``scale = max_d |x_d|`` and one code per entry, companded so that small
+entries keep precision.  Signed moments (SGD's momentum buffer, Adam's ``exp_avg``):
+``q = round(sqrt(|x| / scale) * 127)`` with the sign of ``x``, decoded as
+``sign(q) * (|q| / 127)^2 * scale``.  Non-negative moments (Adagrad's ``sum``, Adam's
+``exp_avg_sq``): ``q = round((x / scale)^(1/4) * 255)``, decoded as
+``(q / 255)^4 * scale``.  Every operation is a float32 tensor operation in a fixed order
+(``round`` is half to even; ``1 / 127`` and ``1 / 255`` are float32 constants), which the
+C++ kernel reproduces exactly.  The kernel decodes the touched rows, updates them in
+float32 exactly as float32 state, and encodes the new rows (untouched rows keep their
+codes).
 
 Example:
     >>> import torch
@@ -50,6 +67,8 @@ __all__ = [
     "POOL_MEAN",
     "POOL_NONE",
     "POOL_SUM",
+    "decode_rows",
+    "encode_rows",
     "fused_update_rows",
     "reduce_rows",
 ]
@@ -121,6 +140,96 @@ def reduce_rows(
     return rows, summed
 
 
+_C127 = torch.tensor(127.0, dtype=torch.float32)
+_C255 = torch.tensor(255.0, dtype=torch.float32)
+_INV127 = torch.tensor(1 / 127, dtype=torch.float32)
+_INV255 = torch.tensor(1 / 255, dtype=torch.float32)
+
+
+def encode_rows(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """8-bit row-wise codes of ``x`` and one float32 scale per row (the row's max ``|x|``).
+
+    Args:
+        x: ``[U, D]`` values (computed in float32).
+        signed: int8 codes in ``[-127, 127]`` (``sqrt`` companding) when True, else uint8
+            codes in ``[0, 255]`` of the non-negative values (fourth-root companding;
+            negative values are stored as 0).
+
+    Returns:
+        ``(codes [U, D] int8 or uint8, scale [U] float32)``; an all-zero row has scale 0
+        and codes 0.
+
+    Example:
+        >>> import torch
+        >>> from embtable.ops._fused_reference import decode_rows, encode_rows
+        >>> codes, scale = encode_rows(torch.tensor([[-4.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), True)
+        >>> codes, scale
+        (tensor([[-127,   64,    0],
+                [   0,    0,    0]], dtype=torch.int8), tensor([4., 0.]))
+        >>> decode_rows(codes, scale, True)
+        tensor([[-4.0000,  1.0158,  0.0000],
+                [ 0.0000,  0.0000,  0.0000]])
+        >>> codes, scale = encode_rows(torch.tensor([[1e-4, 1e-8, 0.0]]), False)
+        >>> codes, decode_rows(codes, scale, False)
+        (tensor([[255,  26,   0]], dtype=torch.uint8), tensor([[1.0000e-04, 1.0808e-08, 0.0000e+00]]))
+    """
+    x = x.float()
+    magnitude = x.abs() if signed else x.clamp_min(0.0)
+    scale = magnitude.amax(1) if x.shape[1] > 0 else x.new_zeros(x.shape[0])
+    divisor = torch.where(scale > 0.0, scale, torch.ones_like(scale)).unsqueeze(1)
+    r = magnitude / divisor
+    if signed:
+        q = torch.round(r.sqrt() * _C127) * x.sign()
+        return q.clamp(-127.0, 127.0).to(torch.int8), scale
+    q = torch.round(r.sqrt().sqrt() * _C255)
+    return q.clamp(0.0, 255.0).to(torch.uint8), scale
+
+
+def decode_rows(codes: Tensor, scale: Tensor, signed: bool) -> Tensor:
+    """The float32 ``[U, D]`` values of :func:`encode_rows`' ``codes`` and ``scale``.
+
+    Signed: ``sign(q) * ((|q| / 127)^2 * scale)``; unsigned: ``((q / 255)^2)^2 * scale``
+    (``/ 127`` is ``* float32(1 / 127)``, and so on; see the module docstring).
+    """
+    s = scale.float().unsqueeze(1)
+    if signed:
+        a = codes.abs().float() * _INV127
+        return codes.sign().float() * ((a * a) * s)
+    a = codes.float() * _INV255
+    b = a * a
+    return (b * b) * s
+
+
+def _slots(state: Sequence[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
+    """``state`` as ``(tensor, scale)`` pairs: a quantized moment's codes with their scales."""
+    slots, i = [], 0
+    while i < len(state):
+        if state[i].dtype in (torch.int8, torch.uint8):
+            slots.append((state[i], state[i + 1]))
+            i += 2
+        else:
+            slots.append((state[i], None))
+            i += 1
+    return slots
+
+
+def _read(slot: tuple[Tensor, Tensor | None], rows: Tensor) -> Tensor:
+    tensor, scale = slot
+    if scale is None:
+        return tensor.index_select(0, rows).float()
+    return decode_rows(tensor.index_select(0, rows), scale.index_select(0, rows), tensor.dtype == torch.int8)
+
+
+def _write(slot: tuple[Tensor, Tensor | None], rows: Tensor, value: Tensor) -> None:
+    tensor, scale = slot
+    if scale is None:
+        tensor.index_copy_(0, rows, value.to(tensor.dtype))
+        return
+    codes, new_scale = encode_rows(value, tensor.dtype == torch.int8)
+    tensor.index_copy_(0, rows, codes)
+    scale.index_copy_(0, rows, new_scale)
+
+
 def _decayed(w: Tensor, lr: float, weight_decay: float, mode: int) -> Tensor:
     return w * float(1.0 - lr * weight_decay) if mode == 2 else w
 
@@ -146,7 +255,8 @@ def fused_update_rows(
 
     Reads each touched row of ``weight`` and ``state`` once and writes it once; no
     ``[V, D]`` gradient is formed.  State tensors may be float32, float16 or bfloat16
-    (the arithmetic is float32; results are rounded back to the state's dtype).
+    (the arithmetic is float32; results are rounded back to the state's dtype), or
+    int8/uint8 codes followed by their float32 row scales (see the module docstring).
     """
     rows, g = reduce_rows(ids, offsets, grad, per_sample_weights, pooling, padding_idx, scale_grad_by_freq)
     if rows.numel() == 0:
@@ -154,19 +264,20 @@ def fused_update_rows(
     h = list(hparams)
     lr, wd, mode = float(h[0]), float(h[1]), int(h[2])
     w = weight.index_select(0, rows).float()
+    slots = _slots(state)
     if optimizer == OPT_SGD:
         momentum, nesterov = float(h[3]), bool(h[4])
         step = _with_l2(g, w, wd, mode)
         if momentum != 0.0:
-            buf = state[0].index_select(0, rows).float() * momentum + step
-            state[0].index_copy_(0, rows, buf.to(state[0].dtype))
+            buf = _read(slots[0], rows) * momentum + step
+            _write(slots[0], rows, buf)
             step = step + momentum * buf if nesterov else buf
         new = _decayed(w, lr, wd, mode) - lr * step
     elif optimizer == OPT_ADAGRAD:
         eps = float(h[3])
         step = _with_l2(g, w, wd, mode)
-        total = state[0].index_select(0, rows).float() + step * step
-        state[0].index_copy_(0, rows, total.to(state[0].dtype))
+        total = _read(slots[0], rows) + step * step
+        _write(slots[0], rows, total)
         new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + eps))
     elif optimizer == OPT_ROWWISE_ADAGRAD:
         eps = float(h[3])
@@ -186,7 +297,7 @@ def fused_update_rows(
     elif optimizer == OPT_ADAM:
         beta1, beta2, eps = float(h[3]), float(h[4]), float(h[5])
         per_row, table_step = int(h[6]) == 0, int(h[7])
-        steps = state[2]
+        steps = slots[2][0]
         t = steps.index_select(0, rows) + 1 if per_row else torch.full_like(rows, table_step)
         steps.index_copy_(0, rows, t.to(steps.dtype))
         t = t.double()
@@ -194,12 +305,12 @@ def fused_update_rows(
         bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), t)
         neg_step_size = (-(lr * bc2.sqrt() / bc1)).float().unsqueeze(1)
         step = _with_l2(g, w, wd, mode)
-        m_old = state[0].index_select(0, rows).float()
-        v_old = state[1].index_select(0, rows).float()
+        m_old = _read(slots[0], rows)
+        v_old = _read(slots[1], rows)
         m_new = (step - m_old) * (1.0 - beta1) + m_old
         v_new = (step * step - v_old) * (1.0 - beta2) + v_old
-        state[0].index_copy_(0, rows, m_new.to(state[0].dtype))
-        state[1].index_copy_(0, rows, v_new.to(state[1].dtype))
+        _write(slots[0], rows, m_new)
+        _write(slots[1], rows, v_new)
         new = _decayed(w, lr, wd, mode) + neg_step_size * (m_new / (v_new.sqrt() + eps))
     else:
         raise ValueError(f"fused_update_rows: unknown optimizer code {optimizer!r}; expected 0..3")

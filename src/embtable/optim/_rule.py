@@ -2,6 +2,11 @@
 
 A rule is a small stateless object describing one update formula; the kernel that applies
 it is ``embtable.ops.fused_update_rows`` (compiled, or its pure-PyTorch twin).
+
+With ``state_dtype="int8_rowwise"`` each moment ``k`` is stored as ``state[k]``, 8-bit codes
+(int8 for the signed moments named in ``signed_moments``, uint8 for the non-negative ones),
+and ``state[k + "_scale"]``, a float32 scale per row; the format is
+:func:`embtable.ops._fused_reference.encode_rows`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,18 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from embtable.ops._fused_reference import decode_rows, encode_rows
 from embtable.ops._memory import advise_hugepages
 
-__all__ = ["FusedRule", "STATE_DTYPES", "check_non_negative", "new_state", "weight_decay_mode"]
+__all__ = [
+    "INT8_ROWWISE",
+    "SCALE_SUFFIX",
+    "STATE_DTYPES",
+    "FusedRule",
+    "check_non_negative",
+    "new_state",
+    "weight_decay_mode",
+]
 
 def new_state(shape: tuple[int, ...], value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A state tensor filled with ``value`` (large CPU ones on huge pages where possible)."""
@@ -21,11 +35,18 @@ def new_state(shape: tuple[int, ...], value: float, dtype: torch.dtype, device: 
     advise_hugepages(tensor)
     return tensor.fill_(value)
 
-#: Names accepted for ``state_dtype`` (optimizer-state compression).
+#: ``state_dtype`` of 8-bit row-wise quantized moments (codes plus a float32 scale per row).
+INT8_ROWWISE = "int8_rowwise"
+#: Suffix of the state key holding a quantized moment's row scales.
+SCALE_SUFFIX = "_scale"
+
+#: Names accepted for ``state_dtype`` (optimizer-state compression) and the dtype a moment
+#: is stored in (``int8_rowwise``: int8 codes of a signed moment, uint8 of a non-negative one).
 STATE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
+    INT8_ROWWISE: torch.int8,
 }
 
 
@@ -48,14 +69,16 @@ class FusedRule:
     """Base class of the fused optimizer rules (:mod:`embtable.optim.sgd` and siblings).
 
     Subclasses set ``name``, ``code`` (the kernel's optimizer code), ``defaults`` and
-    ``moment_keys`` (state tensors stored in ``state_dtype``) and implement
-    :meth:`init_state`, :meth:`state_tensors` and :meth:`hparams`.
+    ``moment_keys`` (state tensors stored in ``state_dtype``; those that can be negative
+    also in ``signed_moments``) and implement :meth:`init_state`, :meth:`state_tensors` and
+    :meth:`hparams`.
     """
 
     name: ClassVar[str]
     code: ClassVar[int]
     defaults: ClassVar[dict[str, Any]]
     moment_keys: ClassVar[tuple[str, ...]] = ()
+    signed_moments: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, group: dict[str, Any]) -> None:
         """Raise ``ValueError`` for an invalid param group (before any state exists)."""
@@ -78,6 +101,44 @@ class FusedRule:
         """The kernel's ``hparams`` list for this group at this table step (1-based)."""
         raise NotImplementedError
 
-    @staticmethod
-    def moment_dtype(group: dict[str, Any]) -> torch.dtype:
-        return STATE_DTYPES[group.get("state_dtype", "float32")]
+    def moment_dtype(self, group: dict[str, Any], key: str) -> torch.dtype:
+        """The dtype moment ``key`` is stored in (for ``int8_rowwise``: its codes' dtype)."""
+        dtype = STATE_DTYPES[group.get("state_dtype", "float32")]
+        return torch.uint8 if dtype == torch.int8 and key not in self.signed_moments else dtype
+
+    def new_moment(
+        self, key: str, shape: tuple[int, ...], value: float, group: dict[str, Any], device: torch.device
+    ) -> dict[str, Tensor]:
+        """Moment ``key`` filled with ``value``: ``{key: tensor}``, or codes and row scales."""
+        dtype = self.moment_dtype(group, key)
+        if dtype not in (torch.int8, torch.uint8):
+            return {key: new_state(shape, value, dtype, device)}
+        codes, scale = encode_rows(torch.tensor([[float(value)]]), dtype == torch.int8)
+        return {
+            key: new_state(shape, int(codes), dtype, device),
+            key + SCALE_SUFFIX: new_state(shape[:1], float(scale), torch.float32, device),
+        }
+
+    def convert_moments(self, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Store ``state``'s moments (e.g. loaded from a state_dict) in ``group``'s state_dtype.
+
+        Quantized moments come back from torch's ``load_state_dict`` with their codes cast to
+        the weight's dtype; they are cast back to int8/uint8 (kept for ``int8_rowwise``,
+        decoded for a float ``state_dtype``), and float moments are encoded for
+        ``int8_rowwise``.
+        """
+        for key in self.moment_keys:
+            if key not in state:
+                continue
+            dtype, signed = self.moment_dtype(group, key), key in self.signed_moments
+            value, scale = state[key], state.pop(key + SCALE_SUFFIX, None)
+            if scale is not None:
+                codes = value.to(torch.int8 if signed else torch.uint8).contiguous()
+                if dtype == codes.dtype:
+                    state[key], state[key + SCALE_SUFFIX] = codes, scale.float().contiguous()
+                    continue
+                value = decode_rows(codes, scale, signed)
+            if dtype in (torch.int8, torch.uint8):
+                state[key], state[key + SCALE_SUFFIX] = encode_rows(value, signed)
+            else:
+                state[key] = value.to(dtype).contiguous()

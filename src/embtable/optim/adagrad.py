@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from embtable.ops._fused_reference import OPT_ADAGRAD
-from embtable.optim._rule import FusedRule, check_non_negative, new_state, weight_decay_mode
+from embtable.optim._rule import FusedRule, check_non_negative, weight_decay_mode
 
 __all__ = ["AdagradRule"]
 
@@ -49,9 +49,11 @@ class AdagradRule(FusedRule):
 
     def init_state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         value = group["initial_accumulator_value"]
-        return {"sum": new_state(weight.shape, value, self.moment_dtype(group), weight.device)}
+        return self.new_moment("sum", weight.shape, value, group, weight.device)
 
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
+        if "sum_scale" in state:
+            return [state["sum"], state["sum_scale"]]
         return [state["sum"]]
 
     def hparams(self, group: dict[str, Any], table_step: int) -> list[float]:

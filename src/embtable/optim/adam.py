@@ -58,6 +58,7 @@ class AdamRule(FusedRule):
         "state_dtype": "float32",
     }
     moment_keys = ("exp_avg", "exp_avg_sq")
+    signed_moments = ("exp_avg",)
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
@@ -77,14 +78,21 @@ class AdamRule(FusedRule):
             )
 
     def init_state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        dtype = self.moment_dtype(group)
         return {
-            "exp_avg": new_state(weight.shape, 0.0, dtype, weight.device),
-            "exp_avg_sq": new_state(weight.shape, 0.0, dtype, weight.device),
+            **self.new_moment("exp_avg", weight.shape, 0.0, group, weight.device),
+            **self.new_moment("exp_avg_sq", weight.shape, 0.0, group, weight.device),
             "row_step": new_state((weight.shape[0],), 0, torch.int64, weight.device),
         }
 
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
+        if "exp_avg_scale" in state:
+            return [
+                state["exp_avg"],
+                state["exp_avg_scale"],
+                state["exp_avg_sq"],
+                state["exp_avg_sq_scale"],
+                state["row_step"],
+            ]
         return [state["exp_avg"], state["exp_avg_sq"], state["row_step"]]
 
     def hparams(self, group: dict[str, Any], table_step: int) -> list[float]:

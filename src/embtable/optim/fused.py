@@ -67,8 +67,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             "name": ...}``) for per-table options.
         optimizer: ``"sgd"``, ``"adagrad"``, ``"rowwise_adagrad"``, ``"adam"`` or ``"adamw"``.
         **defaults: hyperparameters of that rule (see :mod:`embtable.optim.sgd` and
-            siblings), plus ``state_dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``)
-            to store the moments compressed.
+            siblings), plus ``state_dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``,
+            ``"int8_rowwise"``) to store the moments compressed (docs/training.md).
 
     ``step()`` and ``zero_grad()`` exist for the usual training loop but do nothing
     useful: the update of a table happens when backward reaches its lookup (each lookup
@@ -193,15 +193,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             return closure()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``, keeping the moments in the configured ``state_dtype``."""
+        """torch's ``load_state_dict``, storing the moments in the configured ``state_dtype``
+        (saved moments of another ``state_dtype`` are converted)."""
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            dtype = self.rule.moment_dtype(group)
             for weight in group["params"]:
                 state = self.state.get(weight, {})
-                for key in self.rule.moment_keys:
-                    if key in state:
-                        state[key] = state[key].to(dtype).contiguous()
+                self.rule.convert_moments(state, group)
                 if "row_step" in state:
                     state["row_step"] = state["row_step"].to(torch.int64).contiguous()
                 if "table_step" in state:

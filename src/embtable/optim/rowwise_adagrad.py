@@ -27,7 +27,13 @@ from typing import Any
 from torch import Tensor
 
 from embtable.ops._fused_reference import OPT_ROWWISE_ADAGRAD
-from embtable.optim._rule import FusedRule, check_non_negative, new_state, weight_decay_mode
+from embtable.optim._rule import (
+    INT8_ROWWISE,
+    FusedRule,
+    check_non_negative,
+    new_state,
+    weight_decay_mode,
+)
 
 __all__ = ["RowWiseAdagradRule"]
 
@@ -50,10 +56,16 @@ class RowWiseAdagradRule(FusedRule):
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
         check_non_negative("embtable.optim.rowwise_adagrad", group, "eps", "initial_accumulator_value")
+        if group.get("state_dtype") == INT8_ROWWISE:
+            raise ValueError(
+                "embtable.optim.rowwise_adagrad: state_dtype='int8_rowwise' quantizes [V, D] moments "
+                "row by row, but row-wise Adagrad's state is already one float per row; use "
+                "state_dtype='float32' or 'bfloat16'"
+            )
 
     def init_state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         value = group["initial_accumulator_value"]
-        return {"sum": new_state((weight.shape[0],), value, self.moment_dtype(group), weight.device)}
+        return {"sum": new_state((weight.shape[0],), value, self.moment_dtype(group, "sum"), weight.device)}
 
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
         return [state["sum"]]

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from embtable.ops._fused_reference import OPT_SGD
-from embtable.optim._rule import FusedRule, check_non_negative, new_state, weight_decay_mode
+from embtable.optim._rule import FusedRule, check_non_negative, weight_decay_mode
 
 __all__ = ["SGDRule"]
 
@@ -42,6 +42,7 @@ class SGDRule(FusedRule):
         "state_dtype": "float32",
     }
     moment_keys = ("momentum_buffer",)
+    signed_moments = ("momentum_buffer",)
 
     def validate(self, group: dict[str, Any]) -> None:
         super().validate(group)
@@ -52,7 +53,7 @@ class SGDRule(FusedRule):
     def init_state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
             return {}
-        return {"momentum_buffer": new_state(weight.shape, 0.0, self.moment_dtype(group), weight.device)}
+        return self.new_moment("momentum_buffer", weight.shape, 0.0, group, weight.device)
 
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
         if group["momentum"] == 0:
@@ -62,6 +63,8 @@ class SGDRule(FusedRule):
                 "embtable.optim.sgd: momentum was 0 when this table's state was created; "
                 "create the optimizer with momentum > 0 to use momentum"
             )
+        if "momentum_buffer_scale" in state:
+            return [state["momentum_buffer"], state["momentum_buffer_scale"]]
         return [state["momentum_buffer"]]
 
     def hparams(self, group: dict[str, Any], table_step: int) -> list[float]:
