@@ -1,6 +1,6 @@
 // Front end of embtable's compiled CPU extension `embtable._C`: registers the operators
-// `embtable::pool_bags`, `embtable::pool_bags_grouped`, `embtable::pool_bags_backward`,
-// `embtable::bucket_ids` and
+// `embtable::gather_rows`, `embtable::pool_bags`, `embtable::pool_bags_grouped`,
+// `embtable::pool_bags_backward`, `embtable::bucket_ids` and
 // `embtable::fused_update_rows` (schemas below) with their CPU kernels.
 // Fake (meta) kernels are registered from Python in embtable/ops/_compiled.py.
 
@@ -26,6 +26,7 @@ TORCH_LIBRARY(embtable, m) {
   m.def(
       "pool_bags_backward(Tensor grad, Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
       "int num_rows, int pooling, int padding_idx) -> Tensor");
+  m.def("gather_rows(Tensor weight, Tensor ids) -> Tensor");
   m.def("bucket_ids(Tensor values, Tensor lengths, Tensor feature_rows, int batch) -> (Tensor, Tensor)");
   m.def(
       "fused_update_rows(Tensor(a!) weight, Tensor(b!)[] state, Tensor ids, Tensor offsets, "
@@ -37,6 +38,7 @@ TORCH_LIBRARY_IMPL(embtable, CPU, m) {
   m.impl("pool_bags", &embtable::pool_bags_cpu);
   m.impl("pool_bags_grouped", &embtable::pool_bags_grouped_cpu);
   m.impl("pool_bags_backward", &embtable::pool_bags_backward_cpu);
+  m.impl("gather_rows", &embtable::gather_rows_cpu);
   m.impl("bucket_ids", &embtable::bucket_ids_cpu);
   m.impl("fused_update_rows", &embtable::fused_update_rows_cpu);
 }

@@ -6,8 +6,9 @@ a kernel below.  When it is missing or fails to load, the pure-PyTorch twins in
 :mod:`embtable.ops._fused_reference` run instead, and a warning says so once.
 ``EMBTABLE_NO_EXT=1`` forces the reference path (silently).
 
-The compiled kernels handle float32 tables on the CPU (and float32 optimizer state);
-everything else (other dtypes, devices, compressed state) takes the reference path.
+The compiled kernels handle float32 tables on the CPU, with optimizer moments stored as
+float32, bfloat16 or ``int8_rowwise`` codes; everything else (other table dtypes, devices,
+float16 state, bfloat16 row-wise Adagrad state) takes the reference path.
 
 Example:
     >>> import torch
@@ -35,6 +36,7 @@ __all__ = [
     "bucket_ids",
     "extension_available",
     "fused_update_rows",
+    "gather_rows",
     "pool_bags",
     "pool_bags_backward",
     "pool_bags_grouped",
@@ -45,6 +47,10 @@ _STATE: dict[str, bool | None] = {"loaded": None, "warned": False}
 
 
 def _register_fakes() -> None:
+    @torch.library.register_fake("embtable::gather_rows")
+    def _gather_rows_fake(weight, ids):
+        return weight.new_empty((ids.shape[0], weight.shape[1]))
+
     @torch.library.register_fake("embtable::pool_bags")
     def _pool_bags_fake(weight, ids, offsets, per_sample_weights, pooling, padding_idx):
         num_bags = max(offsets.shape[0] - 1, 0)
@@ -102,13 +108,27 @@ def extension_available() -> bool:
     return bool(_STATE["loaded"])
 
 
+#: Optimizer-state dtypes the compiled fused update reads and writes.
+_COMPILED_STATE_DTYPES = (torch.float32, torch.int64, torch.bfloat16, torch.int8, torch.uint8)
+
+
 def use_compiled(weight: Tensor, *state: Tensor) -> bool:
-    """True when the compiled kernels can run on these tensors (float32, CPU, contiguous)."""
+    """True when the compiled kernels can run on these tensors (a float32 CPU table, state in
+    float32 / bfloat16 / 8-bit codes / int64 step counts, all contiguous)."""
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or not weight.is_contiguous():
         return False
-    if any(s.dtype not in (torch.float32, torch.int64) or not s.is_contiguous() for s in state):
+    if any(s.dtype not in _COMPILED_STATE_DTYPES or not s.is_contiguous() for s in state):
         return False
     return extension_available()
+
+
+def gather_rows(weight: Tensor, ids: Tensor) -> Tensor:
+    """Rows ``weight[ids]`` of 1-D ``ids`` as a new ``[len(ids), D]`` tensor (``IndexError`` for
+    an id outside the table); see :func:`embtable.ops._reference.gather_rows`.  Compiled for
+    float32 CPU tables: the same copies, with the rows a few ids ahead prefetched."""
+    if ids.dim() == 1 and use_compiled(weight):
+        return torch.ops.embtable.gather_rows(weight, ids)
+    return _reference.gather_rows(weight, ids)
 
 
 def pool_bags(
@@ -210,7 +230,8 @@ def fused_update_rows(
 ) -> None:
     """Fused per-row reduce + optimizer update; see :func:`embtable.ops._fused_reference.fused_update_rows`."""
     args = (ids, offsets, grad, per_sample_weights, pooling, padding_idx, scale_grad_by_freq, optimizer)
-    if use_compiled(weight, *state) and grad.dtype == torch.float32:
+    rowwise_bf16 = optimizer == _ref.OPT_ROWWISE_ADAGRAD and state[0].dtype != torch.float32
+    if grad.dtype == torch.float32 and not rowwise_bf16 and use_compiled(weight, *state):
         torch.ops.embtable.fused_update_rows(weight, list(state), *args, [float(h) for h in hparams])
     else:
         _ref.fused_update_rows(weight, state, *args, hparams)
