@@ -9,7 +9,8 @@ A step is forward, ``backward(grad_out)`` with a fixed random ``grad_out``, and 
 optimizer step.  Times are medians over the timed steps of the step's CPU time on the
 main thread (``time.thread_time``; with ``--threads 1`` every kernel runs on that thread),
 which excludes the time the process sits preempted on a shared, loaded machine; the
-wall-clock median is printed beside it.  Columns: embtable fused SGD / Adagrad / RowWiseAdagrad / Adam; torch dense
+wall-clock median is printed beside it.  Columns: embtable fused SGD / Adagrad / RowWiseAdagrad / Adam
+(and Adam with ``state_dtype="bfloat16"`` / ``"int8_rowwise"`` moments); torch dense
 Adam; torch ``sparse=True`` + SparseAdam / SGD / Adagrad; FBGEMM TBE on CPU (EXACT_SGD,
 EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD; bag workload only) when ``fbgemm-gpu-cpu`` is installed.
 
@@ -52,6 +53,8 @@ CONFIGS = [
     ("et_adagrad", "embtable fused Adagrad"),
     ("et_rowwise", "embtable fused RowWiseAdagrad"),
     ("et_adam", "embtable fused Adam"),
+    ("et_adam_bf16", "embtable fused Adam, bf16 state"),
+    ("et_adam_int8", "embtable fused Adam, int8_rowwise"),
     ("torch_dense_adam", "torch dense Adam"),
     ("torch_sparse_adam", "torch sparse + SparseAdam"),
     ("torch_sparse_sgd", "torch sparse + SGD"),
@@ -67,11 +70,22 @@ STATE_BYTES = {
     "adagrad": (4, 0),
     "rowwise": (0, 4),
     "adam": (8, 8),
+    "adam_bf16": (4, 8),  # two bfloat16 moments, int64 step count
+    "adam_int8": (2, 16),  # two 8-bit codes, two float32 row scales, int64 step count
+}
+# The embtable configurations: fused rule and state_dtype.
+ET_RULES = {
+    "et_sgd": ("sgd", "float32"),
+    "et_adagrad": ("adagrad", "float32"),
+    "et_rowwise": ("rowwise_adagrad", "float32"),
+    "et_adam": ("adam", "float32"),
+    "et_adam_bf16": ("adam", "bfloat16"),
+    "et_adam_int8": ("adam", "int8_rowwise"),
 }
 
 
 def family(config: str) -> str:
-    for name in ("sgd", "adagrad", "rowwise", "adam"):
+    for name in ("adam_bf16", "adam_int8", "sgd", "adagrad", "rowwise", "adam"):
         if config.endswith(name):
             return "rowwise" if name == "adagrad" and "rowwise" in config else name
     raise ValueError(config)
@@ -109,7 +123,7 @@ def build_step(config: str, workload: str, sizes: dict[str, int], ids, offsets, 
     if config.startswith("et_"):
         import embtable
 
-        name = {"et_sgd": "sgd", "et_adagrad": "adagrad", "et_rowwise": "rowwise_adagrad", "et_adam": "adam"}[config]
+        name, state_dtype = ET_RULES[config]
         if bag:
             module = embtable.EmbeddingBag(V, D, mode="sum")
             args = (ids, offsets[:-1])
@@ -117,7 +131,7 @@ def build_step(config: str, workload: str, sizes: dict[str, int], ids, offsets, 
             module = embtable.Embedding(V, D)
             args = (ids.reshape(B, L),)
         grad = grad_out if bag else grad_out.reshape(B, L, D)
-        opt = embtable.optim.fuse(module, name, lr=LR)
+        opt = embtable.optim.fuse(module, name, lr=LR, state_dtype=state_dtype)
 
         def step():
             module(*args).backward(grad)
