@@ -152,6 +152,9 @@ def test_mismatched_state_is_refused_before_any_write():
     with pytest.raises(RuntimeError, match="needs its scale tensor"):
         torch.ops.embtable.fused_update_rows(weight, no_scale, ids, no_offsets, grad, None, 0, -1, False,
                                              fref.OPT_SGD, HPARAMS["sgd"][1])
+    with pytest.raises(RuntimeError, match="invalid bag offsets"):  # ids outside every bag
+        torch.ops.embtable.fused_update_rows(weight, [], ids, torch.tensor([0, 1]), grad[:1], None,
+                                             fref.POOL_SUM, -1, False, fref.OPT_SGD, HPARAMS["sgd_plain"][1])
     with pytest.raises(RuntimeError, match="outside the table of 10 rows"):
         torch.ops.embtable.fused_update_rows(weight, [], torch.tensor([1, 10]), no_offsets, grad, None, 0, -1,
                                              False, fref.OPT_SGD, HPARAMS["sgd_plain"][1])

@@ -262,3 +262,23 @@ def test_bfloat16_state_tracks_float32_state(kernel_path):
             opt.step()
         results.append(_loss(model, 0).item())
     assert results[1] == pytest.approx(results[0], rel=0.05)
+
+
+def test_step_hooks_and_closure_still_run():
+    model = Model()
+    opt = embtable.optim.fuse(model, "sgd", lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda o, a, k: calls.append("global"))
+    try:
+        assert opt.step(lambda: 3.0) == 3.0
+    finally:
+        handle.remove()
+    assert calls == ["pre", "post", "global"]
+    calls.clear()
+    opt._optimizer_step_pre_hooks.clear()
+    opt._optimizer_step_post_hooks.clear()
+    assert opt.step() is None and calls == []

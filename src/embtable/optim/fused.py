@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
+from torch.optim import optimizer as _torch_optimizer
 
 from embtable import ops
 from embtable.functional import FUSED_ATTR
@@ -185,12 +186,33 @@ class FusedOptimizer(torch.optim.Optimizer):
             self.rule.hparams(group, state["table_step"]),
         )
 
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        """Nothing to do (the tables were updated in backward); returns ``closure()`` if given."""
+    def _plain_step(self, closure: Any = None) -> Any:
         if closure is None:
             return None
         with torch.enable_grad():
             return closure()
+
+    #: ``step`` through torch's wrapper: profiler range and step pre/post hooks.
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_plain_step)
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Nothing to do (the tables were updated in backward); returns ``closure()`` if given.
+
+        Step pre/post hooks (``register_step_pre_hook`` and the global ones) run as for any
+        torch optimizer, and a running profiler records the step; without either, the call
+        skips torch's wrapper (tens of microseconds a step).
+        """
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _torch_optimizer._global_optimizer_pre_hooks
+            or _torch_optimizer._global_optimizer_post_hooks
+            or torch.autograd._profiler_enabled()
+        ):
+            return self._hooked_step(closure)
+        return self._plain_step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  # (torch's wrapper is applied above, when needed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, storing the moments in the configured ``state_dtype``

@@ -223,10 +223,11 @@ struct MomentQ8 {
     // of n dependent instructions; max is exact in any order).
     float lanes[16] = {};
     int64_t e = 0;
+    auto magnitude = [](float x) { return kSigned ? std::fabs(x) : std::max(x, 0.0f); };
     for (; e + 16 <= n; e += 16) {
-      for (int j = 0; j < 16; ++j) lanes[j] = std::max(lanes[j], std::fabs(values[e + j]));
+      for (int j = 0; j < 16; ++j) lanes[j] = std::max(lanes[j], magnitude(values[e + j]));
     }
-    for (; n % 16 != 0 && e < n; ++e) lanes[0] = std::max(lanes[0], std::fabs(values[e]));
+    for (; n % 16 != 0 && e < n; ++e) lanes[0] = std::max(lanes[0], magnitude(values[e]));
     float s = 0.0f;
     for (int j = 0; j < 16; ++j) s = std::max(s, lanes[j]);
     scale[row] = s;
@@ -617,9 +618,10 @@ void fused_update_rows_cpu(
     num_bags = std::max<int64_t>(offsets.numel() - 1, 0);
     TORCH_CHECK(grad.size(0) == num_bags, kApi, ": grad has ", grad.size(0),
                 " rows, expected one per bag (", num_bags, ")");
-    bool ok = offsets.numel() == 0 || (O[0] == 0 && O[num_bags] == n);
+    bool ok = offsets.numel() >= 1 && O[0] == 0 && O[num_bags] == n;
     for (int64_t b = 0; ok && b < num_bags; ++b) ok = O[b] <= O[b + 1];
-    TORCH_CHECK(ok, kApi, ": invalid bag offsets (expected 0 first, non-decreasing, ", n, " last)");
+    TORCH_CHECK(ok, kApi, ": invalid bag offsets (expected num_bags + 1 values: 0 first, "
+                "non-decreasing, ", n, " last)");
     if (need_coeff) {
       sc.bag_of.resize(n);
       sc.coeff.resize(n);
