@@ -23,8 +23,14 @@ divided by the machine's measured copy bandwidth.
 Correctness is checked first (small tables): fused SGD = torch sparse SGD, fused Adam with
 ``bias_correction="table"`` = SparseAdam, fused RowWiseAdagrad = FBGEMM's.
 
+``--phases`` instead times the parts of one embtable step (forward and its gather kernel,
+backward and its fused update kernel, ``opt.step()``) while it alternates with its peer's
+step (bag: row-wise Adagrad vs FBGEMM; seq: Adam vs SparseAdam), and the Adam update kernel
+alone with float32, bfloat16 and int8_rowwise moments.
+
 Usage:
     python benchmarks/train_step.py [--quick] [--reps 7] [--rounds 2] [--threads 1]
+    python benchmarks/train_step.py --phases [--reps 30]
 """
 
 from __future__ import annotations
@@ -237,6 +243,85 @@ def paired_worker(first: str, second: str, workload: str, sizes: dict[str, int],
     return {c: statistics.median(v) * 1e3 for c, v in cpu.items()}
 
 
+# --------------------------------------------------------------------------- phases
+PHASE_PEERS = {"bag": ("et_rowwise", "fbgemm_rowwise"), "seq": ("et_adam", "torch_sparse_adam")}
+
+
+def _timed(module, name: str, sink: list[float]):
+    """Replace ``module.name`` by a wrapper that appends each call's CPU time to ``sink``."""
+    inner = getattr(module, name)
+
+    def wrapper(*args):
+        start = time.thread_time()
+        result = inner(*args)
+        sink.append(time.thread_time() - start)
+        return result
+
+    setattr(module, name, wrapper)
+
+
+def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int) -> dict:
+    """Where an embtable step's time goes, next to its peer's step (steps alternating).
+
+    Times (CPU, medians): the module forward and, inside it, the gather kernel; backward and,
+    inside it, the fused update kernel; ``opt.step()``; the peer's whole step.  Then the
+    update kernel alone, for fused Adam with each moment storage, on this workload's batch.
+    """
+    import embtable
+    from embtable import ops
+
+    torch.set_num_threads(threads)
+    ids, offsets, grad_out = make_batch(workload, sizes)
+    mine, peer = PHASE_PEERS[workload]
+    peer_step = build_step(peer, workload, sizes, ids, offsets, grad_out)[0]
+    name, _ = ET_RULES[mine]
+    V, D, B, L = sizes["V"], sizes["D"], sizes["B"], sizes["L"]
+    bag = workload == "bag"
+    module = embtable.EmbeddingBag(V, D, mode="sum") if bag else embtable.Embedding(V, D)
+    args = (ids, offsets[:-1]) if bag else (ids.reshape(B, L),)
+    grad = grad_out if bag else grad_out.reshape(B, L, D)
+    opt = embtable.optim.fuse(module, name, lr=LR)
+    gather, update = [], []
+    _timed(ops, "pool_bags" if bag else "gather_rows", gather)
+    _timed(ops, "fused_update_rows", update)
+    times: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "step", "peer")}
+    for rep in range(reps + 3):
+        start = time.thread_time()
+        out = module(*args)
+        forward = time.thread_time()
+        out.backward(grad)
+        backward = time.thread_time()
+        opt.step()
+        stepped = time.thread_time()
+        del out
+        peer_step()
+        done = time.thread_time()
+        if rep >= 3:
+            for key, value in zip(times, (forward - start, backward - forward, stepped - backward, done - stepped)):
+                times[key].append(value)
+    result = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    result["gather kernel"] = statistics.median(gather[3:]) * 1e3
+    result["update kernel"] = statistics.median(update[3:]) * 1e3
+    # The update kernel alone, fused Adam with each moment storage (same batch, fresh state).
+    weight = module.weight.detach()
+    pooling = 1 if bag else 0
+    bounds = offsets if bag else torch.empty(0, dtype=torch.long)
+    for state_dtype in ("float32", "bfloat16", "int8_rowwise"):
+        adam = embtable.optim.FusedOptimizer([weight], "adam", lr=LR, state_dtype=state_dtype)
+        state = adam._state(weight, adam.param_groups[0])
+        tensors = adam.rule.state_tensors(state, adam.param_groups[0])
+        hparams = adam.rule.hparams(adam.param_groups[0], 1)
+        kernel = []
+        for _ in range(reps + 2):
+            start = time.thread_time()
+            ops.fused_update_rows(weight, tensors, ids, bounds, grad_out, None, pooling, -1, False,
+                                  adam.rule.code, hparams)
+            kernel.append(time.thread_time() - start)
+        result[f"Adam update kernel, {state_dtype} state"] = statistics.median(kernel[2:]) * 1e3
+        del adam, state, tensors
+    return result
+
+
 # --------------------------------------------------------------------------- correctness
 def check_correctness() -> None:
     import embtable
@@ -324,12 +409,36 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(c for c, _ in CONFIGS))
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "WORKLOAD"), help=argparse.SUPPRESS)
     parser.add_argument("--paired-worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--phases", action="store_true",
+                        help="only time the parts of a step (forward, kernels, backward, step()) "
+                             "next to its peer, and the Adam update kernel per state dtype")
+    parser.add_argument("--phases-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes_of = QUICK if args.quick else WORKLOADS
     if args.paired_worker:
         first, second, workload = args.paired_worker
         warnings.simplefilter("ignore")
         print(json.dumps(paired_worker(first, second, workload, sizes_of[workload], args.reps, args.threads)))
+        return
+    if args.phases_worker:
+        warnings.simplefilter("ignore")
+        got = phases_worker(args.phases_worker, sizes_of[args.phases_worker], args.reps, args.threads)
+        print(json.dumps(got))
+        return
+    if args.phases:
+        for workload in args.workloads.split(","):
+            cmd = [sys.executable, __file__, "--phases-worker", workload, "--reps", str(args.reps),
+                   "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{workload}: failed\n{proc.stderr[-2000:]}")
+                continue
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            mine, peer = PHASE_PEERS[workload]
+            print(f"\n## {workload}: {dict(CONFIGS)[mine]}, steps alternating with {dict(CONFIGS)[peer]} "
+                  f"({args.reps} steps, CPU-time medians, ms)")
+            for key, value in got.items():
+                print(f"| {key:38s} | {value:8.3f} |")
         return
     if args.worker:
         config, workload = args.worker

@@ -656,29 +656,33 @@ void fused_update_rows_cpu(
   float* W = weight.data_ptr<float>();
   auto prefetch_weight = [W, D](int64_t row) { prefetch_row(W + row * D, D * 4, 1); };
 
+  // A rule with one [V, D] moment (int8 codes when kSigned): each row's moment is loaded,
+  // updated by `rule(w, moment, g, dim)` and stored back.
+  auto with_one_moment = [&](auto signed_tag, const auto& rule) {
+    with_moment<decltype(signed_tag)::value>(first, D, [&](const auto& moment) {
+      walk_rows_any(batch, src, D, [&](int64_t row, float* g, RowWork& work, auto dim) {
+        float* values = moment.load(row, work.first.data(), dim);
+        rule(W + row * D, values, g, dim);
+        moment.store(row, values, dim);
+      }, [&](int64_t row) { prefetch_weight(row); moment.prefetch(row); });
+    });
+  };
+
   switch (optimizer) {
     case kOptSgd:
       if (!momentum) {
         walk_rows_any(batch, src, D, [&](int64_t row, float* g, RowWork&, auto dim) {
           sgd_row(W + row * D, nullptr, g, dim, h);
         }, prefetch_weight);
-        break;
+      } else {
+        with_one_moment(std::true_type{}, [&](float* w, float* buf, float* g, auto dim) {
+          sgd_row(w, buf, g, dim, h);
+        });
       }
-      with_moment<true>(first, D, [&](const auto& buf) {
-        walk_rows_any(batch, src, D, [&](int64_t row, float* g, RowWork& work, auto dim) {
-          float* b = buf.load(row, work.first.data(), dim);
-          sgd_row(W + row * D, b, g, dim, h);
-          buf.store(row, b, dim);
-        }, [&](int64_t row) { prefetch_weight(row); buf.prefetch(row); });
-      });
       break;
     case kOptAdagrad:
-      with_moment<false>(first, D, [&](const auto& sum) {
-        walk_rows_any(batch, src, D, [&](int64_t row, float* g, RowWork& work, auto dim) {
-          float* s = sum.load(row, work.first.data(), dim);
-          adagrad_row(W + row * D, s, g, dim, h);
-          sum.store(row, s, dim);
-        }, [&](int64_t row) { prefetch_weight(row); sum.prefetch(row); });
+      with_one_moment(std::false_type{}, [&](float* w, float* sum, float* g, auto dim) {
+        adagrad_row(w, sum, g, dim, h);
       });
       break;
     case kOptRowWiseAdagrad:

@@ -37,8 +37,9 @@ constexpr int64_t kOptAdam = 3;
 // Prefetch the `bytes` starting at `p` (a table row) into cache: rows are scattered across a
 // large table, so hiding their cache misses is what makes these kernels fast.  Rows to be
 // read go to L2 (prefetcht1), not L1: fewer L1 miss buffers are held, so more rows can be in
-// flight (measured: the pooled gather ~20% faster than with prefetcht0 when rows come from
-// DRAM).  Rows to be written are prefetched for writing (prefetchw).
+// flight (benchmarks/bags.py: the collection forward went from 0.80-0.85 to 0.62-0.63 of the
+// torch loop's time with this and the longer distance).  Rows to be written are prefetched
+// for writing (prefetchw).
 //
 // (The empty asm statement keeps the loop: a loop of prefetches has no side effects the
 // compiler must keep, and GCC deleted it where `bytes` is not a compile-time constant.)
