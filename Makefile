@@ -21,7 +21,7 @@ EXT_SOURCES   = $(wildcard src/embtable/csrc/*.cpp src/embtable/csrc/*.h src/emb
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIPC) -q torch==2.13.0 numpy
+	$(PIPC) -q torch==2.13.0 numpy ninja
 
 $(INSTALL_STAMP): $(PY) pyproject.toml setup.py constraints.txt $(EXT_SOURCES)
 	$(PIPC) -q --no-build-isolation -e '.[dev]'

@@ -48,7 +48,10 @@ def _extension_modules() -> tuple[list, dict]:
         extra_compile_args=["-O3", "-fno-math-errno", "-fopenmp", "-std=c++20", *_arch_flags()],
         extra_link_args=["-fopenmp"],
     )
-    return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+    # ninja (a dev dependency) builds the translation units in parallel and, for
+    # `python setup.py build_ext --inplace`, recompiles only those that changed; without it
+    # torch falls back to setuptools' sequential build.
+    return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _extension_modules()
