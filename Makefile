@@ -27,12 +27,13 @@ $(INSTALL_STAMP): $(PY) pyproject.toml setup.py constraints.txt $(EXT_SOURCES)
 	$(PIPC) -q --no-build-isolation -e '.[dev]'
 	touch $@
 
-# Peers that tests compare against when present (gensim, TorchRec) and benchmarks time
-# (FBGEMM).  torchrec 1.8.0 goes in with --no-deps after fbgemm-gpu-cpu, whose CPU build its
+# Peers that tests compare against when present (gensim, TorchRec, Surprise) and benchmarks
+# time (FBGEMM, Surprise's SVD / SVD++).  torchrec 1.8.0 goes in with --no-deps after fbgemm-gpu-cpu, whose CPU build its
 # fbgemm-gpu dependency would otherwise replace.  A failure here only makes those tests skip.
 $(PEERS_STAMP): $(INSTALL_STAMP)
 	$(PIPC) -q fbgemm-gpu-cpu==1.8.0 gensim==4.4.0 psutil && $(PIPC) -q --no-deps torchrec==1.8.0 \
 	  && $(PIPC) -q tensordict pyre-extensions torchmetrics==1.0.3 iopath \
+	  && ($(PIPC) -q scikit-surprise || echo "embtable: scikit-surprise unavailable; the fold test against it will skip") \
 	  || echo "embtable: peer packages unavailable; tests against gensim/TorchRec will skip"
 	touch $@
 

@@ -128,10 +128,10 @@ def test_fit_learns_a_low_rank_signal(optimizer: str) -> None:
     model = MatrixFactorization(50, 40, 4, global_mean=float(ratings.mean()), init_std=0.1)
     config = FitConfig(epochs=8, batch_size=100, lr=0.03, l2=0.001, optimizer=optimizer)
     history = fit_ratings(model, users[:2500], items[:2500], ratings[:2500], config=config,
-                          test=(users[2500:], items[2500:], ratings[2500:]))  # fmt: skip
+                          valid=(users[2500:], items[2500:], ratings[2500:]))  # fmt: skip
     baseline = rmse(torch.full((500,), float(ratings[:2500].mean())), ratings[2500:])
     assert history[-1].loss < history[0].loss
-    assert history[-1].test_rmse < 0.8 * baseline
+    assert history[-1].valid_rmse < 0.8 * baseline
 
 
 def test_make_optimizer_rejects_unknown_names() -> None:

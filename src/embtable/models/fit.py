@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from embtable.models.metrics import rmse
 from embtable.models.recsys import MatrixFactorization
 
 __all__ = [
-    "EpochStats", "FitConfig", "fit_ratings", "make_optimizer", "predict_ratings", "train_step",
+    "EpochStats", "FitConfig", "best_epoch", "fit_ratings", "make_optimizer", "predict_ratings", "train_step",
 ]  # fmt: skip
 
 FeatureFn = Callable[[Tensor, Tensor], Mapping[str, Tensor]]
@@ -58,6 +60,10 @@ class FitConfig:
         optimizer: ``"fused"``, ``"dense"`` or ``"sparse"`` (see the module docstring).
         seed: seeds the shuffling.
         clamp: predictions are clipped to this range when evaluated (``None``: no clipping).
+        patience: with a validation set, stop after this many epochs without a new best
+            validation RMSE (``None``: run every epoch).
+        keep_best: with a validation set, end with the weights of the epoch whose validation
+            RMSE was lowest (otherwise the last epoch's).
     """
 
     epochs: int = 10
@@ -67,6 +73,8 @@ class FitConfig:
     optimizer: str = "fused"
     seed: int = 0
     clamp: tuple[float, float] | None = (1.0, 5.0)
+    patience: int | None = None
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
@@ -78,17 +86,29 @@ class FitConfig:
                 raise ValueError(f"FitConfig: {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.l2 < 0:
             raise ValueError(f"FitConfig: need lr > 0 and l2 >= 0, got lr={self.lr}, l2={self.l2}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"FitConfig: patience must be None or >= 1, got {self.patience}")
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One epoch: mean training MSE (without the penalty), test RMSE (``nan`` without a test
-    set), wall seconds of the training pass."""
+    """One epoch: mean training MSE (without the penalty), validation RMSE (``nan`` without a
+    validation set), wall seconds of the training pass, and whether this epoch is the best
+    so far on validation (the one ``keep_best`` restores)."""
 
     epoch: int
     loss: float
-    test_rmse: float
+    valid_rmse: float
     seconds: float
+    best: bool = False
+
+
+def best_epoch(history: list[EpochStats]) -> EpochStats:
+    """The epoch with the lowest validation RMSE (the last epoch without validation)."""
+    if not history:
+        raise ValueError("best_epoch: the history is empty")
+    scored = [h for h in history if not math.isnan(h.valid_rmse)]
+    return min(scored, key=lambda h: h.valid_rmse) if scored else history[-1]
 
 
 class _Stepper:
@@ -207,31 +227,54 @@ def fit_ratings(
     *,
     features: FeatureFn | None = None,
     config: FitConfig = FitConfig(),  # noqa: B008 - frozen dataclass, safe as a default
-    test: tuple[Tensor, Tensor, Tensor] | None = None,
+    valid: tuple[Tensor, Tensor, Tensor] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_steps: int | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` on ``(user, item, rating)`` triples; return per-epoch statistics.
 
+    Only the validation triples are scored during training: early stopping
+    (``config.patience``) and the epoch kept at the end (``config.keep_best``) are decided on
+    them alone. The function never sees a test split; score it once afterwards with
+    :func:`predict_ratings`.
+
     Args:
         model: the recommender to train (in place).
         users, items, ratings: ``(N,)`` training triples.
         features: ``features(users, items) -> {name: tensor}`` for the model's side features.
         config: :class:`FitConfig`.
-        test: ``(users, items, ratings)`` evaluated after each epoch.
+        valid: ``(users, items, ratings)`` held out from the training data, scored after each
+            epoch.
         on_epoch: called with each epoch's :class:`EpochStats`.
         progress: called as ``progress(done, total)`` after each step of an epoch.
         max_steps: stop each epoch after this many steps (for quick runs and benchmarks).
 
     Returns:
-        The list of :class:`EpochStats`.
+        The list of :class:`EpochStats` of the epochs run (fewer than ``config.epochs`` when
+        early stopping ends training); :func:`best_epoch` names the one the model holds when
+        ``config.keep_best`` is set.
+
+    Example:
+        >>> import torch
+        >>> from embtable.models import MatrixFactorization
+        >>> _ = torch.manual_seed(0)
+        >>> users, items = torch.randint(0, 20, (500,)), torch.randint(0, 30, (500,))
+        >>> ratings = ((users % 5) + (items % 3)).float().clamp(1, 5)
+        >>> model = MatrixFactorization(20, 30, 4, global_mean=float(ratings.mean()))
+        >>> config = FitConfig(epochs=30, batch_size=50, lr=0.05, optimizer="dense", patience=2)
+        >>> history = fit_ratings(model, users[:400], items[:400], ratings[:400], config=config,
+        ...                       valid=(users[400:], items[400:], ratings[400:]))
+        >>> best = best_epoch(history)
+        >>> best.best and all(h.valid_rmse >= best.valid_rmse for h in history)
+        True
     """
     features = features or _no_features
     stepper = make_optimizer(model, config.optimizer, config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     n = users.numel()
     history: list[EpochStats] = []
+    best_rmse, best_state, since_best = math.inf, None, 0
     model.train()
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
@@ -249,13 +292,24 @@ def fit_ratings(
             if progress is not None:
                 progress(step + 1, steps)
         seconds = time.perf_counter() - start
-        test_rmse = float("nan")
-        if test is not None:
-            pred = predict_ratings(model, test[0], test[1], features, clamp=config.clamp)
-            test_rmse = rmse(pred, test[2])
-        stats = EpochStats(epoch, total / max(seen, 1), test_rmse, seconds)
+        valid_rmse, improved = float("nan"), False
+        if valid is not None:
+            pred = predict_ratings(model, valid[0], valid[1], features, clamp=config.clamp)
+            valid_rmse = rmse(pred, valid[2])
+            improved = valid_rmse < best_rmse
+            if improved:
+                best_rmse, since_best = valid_rmse, 0
+                if config.keep_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+        stats = EpochStats(epoch, total / max(seen, 1), valid_rmse, seconds, improved)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+        if config.patience is not None and since_best >= config.patience:
+            break
+    if best_state is not None and not history[-1].best:
+        model.load_state_dict(best_state)
     model.eval()
     return history

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["ranking_metrics", "rmse"]
+__all__ = ["mae", "ranking_metrics", "rmse"]
 
 
 def rmse(predicted: Tensor, target: Tensor) -> float:
@@ -27,6 +27,21 @@ def rmse(predicted: Tensor, target: Tensor) -> float:
             f"rmse: predicted has shape {tuple(predicted.shape)} but target has {tuple(target.shape)}"
         )
     return float(torch.sqrt(torch.mean((predicted.double() - target.double()) ** 2)))
+
+
+def mae(predicted: Tensor, target: Tensor) -> float:
+    """Mean absolute error of two equal-shape tensors.
+
+    Example:
+        >>> import torch
+        >>> mae(torch.tensor([3.0, 5.0]), torch.tensor([4.0, 4.5]))
+        0.75
+    """
+    if predicted.shape != target.shape:
+        raise ValueError(
+            f"mae: predicted has shape {tuple(predicted.shape)} but target has {tuple(target.shape)}"
+        )
+    return float(torch.mean((predicted.double() - target.double()).abs()))
 
 
 def ranking_metrics(
