@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from embtable import ops
+from embtable.errors import EmbeddingNotImplementedError, EmbeddingTypeError, EmbeddingValueError
 
 __all__ = ["embedding", "embedding_bag"]
 
@@ -43,7 +44,7 @@ def _check_weight(weight: Any, api: str) -> None:
     if not isinstance(weight, Tensor):
         raise TypeError(f"{api}: weight must be a tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
-        raise ValueError(
+        raise EmbeddingValueError(
             f"{api}: weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}"
         )
 
@@ -200,7 +201,7 @@ def check_bag_mode(mode: Any, scale_grad_by_freq: bool, api: str) -> str:
 
 def _check_float_weight(weight: Tensor, api: str) -> None:
     if weight.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
+        raise EmbeddingTypeError(
             f"{api}: weight must be float16, bfloat16, float32 or float64, got dtype {weight.dtype}"
         )
 
@@ -214,13 +215,14 @@ def _check_offsets(offsets: Any, num_ids: int, include_last_offset: bool, api: s
         )
     if not isinstance(offsets, Tensor) or offsets.dtype not in (torch.int32, torch.int64):
         got = offsets.dtype if isinstance(offsets, Tensor) else type(offsets).__name__
-        raise TypeError(f"{api}: offsets must be an int64 or int32 tensor, got {got}")
+        error = EmbeddingTypeError if isinstance(offsets, Tensor) else TypeError
+        raise error(f"{api}: offsets must be an int64 or int32 tensor, got {got}")
     if offsets.dim() != 1:
         raise ValueError(
             f"{api}: offsets must be 1-D when input is 1-D, got shape {tuple(offsets.shape)}"
         )
     if include_last_offset and offsets.numel() == 0:
-        raise ValueError(
+        raise EmbeddingValueError(
             f"{api}: with include_last_offset=True offsets needs at least 1 entry "
             "(the end of the last bag), got an empty tensor"
         )
@@ -228,19 +230,19 @@ def _check_offsets(offsets: Any, num_ids: int, include_last_offset: bool, api: s
     if offsets.numel() == 0:
         return offsets
     if int(offsets[0]) != 0:
-        raise ValueError(
+        raise EmbeddingValueError(
             f"{api}: offsets[0] must be 0 (the first bag starts at position 0), "
             f"got offsets[0]={int(offsets[0])}"
         )
     steps = offsets.diff()
     if bool((steps < 0).any()):
         i = int((steps < 0).nonzero()[0])
-        raise ValueError(
+        raise EmbeddingValueError(
             f"{api}: offsets must be non-decreasing, got offsets[{i}]={int(offsets[i])} > "
             f"offsets[{i + 1}]={int(offsets[i + 1])}"
         )
     if int(offsets[-1]) > num_ids:
-        raise ValueError(
+        raise EmbeddingValueError(
             f"{api}: offsets[-1]={int(offsets[-1])} is beyond the end of input (length {num_ids}); "
             f"offsets must lie in 0..{num_ids}"
         )
@@ -288,7 +290,7 @@ def _check_per_sample_weights(
             f"got {type(per_sample_weights).__name__}"
         )
     if mode != "sum":
-        raise ValueError(
+        raise EmbeddingNotImplementedError(
             f"{api}: per_sample_weights is only supported with mode='sum', got mode={mode!r}"
         )
     if per_sample_weights.shape != input.shape:
@@ -297,7 +299,7 @@ def _check_per_sample_weights(
             f"got {tuple(per_sample_weights.shape)}"
         )
     if per_sample_weights.dtype != weight.dtype:
-        raise TypeError(
+        raise EmbeddingTypeError(
             f"{api}: per_sample_weights must have weight's dtype {weight.dtype}, "
             f"got {per_sample_weights.dtype}; convert with per_sample_weights.to(weight.dtype)"
         )
@@ -518,7 +520,7 @@ def _compiled_bags(
         return None
     mode = check_bag_mode(mode, scale_grad_by_freq, api)
     pooling = _POOLING[mode]
-    row = ops.normalize_padding_idx(padding_idx, weight.shape[0], api)
+    row = ops.normalize_padding_idx(padding_idx, weight.shape[0], api, EmbeddingValueError)
     pad = -1 if row is None else row
     ids, bounds = ids.long(), bounds.long()
     weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
@@ -631,7 +633,7 @@ def prepare_bags(
     _check_float_weight(weight, api)
     mode = check_bag_mode(mode, scale_grad_by_freq, api)
     num_rows = weight.shape[0]
-    padding_idx = ops.normalize_padding_idx(padding_idx, num_rows, api)
+    padding_idx = ops.normalize_padding_idx(padding_idx, num_rows, api, EmbeddingValueError)
     _check_max_norm(max_norm, norm_type, api)
     ops.check_id_dtype(input, api)
     _check_per_sample_weights(per_sample_weights, input, weight, mode, api)
