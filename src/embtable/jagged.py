@@ -453,7 +453,16 @@ def _check_lengths_values(lengths: Tensor, num_values: int, api: str) -> None:
         if low < 0:
             position = int(torch.nonzero(lengths < 0)[0])
             raise ValueError(f"{api}: lengths must be >= 0, got lengths[{position}] = {low}")
-        total = int(lengths.sum())
+        high = int(lengths.max())
+        if high > num_values:  # (checked first: a sum of huge counts could wrap int64)
+            position = int(torch.argmax(lengths))
+            raise ValueError(
+                f"{api}: lengths[{position}] = {high} exceeds the {num_values} ids of values; "
+                f"lengths[f * B + b] must count the ids of feature f in example b"
+            )
+        # sums over chunks of at most 2**62 // high counts cannot wrap int64
+        chunk = max(1, 2**62 // max(high, 1))
+        total = sum(int(part.sum(dtype=torch.int64)) for part in lengths.split(chunk))
     if total != num_values:
         raise ValueError(
             f"{api}: lengths sum to {total} but values holds {num_values} ids; "
@@ -465,9 +474,9 @@ def _check_offsets_values(offsets: Tensor, num_values: int, api: str) -> None:
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
         raise ValueError(f"{api}: offsets must start at 0, got offsets[0] = {first}")
-    steps = torch.diff(offsets)
-    if steps.numel() and int(steps.min()) < 0:
-        position = int(torch.nonzero(steps < 0)[0])
+    falls = offsets[1:] < offsets[:-1]  # (compared, not subtracted: a difference can wrap)
+    if falls.numel() and bool(falls.any()):
+        position = int(torch.nonzero(falls)[0])
         raise ValueError(
             f"{api}: offsets must be non-decreasing, got offsets[{position}] = "
             f"{int(offsets[position])} > offsets[{position + 1}] = {int(offsets[position + 1])}"

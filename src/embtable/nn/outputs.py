@@ -160,6 +160,7 @@ class JaggedRows(NamedTuple):
         length = longest if max_length is None else max_length
         if length < 0:
             raise ValueError(f"JaggedRows.to_padded: max_length must be >= 0, got {max_length}")
+        _check_row_lengths(lengths, self.values.shape[0])
         example = torch.repeat_interleave(torch.arange(batch, device=lengths.device), lengths)
         position = torch.arange(self.values.shape[0], device=lengths.device)
         position = position - self.offsets[:-1].repeat_interleave(lengths)
@@ -167,6 +168,18 @@ class JaggedRows(NamedTuple):
         out = self.values.new_full((batch, length, dim), padding_value)
         out = out.index_put((example[keep], position[keep]), self.values[keep])
         return out
+
+
+def _check_row_lengths(lengths: Tensor, num_rows: int) -> None:
+    """``ValueError`` unless ``lengths`` are >= 0 and sum (without wrapping) to ``num_rows``."""
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > num_rows):
+        raise ValueError(
+            f"JaggedRows.to_padded: lengths must lie in [0, {num_rows}] (the rows of values), "
+            f"got a length of {int(lengths.min() if int(lengths.min()) < 0 else lengths.max())}"
+        )
+    total = int(lengths.sum()) if lengths.numel() else 0  # no wrap: each length <= num_rows
+    if total != num_rows:
+        raise ValueError(f"JaggedRows.to_padded: lengths sum to {total} but values has {num_rows} rows")
 
 
 class JaggedEmbeddings(_FeatureDict):

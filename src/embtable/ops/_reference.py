@@ -397,8 +397,12 @@ def bucket_ids(values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
     ``IndexError`` when an id of feature ``f`` lies outside ``0 .. feature_rows[f, 1] - 1``.
     """
     lengths = lengths.long()
+    if lengths.numel() and not (0 <= int(lengths.min()) and int(lengths.max()) <= values.numel()):
+        raise ValueError(f"bucket_ids: lengths must lie in [0, {values.numel()}], the number of values")
     offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
     torch.cumsum(lengths, 0, out=offsets[1:])
+    if int(offsets[-1]) != values.numel():  # (no wrap: each length is at most values.numel())
+        raise ValueError(f"bucket_ids: lengths sum to {int(offsets[-1])}, not {values.numel()} values")
     counts = lengths.view(-1, batch).sum(1) if batch else torch.zeros_like(feature_rows[:, 0])
     shift = torch.repeat_interleave(feature_rows[:, 0], counts, output_size=values.numel())
     limit = torch.repeat_interleave(feature_rows[:, 1], counts, output_size=values.numel())

@@ -353,14 +353,15 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
   int64_t* O = offsets.data_ptr<int64_t>();
   int64_t* Y = ids.data_ptr<int64_t>();
   int64_t total = 0;
-  bool ok = true;
   O[0] = 0;
   for (int64_t j = 0; j < F * batch; ++j) {
-    ok = ok && L[j] >= 0;
+    // never trust the lengths: each must fit in what is left of the values (so no sum wraps)
+    TORCH_CHECK(L[j] >= 0 && L[j] <= n - total, api, ": lengths[", j, "] = ", L[j],
+                " is negative or runs past the ", n, " values");
     total += L[j];
     O[j + 1] = total;
   }
-  TORCH_CHECK(ok && total == n, api, ": lengths (sum ", total, ") do not match ", n, " values");
+  TORCH_CHECK(total == n, api, ": lengths (sum ", total, ") do not match ", n, " values");
   int64_t bad = 0;
   for (int64_t f = 0; f < F; ++f) {
     const int64_t shift = R[2 * f], num_rows = R[2 * f + 1];
