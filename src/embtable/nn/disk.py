@@ -1,0 +1,480 @@
+"""Disk-backed tables: ``DiskEmbedding`` and ``DiskEmbeddingBag`` (tables bigger than memory).
+
+A disk-backed table keeps its rows and their fused-optimizer state in files
+(:class:`embtable.storage.disk.DiskRowStore`) and the hot rows in a bounded cache in RAM:
+a :class:`~embtable.storage.slots.SlotMap` (policy ``"clock"`` or ``"lru"``) maps ids to
+the slots of a dense slot tensor, which is the module's ``weight``.  A lookup
+
+1. remaps the ids to slots: hits cost nothing; misses take a slot (evicting a victim whose
+   row, if dirty, is written back first, all victims of the batch in one sorted pass), and
+   their rows and optimizer state are faulted in from the files in one sorted pass;
+2. runs the ordinary kernels (:mod:`embtable.functional`) on the slot tensor;
+3. in training, marks the slots dirty; the fused backward (``embtable.optim.fuse``)
+   updates the slots' rows and state in place.
+
+The padding row lives in an extra slot (the last row of ``weight``) that is never
+evicted.  Results equal those of an in-RAM table holding the same rows, whatever the
+cache size (tests/storage/test_disk.py).
+
+These are subclasses of :class:`embtable.Embedding` / :class:`embtable.EmbeddingBag` (so
+``fuse`` and the collections' helpers see them as tables) with the same forward
+signatures; ``weight`` is the cache (``cache_rows + 1`` rows), ``state_dict()`` exports the
+whole table as a normal ``(num_embeddings, embedding_dim)`` tensor and ``load_state_dict``
+imports one.  Training needs a fused optimizer for anything but plain SGD: the state of
+a ``torch.optim`` optimizer would belong to slots, not rows.
+
+Example:
+    >>> import tempfile, torch
+    >>> import embtable
+    >>> from embtable.nn.disk import DiskEmbedding
+    >>> from embtable.storage.disk import Disk
+    >>> path = tempfile.mkdtemp() + "/users"
+    >>> table = DiskEmbedding(10**8, 16, storage=Disk(path, cache_rows=1024))
+    >>> opt = embtable.optim.fuse(table, "rowwise_adagrad", lr=0.1)
+    >>> table(torch.tensor([[3, 99_999_999]])).sum().backward()   # rows updated in the cache
+    >>> table.flush()                                             # ... and now on disk
+    >>> table.stats()["rows_written"], table.weight.shape
+    (2, torch.Size([1025, 16]))
+    >>> table.close()
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter
+
+from embtable import functional, ops
+from embtable.functional import FUSED_ATTR
+from embtable.nn.bag import EmbeddingBag
+from embtable.nn.embedding import Embedding, check_table_shape
+from embtable.storage.disk import Disk, DiskRowStore, StateField
+
+__all__ = ["DiskEmbedding", "DiskEmbeddingBag", "DiskTableMixin"]
+
+#: Rows per chunk when a whole table is exported or imported.
+_CHUNK_ROWS = 1 << 16
+
+
+class DiskTableMixin:
+    """The row cache shared by :class:`DiskEmbedding` and :class:`DiskEmbeddingBag`."""
+
+    weight: Parameter
+    num_embeddings: int
+    embedding_dim: int
+    padding_idx: int | None
+    max_norm: float | None
+
+    def _setup_disk(
+        self,
+        storage: Disk,
+        dtype: torch.dtype | None,
+        init: str,
+        init_std: float,
+        init_bound: float | None,
+        api: str,
+    ) -> None:
+        from embtable.storage.slots import SlotMap  # lazily: the compiled map loads on first use
+
+        if not isinstance(storage, Disk):
+            raise TypeError(
+                f"{api}: storage must be an embtable.storage.disk.Disk, got {type(storage).__name__}"
+            )
+        dtype = torch.float32 if dtype is None else dtype
+        self.storage = storage
+        self.store = DiskRowStore.open_or_create(
+            storage.path,
+            num_embeddings=self.num_embeddings,
+            embedding_dim=self.embedding_dim,
+            dtype=dtype,
+            read_only=storage.read_only,
+            io_threads=storage.io_threads,
+            init=init,
+            init_std=init_std,
+            init_bound=init_bound if init_bound is not None else (1 / self.num_embeddings) ** 0.5,
+            padding_idx=self.padding_idx,
+            seed=storage.seed,
+        )
+        capacity = storage.cache_size(self.store.row_bytes)
+        self.cache_rows = capacity
+        self._slot_map = SlotMap(capacity, policy=storage.policy)
+        self._pad_slot = capacity
+        weight = torch.zeros((capacity + 1, self.embedding_dim), dtype=dtype)
+        if self.padding_idx is not None:
+            weight[capacity] = self.store.read_rows(torch.tensor([self.padding_idx]))[0]
+        self.weight = Parameter(weight, requires_grad=not storage.read_only)
+        self._dirty = torch.zeros(capacity + 1, dtype=torch.bool)
+        self._slot_id = torch.full((capacity + 1,), -1, dtype=torch.int64)
+        self._faults = 0  # slots (re)assigned so far: a backward checks its slots are still its rows
+        self._bound: tuple[int, str] | None = None  # (id of the fused optimizer, its rule)
+
+    # -- the optimizer state of the cached slots ------------------------------------------
+
+    def _optimizer_state(self) -> tuple[Any, list[Tensor]]:
+        """The fused optimizer attached to ``weight`` and its state tensors (``[]`` if none),
+        binding the store's state file to it on first sight."""
+        handle = getattr(self.weight, FUSED_ATTR, None)
+        if handle is None:
+            return None, []
+        group = handle._group_of[id(self.weight)]
+        fresh_state = not handle.state.get(self.weight)
+        state = handle._state(self.weight, group)
+        tensors = handle.rule.state_tensors(state, group)
+        if self._bound != (id(handle), handle.rule.name):
+            self._bind(handle, group, state, tensors, fresh_state)
+        return handle, tensors
+
+    def _bind(self, handle: Any, group: dict, state: dict, tensors: list[Tensor], fresh_state: bool) -> None:
+        template = handle.rule.init_state(torch.empty((1, self.embedding_dim), dtype=self.weight.dtype), group)
+        fresh_rows = handle.rule.state_tensors(template, group)
+        fields = [StateField(str(i), t.dtype, tuple(t.shape[1:])) for i, t in enumerate(fresh_rows)]
+        fresh = b"".join(t[:1].contiguous().view(torch.uint8).numpy().tobytes() for t in fresh_rows)
+        had_state = self.store.state_rule is not None
+        self.store.bind_state(handle.rule.name, fields, fresh)
+        cached = torch.nonzero(self._slot_id >= 0).flatten()
+        if cached.numel() and tensors:
+            for tensor, rows in zip(tensors, self.store.read_state(self._slot_id[cached])):
+                tensor[cached] = rows
+        if fresh_state and had_state:
+            state["table_step"] = self.store.table_step
+        self._bound = (id(handle), handle.rule.name)
+
+    # -- remapping ids to slots -------------------------------------------------------------
+
+    def _will_write(self) -> bool:
+        return self.max_norm is not None or (self.weight.requires_grad and torch.is_grad_enabled())
+
+    def _slots(self, ids: Tensor, api: str) -> Tensor:
+        """Slots of ``ids`` (same shape), faulting rows in and writing evicted dirty rows back."""
+        ops.check_ids(ids, self.num_embeddings, api)
+        writing = self._will_write()
+        if writing and self.store.read_only:
+            raise RuntimeError(
+                f"{api}: the table at {self.storage.path!r} is open read-only; run lookups under "
+                "torch.no_grad() (or set weight.requires_grad = False) and without max_norm"
+            )
+        flat = ids.reshape(-1).to(torch.int64)
+        keep = None if self.padding_idx is None else flat != self.padding_idx
+        wanted = flat if keep is None else flat[keep]
+        found = self._slot_map.lookup(wanted)
+        _, state = self._optimizer_state()
+        self._write_back(found.evicted_ids, found.evicted_slots, state)
+        if found.new_ids.numel():
+            order = torch.argsort(found.new_ids)
+            new_ids, new_slots = found.new_ids[order], found.new_slots[order]
+            with torch.no_grad():
+                self.weight[new_slots] = self.store.read_rows(new_ids)
+            if state:
+                for tensor, rows in zip(state, self.store.read_state(new_ids)):
+                    tensor[new_slots] = rows
+            self._dirty[new_slots] = False
+            self._slot_id[new_slots] = new_ids
+            self._faults += new_ids.numel()
+        if keep is None:
+            slots = found.slots
+        else:
+            slots = torch.full_like(flat, self._pad_slot)
+            slots[keep] = found.slots
+        if writing:
+            self._dirty[found.slots] = True
+        return slots.reshape(ids.shape)
+
+    def _write_back(self, ids: Tensor, slots: Tensor, state: list[Tensor]) -> None:
+        if not ids.numel():
+            return
+        dirty = self._dirty[slots]
+        if not bool(dirty.any()):
+            return
+        ids, slots = ids[dirty], slots[dirty]
+        self.store.write_rows(ids, self.weight.detach()[slots], [t[slots] for t in state])
+        self._dirty[slots] = False
+
+    def _guard(self, out: Tensor, slots: Tensor, ids: Tensor, api: str) -> Tensor:
+        """A backward hook raising if another lookup reassigned this lookup's slots before its
+        backward (a cache too small for several lookups between forward and backward)."""
+        if not out.requires_grad:
+            return out
+        faults = self._faults
+        flat_slots, flat_ids = slots.reshape(-1), ids.reshape(-1).to(torch.int64)
+
+        def check(grad: Tensor) -> Tensor:
+            if self._faults != faults:
+                real = flat_slots != self._pad_slot
+                if not bool((self._slot_id[flat_slots[real]] == flat_ids[real]).all()):
+                    raise RuntimeError(
+                        f"{api}: rows of this lookup were evicted from the cache by a later "
+                        f"lookup before this backward ran; raise cache_rows (now {self.cache_rows}) "
+                        "above the distinct ids of all lookups between a forward and its backward"
+                    )
+            return grad
+
+        out.register_hook(check)
+        return out
+
+    # -- durability and export --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every dirty cached row (and its optimizer state) back, then make the files
+        a complete, clean table (:meth:`embtable.storage.disk.DiskRowStore.flush`)."""
+        if self.store.read_only:
+            return
+        handle, state = self._optimizer_state()
+        dirty = torch.nonzero(self._dirty[: self._pad_slot]).flatten()
+        self._write_back(self._slot_id[dirty], dirty, state)
+        table_step = handle.state[self.weight].get("table_step") if handle is not None else None
+        self.store.flush(table_step=table_step)
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> str:
+        """:meth:`flush`, then copy the table's files to the directory ``path`` (a complete
+        table whose manifest is written last; open it, or :func:`~embtable.storage.disk.restore`
+        it, to resume exactly).  Returns the path."""
+        self.flush()
+        return str(self.store.checkpoint(path))
+
+    def close(self) -> None:
+        """:meth:`flush` and close the files; the module is unusable afterwards."""
+        self.flush()
+        self.store.close()
+
+    def stats(self) -> dict[str, int]:
+        """Cache and I/O counters: the slot map's (``size``, ``admitted``, ``evicted``,
+        ``lookups``, ...) and the store's (``rows_read``, ``rows_written``,
+        ``rows_initialized``, ``bytes_read``, ``bytes_written``)."""
+        stats = dict(self._slot_map.stats())
+        for name in ("rows_read", "rows_written", "rows_initialized", "bytes_read", "bytes_written"):
+            stats[name] = getattr(self.store, name)
+        return stats
+
+    @torch.no_grad()
+    def export_weight(self) -> Tensor:
+        """The whole table as a ``(num_embeddings, embedding_dim)`` tensor (cached rows
+        included).  Needs the memory of a full in-RAM table."""
+        out = torch.empty((self.num_embeddings, self.embedding_dim), dtype=self.weight.dtype)
+        for start in range(0, self.num_embeddings, _CHUNK_ROWS):
+            ids = torch.arange(start, min(start + _CHUNK_ROWS, self.num_embeddings))
+            out[ids] = self.store.read_rows(ids)
+        cached = torch.nonzero(self._slot_id >= 0).flatten()
+        out[self._slot_id[cached]] = self.weight[cached]
+        return out
+
+    @torch.no_grad()
+    def export_state(self) -> list[Tensor]:
+        """The fused optimizer's per-row state of the whole table, one tensor per state field
+        (``[]`` without a fused optimizer)."""
+        _, state = self._optimizer_state()
+        if not state:
+            return []
+        out = [torch.empty((self.num_embeddings, *t.shape[1:]), dtype=t.dtype) for t in state]
+        for start in range(0, self.num_embeddings, _CHUNK_ROWS):
+            ids = torch.arange(start, min(start + _CHUNK_ROWS, self.num_embeddings))
+            for tensor, rows in zip(out, self.store.read_state(ids)):
+                tensor[ids] = rows
+        cached = torch.nonzero(self._slot_id >= 0).flatten()
+        for tensor, live in zip(out, state):
+            tensor[self._slot_id[cached]] = live[cached]
+        return out
+
+    @torch.no_grad()
+    def import_weight(self, weight: Tensor) -> None:
+        """Write a whole ``(num_embeddings, embedding_dim)`` table into the files (the cache
+        is emptied; optimizer state is kept)."""
+        api = f"{type(self).__name__}.import_weight"
+        if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
+            raise ValueError(
+                f"{api}: weight has shape {tuple(weight.shape)}, expected "
+                f"({self.num_embeddings}, {self.embedding_dim})"
+            )
+        self.flush()
+        weight = weight.to(self.weight.dtype)
+        for start in range(0, self.num_embeddings, _CHUNK_ROWS):
+            ids = torch.arange(start, min(start + _CHUNK_ROWS, self.num_embeddings))
+            self.store.write_rows(ids, weight[ids].contiguous(), None)
+        cached = torch.nonzero(self._slot_id >= 0).flatten()
+        self.weight[cached] = weight[self._slot_id[cached]]
+        if self.padding_idx is not None:
+            self.weight[self._pad_slot] = weight[self.padding_idx]
+        self.flush()
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.export_weight()
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        try:
+            self.import_weight(state_dict[key])
+        except ValueError as error:
+            error_msgs.append(str(error))
+
+    def reset_parameters(self) -> None:
+        """Not available: a disk table's rows start from its initializer at ``(seed, row)``;
+        create a new table (a new path) to start again."""
+        if hasattr(self, "store"):
+            raise NotImplementedError(
+                f"{type(self).__name__}.reset_parameters: create a new disk table (another path) "
+                "to start from fresh rows"
+            )
+
+    def _disk_repr(self) -> str:
+        return f"storage={self.storage!r}"
+
+
+def _init_options(init: str, init_std: float, init_bound: float | None, api: str) -> None:
+    if init not in ("normal", "uniform"):
+        raise ValueError(f"{api}: init must be 'normal' or 'uniform' for a disk table, got {init!r}")
+
+
+class DiskEmbedding(DiskTableMixin, Embedding):
+    r"""``Embedding`` whose rows live in files, with a row cache in RAM.
+
+    Args:
+        num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
+            scale_grad_by_freq, sparse: as :class:`embtable.Embedding`.
+        storage: an :class:`embtable.storage.disk.Disk` (path, cache size, policy, seed).
+        init: ``"normal"`` (``N(0, init_std**2)``, torch's default) or ``"uniform"``
+            (``U(-init_bound, init_bound)``, default bound ``sqrt(1 / num_embeddings)``),
+            drawn per row from ``(seed, row)`` when the row is first read.
+        dtype: the rows' dtype (default float32).
+
+    Attributes:
+        weight: the cache: ``cache_rows + 1`` slots (the last one holds the padding row).
+        store: the :class:`~embtable.storage.disk.DiskRowStore`.
+
+    Raises:
+        TypeError: ``storage`` is not a ``Disk``.
+        ValueError: bad sizes, ``padding_idx``, ``init``; an existing table of another shape.
+        FileNotFoundError, TableNotCleanError, CorruptTableError: see ``DiskRowStore.open``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        *,
+        storage: Disk,
+        init: str = "normal",
+        init_std: float = 1.0,
+        init_bound: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        api = type(self).__name__
+        Module.__init__(self)
+        check_table_shape(num_embeddings, embedding_dim, api)
+        _init_options(init, init_std, init_bound, api)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = ops.normalize_padding_idx(padding_idx, num_embeddings, api)
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = sparse
+        self._setup_disk(storage, dtype, init, init_std, init_bound, api)
+
+    def forward(self, input: Tensor) -> Tensor:
+        api = type(self).__name__
+        slots = self._slots(input, api)
+        out = functional.embedding(
+            slots,
+            self.weight,
+            None if self.padding_idx is None else self._pad_slot,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+        return self._guard(out, slots, input, api)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._disk_repr()
+
+
+class DiskEmbeddingBag(DiskTableMixin, EmbeddingBag):
+    r"""``EmbeddingBag`` whose rows live in files, with a row cache in RAM.
+
+    Args:
+        num_embeddings, embedding_dim, max_norm, norm_type, scale_grad_by_freq, mode,
+            sparse, include_last_offset, padding_idx: as :class:`embtable.EmbeddingBag`.
+        storage, init, init_std, init_bound, dtype: as :class:`DiskEmbedding`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from embtable.nn.disk import DiskEmbeddingBag
+        >>> from embtable.storage.disk import Disk
+        >>> bag = DiskEmbeddingBag(1000, 4, mode="sum",
+        ...                        storage=Disk(tempfile.mkdtemp() + "/t", cache_rows=8))
+        >>> bag(torch.tensor([1, 2, 3, 900]), torch.tensor([0, 2])).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        padding_idx: int | None = None,
+        *,
+        storage: Disk,
+        init: str = "normal",
+        init_std: float = 1.0,
+        init_bound: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        api = type(self).__name__
+        Module.__init__(self)
+        check_table_shape(num_embeddings, embedding_dim, api)
+        _init_options(init, init_std, init_bound, api)
+        self.mode = functional.check_bag_mode(mode, scale_grad_by_freq, api)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.padding_idx = ops.normalize_padding_idx(padding_idx, num_embeddings, api)
+        self.sparse = sparse
+        self.include_last_offset = include_last_offset
+        self._setup_disk(storage, dtype, init, init_std, init_bound, api)
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Tensor | None = None,
+        per_sample_weights: Tensor | None = None,
+    ) -> Tensor:
+        """Pool each bag of ``input`` (see :meth:`embtable.EmbeddingBag.forward`)."""
+        api = type(self).__name__
+        slots = self._slots(input, api)
+        out = functional.embedding_bag(
+            slots,
+            self.weight,
+            offsets,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            None if self.padding_idx is None else self._pad_slot,
+        )
+        return self._guard(out, slots, input, api)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._disk_repr()

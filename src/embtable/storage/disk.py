@@ -1,0 +1,934 @@
+"""Backing files of tables bigger than memory: the disk row store (DESIGN.md, "Storage").
+
+A disk-backed table is a directory::
+
+    manifest.json   format, shape, dtype, initializer, seed, optimizer-state layout,
+                    status ("clean" / "writing"), generation; written last, atomically
+    rows.bin        num_embeddings records of embedding_dim values (a sparse file)
+    rows.bits       one bit per row: set once the row has been written
+    state.bin       one optimizer-state record per row (created when an optimizer is bound)
+    state.bits      one bit per row: set once the row's state has been written
+
+A row never written costs no disk (a hole of the sparse files) and reads as the table's
+initializer evaluated at ``(seed, row)`` (:func:`init_rows`), so a table of a billion rows
+is created instantly and every row has the same start value wherever it is first read.
+Reads and writes go through :class:`DiskRowStore` in batches of ids sorted by row, one
+``preadv`` / ``pwritev`` per run of consecutive rows, spread over a few threads; the data
+files are opened with ``POSIX_FADV_RANDOM`` (no read-ahead) and the bitmaps, which are
+mapped, with ``MADV_RANDOM``.
+
+Durability: the first write after a clean point flips the manifest to ``"writing"``
+(atomically, before any row changes), :meth:`DiskRowStore.flush` fsyncs the files and
+writes ``"clean"``; :meth:`DiskRowStore.checkpoint` flushes and copies the directory
+(holes preserved) to a new directory whose manifest is written last and which appears by
+one rename.  A directory found ``"writing"`` (its process died between a write and the
+next flush) refuses to open with :class:`TableNotCleanError` naming the last checkpoint:
+rows are never silently a mix of old and new values.  :func:`restore` copies a
+checkpoint back.
+
+The table-level object users pass around is the :class:`Disk` spec
+(``storage=embtable.storage.disk.Disk(path, cache_rows=...)``); the modules that use it,
+with a :class:`~embtable.storage.slots.SlotMap` as the row cache, are in
+:mod:`embtable.nn.disk`.
+
+Example:
+    >>> import tempfile, torch
+    >>> from embtable.storage.disk import DiskRowStore
+    >>> path = tempfile.mkdtemp() + "/table"
+    >>> store = DiskRowStore.create(path, num_embeddings=10**9, embedding_dim=4, seed=7)
+    >>> ids = torch.tensor([5, 999_999_999])
+    >>> first = store.read_rows(ids)               # never written: the initializer at (7, row)
+    >>> store.write_rows(ids, torch.ones(2, 4))
+    >>> store.flush()
+    >>> store.close()
+    >>> again = DiskRowStore.open(path, read_only=True)
+    >>> again.read_rows(ids)
+    tensor([[1., 1., 1., 1.],
+            [1., 1., 1., 1.]])
+    >>> again.read_rows(torch.tensor([6])).shape, again.status
+    (torch.Size([1, 4]), 'clean')
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import mmap
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Disk",
+    "DiskRowStore",
+    "StateField",
+    "TableNotCleanError",
+    "CorruptTableError",
+    "init_rows",
+    "restore",
+]
+
+FORMAT = "embtable-disk"
+VERSION = 1
+MANIFEST = "manifest.json"
+ROWS, ROW_BITS, STATE, STATE_BITS = "rows.bin", "rows.bits", "state.bin", "state.bits"
+_DATA_FILES = (ROWS, ROW_BITS, STATE, STATE_BITS)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_POLICIES = ("clock", "lru")
+#: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
+_PARALLEL_RUNS = 64
+
+
+class TableNotCleanError(RuntimeError):
+    """The table's process stopped between a write and the next flush: rows may mix old and
+    new values, so the directory refuses to open.  Restore the last checkpoint."""
+
+
+class CorruptTableError(ValueError):
+    """The manifest is missing, unreadable or inconsistent with the data files."""
+
+
+def _dtype_name(dtype: torch.dtype, api: str) -> str:
+    if dtype not in _DTYPE_NAMES:
+        raise TypeError(f"{api}: dtype must be one of {sorted(_DTYPES)}, got {dtype}")
+    return _DTYPE_NAMES[dtype]
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Where a disk-backed table lives and how large its row cache in RAM is.
+
+    Pass it as ``storage=`` to :class:`embtable.nn.disk.DiskEmbedding`,
+    :class:`embtable.nn.disk.DiskEmbeddingBag` or :class:`embtable.TableConfig`.  The
+    directory is created on first use; an existing table there is reopened (its shape
+    and dtype must match).
+
+    Args:
+        path: the table's directory.
+        cache_rows: rows held in RAM (at least the number of distinct ids of one batch).
+        cache_bytes: alternatively, the cache size in bytes of weights (rows of
+            ``embedding_dim`` values; optimizer state comes on top: docs/storage.md).
+        policy: which cached row is evicted on a miss: ``"clock"`` (default) or ``"lru"``.
+        read_only: open for lookups only (serving); training or writing raises.
+        seed: the initializer's seed: row ``r`` starts as ``init_rows(seed, r)``.
+        io_threads: threads that issue the reads and writes of one batch.
+
+    Raises:
+        ValueError: neither or both of ``cache_rows`` / ``cache_bytes``, values < 1, an
+            unknown policy.
+        TypeError: ``path`` is not a string or path.
+
+    Example:
+        >>> from embtable.storage.disk import Disk
+        >>> Disk("/tmp/user_table", cache_rows=100_000)
+        Disk(path='/tmp/user_table', cache_rows=100000, policy='clock')
+    """
+
+    path: str | os.PathLike[str]
+    _: KW_ONLY
+    cache_rows: int | None = None
+    cache_bytes: int | None = None
+    policy: str = "clock"
+    read_only: bool = False
+    seed: int = 0
+    io_threads: int = 4
+
+    def __post_init__(self) -> None:
+        api = "Disk"
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise TypeError(f"{api}: path must be a str or os.PathLike, got {type(self.path).__name__}")
+        object.__setattr__(self, "path", os.fspath(self.path))
+        if (self.cache_rows is None) == (self.cache_bytes is None):
+            raise ValueError(
+                f"{api}: give exactly one of cache_rows and cache_bytes, got cache_rows="
+                f"{self.cache_rows!r}, cache_bytes={self.cache_bytes!r}"
+            )
+        for name in ("cache_rows", "cache_bytes", "io_threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{api}: {name} must be a positive int, got {value!r}")
+        if self.policy not in _POLICIES:
+            raise ValueError(f"{api}: policy must be one of {_POLICIES}, got {self.policy!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{api}: seed must be an int >= 0, got {self.seed!r}")
+
+    def __repr__(self) -> str:
+        size = f"cache_rows={self.cache_rows}" if self.cache_rows else f"cache_bytes={self.cache_bytes}"
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (("read_only", False), ("seed", 0), ("io_threads", 4))
+            if getattr(self, name) != default
+        )
+        return f"Disk(path={self.path!r}, {size}, policy={self.policy!r}{extra})"
+
+    def cache_size(self, row_bytes: int) -> int:
+        """The cache's capacity in rows for rows of ``row_bytes`` bytes."""
+        if self.cache_rows is not None:
+            return self.cache_rows
+        rows = self.cache_bytes // row_bytes
+        if rows < 1:
+            raise ValueError(f"Disk: cache_bytes={self.cache_bytes} holds no row of {row_bytes} bytes")
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic initializer: a counter-based hash of (seed, row, column)
+# ---------------------------------------------------------------------------------------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def init_rows(
+    seed: int,
+    rows: Tensor | Sequence[int],
+    embedding_dim: int,
+    *,
+    init: str = "normal",
+    init_std: float = 1.0,
+    init_bound: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The initial values of ``rows`` of a disk-backed table: a pure function of
+    ``(seed, row, column)``.
+
+    Each value comes from one 64-bit SplitMix64 output, the one of position
+    ``row * embedding_dim + column`` of the stream seeded by ``seed``: its two 32-bit halves are uniforms, turned into a
+    normal by Box-Muller (``init="normal"``: ``N(0, init_std**2)``) or, from the first
+    half alone, ``U(-init_bound, init_bound)`` (``init="uniform"``).  Computed in float64,
+    rounded once to ``dtype``.  Not torch's generator: a disk table and an in-RAM table
+    built from the same seed differ; export one into the other to compare them.
+
+    Example:
+        >>> from embtable.storage.disk import init_rows
+        >>> init_rows(0, [3], 4)
+        tensor([[-0.5046, -0.9590, -0.8816, -1.0199]])
+        >>> bool((init_rows(0, [7, 3], 4)[1] == init_rows(0, [3], 4)[0]).all())
+        True
+    """
+    ids = np.asarray(rows.cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=np.int64)
+    cols = np.arange(embedding_dim, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        key = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)
+        position = ids.astype(np.uint64)[:, None] * np.uint64(embedding_dim) + cols[None, :]
+        bits = _splitmix64(position * _GOLDEN + key)
+    low = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    high = (bits >> np.uint64(32)).astype(np.float64)
+    if init == "uniform":
+        values = ((low + 0.5) / 2.0**32 * 2.0 - 1.0) * init_bound
+    elif init == "normal":
+        u1 = (low + 1.0) / 2.0**32  # (0, 1]
+        u2 = high / 2.0**32
+        values = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2) * init_std
+    else:
+        raise ValueError(f"init_rows: init must be 'normal' or 'uniform', got {init!r}")
+    return torch.from_numpy(values).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic small-file writes and sparse copies
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
+    _fsync_dir(target.parent)
+
+
+def _copy_sparse(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` keeping its holes (SEEK_DATA / SEEK_HOLE), then fsync."""
+    size = source.stat().st_size
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.truncate(size)
+        fd_in, fd_out, position = src.fileno(), dst.fileno(), 0
+        while position < size:
+            try:
+                start = os.lseek(fd_in, position, os.SEEK_DATA)
+            except OSError as error:
+                if error.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            end = os.lseek(fd_in, start, os.SEEK_HOLE)
+            offset = start
+            while offset < end:
+                copied = os.copy_file_range(fd_in, fd_out, end - offset, offset, offset)
+                if copied == 0:
+                    break
+                offset += copied
+            position = end
+        dst.flush()
+        os.fsync(fd_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateField:
+    """One optimizer-state tensor of a disk table: its name, dtype and per-row shape."""
+
+    name: str
+    dtype: torch.dtype
+    row_shape: tuple[int, ...]
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.row_shape) * torch.empty((), dtype=self.dtype).element_size()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": _DTYPE_NAMES[self.dtype], "row_shape": list(self.row_shape)}
+
+
+def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start indices and lengths of the runs of consecutive values of sorted ``ids``."""
+    if ids.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate(([0], cuts))
+    lengths = np.diff(np.concatenate((starts, [ids.size])))
+    return starts, lengths
+
+
+class _Bits:
+    """A bitmap file mapped in memory (one bit per row), advised MADV_RANDOM."""
+
+    def __init__(self, path: Path, num_rows: int, writable: bool) -> None:
+        self.path = path
+        size = (num_rows + 7) // 8
+        if path.stat().st_size != size:
+            raise CorruptTableError(
+                f"DiskRowStore: {path} has {path.stat().st_size} bytes, expected {size} "
+                f"(one bit for each of {num_rows} rows); the file is truncated or not this table's"
+            )
+        self._file = open(path, "r+b" if writable else "rb")
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        self._map = mmap.mmap(self._file.fileno(), size, access=access)
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            self._map.madvise(mmap.MADV_RANDOM)
+        self.bytes = np.frombuffer(self._map, dtype=np.uint8)
+
+    def test(self, ids: np.ndarray) -> np.ndarray:
+        return (self.bytes[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1 != 0
+
+    def set(self, ids: np.ndarray) -> None:
+        np.bitwise_or.at(self.bytes, ids >> 3, (np.uint8(1) << (ids & 7).astype(np.uint8)))
+
+    def sync(self) -> None:
+        self._map.flush()
+
+    def close(self) -> None:
+        self.bytes = None  # type: ignore[assignment]
+        self._map.close()
+        self._file.close()
+
+
+class DiskRowStore:
+    """The files of one disk-backed table: batched row and optimizer-state I/O.
+
+    Build with :meth:`create` or :meth:`open` (or :meth:`open_or_create`).  Ids passed to
+    the read and write methods are distinct row numbers (any order; they are sorted
+    here); rows are ``[n, embedding_dim]`` tensors of the table's dtype.
+
+    Counters (``rows_read``, ``rows_written``, ``bytes_read``, ``bytes_written``,
+    ``rows_initialized``) accumulate since the store was opened.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], read_only: bool, io_threads: int) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.read_only = read_only
+        self.num_embeddings: int = manifest["num_embeddings"]
+        self.embedding_dim: int = manifest["embedding_dim"]
+        self.dtype: torch.dtype = _DTYPES[manifest["dtype"]]
+        self.row_bytes = self.embedding_dim * torch.empty((), dtype=self.dtype).element_size()
+        self._io_threads = io_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._fds: dict[str, int] = {}
+        self._bits: dict[str, _Bits] = {}
+        self.state_fields: list[StateField] = []
+        self.state_row_bytes = 0
+        self._fresh_state = b""
+        self.rows_read = self.rows_written = self.rows_initialized = 0
+        self.bytes_read = self.bytes_written = 0
+        self._open_data(ROWS, ROW_BITS, self.row_bytes)
+        if manifest.get("state"):
+            self._load_state_layout(manifest["state"])
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        num_embeddings: int,
+        embedding_dim: int,
+        dtype: torch.dtype = torch.float32,
+        init: str = "normal",
+        init_std: float = 1.0,
+        init_bound: float = 1.0,
+        padding_idx: int | None = None,
+        seed: int = 0,
+        io_threads: int = 4,
+    ) -> DiskRowStore:
+        """Create an empty table (sparse files, nothing written) at the directory ``path``.
+
+        Raises:
+            FileExistsError: ``path`` exists and is not an empty directory.
+            FileNotFoundError: the parent directory does not exist.
+            OSError: the files cannot be created (permissions, file-size limit, full disk).
+            ValueError: a size < 1, an unknown ``init``, ``padding_idx`` outside the table.
+        """
+        api = "DiskRowStore.create"
+        target = Path(path)
+        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{api}: {name} must be a positive int, got {value!r}")
+        if init not in ("normal", "uniform"):
+            raise ValueError(
+                f"{api}: init must be 'normal' or 'uniform' (a disk table initializes each row "
+                f"from (seed, row) when first read), got {init!r}"
+            )
+        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+            raise ValueError(f"{api}: padding_idx={padding_idx} is outside 0..{num_embeddings - 1}")
+        if not target.parent.is_dir():
+            raise FileNotFoundError(
+                f"{api}: the parent directory of {str(target)!r} does not exist; create it first"
+            )
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(
+                f"{api}: {str(target)!r} exists and is not an empty directory; open it with "
+                "DiskRowStore.open or choose a new path"
+            )
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_embeddings": num_embeddings,
+            "embedding_dim": embedding_dim,
+            "dtype": _dtype_name(dtype, api),
+            "init": init,
+            "init_std": float(init_std),
+            "init_bound": float(init_bound),
+            "padding_idx": padding_idx,
+            "seed": int(seed),
+            "state": None,
+            "table_step": 0,
+            "status": "clean",
+            "generation": 0,
+            "last_checkpoint": None,
+        }
+        row_bytes = embedding_dim * torch.empty((), dtype=dtype).element_size()
+        try:
+            target.mkdir(exist_ok=True)
+            cls._make_sparse(target / ROWS, num_embeddings * row_bytes)
+            cls._make_sparse(target / ROW_BITS, (num_embeddings + 7) // 8)
+            _write_atomic(target / MANIFEST, json.dumps(manifest, indent=1).encode())
+        except OSError as error:
+            raise type(error)(
+                error.errno,
+                f"{api}: cannot create the table files in {str(target)!r} "
+                f"({num_embeddings * row_bytes} bytes of rows, sparse): {error.strerror}",
+            ) from None
+        return cls(target, manifest, read_only=False, io_threads=io_threads)
+
+    @staticmethod
+    def _make_sparse(path: Path, size: int) -> None:
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, read_only: bool = False, io_threads: int = 4
+    ) -> DiskRowStore:
+        """Open the table at ``path``.
+
+        Raises:
+            FileNotFoundError: no table at ``path``.
+            CorruptTableError: the manifest is unreadable, of another format or version, or
+                does not match the data files' sizes (truncation).
+            TableNotCleanError: the table was being written when its process stopped.
+            PermissionError: ``read_only=False`` on files that cannot be written.
+        """
+        api = "DiskRowStore.open"
+        target = Path(path)
+        manifest_path = target / MANIFEST
+        if not target.is_dir():
+            raise FileNotFoundError(f"{api}: no table directory at {str(target)!r}")
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"{api}: {str(target)!r} has no {MANIFEST}; it is not a disk table (or its "
+                "creation was interrupted before the manifest was written)"
+            )
+        manifest = cls._read_manifest(manifest_path, api)
+        if manifest["status"] != "clean":
+            last = manifest.get("last_checkpoint")
+            hint = f"restore the last checkpoint ({last!r}) with embtable.storage.disk.restore" if last else (
+                "no checkpoint was recorded; recreate the table"
+            )
+            raise TableNotCleanError(
+                f"{api}: the table at {str(target)!r} was being written when its process stopped "
+                f"(status {manifest['status']!r} after generation {manifest['generation']}), so its "
+                f"rows may mix old and new values; {hint}"
+            )
+        if not read_only:
+            for name in _DATA_FILES:
+                file = target / name
+                if file.exists() and not os.access(file, os.W_OK):
+                    raise PermissionError(
+                        errno.EACCES,
+                        f"{api}: {str(file)!r} is read-only; open with read_only=True (Disk(..., "
+                        "read_only=True)) to serve lookups from it",
+                    )
+        return cls(target, manifest, read_only=read_only, io_threads=io_threads)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        num_embeddings: int,
+        embedding_dim: int,
+        dtype: torch.dtype = torch.float32,
+        read_only: bool = False,
+        io_threads: int = 4,
+        **create_options: Any,
+    ) -> DiskRowStore:
+        """:meth:`open` the table at ``path`` if there is one (checking its shape and dtype),
+        else :meth:`create` it (``read_only`` then raises ``FileNotFoundError``)."""
+        api = "DiskRowStore.open_or_create"
+        target = Path(path)
+        if (target / MANIFEST).exists() or read_only:
+            store = cls.open(target, read_only=read_only, io_threads=io_threads)
+            found = (store.num_embeddings, store.embedding_dim, store.dtype)
+            if found != (num_embeddings, embedding_dim, dtype):
+                store.close()
+                raise ValueError(
+                    f"{api}: the table at {str(target)!r} holds {found[0]} rows of {found[1]} "
+                    f"{_DTYPE_NAMES[found[2]]} values, but {num_embeddings} rows of {embedding_dim} "
+                    f"{_DTYPE_NAMES.get(dtype, dtype)} values were asked for"
+                )
+            return store
+        return cls.create(
+            target, num_embeddings=num_embeddings, embedding_dim=embedding_dim, dtype=dtype,
+            io_threads=io_threads, **create_options,
+        )
+
+    @staticmethod
+    def _read_manifest(path: Path, api: str) -> dict[str, Any]:
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CorruptTableError(f"{api}: {str(path)!r} is not valid JSON ({error})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CorruptTableError(f"{api}: {str(path)!r} is not an {FORMAT} manifest")
+        if manifest.get("version") != VERSION:
+            raise CorruptTableError(
+                f"{api}: {str(path)!r} has format version {manifest.get('version')!r}; this "
+                f"embtable reads version {VERSION}"
+            )
+        required = {
+            "num_embeddings": int, "embedding_dim": int, "dtype": str, "init": str, "seed": int,
+            "status": str, "generation": int, "table_step": int,
+        }
+        for key, kind in required.items():
+            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+                raise CorruptTableError(
+                    f"{api}: {str(path)!r} lacks a valid {key!r} (got {manifest.get(key)!r})"
+                )
+        if manifest["dtype"] not in _DTYPES or manifest["num_embeddings"] < 1 or manifest["embedding_dim"] < 1:
+            raise CorruptTableError(f"{api}: {str(path)!r} describes an invalid table shape or dtype")
+        return manifest
+
+    def _open_data(self, name: str, bits_name: str, record_bytes: int) -> None:
+        path = self.path / name
+        expected = self.num_embeddings * record_bytes
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptTableError(f"DiskRowStore: {str(path)!r} is missing") from None
+        if size != expected:
+            raise CorruptTableError(
+                f"DiskRowStore: {str(path)!r} has {size} bytes, expected {expected} "
+                f"({self.num_embeddings} records of {record_bytes} bytes); the file is truncated "
+                "or not this table's"
+            )
+        fd = os.open(path, os.O_RDONLY if self.read_only else os.O_RDWR)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        self._fds[name] = fd
+        self._bits[bits_name] = _Bits(self.path / bits_name, self.num_embeddings, not self.read_only)
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``"clean"`` (on-disk state complete) or ``"writing"`` (writes since the last flush)."""
+        return self.manifest["status"]
+
+    @property
+    def table_step(self) -> int:
+        """The optimizer's table step saved at the last flush."""
+        return self.manifest["table_step"]
+
+    @property
+    def state_rule(self) -> str | None:
+        """The optimizer rule whose state the state file holds, or ``None``."""
+        state = self.manifest.get("state")
+        return state["rule"] if state else None
+
+    def init_rows(self, ids: Tensor) -> Tensor:
+        """The initial values of rows ``ids`` (the padding row is zeros)."""
+        m = self.manifest
+        rows = init_rows(
+            m["seed"], ids, self.embedding_dim, init=m["init"], init_std=m.get("init_std", 1.0),
+            init_bound=m.get("init_bound", 1.0), dtype=self.dtype,
+        )
+        pad = m.get("padding_idx")
+        if pad is not None:
+            rows[ids == pad] = 0
+        return rows
+
+    # -- optimizer state layout --------------------------------------------------------------
+
+    def bind_state(self, rule: str, fields: Sequence[StateField], fresh: bytes) -> None:
+        """Declare the optimizer state stored per row (creating ``state.bin`` on first use).
+
+        ``fresh`` is the record (``state_row_bytes`` bytes, the fields' bytes in order) of a
+        row whose state was never written.  An existing layout must match.
+
+        Raises:
+            ValueError: the table already holds state of another rule or layout.
+            OSError: read-only table without state, or the file cannot be created.
+        """
+        api = "DiskRowStore.bind_state"
+        layout = {
+            "rule": rule,
+            "fields": [field.to_json() for field in fields],
+            "fresh": fresh.hex(),
+        }
+        current = self.manifest.get("state")
+        if current:
+            if current["rule"] != rule or current["fields"] != layout["fields"]:
+                raise ValueError(
+                    f"{api}: the table at {str(self.path)!r} holds {current['rule']!r} state "
+                    f"{current['fields']}, but the optimizer now needs {rule!r} state "
+                    f"{layout['fields']}; use the same optimizer and state_dtype, or export the "
+                    "rows to a new table"
+                )
+            return
+        if self.read_only:
+            raise OSError(errno.EROFS, f"{api}: the table at {str(self.path)!r} is open read-only")
+        record = sum(field.row_bytes for field in fields)
+        if len(fresh) != record:
+            raise ValueError(f"{api}: fresh holds {len(fresh)} bytes, the layout needs {record}")
+        if record:
+            self._begin_write()
+            self._make_sparse(self.path / STATE, self.num_embeddings * record)
+            self._make_sparse(self.path / STATE_BITS, (self.num_embeddings + 7) // 8)
+        self.manifest["state"] = layout
+        self._load_state_layout(layout)
+
+    def _load_state_layout(self, layout: dict[str, Any]) -> None:
+        self.state_fields = [
+            StateField(f["name"], _DTYPES[f["dtype"]], tuple(f["row_shape"])) for f in layout["fields"]
+        ]
+        self.state_row_bytes = sum(field.row_bytes for field in self.state_fields)
+        self._fresh_state = bytes.fromhex(layout["fresh"])
+        if self.state_row_bytes and STATE not in self._fds:
+            self._open_data(STATE, STATE_BITS, self.state_row_bytes)
+
+    # -- batched I/O ---------------------------------------------------------------------------
+
+    def _check_ids(self, ids: Tensor, api: str) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{api}: ids must be a 1-D int64 tensor of distinct rows")
+        flat = ids.to(torch.int64).numpy()
+        order = np.argsort(flat, kind="stable")
+        sorted_ids = flat[order]
+        if sorted_ids.size:
+            if sorted_ids[0] < 0 or sorted_ids[-1] >= self.num_embeddings:
+                raise IndexError(
+                    f"{api}: ids must lie in 0..{self.num_embeddings - 1}, got "
+                    f"{int(sorted_ids[0])}..{int(sorted_ids[-1])}"
+                )
+            if (np.diff(sorted_ids) == 0).any():
+                raise ValueError(f"{api}: ids must be distinct")
+        return sorted_ids, order
+
+    def _io(self, name: str, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
+        """preadv / pwritev the records of sorted ``ids`` from / to ``buffer`` rows."""
+        fd = self._fds[name]
+        starts, lengths = _runs(ids)
+        view = memoryview(buffer).cast("B")
+
+        def work(first: int, last: int) -> None:
+            for start, length in zip(starts[first:last].tolist(), lengths[first:last].tolist()):
+                chunk = view[start * record : (start + length) * record]
+                offset = int(ids[start]) * record
+                done = (os.pwritev if write else os.preadv)(fd, [chunk], offset)
+                if done != len(chunk):
+                    raise OSError(
+                        errno.EIO,
+                        f"DiskRowStore: short {'write' if write else 'read'} of {name} at byte "
+                        f"{offset} ({done} of {len(chunk)} bytes); the file is truncated",
+                    )
+
+        count = len(starts)
+        if count < _PARALLEL_RUNS or self._io_threads == 1:
+            work(0, count)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="embtable-disk")
+        step = -(-count // self._io_threads)
+        futures = [self._pool.submit(work, i, min(i + step, count)) for i in range(0, count, step)]
+        for future in futures:
+            future.result()
+
+    def read_rows(self, ids: Tensor) -> Tensor:
+        """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype), in the order of ``ids``.
+
+        Rows never written are the initializer's values; the others are read in one sorted
+        pass (one ``preadv`` per run of consecutive rows).
+        """
+        sorted_ids, order = self._check_ids(ids, "DiskRowStore.read_rows")
+        out = torch.empty((len(sorted_ids), self.embedding_dim), dtype=self.dtype)
+        if len(sorted_ids):
+            written = self._bits[ROW_BITS].test(sorted_ids)
+            fresh = ~written
+            if fresh.any():
+                out[torch.from_numpy(fresh)] = self.init_rows(torch.from_numpy(sorted_ids[fresh]))
+                self.rows_initialized += int(fresh.sum())
+            if written.any():
+                picked = sorted_ids[written]
+                buffer = np.empty((len(picked), self.row_bytes), dtype=np.uint8)
+                self._io(ROWS, False, picked, buffer, self.row_bytes)
+                out[torch.from_numpy(written)] = torch.from_numpy(buffer).view(self.dtype).view(-1, self.embedding_dim)
+                self.rows_read += len(picked)
+                self.bytes_read += buffer.nbytes
+        result = torch.empty_like(out)
+        result[torch.from_numpy(order)] = out
+        return result
+
+    def read_state(self, ids: Tensor) -> list[Tensor]:
+        """The optimizer-state rows of ``ids``: one ``[n, *row_shape]`` tensor per field."""
+        sorted_ids, order = self._check_ids(ids, "DiskRowStore.read_state")
+        records = np.empty((len(sorted_ids), self.state_row_bytes), dtype=np.uint8)
+        if len(sorted_ids) and self.state_row_bytes:
+            written = self._bits[STATE_BITS].test(sorted_ids)
+            records[~written] = np.frombuffer(self._fresh_state, dtype=np.uint8)
+            if written.any():
+                picked = sorted_ids[written]
+                buffer = np.empty((len(picked), self.state_row_bytes), dtype=np.uint8)
+                self._io(STATE, False, picked, buffer, self.state_row_bytes)
+                records[written] = buffer
+                self.bytes_read += buffer.nbytes
+        unsorted = np.empty_like(records)
+        unsorted[order] = records
+        return self._split_state(unsorted)
+
+    def _split_state(self, records: np.ndarray) -> list[Tensor]:
+        fields, column = [], 0
+        for field in self.state_fields:
+            part = np.ascontiguousarray(records[:, column : column + field.row_bytes])
+            column += field.row_bytes
+            fields.append(torch.from_numpy(part).view(field.dtype).reshape(len(records), *field.row_shape))
+        return fields
+
+    def write_rows(self, ids: Tensor, rows: Tensor, state: Sequence[Tensor] | None = None) -> None:
+        """Write rows ``ids`` (and their optimizer state, one tensor per field) in one sorted
+        pass per file.
+
+        Raises:
+            OSError: read-only table; the disk is full or a file-size limit is reached (the
+                table stays ``"writing"`` and will refuse to open until restored).
+            ValueError / TypeError: shapes or dtypes that do not match the table.
+        """
+        api = "DiskRowStore.write_rows"
+        if self.read_only:
+            raise OSError(errno.EROFS, f"{api}: the table at {str(self.path)!r} is open read-only")
+        sorted_ids, order = self._check_ids(ids, api)
+        if tuple(rows.shape) != (len(sorted_ids), self.embedding_dim) or rows.dtype != self.dtype:
+            raise ValueError(
+                f"{api}: rows must be a [{len(sorted_ids)}, {self.embedding_dim}] {self.dtype} tensor, "
+                f"got {tuple(rows.shape)} {rows.dtype}"
+            )
+        records = None
+        if state is not None and self.state_row_bytes:
+            if len(state) != len(self.state_fields):
+                raise ValueError(f"{api}: state has {len(state)} tensors, the table stores {len(self.state_fields)}")
+            parts = [t.detach().contiguous().view(torch.uint8).reshape(len(sorted_ids), -1) for t in state]
+            records = torch.cat(parts, dim=1).numpy()[order] if parts else None
+        if not len(sorted_ids):
+            return
+        self._begin_write()
+        buffer = np.ascontiguousarray(rows.detach().contiguous().view(torch.uint8).numpy()[order])
+        try:
+            self._io(ROWS, True, sorted_ids, buffer, self.row_bytes)
+            self._bits[ROW_BITS].set(sorted_ids)
+            if records is not None:
+                self._io(STATE, True, sorted_ids, np.ascontiguousarray(records), self.state_row_bytes)
+                self._bits[STATE_BITS].set(sorted_ids)
+        except OSError as error:
+            raise type(error)(
+                error.errno,
+                f"{api}: writing {len(sorted_ids)} rows to {str(self.path)!r} failed: {error.strerror}; "
+                "the table is left in status 'writing' and will refuse to open: free space (or "
+                "raise the file-size limit) and restore the last checkpoint",
+            ) from None
+        self.rows_written += len(sorted_ids)
+        self.bytes_written += buffer.nbytes + (records.nbytes if records is not None else 0)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def _write_manifest(self) -> None:
+        _write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+    def _begin_write(self) -> None:
+        if self.manifest["status"] != "writing":
+            self.manifest["status"] = "writing"
+            self._write_manifest()
+
+    def flush(self, *, table_step: int | None = None) -> None:
+        """Make the on-disk table complete: fsync the data, then write a ``"clean"`` manifest
+        (recording ``table_step``, the optimizer's step count, when given)."""
+        if self.read_only:
+            return
+        for bits in self._bits.values():
+            bits.sync()
+        for fd in self._fds.values():
+            os.fsync(fd)
+        if table_step is not None:
+            self.manifest["table_step"] = int(table_step)
+        self.manifest["status"] = "clean"
+        self.manifest["generation"] += 1
+        self._write_manifest()
+
+    def checkpoint(self, path: str | os.PathLike[str], *, table_step: int | None = None) -> Path:
+        """Flush, then copy the table (holes kept) to the directory ``path``.
+
+        The copy is built in a temporary directory beside ``path``, its manifest written
+        last, and renamed into place (an existing checkpoint at ``path`` is replaced only
+        once the new one is complete).  Returns the checkpoint's path.
+        """
+        api = "DiskRowStore.checkpoint"
+        target = Path(path).absolute()
+        if target == self.path.absolute():
+            raise ValueError(f"{api}: path must differ from the table's own directory {str(self.path)!r}")
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"{api}: the parent directory of {str(target)!r} does not exist")
+        self.flush(table_step=table_step)
+        _copy_table(self.path, target, self.manifest, api)
+        if not self.read_only:
+            self.manifest["last_checkpoint"] = str(target)
+            self._write_manifest()
+        return target
+
+    def close(self) -> None:
+        """Close the files (without flushing: call :meth:`flush` first to keep the writes)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for fd in self._fds.values():
+            os.close(fd)
+        for bits in self._bits.values():
+            bits.close()
+        self._fds.clear()
+        self._bits.clear()
+
+    def disk_usage(self) -> int:
+        """Bytes the table's files occupy on disk (allocated blocks; holes are free)."""
+        return sum((self.path / n).stat().st_blocks * 512 for n in _DATA_FILES if (self.path / n).exists())
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return (
+            f"DiskRowStore({str(self.path)!r}, {self.num_embeddings} x {self.embedding_dim} "
+            f"{_DTYPE_NAMES[self.dtype]}, status={self.status!r}{mode})"
+        )
+
+
+def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -> None:
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir()
+    try:
+        for name in _DATA_FILES:
+            if (source / name).exists():
+                _copy_sparse(source / name, temp / name)
+        copied = dict(manifest, status="clean", last_checkpoint=None)
+        _write_atomic(temp / MANIFEST, json.dumps(copied, indent=1).encode())
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(temp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, target)
+        _fsync_dir(target.parent)
+    except OSError as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise type(error)(error.errno, f"{api}: copying the table to {str(target)!r} failed: {error.strerror}") from None
+
+
+def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Replace the table at ``path`` (clean, ``"writing"`` or absent) by a copy of
+    ``checkpoint``; the copy appears by one rename once complete.
+
+    Raises:
+        FileNotFoundError / CorruptTableError / TableNotCleanError: ``checkpoint`` is not a
+            complete table.
+    """
+    source = Path(checkpoint)
+    store = DiskRowStore.open(source, read_only=True)
+    manifest = dict(store.manifest)
+    store.close()
+    manifest["last_checkpoint"] = str(source.absolute())
+    _copy_table(source, Path(path).absolute(), manifest, "restore")
+    target = Path(path)
+    copied = json.loads((target / MANIFEST).read_bytes())
+    copied["last_checkpoint"] = str(source.absolute())
+    _write_atomic(target / MANIFEST, json.dumps(copied, indent=1).encode())
