@@ -120,8 +120,11 @@ class DiskTableMixin:
         if handle is None:
             return None, []
         group = handle._group_of[id(self.weight)]
-        fresh_state = not handle.state.get(self.weight)
-        state = handle._state(self.weight, group)
+        state = handle.state.get(self.weight)
+        fresh_state = not state
+        if fresh_state:  # created here (as the optimizer would at its first update) to page it
+            state = {**handle.rule.init_state(self.weight.detach(), group), "table_step": 0}
+            handle.state[self.weight] = state
         tensors = handle.rule.state_tensors(state, group)
         if self._bound != (id(handle), handle.rule.name):
             self._bind(handle, group, state, tensors, fresh_state)
