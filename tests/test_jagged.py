@@ -255,15 +255,17 @@ def test_from_torchrec_rejects_other_types(keyed_jagged_tensor):
         KeyedJagged.from_torchrec({})
 
 
-def test_from_torchrec_rejects_variable_stride(keyed_jagged_tensor):
+def test_from_torchrec_keeps_variable_stride(keyed_jagged_tensor):
     kjt = keyed_jagged_tensor(
         keys=["a", "b"],
         values=torch.tensor([1, 2, 3]),
         lengths=torch.tensor([1, 1, 1]),
         stride_per_key_per_rank=[[1], [2]],
     )
-    with pytest.raises(ValueError, match="variable batch sizes per key"):
-        KeyedJagged.from_torchrec(kjt)
+    batch = KeyedJagged.from_torchrec(kjt)
+    assert batch.stride_per_key() == kjt.stride_per_key() == [1, 2]
+    assert batch.stride() == kjt.stride() == 2
+    assert torch.equal(batch["b"].values, kjt["b"].values())
 
 
 def test_to_torchrec_without_torchrec(monkeypatch):

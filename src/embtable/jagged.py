@@ -84,6 +84,13 @@ class KeyedJagged:
         offsets: ``[F * B + 1]`` non-decreasing starts into ``values``, first 0, last ``N``
             (keyword only; give this or ``lengths``).
         weights: ``[N]`` floating per-value weights, or ``None`` (keyword only).
+        stride: the batch size ``B`` (keyword only); derived from ``lengths`` when omitted.
+            Give it to keep the batch size of a batch without keys (as TorchRec's ``stride``);
+            with keys it must equal ``len(lengths) // F`` (or ``max(stride_per_key)``).
+        stride_per_key: a variable batch size per feature (keyword only; TorchRec's
+            ``stride_per_key``): key ``f`` has ``stride_per_key[f]`` examples, its lengths
+            follow those of key ``f - 1``, and ``lengths`` has ``sum(stride_per_key)`` entries.
+            :meth:`stride` is then the largest of them.
         validate: run the O(F * B) checks on ``lengths`` / ``offsets`` (negative counts, sums);
             the O(1) checks (types, dtypes, shapes, keys) always run.  Pass ``False`` only for
             batches already known to be valid, e.g. in a data loader's hot loop.
@@ -91,8 +98,11 @@ class KeyedJagged:
     Raises:
         ValueError: duplicate keys, a count of lengths that is not a multiple of the number of
             keys, negative lengths, lengths that do not sum to ``len(values)``, bad offsets,
-            ``weights`` of another shape than ``values``, tensors on different devices.
+            ``weights`` of another shape than ``values``, tensors on different devices, a
+            ``stride`` or ``stride_per_key`` that disagrees with ``lengths``.
         TypeError: keys that are not strings, non-integer ids or lengths, non-floating weights.
+            (An empty ``values``, ``lengths`` or ``offsets`` of any dtype, such as
+            ``torch.tensor([])``, is accepted as in TorchRec: a batch without ids.)
 
     Example:
         >>> import torch
@@ -117,29 +127,69 @@ class KeyedJagged:
         *,
         offsets: Tensor | None = None,
         weights: Tensor | None = None,
+        stride: int | None = None,
+        stride_per_key: Sequence[int] | None = None,
         validate: bool = True,
     ) -> None:
         api = "KeyedJagged"
-        self._keys = _checked_keys(keys, api)
+        keys = _checked_keys(keys, api)
+        values = _empty_as_ids(values)
         _check_ids_tensor(values, api)
         if (lengths is None) == (offsets is None):
             raise ValueError(f"{api}: give exactly one of lengths and offsets")
+        if offsets is not None and isinstance(offsets, Tensor) and offsets.numel() == 0:
+            offsets, lengths = None, values.new_zeros(0, dtype=torch.int64)  # TorchRec's empty batch
+        per_key = _checked_stride_per_key(stride_per_key, len(keys), api)
         if lengths is not None:
+            lengths = _empty_as_ids(lengths)
             _check_counts_tensor(lengths, "lengths", values, api)
-            _check_multiple(lengths.numel(), len(self._keys), "lengths", api)
+            if per_key is None:
+                _check_multiple(lengths.numel(), len(keys), "lengths", api)
             if validate:
                 _check_lengths_values(lengths, values.numel(), api)
         else:
             _check_counts_tensor(offsets, "offsets", values, api)
-            _check_multiple(offsets.numel() - 1, len(self._keys), "offsets", api, extra=1)
+            if per_key is None:
+                _check_multiple(offsets.numel() - 1, len(keys), "offsets", api, extra=1)
             if validate:
                 _check_offsets_values(offsets, values.numel(), api)
-            self.__dict__["_offsets"] = offsets.to(torch.int64)
             lengths = torch.diff(offsets)
+        stride = _checked_stride(stride, per_key, lengths.numel(), len(keys), api)
         _check_weights(weights, values, api)
+        if offsets is not None:
+            self.__dict__["_offsets"] = offsets.to(torch.int64)
+        self._set(keys, values, lengths, weights, stride, per_key)
+
+    def _set(
+        self,
+        keys: list[str],
+        values: Tensor,
+        lengths: Tensor,
+        weights: Tensor | None,
+        stride: int,
+        stride_per_key: tuple[int, ...] | None,
+    ) -> None:
+        self._keys = keys
         self._values = values
         self._lengths = lengths
         self._weights = weights
+        self._stride = stride
+        self._stride_per_key = stride_per_key
+
+    @classmethod
+    def _trusted(
+        cls,
+        keys: list[str],
+        values: Tensor,
+        lengths: Tensor,
+        weights: Tensor | None,
+        stride: int,
+        stride_per_key: tuple[int, ...] | None = None,
+    ) -> KeyedJagged:
+        """A batch from parts already known to be consistent; keys may repeat (permute, concat)."""
+        batch = cls.__new__(cls)
+        batch._set(list(keys), values, lengths, weights, stride, stride_per_key)
+        return batch
 
     # ------------------------------------------------------------------ accessors
 
@@ -168,8 +218,29 @@ class KeyedJagged:
         return _complete_cumsum(self._lengths)
 
     def stride(self) -> int:
-        """The batch size ``B``: examples per feature (0 for a batch without keys)."""
-        return self._lengths.numel() // len(self._keys) if self._keys else 0
+        """The batch size ``B``: examples per feature (the largest, with :meth:`stride_per_key`).
+
+        A batch without keys keeps the batch size it was made with (``select([])``,
+        ``split([0, ...])``), else 0.
+        """
+        return self._stride
+
+    def stride_per_key(self) -> list[int]:
+        """The number of examples of each feature (all :meth:`stride` unless variable)."""
+        if self._stride_per_key is None:
+            return [self._stride] * len(self._keys)
+        return list(self._stride_per_key)
+
+    def variable_stride_per_key(self) -> bool:
+        """Whether the batch was made with a batch size per feature (``stride_per_key``)."""
+        return self._stride_per_key is not None
+
+    def lengths_offset_per_key(self) -> list[int]:
+        """Start of each feature's counts in :meth:`lengths`, then ``len(lengths)`` (``F + 1``)."""
+        starts = [0]
+        for count in self.stride_per_key():
+            starts.append(starts[-1] + count)
+        return starts
 
     def length_per_key(self) -> list[int]:
         """Number of ids of each feature over the whole batch (cached)."""
@@ -179,6 +250,14 @@ class KeyedJagged:
     def _length_per_key(self) -> tuple[int, ...]:
         if not self._keys:
             return ()
+        if self._stride_per_key is not None:
+            cells = torch.repeat_interleave(
+                torch.arange(len(self._keys), device=self._lengths.device),
+                torch.tensor(self._stride_per_key, device=self._lengths.device),
+            )
+            per_key = torch.zeros(len(self._keys), dtype=torch.int64, device=self._lengths.device)
+            per_key.index_add_(0, cells, self._lengths.to(torch.int64))
+            return tuple(per_key.tolist())
         per_key = self._lengths.reshape(len(self._keys), -1).sum(1, dtype=torch.int64)
         return tuple(per_key.tolist())
 
@@ -209,19 +288,23 @@ class KeyedJagged:
             index = self._index_of[key]
         except (KeyError, TypeError):
             raise KeyError(f"KeyedJagged: no feature {key!r}; the keys are {self.keys()}") from None
-        batch = self.stride()
+        return self._part(index)
+
+    def _part(self, index: int) -> Jagged:
         start, end = self._offset_per_key[index], self._offset_per_key[index + 1]
+        cells = self.lengths_offset_per_key()
         weights = None if self._weights is None else self._weights[start:end]
-        return Jagged(
-            self._values[start:end], self._lengths[index * batch : (index + 1) * batch], weights
-        )
+        return Jagged(self._values[start:end], self._lengths[cells[index] : cells[index + 1]], weights)
 
     def to_dict(self) -> dict[str, Jagged]:
-        """``{key: Jagged}`` for every feature."""
+        """``{key: Jagged}`` for every feature (TorchRec's ``to_dict``; a repeated key maps to its
+        last block, as ``self[key]``)."""
         return {key: self[key] for key in self._keys}
 
     def select(self, keys: Sequence[str]) -> KeyedJagged:
         """A batch holding only ``keys``, in that order (copies the ids unless already so).
+
+        The batch size is kept, also by ``select([])``.
 
         Raises:
             KeyError: a key is not in this batch.
@@ -229,14 +312,25 @@ class KeyedJagged:
         keys = list(keys)
         if keys == self._keys:
             return self
-        parts = [self[key] for key in keys]
+        for key in keys:
+            if key not in self._index_of:
+                self[key]  # raises the KeyError naming the keys
+        return self._gather([self._index_of[key] for key in keys])
+
+    def _gather(self, indices: list[int]) -> KeyedJagged:
+        """The blocks of keys ``indices`` (repeats allowed), in that order."""
+        parts = [self._part(i) for i in indices]
         weights = None if self._weights is None else _cat([p.weights for p in parts], self._weights)
-        return KeyedJagged(
-            keys,
+        per_key = None
+        if self._stride_per_key is not None:
+            per_key = tuple(self._stride_per_key[i] for i in indices)
+        return KeyedJagged._trusted(
+            [self._keys[i] for i in indices],
             _cat([p.values for p in parts], self._values),
             _cat([p.lengths for p in parts], self._lengths),
-            weights=weights,
-            validate=False,
+            weights,
+            self._stride,
+            per_key,
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> KeyedJagged:
@@ -244,13 +338,166 @@ class KeyedJagged:
         device = torch.device(device)
         if self._values.device == device:
             return self
-        weights = None if self._weights is None else self._weights.to(device, non_blocking=non_blocking)
-        return KeyedJagged(
-            self._keys,
-            self._values.to(device, non_blocking=non_blocking),
-            self._lengths.to(device, non_blocking=non_blocking),
-            weights=weights,
-            validate=False,
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, move: Any) -> KeyedJagged:
+        weights = None if self._weights is None else move(self._weights)
+        return KeyedJagged._trusted(
+            self._keys, move(self._values), move(self._lengths), weights, self._stride,
+            self._stride_per_key,
+        )
+
+    def pin_memory(self) -> KeyedJagged:
+        """A copy in page-locked host memory, for fast asynchronous copies to an accelerator.
+
+        TorchRec's ``KeyedJaggedTensor.pin_memory``; it needs an accelerator build of torch
+        (without one, torch's own ``Tensor.pin_memory`` error is raised).
+        """
+        return self._map(lambda t: t.pin_memory())
+
+    def is_pinned(self) -> bool:
+        """Whether the ids are in page-locked memory (see :meth:`pin_memory`)."""
+        return self._values.is_pinned()
+
+    # ------------------------------------------------------------------ TorchRec's reshaping
+
+    def permute(self, indices: Sequence[int], indices_tensor: Tensor | None = None) -> KeyedJagged:
+        """The keys in the order ``indices`` (TorchRec's ``KeyedJaggedTensor.permute``).
+
+        A key may appear several times (its block is then repeated) or not at all.
+
+        Args:
+            indices: positions into :meth:`keys`, each in ``0 .. F - 1``.
+            indices_tensor: accepted for TorchRec's signature (its kernel's copy of
+                ``indices``); not used.
+
+        Raises:
+            IndexError: an index outside ``0 .. F - 1``.
+            TypeError: an index that is not an int.
+
+        Example:
+            >>> from embtable import KeyedJagged
+            >>> batch = KeyedJagged.from_dict({"a": [[1], [2, 3]], "b": [[4], []]})
+            >>> moved = batch.permute([1, 0, 1])
+            >>> moved.keys(), moved.values(), moved.lengths()
+            (['b', 'a', 'b'], tensor([4, 1, 2, 3, 4]), tensor([1, 0, 1, 2, 1, 0]))
+        """
+        indices = list(indices)
+        for index in indices:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError(f"KeyedJagged.permute: indices must be ints, got {index!r}")
+            if not 0 <= index < len(self._keys):
+                raise IndexError(
+                    f"KeyedJagged.permute: index {index} is outside the {len(self._keys)} keys "
+                    f"{self._keys} (expected 0 .. {len(self._keys) - 1})"
+                )
+        return self._gather(indices)
+
+    def split(self, segments: Sequence[int]) -> list[KeyedJagged]:
+        """Consecutive groups of keys: ``segments[i]`` keys each (TorchRec's ``split``).
+
+        Every part keeps the batch size (an empty segment gives a batch without keys whose
+        :meth:`stride` is this batch's, as in TorchRec); a segment of every key returns
+        ``self``.  Parts are views of this batch's tensors.
+
+        Raises:
+            ValueError: a negative segment, or segments adding up to more than ``F`` keys.
+
+        Example:
+            >>> from embtable import KeyedJagged
+            >>> batch = KeyedJagged.from_dict({"a": [[1], [2, 3]], "b": [[4], []], "c": [[], [5]]})
+            >>> first, second = batch.split([1, 2])
+            >>> first.keys(), second.keys(), second.values()
+            (['a'], ['b', 'c'], tensor([4, 5]))
+            >>> batch.split([0, 3])[0].stride()
+            2
+        """
+        segments = list(segments)
+        for segment in segments:
+            if isinstance(segment, bool) or not isinstance(segment, int) or segment < 0:
+                raise ValueError(f"KeyedJagged.split: segments must be ints >= 0, got {segment!r}")
+        if sum(segments) > len(self._keys):
+            raise ValueError(
+                f"KeyedJagged.split: segments {segments} add up to {sum(segments)} keys, but the "
+                f"batch has {len(self._keys)}"
+            )
+        parts, start = [], 0
+        starts, cells = self._offset_per_key, self.lengths_offset_per_key()
+        for segment in segments:
+            end = start + segment
+            if segment == len(self._keys):
+                parts.append(self)
+            else:
+                lo, hi = starts[start], starts[end]
+                per_key = None
+                if self._stride_per_key is not None:
+                    per_key = self._stride_per_key[start:end]
+                parts.append(
+                    KeyedJagged._trusted(
+                        self._keys[start:end],
+                        self._values[lo:hi],
+                        self._lengths[cells[start] : cells[end]],
+                        None if self._weights is None else self._weights[lo:hi],
+                        self._stride,
+                        per_key,
+                    )
+                )
+            start = end
+        return parts
+
+    @staticmethod
+    def concat(batches: Sequence[KeyedJagged]) -> KeyedJagged:
+        """The keys of all ``batches`` side by side (TorchRec's ``KeyedJaggedTensor.concat``).
+
+        Keys may repeat across batches, as in TorchRec.
+
+        Raises:
+            ValueError: no batches; weighted and unweighted batches mixed; different batch
+                sizes (or variable and fixed ones mixed); different devices.
+            TypeError: an entry is not a :class:`KeyedJagged`.
+
+        Example:
+            >>> from embtable import KeyedJagged
+            >>> both = KeyedJagged.concat([KeyedJagged.from_dict({"a": [[1], [2]]}),
+            ...                            KeyedJagged.from_dict({"b": [[3, 4], []]})])
+            >>> both.keys(), both.values(), both.lengths()
+            (['a', 'b'], tensor([1, 2, 3, 4]), tensor([1, 1, 2, 0]))
+        """
+        api = "KeyedJagged.concat"
+        batches = list(batches)
+        if not batches:
+            raise ValueError(f"{api}: batches must hold at least one KeyedJagged, got none")
+        for batch in batches:
+            if not isinstance(batch, KeyedJagged):
+                raise TypeError(f"{api}: batches must be KeyedJagged, got {type(batch).__name__}")
+        first = batches[0]
+        weighted = [b.weights() is not None for b in batches]
+        if any(weighted) and not all(weighted):
+            raise ValueError(
+                f"{api}: cannot concatenate weighted and unweighted batches (weighted: {weighted})"
+            )
+        variable = [b.variable_stride_per_key() for b in batches]
+        strides = [b.stride() for b in batches]
+        if any(variable) and not all(variable):
+            raise ValueError(
+                f"{api}: cannot mix batches with and without a batch size per key "
+                f"(variable: {variable})"
+            )
+        if not any(variable) and len(set(strides)) > 1:
+            raise ValueError(f"{api}: every batch must have one batch size, got strides {strides}")
+        devices = {str(b.device) for b in batches}
+        if len(devices) > 1:
+            raise ValueError(f"{api}: every batch must be on one device, got {sorted(devices)}")
+        per_key = None
+        if all(variable):
+            per_key = tuple(s for b in batches for s in b.stride_per_key())
+        return KeyedJagged._trusted(
+            [k for b in batches for k in b.keys()],
+            _cat([b.values() for b in batches], first.values()),
+            _cat([b.lengths() for b in batches], first.lengths()),
+            _cat([b.weights() for b in batches], first.weights()) if all(weighted) else None,
+            max(strides),
+            per_key,
         )
 
     @property
@@ -260,8 +507,9 @@ class KeyedJagged:
 
     def __repr__(self) -> str:
         weighted = ", weighted" if self._weights is not None else ""
+        per_key = f", stride_per_key={list(self._stride_per_key)}" if self._stride_per_key else ""
         return (
-            f"KeyedJagged(keys={self._keys}, stride={self.stride()}, "
+            f"KeyedJagged(keys={self._keys}, stride={self.stride()}{per_key}, "
             f"num_values={self._values.numel()}{weighted})"
         )
 
@@ -360,20 +608,25 @@ class KeyedJagged:
     def from_torchrec(cls, kjt: Any) -> KeyedJagged:
         """Build a batch from TorchRec's ``KeyedJaggedTensor`` (sharing its tensors).
 
+        A variable batch size per key (``stride_per_key_per_rank``) becomes ``stride_per_key``
+        (the per-rank split is summed); ``inverse_indices`` are not carried over.
+
         Raises:
-            ValueError: the ``KeyedJaggedTensor`` has a variable batch size per key.
             TypeError: ``kjt`` is not a ``KeyedJaggedTensor``.
+            ValueError: its parts are inconsistent (see the constructor).
         """
         api = "KeyedJagged.from_torchrec"
         keyed_jagged_tensor = _torchrec_class(api)
         if not isinstance(kjt, keyed_jagged_tensor):
             raise TypeError(f"{api}: expected a torchrec KeyedJaggedTensor, got {type(kjt).__name__}")
+        keys = kjt.keys()
+        if len(set(keys)) != len(keys):  # TorchRec's permute / concat repeat keys
+            return cls.concat([_torchrec_key(cls, kjt, i) for i in range(len(keys))])
         if kjt.variable_stride_per_key():
-            raise ValueError(
-                f"{api}: variable batch sizes per key are not supported; every key must have "
-                f"stride() = {kjt.stride()} examples"
-            )
-        return cls(kjt.keys(), kjt.values(), kjt.lengths(), weights=kjt.weights_or_none())
+            return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
+                       stride_per_key=kjt.stride_per_key())
+        return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
+                   stride=kjt.stride())
 
     def to_torchrec(self) -> Any:
         """This batch as TorchRec's ``KeyedJaggedTensor`` (sharing the tensors).
@@ -382,12 +635,16 @@ class KeyedJagged:
             ImportError: torchrec is not installed.
         """
         keyed_jagged_tensor = _torchrec_class("KeyedJagged.to_torchrec")
+        per_rank = None
+        if self._stride_per_key is not None:
+            per_rank = [[count] for count in self._stride_per_key]
         return keyed_jagged_tensor(
             keys=self.keys(),
             values=self._values,
             lengths=self._lengths,
             weights=self._weights,
             stride=self.stride(),
+            stride_per_key_per_rank=per_rank,
         )
 
 
@@ -404,6 +661,22 @@ def _torchrec_class(api: str) -> type:
     return KeyedJaggedTensor
 
 
+def _torchrec_key(cls: type, kjt: Any, index: int) -> Any:
+    """Key ``index`` of a ``KeyedJaggedTensor`` as a one-key batch (keys may repeat there)."""
+    starts, cells = kjt.offset_per_key(), kjt.lengths_offset_per_key()
+    weights = kjt.weights_or_none()
+    lo, hi = starts[index], starts[index + 1]
+    per_key = [kjt.stride_per_key()[index]] if kjt.variable_stride_per_key() else None
+    return cls(
+        [kjt.keys()[index]],
+        kjt.values()[lo:hi],
+        kjt.lengths()[cells[index] : cells[index + 1]],
+        weights=None if weights is None else weights[lo:hi],
+        stride=None if per_key else kjt.stride(),
+        stride_per_key=per_key,
+    )
+
+
 def _checked_keys(keys: Sequence[str], api: str) -> list[str]:
     if isinstance(keys, str):
         raise TypeError(f"{api}: keys must be a sequence of strings, got the string {keys!r}; write [{keys!r}]")
@@ -415,6 +688,66 @@ def _checked_keys(keys: Sequence[str], api: str) -> list[str]:
     if duplicates:
         raise ValueError(f"{api}: keys must be distinct, got {duplicates} more than once")
     return keys
+
+
+def _empty_as_ids(tensor: Any) -> Any:
+    """An empty 1-D tensor of a non-integer dtype (``torch.tensor([])``) as int64, as TorchRec allows."""
+    if (
+        isinstance(tensor, Tensor)
+        and tensor.numel() == 0
+        and tensor.dim() == 1
+        and tensor.dtype not in _ID_DTYPES
+    ):
+        return tensor.new_zeros(0, dtype=torch.int64)
+    return tensor
+
+
+def _checked_stride_per_key(stride_per_key: Any, num_keys: int, api: str) -> tuple[int, ...] | None:
+    if stride_per_key is None:
+        return None
+    if isinstance(stride_per_key, Tensor):
+        stride_per_key = stride_per_key.tolist()
+    if isinstance(stride_per_key, (str, bytes)) or not isinstance(stride_per_key, Sequence):
+        raise TypeError(
+            f"{api}: stride_per_key must be a list of ints, got {type(stride_per_key).__name__}"
+        )
+    per_key = tuple(stride_per_key)
+    for count in per_key:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{api}: stride_per_key must hold ints >= 0, got {count!r}")
+    if len(per_key) != num_keys:
+        raise ValueError(
+            f"{api}: stride_per_key has {len(per_key)} entries, expected one per key ({num_keys})"
+        )
+    return per_key
+
+
+def _checked_stride(
+    stride: Any, per_key: tuple[int, ...] | None, num_lengths: int, num_keys: int, api: str
+) -> int:
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 0):
+        raise ValueError(f"{api}: stride must be an int >= 0, got {stride!r}")
+    if per_key is not None:
+        if sum(per_key) != num_lengths:
+            raise ValueError(
+                f"{api}: lengths has {num_lengths} entries, expected sum(stride_per_key) = "
+                f"{sum(per_key)} (one per example of each key)"
+            )
+        derived = max(per_key, default=0)
+        if stride is not None and stride < derived:
+            raise ValueError(
+                f"{api}: stride={stride} is smaller than the largest of stride_per_key {list(per_key)}"
+            )
+        return derived if stride is None else stride
+    derived = num_lengths // num_keys if num_keys else 0
+    if stride is None or not num_keys:
+        return derived if stride is None else stride
+    if stride != derived:
+        raise ValueError(
+            f"{api}: stride={stride} but lengths has {num_lengths} entries for {num_keys} keys, "
+            f"i.e. a batch of {derived}"
+        )
+    return stride
 
 
 def _check_ids_tensor(values: Any, api: str, name: str = "values", dims: int = 1) -> None:

@@ -124,7 +124,7 @@ def compare_table_grads(collection, modules, tables) -> None:
 
 
 def check_bag_collection(tables, batch, weights_grad=False):
-    collection = EmbeddingBagCollection(tables)
+    collection = EmbeddingBagCollection(tables, is_weighted=batch.weights() is not None)
     oracle = TorchBagLoop(tables)
     copy_weights(collection, oracle)
     if weights_grad:
@@ -296,7 +296,9 @@ def test_forward_errors():
     with pytest.raises(IndexError, match="feature 'x' holds id -1"):
         collection(KeyedJagged.from_dict({"x": [[-1]], "b": [[0]]}))
     with pytest.raises(ValueError, match="feature 'b' \\(table 'b'\\) uses pooling='mean'; weights apply only"):
-        collection(KeyedJagged.from_dict({"x": [[1]], "b": [[0]]}, weights={"x": [[1.0]], "b": [[1.0]]}))
+        EmbeddingBagCollection(tables, is_weighted=True)(
+            KeyedJagged.from_dict({"x": [[1]], "b": [[0]]}, weights={"x": [[1.0]], "b": [[1.0]]})
+        )
     with pytest.raises(TypeError, match="expected a KeyedJagged batch, got dict"):
         collection({"x": torch.tensor([1])})
     with pytest.raises(ValueError, match="the batch is on meta but the tables on cpu"):

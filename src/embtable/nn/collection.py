@@ -72,6 +72,7 @@ class _GroupedTables(Module):
 
     _state_key: ClassVar[str]
     _pooled: ClassVar[bool]
+    _is_weighted: bool = False  # whether lookups use the batch's per-value weights
 
     plan: CollectionPlan
     tables: tuple[TableConfig, ...]
@@ -219,11 +220,17 @@ class _GroupedTables(Module):
             KeyError: a feature of the collection is missing from ``features``.
             IndexError: an id lies outside its table (the message names feature and table).
             ValueError: per-value weights reach a table whose pooling is not ``"sum"``;
+                a weighted collection (``is_weighted=True``) gets a batch without weights;
                 ``features`` is on another device than the weights.
         """
         api = type(self).__name__
         if not isinstance(features, KeyedJagged):
             raise TypeError(f"{api}: expected a KeyedJagged batch, got {type(features).__name__}")
+        if self._is_weighted and features.weights() is None:
+            raise ValueError(
+                f"{api}: the collection is weighted (is_weighted=True) but the batch has no "
+                f"weights; give KeyedJagged(..., weights=...) or use is_weighted=False"
+            )
         device = self.grouped_weights[0].device
         if features.device != device:
             raise ValueError(
@@ -255,6 +262,8 @@ class _GroupedTables(Module):
         positions = [index_of[f] for f in bucket.features]
         counts = [starts[p + 1] - starts[p] for p in positions]
         ids, lengths, weights = _bucket_slices(features, positions, batch)
+        if not self._is_weighted:
+            weights = None  # TorchRec's is_weighted=False: the batch's weights are ignored
         if weights is not None and bucket.pooling in (PoolingMode.MEAN, PoolingMode.MAX):
             raise ValueError(
                 f"{api}: the batch carries per-value weights, but feature {bucket.features[0]!r} "
@@ -286,6 +295,9 @@ class EmbeddingBagCollection(_GroupedTables):
 
     Args:
         tables: the table configs (``pooling`` must be ``"sum"``, ``"mean"`` or ``"max"``).
+        is_weighted: as in TorchRec: ``False`` (default) ignores the batch's per-value
+            weights; ``True`` weights each id of a ``"sum"`` table by its value's weight
+            (as ``per_sample_weights``) and needs weighted batches.
         device: where to allocate the tables.
 
     Attributes:
@@ -299,14 +311,17 @@ class EmbeddingBagCollection(_GroupedTables):
 
     Shape:
         - Input: a :class:`~embtable.KeyedJagged` with every feature of the collection
-          (others are ignored), batch size ``B``; per-value weights (optional) weight the
+          (others are ignored), batch size ``B``, or a batch size per feature
+          (``stride_per_key``); with ``is_weighted=True``, per-value weights weight the
           ids of ``"sum"`` tables.
         - Output: :class:`~embtable.nn.outputs.PooledEmbeddings`; ``result[feature]`` is
-          ``(B, D_feature)``, ``result.values()`` is ``(B, sum(embedding_dims))``.
+          ``(B, D_feature)`` (``B`` the feature's own batch size), ``result.values()`` is
+          ``(B, sum(embedding_dims))`` when every feature has the same batch size.
 
     Raises:
         ValueError: duplicate table names, a feature in two tables, ``pooling="none"``
             (use :class:`EmbeddingCollection`).
+        TypeError: ``is_weighted`` is not a bool.
 
     Example:
         >>> import torch
@@ -334,6 +349,24 @@ class EmbeddingBagCollection(_GroupedTables):
     _state_key = "embedding_bags"
     _pooled = True
 
+    def __init__(
+        self,
+        tables: Sequence[TableConfig],
+        is_weighted: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(is_weighted, bool):
+            raise TypeError(
+                f"EmbeddingBagCollection: is_weighted must be a bool, got {is_weighted!r} "
+                f"(the signature is (tables, is_weighted=False, device=None), as TorchRec's)"
+            )
+        super().__init__(tables, device=device)
+        self._is_weighted = is_weighted
+
+    def is_weighted(self) -> bool:  # type: ignore[override]
+        """Whether lookups use the batch's per-value weights (TorchRec's ``is_weighted()``)."""
+        return self._is_weighted
+
     def _check_pooling(self, config: TableConfig, api: str) -> None:
         if config.pooling is PoolingMode.NONE:
             raise ValueError(
@@ -348,6 +381,7 @@ class EmbeddingBagCollection(_GroupedTables):
         if fast is not None:
             return fast
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
+        strides = _strides(features)
         pooled: dict[str, Tensor] = {}
         for bucket, lookup in zip(self.plan.buckets, self.bucket_inputs(features)):
             out = functional.embedding_bag(
@@ -359,8 +393,11 @@ class EmbeddingBagCollection(_GroupedTables):
                 include_last_offset=True,
                 padding_idx=lookup.padding_idx,
             )
-            # unbind (not slicing) so that backward stacks the features' gradients in one copy
-            per_feature = out.view(len(bucket.features), batch, out.shape[1]).unbind(0)
+            if strides is None:
+                # unbind (not slicing) so that backward stacks the features' gradients in one copy
+                per_feature = out.view(len(bucket.features), batch, out.shape[1]).unbind(0)
+            else:  # a batch size per feature
+                per_feature = out.split([strides[f] for f in bucket.features])
             pooled.update(zip(bucket.features, per_feature))
         return PooledEmbeddings(self.feature_names, [pooled[f] for f in self.feature_names])
 
@@ -376,6 +413,10 @@ class EmbeddingBagCollection(_GroupedTables):
         """
         if not (isinstance(features, KeyedJagged) and ops.extension_available()):
             return None
+        if features.variable_stride_per_key():
+            return None
+        if self._is_weighted and features.weights() is None:
+            return None  # bucket_inputs raises
         weights = self.grouped_weights
         for bucket in self.plan.buckets:
             weight = weights[bucket.group]
@@ -388,7 +429,8 @@ class EmbeddingBagCollection(_GroupedTables):
                 or features.device != weight.device
             ):
                 return None
-        if features.weights() is not None and any(b.pooling != PoolingMode.SUM for b in self.plan.buckets):
+        weighted = self._is_weighted and features.weights() is not None
+        if weighted and any(b.pooling != PoolingMode.SUM for b in self.plan.buckets):
             return None
         index_of = {key: i for i, key in enumerate(features.keys())}
         if any(f not in index_of for f in self.feature_names):
@@ -399,6 +441,8 @@ class EmbeddingBagCollection(_GroupedTables):
         for bucket, consts in zip(self.plan.buckets, self._bucket_consts):
             positions = [index_of[f] for f in bucket.features]
             values, lengths, per_value = _bucket_slices(features, positions, batch)
+            if not weighted:
+                per_value = None
             try:
                 ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
             except RuntimeError as error:
@@ -491,8 +535,11 @@ class EmbeddingCollection(_GroupedTables):
                 padding = torch.isin(lookup.ids, consts["padding_rows"].to(lookup.ids.device))
                 rows = torch.where(padding.unsqueeze(1), rows.detach(), rows)
             lengths = torch.diff(lookup.offsets)
-            for j, (feature, part) in enumerate(zip(bucket.features, rows.split(lookup.counts))):
-                found[feature] = JaggedRows(part, lengths[j * batch : (j + 1) * batch])
+            per_feature = _strides(features)
+            sizes = [batch if per_feature is None else per_feature[f] for f in bucket.features]
+            parts = zip(bucket.features, rows.split(lookup.counts), lengths.split(sizes))
+            for feature, part, feature_lengths in parts:
+                found[feature] = JaggedRows(part, feature_lengths)
         return JaggedEmbeddings(self.feature_names, [found[f] for f in self.feature_names])
 
     def extra_repr(self) -> str:
@@ -518,26 +565,38 @@ def _tables_repr(tables: Sequence[TableConfig], with_pooling: bool) -> str:
     return "\n".join(lines)
 
 
+def _strides(features: Any) -> dict[str, int] | None:
+    """``{feature: its batch size}`` for a batch with a batch size per feature, else ``None``."""
+    if not isinstance(features, KeyedJagged) or not features.variable_stride_per_key():
+        return None
+    return dict(zip(features.keys(), features.stride_per_key()))
+
+
 def _bucket_slices(
     features: KeyedJagged, positions: list[int], batch: int
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The ids, lengths and weights of the features at ``positions``, concatenated in that order.
 
-    Slices of the batch (no copy) when the positions are consecutive.
+    Slices of the batch (no copy) when the positions are consecutive.  ``batch`` is the
+    batch size; a batch with a batch size per feature is cut by its ``lengths_offset_per_key``.
     """
     starts = features.offset_per_key()
     values, lengths, weights = features.values(), features.lengths(), features.weights()
+    if features.variable_stride_per_key():
+        cells = features.lengths_offset_per_key()
+    else:
+        cells = [batch * f for f in range(len(starts))]
     first = positions[0]
     if positions == list(range(first, first + len(positions))):
         last = first + len(positions)
         lo, hi = starts[first], starts[last]
         return (
             values[lo:hi],
-            lengths[first * batch : last * batch],
+            lengths[cells[first] : cells[last]],
             None if weights is None else weights[lo:hi],
         )
     ids = torch.cat([values[starts[p] : starts[p + 1]] for p in positions])
-    lens = torch.cat([lengths[p * batch : (p + 1) * batch] for p in positions])
+    lens = torch.cat([lengths[cells[p] : cells[p + 1]] for p in positions])
     per_value = None
     if weights is not None:
         per_value = torch.cat([weights[starts[p] : starts[p + 1]] for p in positions])

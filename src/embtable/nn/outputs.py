@@ -7,15 +7,19 @@
 
 Both read like a dict of features (``result["user"]``, ``keys()``, ``items()``,
 ``to_dict()``, ``in``, ``len``, iteration over keys).  Like TorchRec's ``KeyedTensor``,
-``PooledEmbeddings.values()`` is the concatenated tensor, not a view of the dict's values.
+``PooledEmbeddings.values()`` is the concatenated tensor, not a view of the dict's values;
+:meth:`PooledEmbeddings.regroup` is ``KeyedTensor.regroup``.  ``PooledEmbeddings`` is a
+registered pytree node (its leaves are the per-feature tensors), so it can be returned from
+functions given to ``torch.export``, ``torch.func`` and ``torch.utils._pytree`` utilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 __all__ = ["JaggedEmbeddings", "JaggedRows", "PooledEmbeddings"]
@@ -93,11 +97,102 @@ class PooledEmbeddings(_FeatureDict):
         return super().__getitem__(key)  # type: ignore[return-value]
 
     def values(self) -> Tensor:
-        """All features concatenated along dim 1: ``[B, sum(D)]`` (computed once, then cached)."""
+        """All features concatenated along dim 1: ``[B, sum(D)]`` (computed once, then cached).
+
+        Raises:
+            ValueError: the features have different batch sizes (a batch with a batch size
+                per feature): use ``result[feature]``.
+        """
         if self._values is None:
             tensors = [self._by_key[key] for key in self._keys]
+            sizes = {key: t.shape[0] for key, t in zip(self._keys, tensors)}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(
+                    f"PooledEmbeddings.values: the features have different batch sizes {sizes} "
+                    f"(a batch with stride_per_key); read each with result[feature]"
+                )
             self._values = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)
         return self._values
+
+    def stride_per_key(self) -> list[int]:
+        """The batch size (rows) of each feature's pooled embeddings."""
+        return [self._by_key[key].shape[0] for key in self._keys]
+
+    @staticmethod
+    def regroup(outputs: Sequence[Any], groups: Sequence[Sequence[str]]) -> list[Tensor]:
+        """Features of several results side by side, one ``[B, sum(D)]`` tensor per group.
+
+        TorchRec's ``KeyedTensor.regroup``: group ``i`` is the concatenation along dim 1 of
+        the features ``groups[i]``, each read from the last of ``outputs`` that has it;
+        a feature may appear in several groups.  ``outputs`` may mix
+        :class:`PooledEmbeddings` and TorchRec ``KeyedTensor`` objects.
+
+        Raises:
+            ValueError: no groups, an empty group, or a group whose features have different
+                batch sizes.
+            KeyError: a feature that no output has.
+
+        Example:
+            >>> import torch
+            >>> from embtable.nn.outputs import PooledEmbeddings
+            >>> users = PooledEmbeddings(["age", "city"], [torch.zeros(2, 1), torch.ones(2, 2)])
+            >>> items = PooledEmbeddings(["brand"], [torch.full((2, 1), 2.0)])
+            >>> towers = PooledEmbeddings.regroup([users, items], [["city", "brand"], ["age"]])
+            >>> towers[0]
+            tensor([[1., 1., 2.],
+                    [1., 1., 2.]])
+            >>> towers[1].shape
+            torch.Size([2, 1])
+        """
+        api = "PooledEmbeddings.regroup"
+        groups = [list(group) for group in groups]
+        if not groups:
+            raise ValueError(f"{api}: groups must list at least one group of features, got none")
+        owner: dict[str, Any] = {}
+        for output in outputs:
+            for key in output.keys():
+                owner[key] = output
+        result = []
+        for i, group in enumerate(groups):
+            if not group:
+                raise ValueError(f"{api}: group {i} is empty; every group needs a feature")
+            tensors = []
+            for key in group:
+                if key not in owner:
+                    raise KeyError(
+                        f"{api}: no output has feature {key!r} (group {i}); the features are "
+                        f"{list(owner)}"
+                    )
+                tensors.append(owner[key][key])
+            sizes = {key: t.shape[0] for key, t in zip(group, tensors)}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"{api}: group {i} mixes batch sizes {sizes}")
+            result.append(tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1))
+        return result
+
+    @staticmethod
+    def regroup_as_dict(
+        outputs: Sequence[Any], groups: Sequence[Sequence[str]], keys: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """:meth:`regroup`, named: ``{keys[i]: group i}`` (TorchRec's ``regroup_as_dict``).
+
+        Raises:
+            ValueError: ``keys`` and ``groups`` differ in length; see :meth:`regroup`.
+
+        Example:
+            >>> import torch
+            >>> from embtable.nn.outputs import PooledEmbeddings
+            >>> out = PooledEmbeddings(["a", "b"], [torch.zeros(3, 2), torch.ones(3, 4)])
+            >>> {k: v.shape for k, v in PooledEmbeddings.regroup_as_dict([out], [["b", "a"]], ["ab"]).items()}
+            {'ab': torch.Size([3, 6])}
+        """
+        keys = list(keys)
+        if len(keys) != len(groups):
+            raise ValueError(
+                f"PooledEmbeddings.regroup_as_dict: {len(keys)} keys for {len(groups)} groups; "
+                f"give one key per group"
+            )
+        return dict(zip(keys, PooledEmbeddings.regroup(outputs, groups)))
 
     def length_per_key(self) -> list[int]:
         """The embedding dimension of each feature (the widths of the column blocks of :meth:`values`)."""
@@ -113,6 +208,30 @@ class PooledEmbeddings(_FeatureDict):
     def __repr__(self) -> str:
         shapes = ", ".join(f"{key!r}: {tuple(self._by_key[key].shape)}" for key in self._keys)
         return f"PooledEmbeddings({{{shapes}}})"
+
+
+def _pooled_flatten(result: PooledEmbeddings) -> tuple[list[Tensor], tuple[str, ...]]:
+    return [result._by_key[key] for key in result._keys], tuple(result._keys)
+
+
+def _pooled_flatten_with_keys(
+    result: PooledEmbeddings,
+) -> tuple[list[tuple[Any, Tensor]], tuple[str, ...]]:
+    leaves, context = _pooled_flatten(result)
+    return [(pytree.MappingKey(key), leaf) for key, leaf in zip(context, leaves)], context
+
+
+def _pooled_unflatten(leaves: Any, context: tuple[str, ...]) -> PooledEmbeddings:
+    return PooledEmbeddings(list(context), list(leaves))
+
+
+pytree.register_pytree_node(
+    PooledEmbeddings,
+    _pooled_flatten,
+    _pooled_unflatten,
+    serialized_type_name="embtable.nn.outputs.PooledEmbeddings",
+    flatten_with_keys_fn=_pooled_flatten_with_keys,
+)
 
 
 class JaggedRows(NamedTuple):
