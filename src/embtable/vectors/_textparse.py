@@ -9,6 +9,7 @@ peak memory is the matrix plus one block.
 from __future__ import annotations
 
 import os
+import warnings
 from array import array
 
 import numpy as np
@@ -66,8 +67,15 @@ def read_text_vectors(
     errors: str,
     progress: bool | None,
     api: str,
+    unicode_errors: str = "strict",
 ) -> tuple[list[str], np.ndarray]:
     """Read a ``token v1 ... vd`` file with or without a ``count dim`` header line.
+
+    A header that announces fewer rows than the file has: the first ``count`` rows are
+    read, as gensim does, with a warning naming the file and both counts.  Tokens are
+    decoded with ``bytes.decode(encoding, unicode_errors)``; with ``"strict"`` a bad token
+    raises ``UnicodeDecodeError`` (a ``ValueError``) naming the file and line, or is
+    skipped with ``errors="skip"``.
 
     Returns:
         ``(tokens, matrix)`` with ``matrix`` of shape ``(len(tokens), dim)``, float32.
@@ -94,6 +102,7 @@ def read_text_vectors(
         bar = progress_bar(os.path.getsize(path), os.path.basename(path), progress)
         carry = b""
         done = capacity == 0
+        extra = 0  # good rows past the header's count
         while not done:
             block = fin.read(_BLOCK)
             bar.update(len(block))
@@ -107,27 +116,26 @@ def read_text_vectors(
             if not data:
                 continue
             rows, row_lines, lines = _parse_block(
-                data, dim, line_no, encoding, bad, tokens, seen, row_line
+                data, dim, line_no, (encoding, unicode_errors), bad, tokens, seen, row_line
             )
             line_no += lines
             start = len(tokens) - rows.shape[0]
             if len(tokens) > capacity:
                 if limit is None or limit > count:
-                    bad.fail(
-                        f"line {row_lines[capacity - start]}",
-                        f"the header announces {count} rows but the file has more; "
-                        "fix the header count",
-                    )
+                    extra = len(tokens) - capacity
                 del tokens[capacity:]
                 rows = rows[: capacity - start]
             out[start : len(tokens)] = rows
             done = done or len(tokens) == capacity
         bar.close()
-        if header and (limit is None or limit >= count) and (carry + fin.read(1 << 16)).strip():
-            bad.fail(
-                f"line {line_no + 1}",
-                f"the header announces {count} rows but the file has more; fix the header count",
-            )
+        if header and (limit is None or limit > count):
+            extra += _count_rows(fin, carry)
+            if extra:
+                warnings.warn(
+                    f"{api}: {path}: the header announces {count} rows but the file has "
+                    f"{count + extra}; read the first {count}, as gensim does",
+                    stacklevel=4,
+                )
     if header and len(tokens) < capacity:
         text = (
             f"the header announces {count} rows but the file has {len(tokens)} good ones; "
@@ -141,17 +149,29 @@ def read_text_vectors(
     return tokens, out
 
 
+def _count_rows(fin, carry: bytes) -> int:
+    """Non-blank lines in ``carry`` plus the rest of ``fin``."""
+    n = 0
+    for block in iter(lambda: fin.read(_BLOCK), b""):
+        data = carry + block
+        cut = data.rfind(b"\n") + 1
+        n += sum(1 for line in data[:cut].split(b"\n") if line.strip())
+        carry = data[cut:]
+    return n + sum(1 for line in carry.split(b"\n") if line.strip())
+
+
 def _parse_block(
     data: bytes,
     dim: int,
     line_no: int,
-    encoding: str,
+    codec: tuple[str, str],
     bad: BadLines,
     tokens: list[str],
     seen: set[str],
     row_line: array,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse whole lines; append good tokens; return their rows, line numbers, lines read."""
+    encoding, unicode_errors = codec
     a = np.frombuffer(data, dtype=np.uint8)
     starts, ends = field_bounds(a)
     newlines = np.flatnonzero(a == 10)
@@ -194,13 +214,19 @@ def _parse_block(
             continue
         raw = data[s:e]
         try:
-            token = raw.decode(encoding)
+            token = raw.decode(encoding, unicode_errors)
         except UnicodeDecodeError as exc:
-            bad.report(
-                f"line {line_no + good_lines[row] + 1}",
+            where = f"line {line_no + good_lines[row] + 1}"
+            problem = (
                 f"token {raw[:40]!r} is not valid {encoding} ({exc.reason}); pass the right "
-                "encoding=",
+                'encoding=, or unicode_errors="replace" or "ignore"'
             )
+            if bad.errors == "strict":  # gensim raises UnicodeDecodeError: so do we
+                text = f"{bad.api}: {bad.path}, {where}: {problem}"
+                raise UnicodeDecodeError(
+                    exc.encoding, exc.object, exc.start, exc.end, text
+                ) from None
+            bad.report(where, problem)
             keep[row] = False
             continue
         where = line_no + good_lines[row] + 1

@@ -24,6 +24,7 @@ def read_glove(
     encoding: str = "utf-8",
     errors: str = "strict",
     progress: bool | None = None,
+    unicode_errors: str = "strict",
 ) -> tuple[list[str], np.ndarray]:
     """Read a GloVe text file (no header) into ``(tokens, float32 matrix)``."""
     return read_word2vec(
@@ -34,6 +35,7 @@ def read_glove(
         errors=errors,
         progress=progress,
         api="load_glove",
+        unicode_errors=unicode_errors,
     )
 
 
@@ -44,10 +46,17 @@ def read_fasttext_vec(
     encoding: str = "utf-8",
     errors: str = "strict",
     progress: bool | None = None,
+    unicode_errors: str = "strict",
 ) -> tuple[list[str], np.ndarray]:
     """Read a fastText ``.vec`` file (word2vec text with trailing spaces)."""
     return read_word2vec(
-        path, limit=limit, encoding=encoding, errors=errors, progress=progress, api="load_fasttext"
+        path,
+        limit=limit,
+        encoding=encoding,
+        errors=errors,
+        progress=progress,
+        api="load_fasttext",
+        unicode_errors=unicode_errors,
     )
 
 

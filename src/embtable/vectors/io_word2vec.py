@@ -9,6 +9,7 @@ by a newline).  These are private parsers behind :class:`embtable.vectors.Vector
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from embtable.vectors._errors import BadLines, check_errors
 from embtable.vectors._progress import progress_bar
 from embtable.vectors._textparse import read_text_vectors
 
-__all__ = ["read_word2vec", "write_word2vec"]
+__all__ = ["check_unicode_errors", "read_fvocab", "read_word2vec", "write_word2vec"]
 
 _BLOCK = 1 << 20
 
@@ -32,14 +33,21 @@ def read_word2vec(
     errors: str = "strict",
     progress: bool | None = None,
     api: str = "load_word2vec_format",
+    unicode_errors: str = "strict",
 ) -> tuple[list[str], np.ndarray]:
     """Read a word2vec text or binary file into ``(tokens, float32 matrix)``.
+
+    A header announcing fewer rows than the file holds: the first ``count`` are read
+    with a warning (text and binary, as gensim reads them).
 
     Raises:
         ValueError: a malformed file (see :func:`embtable.vectors._textparse.read_text_vectors`),
             naming the file and the line (text) or the vector number (binary).
+        UnicodeDecodeError: a token that does not decode, with ``unicode_errors="strict"``
+            and ``errors="strict"``.
     """
     check_errors(errors, api)
+    check_unicode_errors(unicode_errors, api)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"{api}: limit must be None or a non-negative int, got {limit!r}")
     if not os.path.isfile(path):
@@ -47,7 +55,7 @@ def read_word2vec(
     if binary:
         if no_header:
             raise ValueError(f"{api}: binary word2vec files always have a header; drop no_header")
-        return _read_binary(path, limit, encoding, errors, progress, api)
+        return _read_binary(path, limit, (encoding, unicode_errors), errors, progress, api)
     return read_text_vectors(
         path,
         header=not no_header,
@@ -56,10 +64,60 @@ def read_word2vec(
         errors=errors,
         progress=progress,
         api=api,
+        unicode_errors=unicode_errors,
     )
 
 
-def _read_binary(path, limit, encoding, errors, progress, api):
+def check_unicode_errors(unicode_errors: str, api: str) -> None:
+    """``ValueError`` unless ``unicode_errors`` is ``"strict"``, ``"replace"`` or ``"ignore"``."""
+    if unicode_errors not in ("strict", "replace", "ignore"):
+        raise ValueError(
+            f'{api}: unicode_errors must be "strict", "replace" or "ignore", got {unicode_errors!r}'
+        )
+
+
+def read_fvocab(
+    path: str | os.PathLike, encoding: str, unicode_errors: str, api: str
+) -> dict[str, int]:
+    """The ``token count`` lines of a word2vec vocabulary file (the C tool's ``-save-vocab``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{api}: no such fvocab file {os.fspath(path)!r}")
+    counts: dict[str, int] = {}
+    with open(path, "rb") as fin:
+        for number, line in enumerate(fin, 1):
+            parts = line.decode(encoding, unicode_errors).split()
+            if not parts:
+                continue
+            try:
+                token, count = parts
+                counts[token] = int(count)
+            except ValueError:
+                raise ValueError(
+                    f"{api}: {os.fspath(path)}, line {number}: expected 'token count', "
+                    f"got {line[:80]!r}"
+                ) from None
+    return counts
+
+
+def _count_records(fin, data: bytes, width: int) -> int:
+    """Whole ``token vector`` records (and a final partial one) in ``data`` + the rest of ``fin``."""
+    n, pos = 0, 0
+    while True:
+        space = data.find(b" ", pos)
+        if space < 0 or space + 1 + width > len(data):
+            more = fin.read(_BLOCK)
+            if not more:
+                return n + (1 if data[pos:].strip() else 0)
+            data, pos = data[pos:] + more, 0
+            continue
+        n += 1
+        pos = space + 1 + width
+        if pos < len(data) and data[pos] == 10:
+            pos += 1
+
+
+def _read_binary(path, limit, codec, errors, progress, api):
+    encoding, unicode_errors = codec
     path = os.fspath(path)
     bad = BadLines(path, errors, api)
     with open(path, "rb") as fin:
@@ -96,10 +154,16 @@ def _read_binary(path, limit, encoding, errors, progress, api):
                 record += 1
                 keep = True
                 try:
-                    token = raw.decode(encoding)
+                    token = raw.decode(encoding, unicode_errors)
                 except UnicodeDecodeError as exc:
                     where = f"vector {record} (byte {offset + pos})"
-                    bad.report(where, f"token {raw[:40]!r} is not valid {encoding} ({exc.reason})")
+                    problem = f"token {raw[:40]!r} is not valid {encoding} ({exc.reason})"
+                    if errors == "strict":  # as gensim: a UnicodeDecodeError (a ValueError)
+                        text = f"{api}: {path}, {where}: {problem}"
+                        raise UnicodeDecodeError(
+                            exc.encoding, exc.object, exc.start, exc.end, text
+                        ) from None
+                    bad.report(where, problem)
                     keep = False
                 if keep and token in seen:
                     where = f"vector {record} (byte {offset + pos})"
@@ -119,6 +183,14 @@ def _read_binary(path, limit, encoding, errors, progress, api):
                 out[len(tokens) - len(starts) : len(tokens)] = rows.view(np.float32)
             offset += pos
             data = data[pos:]
+        if record == capacity and (limit is None or limit > count):
+            extra = _count_records(fin, data, width)
+            if extra:
+                warnings.warn(
+                    f"{api}: {path}: the header announces {count} vectors but the file has "
+                    f"{count + extra}; read the first {count}, as gensim does",
+                    stacklevel=4,
+                )
         bar.close()
     if record < capacity:
         bad.fail(

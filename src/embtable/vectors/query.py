@@ -4,9 +4,12 @@ Scores follow gensim's definitions so results can be compared with it:
 
 - ``most_similar`` (3CosAdd): the query is the unit-normalized weighted mean of the
   unit-normalized positive rows (weight ``+1``) and negative rows (weight ``-1``);
+  vectors given in a query are used as given (not normalized), as gensim does;
   the score of row ``i`` is ``cos(row_i, query)``.
 - ``most_similar_cosmul`` (3CosMul, Levy & Goldberg 2014, eq. 4 with similarities
-  shifted to [0, 1]): ``prod_p (1 + cos(row_i, p)) / 2  /  (prod_n (1 + cos(row_i, n)) / 2 + 1e-6)``.
+  shifted to [0, 1]): ``prod_p (1 + row_i . p / |row_i|) / 2  /
+  (prod_n (1 + row_i . n / |row_i|) / 2 + 1e-6)`` with ``p`` / ``n`` the unit rows of
+  query tokens and query vectors as given (so a vector of norm 3 scores up to 2.0).
 
 Query rows are excluded from the results.  Work is split into blocks of queries
 so that a block's score matrix stays under ~64 MB.
@@ -20,7 +23,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["normalize_rows", "row_norms", "top_scores", "top_cosmul"]
+__all__ = [
+    "all_scores",
+    "cosine_similarities",
+    "cosmul_scores",
+    "normalize_rows",
+    "row_norms",
+    "top_cosmul",
+    "top_scores",
+]
 
 _BLOCK_ELEMENTS = 1 << 24
 _QUERY_BLOCK = 256
@@ -110,6 +121,34 @@ def top_scores(
     return torch.cat(all_scores), torch.cat(all_ids)
 
 
+def all_scores(
+    weight: Tensor, inv_norms: Tensor, queries: Tensor, restrict: int | None = None
+) -> Tensor:
+    """Cosine of every row (the first ``restrict`` ones) with each query: ``(Q, rows)``.
+
+    ``queries`` must be unit rows; nothing is excluded (gensim's ``topn=None``).
+    """
+    rows = weight.shape[0] if restrict is None else min(restrict, weight.shape[0])
+    return (queries @ weight[:rows].float().T) * inv_norms[:rows]
+
+
+def cosmul_scores(
+    table: Tensor, inv: Tensor, positive: Sequence[Tensor], negative: Sequence[Tensor]
+) -> Tensor:
+    """3CosMul score of every row of ``table`` for each query: ``(Q, rows)``.
+
+    Args:
+        table: ``(rows, dim)`` float32; ``inv``: ``1 / norm`` of each row.
+        positive, negative: per query, a ``(P, dim)`` / ``(N, dim)`` stack of query vectors.
+    """
+    stacked = torch.cat([*positive, *negative])
+    shifted = (1 + (stacked @ table.T) * inv) / 2
+    sizes = [p.shape[0] for p in positive] + [n.shape[0] for n in negative]
+    parts = torch.split(shifted, sizes)
+    n_pos = len(positive)
+    return torch.stack([parts[q].prod(0) / (parts[n_pos + q].prod(0) + 1e-6) for q in range(n_pos)])
+
+
 def top_cosmul(
     weight: Tensor,
     inv_norms: Tensor,
@@ -122,7 +161,8 @@ def top_cosmul(
     """Best ``topn`` rows by 3CosMul for each query.
 
     Args:
-        positive, negative: per query, a ``(P, dim)`` / ``(N, dim)`` stack of unit vectors.
+        positive, negative: per query, a ``(P, dim)`` / ``(N, dim)`` stack of query vectors
+            (unit rows for tokens, vectors as given).
         exclude: per query, the ids to leave out.
 
     Returns:
@@ -136,15 +176,20 @@ def top_cosmul(
     step = max(1, _BLOCK_ELEMENTS // (4 * max(rows, 1)))
     for lo in range(0, len(positive), step):
         pos, neg = positive[lo : lo + step], negative[lo : lo + step]
-        stacked = torch.cat([*pos, *neg])
-        shifted = (1 + (stacked @ table.T) * inv) / 2
-        sizes = [p.shape[0] for p in pos] + [n.shape[0] for n in neg]
-        parts = torch.split(shifted, sizes)
-        scores = torch.stack(
-            [parts[q].prod(0) / (parts[len(pos) + q].prod(0) + 1e-6) for q in range(len(pos))]
-        )
+        scores = cosmul_scores(table, inv, pos, neg)
         _mask(scores, exclude[lo : lo + len(pos)])
         best, idx = torch.topk(scores, k, dim=1)
         all_scores.append(best)
         all_ids.append(idx)
     return torch.cat(all_scores), torch.cat(all_ids)
+
+
+def cosine_similarities(vector: Tensor, vectors: Tensor) -> Tensor:
+    """Cosine of ``vector`` ``(dim,)`` with each row of ``vectors`` ``(n, dim)``, float32.
+
+    As gensim's ``KeyedVectors.cosine_similarities`` (``dot / (|v| |row|)``), except that a
+    zero vector or row scores 0 instead of NaN.
+    """
+    v = vector.float().reshape(-1)
+    rows = vectors.float().reshape(-1, v.shape[0])
+    return normalize_rows(rows) @ normalize_rows(v)

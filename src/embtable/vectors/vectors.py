@@ -34,10 +34,27 @@ __all__ = ["Vectors"]
 Key = str | tuple[str, float] | Tensor | np.ndarray
 
 
+def _load_dtype(dtype: Any, api: str) -> torch.dtype:
+    """``dtype=`` of a loader as a torch dtype: float16, float32 or float64 (torch, NumPy or
+    a name)."""
+    if isinstance(dtype, torch.dtype):
+        found = dtype
+    else:
+        try:
+            found = getattr(torch, np.dtype(dtype).name, None)
+        except TypeError:
+            found = None
+    if found not in (torch.float16, torch.float32, torch.float64):
+        raise ValueError(f"{api}: dtype must be float16, float32 or float64, got {dtype!r}")
+    return found
+
+
 def _as_list(items: Any) -> list:
     if items is None:
         return []
-    if isinstance(items, (str, Tensor, np.ndarray)):
+    if isinstance(items, (Tensor, np.ndarray)):
+        return list(items) if items.ndim == 2 else [items]  # a 2-D array: one vector per row
+    if isinstance(items, str):
         return [items]
     if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], (int, float)):
         return [items]  # one weighted key: (token, weight)
@@ -155,23 +172,34 @@ class Vectors:
                 if isinstance(item, tuple):
                     item, w = item
                 if isinstance(item, str):
-                    i = self.vocab[item]
+                    i = self.vocab.get(item)
+                    if i is None:  # fastText builds it from n-grams; others raise KeyError
+                        parts.append(query.normalize_rows(self._oov(item)))
+                        weights.append(w)
+                        continue
                     exclude.append(i)
                     if norms is None:
                         norms = self.norms()
                     parts.append(self.weight[i].float() / norms[i])
-                else:
-                    vector = torch.as_tensor(item, dtype=torch.float32).reshape(-1)
-                    if vector.numel() != self.dim:
-                        raise ValueError(
-                            f"{api}: a query vector must have {self.dim} values, "
-                            f"got {vector.numel()}"
-                        )
-                    parts.append(query.normalize_rows(vector))
+                else:  # a vector is used as given, as gensim does (not normalized)
+                    parts.append(self._query_array(item, api))
                 weights.append(w)
         if not parts:
             raise ValueError(f"{api}: give at least one positive or negative token or vector")
         return exclude, parts, weights
+
+    def _query_array(self, item: Any, api: str) -> Tensor:
+        """A vector given in a query, as float32 ``(dim,)``; ``ValueError`` if it has another size."""
+        vector = torch.as_tensor(item, dtype=torch.float32).reshape(-1)
+        if vector.numel() != self.dim:
+            raise ValueError(
+                f"{api}: a query vector must have {self.dim} values, got {vector.numel()}"
+            )
+        return vector
+
+    def _oov(self, token: str) -> Tensor:
+        """The vector of a token outside the vocabulary: ``KeyError`` here (fastText overrides)."""
+        raise KeyError(self.vocab.missing_message(token))
 
     def _query_vector(self, positive: Any, negative: Any, api: str) -> tuple[Tensor, list[int]]:
         exclude, parts, weights = self._combine(positive, negative, api)
@@ -182,26 +210,30 @@ class Vectors:
         self,
         positive: Key | Sequence[Key] | None = None,
         negative: Key | Sequence[Key] | None = None,
-        topn: int = 10,
+        topn: int | None = 10,
         restrict_vocab: int | None = None,
-    ) -> list[tuple[str, float]]:
+    ) -> list[tuple[str, float]] | Tensor:
         """Tokens closest (cosine) to the mean of ``positive`` minus ``negative`` (3CosAdd).
 
-        The query tokens themselves are excluded; ``restrict_vocab`` searches only the
-        first N rows.  Scores equal gensim's ``KeyedVectors.most_similar``.
+        Keys are tokens, ``(token, weight)`` pairs, vectors (used as given, not normalized)
+        or a 2-D array of vectors (one positive per row).  The query tokens themselves are
+        excluded; ``restrict_vocab`` searches only the first N rows.  Scores equal gensim's
+        ``KeyedVectors.most_similar``; ``topn=None`` returns the score of every row (query
+        tokens included) as a float32 tensor, as gensim returns its array.
         """
         return self.most_similar_batch([(positive, negative)], topn, restrict_vocab)[0]
 
     def most_similar_batch(
         self,
         queries: Sequence[Any],
-        topn: int = 10,
+        topn: int | None = 10,
         restrict_vocab: int | None = None,
-    ) -> list[list[tuple[str, float]]]:
+    ) -> list[list[tuple[str, float]]] | Tensor:
         """:meth:`most_similar` for many queries at once (one matrix product per block).
 
         Args:
             queries: each a token, a vector, or a ``(positive, negative)`` pair.
+            topn: results per query; ``None``: a ``(len(queries), rows)`` tensor of all scores.
         """
         vectors, excludes = [], []
         for q in queries:
@@ -213,6 +245,9 @@ class Vectors:
             v, ex = self._query_vector(positive, negative, "most_similar")
             vectors.append(v)
             excludes.append(ex)
+        if topn is None:
+            batch = torch.stack(vectors) if vectors else torch.zeros(0, self.dim)
+            return query.all_scores(self.weight, self.inv_norms(), batch, restrict_vocab)
         if topn < 1 or not vectors:
             return [[] for _ in queries]
         scores, ids = query.top_scores(
@@ -231,12 +266,14 @@ class Vectors:
         self,
         positive: Key | Sequence[Key] | None = None,
         negative: Key | Sequence[Key] | None = None,
-        topn: int = 10,
+        topn: int | None = 10,
         restrict_vocab: int | None = None,
-    ) -> list[tuple[str, float]]:
+    ) -> list[tuple[str, float]] | Tensor:
         """Tokens ranked by 3CosMul (gensim's ``most_similar_cosmul`` formula).
 
-        Unlike gensim 4.4, ``restrict_vocab`` is honoured.
+        Vectors are used as given (not normalized), as gensim does.  ``topn=None`` returns
+        every row's score as a float32 tensor.  Unlike gensim 4.4, ``restrict_vocab`` is
+        honoured.
         """
         exclude, parts, weights = self._combine(positive, negative, "most_similar_cosmul")
         pos = [p for p, w in zip(parts, weights) if w > 0]
@@ -244,6 +281,13 @@ class Vectors:
         if not pos:
             raise ValueError("most_similar_cosmul: give at least one positive token or vector")
         empty = torch.zeros(0, self.dim)
+        if topn is None:
+            rows = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
+            table, inv = self.weight[:rows].float(), self.inv_norms()[:rows]
+            negs = [torch.stack(neg) if neg else empty]
+            return query.cosmul_scores(table, inv, [torch.stack(pos)], negs)[0]
+        if topn < 1:
+            return []
         scores, ids = query.top_cosmul(
             self.weight,
             self.inv_norms(),
@@ -335,6 +379,250 @@ class Vectors:
         results = self._results(scores, ids)
         return results[0] if v.dim() == 1 else results
 
+    # ------------------------------------------------------- gensim-style extras
+    def _key_rows(self, keys: Sequence[Any], api: str) -> list[Tensor | None]:
+        """Each key's raw float32 vector (tokens, OOV tokens of fastText, vectors); None if
+        the token is unknown."""
+        out: list[Tensor | None] = []
+        for key in keys:
+            if isinstance(key, str):
+                i = self.vocab.get(key)
+                if i is not None:
+                    out.append(self.weight[i].float())
+                    continue
+                try:
+                    out.append(self._oov(key).float())
+                except KeyError:
+                    out.append(None)
+            else:
+                out.append(self._query_array(key, api))
+        return out
+
+    def get_mean_vector(
+        self,
+        keys: Sequence[Any],
+        weights: Sequence[float] | np.ndarray | Tensor | None = None,
+        pre_normalize: bool = True,
+        post_normalize: bool = False,
+        ignore_missing: bool = True,
+    ) -> Tensor:
+        """The weighted mean of the keys' vectors, as gensim's ``get_mean_vector``.
+
+        ``sum_k w_k x_k / sum_k |w_k|`` over the keys found, where ``x_k`` is a token's row
+        (unit length when ``pre_normalize``) or a vector as given; the mean is scaled to
+        unit length when ``post_normalize``.
+
+        Args:
+            keys: tokens and/or vectors (a 2-D array: one vector per row).
+            weights: one per key (default 1).
+            ignore_missing: skip unknown tokens (else ``KeyError``).
+
+        Returns:
+            A float32 ``(dim,)`` tensor (zeros when no key was found).
+
+        Raises:
+            ValueError: no keys, or ``weights`` of another length than ``keys``.
+            KeyError: an unknown token with ``ignore_missing=False``.
+
+        Example:
+            >>> v = Vectors(["a", "b"], torch.tensor([[3.0, 0.0], [0.0, 1.0]]))
+            >>> v.get_mean_vector(["a", "b"], weights=[1.0, 3.0])
+            tensor([0.2500, 0.7500])
+        """
+        keys = _as_list(keys)
+        if not keys:
+            raise ValueError("get_mean_vector: give at least one key")
+        w = torch.ones(len(keys)) if weights is None else torch.as_tensor(weights).float()
+        if w.reshape(-1).shape[0] != len(keys):
+            raise ValueError(
+                f"get_mean_vector: weights must have one entry per key ({len(keys)}), "
+                f"got shape {tuple(w.shape)}"
+            )
+        w = w.reshape(-1)
+        rows = self._key_rows(keys, "get_mean_vector")
+        used = []
+        for key, row in zip(keys, rows):
+            if row is None and not ignore_missing:
+                raise KeyError(self.vocab.missing_message(key))
+            used.append(row is not None)
+        mean = torch.zeros(self.dim)
+        if any(used):
+            picked = [
+                query.normalize_rows(r) if pre_normalize and isinstance(k, str) else r
+                for k, r, u in zip(keys, rows, used)
+                if u
+            ]
+            wu = w[torch.tensor(used)]
+            mean = (torch.stack(picked) * wu[:, None]).sum(0) / wu.abs().sum()
+        return query.normalize_rows(mean) if post_normalize else mean
+
+    def n_similarity(self, ws1: Sequence[str], ws2: Sequence[str]) -> float:
+        """Cosine of the plain means of two sets of tokens (gensim's ``n_similarity``).
+
+        Unknown tokens are skipped, as in gensim.
+
+        Raises:
+            ValueError: either set is empty (gensim raises ``ZeroDivisionError``).
+
+        Example:
+            >>> v = Vectors(["a", "b", "c"], torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+            >>> round(v.n_similarity(["a", "b"], ["c"]), 4)
+            1.0
+        """
+        if not (len(ws1) and len(ws2)):
+            raise ValueError("n_similarity: both ws1 and ws2 need at least one token")
+        m1 = self.get_mean_vector(ws1, pre_normalize=False)
+        m2 = self.get_mean_vector(ws2, pre_normalize=False)
+        return float(query.normalize_rows(m1) @ query.normalize_rows(m2))
+
+    @staticmethod
+    def cosine_similarities(vector_1: Tensor | np.ndarray, vectors_all: Any) -> Tensor:
+        """Cosine of ``vector_1`` with each row of ``vectors_all`` (a float32 tensor).
+
+        Example:
+            >>> Vectors.cosine_similarities(torch.tensor([1.0, 0.0]),
+            ...                             torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+            tensor([1.0000, 0.7071])
+        """
+        others = torch.as_tensor(
+            np.asarray(vectors_all) if isinstance(vectors_all, list) else vectors_all
+        )
+        return query.cosine_similarities(torch.as_tensor(vector_1), others)
+
+    def distances(self, word_or_vector: Any, other_words: Sequence[str] = ()) -> Tensor:
+        """Cosine distances ``1 - cos`` from a token or vector to ``other_words`` (default:
+        every row, itself included), as gensim's ``distances``; a float32 tensor.
+
+        Example:
+            >>> v = Vectors(["a", "b"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+            >>> v.distances("a")
+            tensor([0., 1.])
+        """
+        if isinstance(word_or_vector, str):
+            vector = self[word_or_vector]
+        else:
+            vector = self._query_array(word_or_vector, "distances")
+        others = self[list(other_words)] if len(other_words) else self.weight
+        return 1 - query.cosine_similarities(vector, others)
+
+    def distance(self, w1: str, w2: str) -> float:
+        """``1 - similarity(w1, w2)``."""
+        return 1 - self.similarity(w1, w2)
+
+    def closer_than(self, key1: str, key2: str) -> list[str]:
+        """Tokens closer (cosine) to ``key1`` than ``key2`` is, ``key1`` left out, in row order.
+
+        Example:
+            >>> v = Vectors(["a", "b", "c"], torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0]]))
+            >>> v.closer_than("a", "c"), v.rank("a", "c")
+            (['b'], 2)
+        """
+        i1, i2 = self.vocab[key1], self.vocab[key2]
+        dist = self.distances(key1)
+        closer = dist < dist[i2]
+        closer[i1] = False
+        tokens = self.vocab.tokens
+        return [tokens[i] for i in torch.nonzero(closer).flatten().tolist()]
+
+    def rank(self, key1: str, key2: str) -> int:
+        """``len(closer_than(key1, key2)) + 1``: 1 for the nearest token (gensim's ``rank``)."""
+        return len(self.closer_than(key1, key2)) + 1
+
+    def most_similar_to_given(self, key1: str, keys_list: Sequence[str]) -> str:
+        """The token of ``keys_list`` most similar to ``key1``."""
+        if not keys_list:
+            raise ValueError("most_similar_to_given: keys_list is empty")
+        sims = query.cosine_similarities(self[key1], self[list(keys_list)])
+        return keys_list[int(torch.argmax(sims))]
+
+    # ---------------------------------------------------------- growing the table
+    def add_vectors(
+        self,
+        keys: str | Sequence[str],
+        weights: Tensor | np.ndarray | Sequence[Any],
+        replace: bool = False,
+    ) -> None:
+        """Append tokens and their rows; the vocabulary and the table grow together.
+
+        Tokens already present keep their row unless ``replace``; a token given twice
+        takes its last row.  Rows are cast to the table's dtype.  A tensor table grows
+        with spare capacity (amortized O(1) per row; it is no longer shared with the
+        tensor given at construction); an ``Embedding`` gets a new, larger weight
+        (rebuild optimizers that held the old one).
+
+        Raises:
+            TypeError: a key is not a string.
+            ValueError: ``weights`` is not ``(len(keys), dim)`` (or ``(dim,)`` for one key).
+
+        Example:
+            >>> v = Vectors(["a"], torch.tensor([[1.0, 0.0]]))
+            >>> v.add_vectors(["b", "a"], [[0.0, 1.0], [5.0, 5.0]])
+            >>> v.tokens, v["a"]
+            (['a', 'b'], tensor([1., 0.]))
+            >>> v["a"] = [2.0, 2.0]
+            >>> v["a"]
+            tensor([2., 2.])
+        """
+        single = isinstance(keys, str)
+        keys = [keys] if single else list(keys)
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(f"add_vectors: keys must be strings, got {type(key).__name__}")
+        rows = torch.as_tensor(np.asarray(weights) if isinstance(weights, list) else weights)
+        if single or (rows.dim() == 1 and len(keys) == 1):
+            rows = rows.reshape(1, -1)
+        if rows.dim() != 2 or rows.shape != (len(keys), self.dim):
+            raise ValueError(
+                f"add_vectors: weights must have shape ({len(keys)}, {self.dim}), "
+                f"got {tuple(rows.shape)}"
+            )
+        rows = rows.to(self.weight.dtype)
+        index = self.vocab.index
+        new: dict[str, int] = {}
+        update: dict[int, int] = {}
+        for r, key in enumerate(keys):
+            i = index.get(key)
+            if i is None:
+                new[key] = r
+            elif replace:
+                update[i] = r
+        if new:
+            self._grow(rows[list(new.values())])
+            self.vocab.append(list(new))
+        if update:
+            with torch.no_grad():
+                weight = self.table.weight if isinstance(self.table, Embedding) else self.table
+                weight[list(update)] = rows[list(update.values())]
+        self._norms = None
+
+    def add_vector(self, key: str, vector: Tensor | np.ndarray | Sequence[float]) -> int:
+        """Add one token (kept if present, as gensim's ``add_vector``); returns its row."""
+        self.add_vectors([key], torch.as_tensor(np.asarray(vector)).reshape(1, -1))
+        return self.vocab[key]
+
+    def __setitem__(self, keys: str | Sequence[str], weights: Any) -> None:
+        """``vectors[key] = row`` (or lists of both): add or replace rows, as gensim."""
+        self.add_vectors(keys, weights, replace=True)
+
+    def _grow(self, rows: Tensor) -> None:
+        """Append ``rows`` to the table."""
+        n, k = len(self), rows.shape[0]
+        if isinstance(self.table, Embedding):
+            old = self.table.weight
+            with torch.no_grad():
+                grown = torch.cat([old.detach(), rows.to(old.device)])
+            self.table.weight = torch.nn.Parameter(grown, requires_grad=old.requires_grad)
+            self.table.num_embeddings = n + k
+            return
+        buffer = getattr(self, "_buffer", None)
+        if buffer is None or self.table.data_ptr() != buffer.data_ptr() or buffer.shape[0] < n + k:
+            spare = max(k, n // 8, 16)
+            buffer = self.table.new_empty((n + spare, self.dim))
+            buffer[:n] = self.table
+            self._buffer = buffer
+        buffer[n : n + k] = rows.to(buffer.device)
+        self.table = buffer[: n + k]
+
     # -------------------------------------------------------------- evaluation
     def evaluate_analogies(self, path: str | os.PathLike, **kwargs: Any):
         """See :func:`embtable.vectors.evaluate.evaluate_analogies`."""
@@ -404,8 +692,15 @@ class Vectors:
         encoding: str = "utf-8",
         errors: str = "strict",
         progress: bool | None = None,
+        *,
+        unicode_errors: str = "strict",
+        dtype: Any = torch.float32,
+        fvocab: str | os.PathLike | None = None,
     ) -> Vectors:
         """Read a word2vec text (``binary=False``) or binary file, gensim-style.
+
+        A header that announces fewer rows than the file has: the first ``count`` rows are
+        read (as gensim does) with a warning naming the file and both counts.
 
         Args:
             binary: the C tool's binary layout.
@@ -415,13 +710,24 @@ class Vectors:
             errors: ``"strict"`` raises on the first bad line; ``"skip"`` logs it (logger
                 ``embtable.vectors``) and goes on.
             progress: show a tqdm bar (default: when stderr is a terminal).
+            unicode_errors: ``"strict"``, ``"replace"`` or ``"ignore"``, how tokens whose
+                bytes do not decode are read (gensim's ``unicode_errors``).
+            dtype: of the table: float16, float32 (default) or float64 (values are read to
+                float32 precision, then cast).
+            fvocab: a ``token count`` file (the C tool's ``-save-vocab``): the counts.
 
         Raises:
             ValueError: ragged rows, bad header counts, non-numeric values, duplicate tokens
                 or undecodable tokens, naming the file and line.
+            UnicodeDecodeError: (a ``ValueError``) a token that does not decode with
+                ``unicode_errors="strict"`` and ``errors="strict"``.
         """
-        from embtable.vectors.io_word2vec import read_word2vec
+        from embtable.vectors.io_word2vec import check_unicode_errors, read_fvocab, read_word2vec
 
+        api = "load_word2vec_format"
+        torch_dtype = _load_dtype(dtype, api)
+        check_unicode_errors(unicode_errors, api)
+        counts = None if fvocab is None else read_fvocab(fvocab, encoding, unicode_errors, api)
         tokens, matrix = read_word2vec(
             path,
             binary=binary,
@@ -430,8 +736,11 @@ class Vectors:
             encoding=encoding,
             errors=errors,
             progress=progress,
+            unicode_errors=unicode_errors,
         )
-        return cls(tokens, torch.from_numpy(matrix))
+        if counts is not None:
+            counts = [counts.get(token, 0) for token in tokens]
+        return cls(tokens, torch.from_numpy(matrix).to(torch_dtype), counts)
 
     def save_word2vec_format(
         self,
@@ -455,12 +764,16 @@ class Vectors:
         )
 
     @classmethod
-    def load_glove(cls, path: str | os.PathLike, **kwargs: Any) -> Vectors:
-        """Read a GloVe text file (no header); keywords as :meth:`load_word2vec_format`."""
+    def load_glove(
+        cls, path: str | os.PathLike, *, dtype: Any = torch.float32, **kwargs: Any
+    ) -> Vectors:
+        """Read a GloVe text file (no header); keywords as :meth:`load_word2vec_format`
+        (``limit``, ``encoding``, ``errors``, ``progress``, ``unicode_errors``, ``dtype``)."""
         from embtable.vectors.io_glove import read_glove
 
+        torch_dtype = _load_dtype(dtype, "load_glove")
         tokens, matrix = read_glove(path, **kwargs)
-        return cls(tokens, torch.from_numpy(matrix))
+        return cls(tokens, torch.from_numpy(matrix).to(torch_dtype))
 
     def save_glove(self, path: str | os.PathLike, precision: int | None = None) -> None:
         """Write a GloVe text file (no header)."""
@@ -469,12 +782,43 @@ class Vectors:
         write_glove(path, self.tokens, self.weight.float().numpy(), precision=precision)
 
     @classmethod
-    def load_fasttext(cls, path: str | os.PathLike, **kwargs: Any) -> Vectors:
-        """Read a fastText ``.vec`` file; keywords as :meth:`load_word2vec_format`."""
+    def load_fasttext(
+        cls, path: str | os.PathLike, *, dtype: Any = torch.float32, **kwargs: Any
+    ) -> Vectors:
+        """Read a fastText ``.vec`` file; keywords as :meth:`load_word2vec_format`.
+
+        A path ending in ``.bin`` is read by :meth:`load_facebook_vectors` (keywords
+        ``encoding``, ``unicode_errors``, ``dtype``).
+        """
+        if os.fspath(path).endswith(".bin"):
+            return cls.load_facebook_vectors(path, dtype=dtype, **kwargs)
         from embtable.vectors.io_glove import read_fasttext_vec
 
+        torch_dtype = _load_dtype(dtype, "load_fasttext")
         tokens, matrix = read_fasttext_vec(path, **kwargs)
-        return cls(tokens, torch.from_numpy(matrix))
+        return cls(tokens, torch.from_numpy(matrix).to(torch_dtype))
+
+    @staticmethod
+    def load_facebook_vectors(
+        path: str | os.PathLike,
+        *,
+        encoding: str = "utf-8",
+        unicode_errors: str = "strict",
+        dtype: Any = torch.float32,
+    ) -> Any:
+        """A fastText ``.bin`` model's vectors, with vectors for unknown words built from
+        character n-grams (gensim's ``load_facebook_vectors``); no gensim needed.
+
+        Returns:
+            A :class:`embtable.vectors.FastTextVectors`.
+
+        See :func:`embtable.vectors.io_fasttext.read_facebook_bin`.
+        """
+        from embtable.vectors.io_fasttext import FastTextVectors
+
+        return FastTextVectors.load(
+            path, encoding=encoding, unicode_errors=unicode_errors, dtype=dtype
+        )
 
     @classmethod
     def load_hf(cls, path: str | os.PathLike, tensor_name: str | None = None) -> Vectors:

@@ -88,6 +88,23 @@ class Vocab:
             out.append(i)
         return out
 
+    def append(self, tokens: Sequence[str]) -> None:
+        """Add new, distinct tokens at the end (ids ``len(self)``, ...); counts get 0.
+
+        The caller checks that they are new (``Vectors.add_vectors`` does).
+        """
+        if not getattr(self, "_own_tokens", False):  # never grow a list the caller still holds
+            self.tokens = list(self.tokens)
+            self._own_tokens = True
+        index = self.index
+        for token in tokens:
+            index[token] = len(self.tokens)
+            self.tokens.append(token)
+        if self.counts is not None:
+            grown = np.zeros(len(self.tokens), dtype=np.int64)
+            grown[: self.counts.shape[0]] = self.counts
+            self.counts = grown
+
     def count(self, token: str) -> int | None:
         """The stored count of ``token``, or ``None`` when the vocabulary has no counts."""
         i = self[token]
