@@ -5,7 +5,9 @@
   gensim ``KeyedVectors``;
 - batched queries (``most_similar``, 3CosAdd / 3CosMul analogies, ``doesnt_match``,
   ``nearest``) and gensim-equal evaluation (``evaluate_analogies``, ``evaluate_pairs``);
-- :func:`build_from` to align a task vocabulary to pretrained rows.
+- :func:`build_from` to align a task vocabulary to pretrained rows;
+- :class:`FastTextVectors`: fastText ``.bin`` models, vectors for unknown words from
+  character n-grams (``Vectors.load_facebook_vectors``).
 
 Example:
     >>> import torch
@@ -18,12 +20,14 @@ Example:
 
 from embtable.vectors.build import Coverage, build_from
 from embtable.vectors.evaluate import AnalogyResult, PairsResult, evaluate_analogies, evaluate_pairs
+from embtable.vectors.io_fasttext import FastTextVectors
 from embtable.vectors.vectors import Vectors
 from embtable.vectors.vocab import Vocab
 
 __all__ = [
     "AnalogyResult",
     "Coverage",
+    "FastTextVectors",
     "PairsResult",
     "Vectors",
     "Vocab",
