@@ -1,6 +1,31 @@
 """Sharded tables on ``torch.distributed`` (DESIGN.md, "Storage": sharding sits above nn,
-optim and storage; nothing in those layers imports this package)."""
+optim and storage; nothing in those layers imports this package).
+
+- :mod:`~embtable.distributed.plan`: :class:`ShardingPlan` (plain data) and :func:`plan_sharding`;
+- :mod:`~embtable.distributed.sharded`: :func:`shard`, :class:`ShardedEmbeddingBagCollection`,
+  :class:`ShardedEmbeddingCollection`;
+- :mod:`~embtable.distributed.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`,
+  :func:`load_unsharded` (``torch.distributed.checkpoint``, any world size).
+
+See ``docs/distributed.md``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from embtable.distributed.plan import (
+    Shard,
+    ShardingPlan,
+    ShardingType,
+    TableSharding,
+    plan_sharding,
+    state_bytes_per_row,
+)
+
+__all__: list[str] = [
+    "Shard",
+    "ShardingPlan",
+    "ShardingType",
+    "TableSharding",
+    "plan_sharding",
+    "state_bytes_per_row",
+]
