@@ -1,0 +1,524 @@
+// The compiled SlotMap of embtable._C: an open-addressing hash map from int64 ids to slots of a
+// dense slot tensor, with admission counting and an eviction policy (LRU / LFU / TTL / CLOCK).
+// All state lives in tensors owned by embtable/storage/slots.py; these ops read and update it
+// in place.  The pure-Python oracle, and the specification of every decision taken here, is
+// embtable/storage/_slots_reference.py: both must agree id by id, slot by slot.
+//
+// Ops (registered in this translation unit):
+//   slot_lookup(ids, state[], config[]) -> (slots, new_ids, new_slots, evicted_ids, evicted_slots)
+//   slot_find(ids, index) -> slots                       (read-only, -1 where absent)
+//   slot_table_build(keys, values, size) -> table        (a [size, 2] (key, value) table)
+//
+// Tables: `size` (a power of two) rows of (key, value) int64 pairs, linear probing, value -1
+// marks an empty row, deletion by backward shift (no tombstones).  The map's index holds
+// (id, slot); the exact admission counter holds (id, count).
+//
+// A call is sequential (one thread), so decisions cannot depend on the thread count.  Cache
+// misses on the index are hidden by prefetching the home rows of ids a few positions ahead.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace embtable {
+namespace {
+
+constexpr const char* kApi = "SlotMap.lookup";
+constexpr int64_t kEmpty = -1;
+constexpr int kAhead = 8;  // prefetch distance in ids
+
+// Policy codes shared with embtable/storage/slots.py (_POLICY_CODES).
+constexpr int64_t kLru = 0;
+constexpr int64_t kLfu = 1;
+constexpr int64_t kTtl = 2;
+constexpr int64_t kClock = 3;
+
+// Offsets into the int64 `meta` tensor (shared with slots.py).
+enum Meta : int64_t {
+  kCalls = 0, kClockStep, kHand, kAdmitted, kEvicted, kDefaultHits, kLookups, kSize,
+  kHead, kTail, kExactSize, kCursor, kSeq, kMetaLen
+};
+
+// The state list, in order (shared with slots.py).
+enum StateIndex : int64_t {
+  sMeta = 0, sSlotIds, sLive, sFreq, sLastCall, sLastStep, sRef, sPrev, sNext, sSeq,
+  sHeapSlot, sHeapFreq, sHeapCall, sIndex, sSketch, sSeeds, sExact, sStateLen
+};
+
+inline uint64_t splitmix64(uint64_t x) {
+  uint64_t z = x + 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// Home row of a key in a table of 2^bits rows (Fibonacci hashing of a pre-mixed key).
+inline uint64_t home(int64_t key, int bits) {
+  uint64_t u = static_cast<uint64_t>(key);
+  u ^= u >> 29;
+  return (u * 0x9E3779B97F4A7C15ULL) >> (64 - bits);
+}
+
+struct Table {
+  int64_t* rows;  // [size, 2]: key, value
+  uint64_t mask;
+  int bits;
+
+  explicit Table(const at::Tensor& t) {
+    rows = t.data_ptr<int64_t>();
+    const uint64_t size = static_cast<uint64_t>(t.size(0));
+    mask = size - 1;
+    bits = 0;
+    while ((uint64_t{1} << bits) < size) ++bits;
+  }
+  void prefetch(int64_t key) const { __builtin_prefetch(rows + 2 * home(key, bits), 0, 1); }
+  // Row of `key`, or the empty row where it would go.
+  uint64_t probe(int64_t key) const {
+    uint64_t i = bits ? home(key, bits) : 0;
+    while (rows[2 * i + 1] != kEmpty && rows[2 * i] != key) i = (i + 1) & mask;
+    return i;
+  }
+  int64_t get(int64_t key) const { return rows[2 * probe(key) + 1]; }
+  void put(int64_t key, int64_t value) {
+    const uint64_t i = probe(key);
+    rows[2 * i] = key;
+    rows[2 * i + 1] = value;
+  }
+  void erase(int64_t key) {
+    uint64_t i = probe(key);
+    if (rows[2 * i + 1] == kEmpty) return;
+    uint64_t j = i;
+    while (true) {
+      j = (j + 1) & mask;
+      if (rows[2 * j + 1] == kEmpty) break;
+      const uint64_t k = home(rows[2 * j], bits);
+      const bool stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
+      if (stays) continue;
+      rows[2 * i] = rows[2 * j];
+      rows[2 * i + 1] = rows[2 * j + 1];
+      i = j;
+    }
+    rows[2 * i] = 0;
+    rows[2 * i + 1] = kEmpty;
+  }
+};
+
+// Per-thread scratch of one call, reused between calls.
+struct Scratch {
+  std::vector<int64_t> table;  // dedup table of the call's ids: (key, distinct index)
+  std::vector<int64_t> ids, count, slot, estimate, occ;
+  std::vector<int64_t> aside;  // LFU: heap entries set aside (pinned) during a call
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+struct Map {
+  int64_t* meta;
+  int64_t* slot_ids;
+  bool* live;
+  int64_t* freq;
+  int64_t* last_call;
+  int64_t* last_step;
+  uint8_t* ref;
+  int64_t* prev;
+  int64_t* next;
+  int64_t* seq;
+  int64_t* heap_slot;
+  int64_t* heap_freq;
+  int64_t* heap_call;
+  int64_t capacity, policy, ttl;
+
+  // ---------------------------------------------------------------- recency list
+  void unlink(int64_t s) {
+    const int64_t p = prev[s], n = next[s];
+    if (p >= 0) next[p] = n; else meta[kHead] = n;
+    if (n >= 0) prev[n] = p; else meta[kTail] = p;
+  }
+  void append(int64_t s) {
+    const int64_t t = meta[kTail];
+    prev[s] = t;
+    next[s] = -1;
+    if (t >= 0) next[t] = s; else meta[kHead] = s;
+    meta[kTail] = s;
+    seq[s] = ++meta[kSeq];
+  }
+
+  // ---------------------------------------------------------------- LFU heap (lazy keys)
+  bool less(int64_t a, int64_t b) const {  // heap positions
+    if (heap_freq[a] != heap_freq[b]) return heap_freq[a] < heap_freq[b];
+    if (heap_call[a] != heap_call[b]) return heap_call[a] < heap_call[b];
+    return heap_slot[a] < heap_slot[b];
+  }
+  void swap_pos(int64_t a, int64_t b) {
+    std::swap(heap_slot[a], heap_slot[b]);
+    std::swap(heap_freq[a], heap_freq[b]);
+    std::swap(heap_call[a], heap_call[b]);
+  }
+  void sift_down(int64_t i, int64_t n) {
+    while (true) {
+      int64_t m = i;
+      const int64_t l = 2 * i + 1, r = l + 1;
+      if (l < n && less(l, m)) m = l;
+      if (r < n && less(r, m)) m = r;
+      if (m == i) return;
+      swap_pos(i, m);
+      i = m;
+    }
+  }
+  void push(int64_t& n, int64_t s) {
+    int64_t i = n++;
+    heap_slot[i] = s;
+    heap_freq[i] = freq[s];
+    heap_call[i] = last_call[s];
+    while (i > 0) {
+      const int64_t p = (i - 1) / 2;
+      if (!less(i, p)) break;
+      swap_pos(i, p);
+      i = p;
+    }
+  }
+  void pop(int64_t& n) {
+    --n;
+    if (n > 0) {
+      heap_slot[0] = heap_slot[n];
+      heap_freq[0] = heap_freq[n];
+      heap_call[0] = heap_call[n];
+      sift_down(0, n);
+    }
+  }
+
+  // A victim among the slots not used by the current call, or -1 (TTL: nothing expired).
+  int64_t victim(int64_t& heap_n, std::vector<int64_t>& aside) {
+    const int64_t pinned = meta[kCalls];
+    if (policy == kLru || policy == kTtl) {
+      const int64_t s = meta[kHead];
+      TORCH_CHECK(s >= 0 && last_call[s] != pinned, kApi, ": internal error, victim is pinned");
+      if (policy == kTtl && !(meta[kClockStep] - last_step[s] > ttl)) return -1;
+      return s;
+    }
+    if (policy == kLfu) {
+      while (true) {
+        TORCH_CHECK(heap_n > 0, kApi, ": internal error, empty heap");
+        const int64_t s = heap_slot[0];
+        if (last_call[s] == pinned) {
+          aside.push_back(s);
+          pop(heap_n);
+        } else if (heap_freq[0] != freq[s] || heap_call[0] != last_call[s]) {
+          heap_freq[0] = freq[s];
+          heap_call[0] = last_call[s];
+          sift_down(0, heap_n);
+        } else {
+          pop(heap_n);
+          return s;
+        }
+      }
+    }
+    while (true) {  // clock
+      const int64_t s = meta[kHand];
+      meta[kHand] = (s + 1) % capacity;
+      if (last_call[s] == pinned) continue;
+      if (ref[s]) {
+        ref[s] = 0;
+        continue;
+      }
+      return s;
+    }
+  }
+};
+
+void check_state(const std::vector<at::Tensor>& state) {
+  TORCH_CHECK(static_cast<int64_t>(state.size()) == sStateLen, kApi, ": expected ", sStateLen,
+              " state tensors, got ", state.size());
+  for (const auto& t : state) {
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), kApi,
+                ": state tensors must be contiguous CPU tensors");
+  }
+  TORCH_CHECK(state[sMeta].numel() >= kMetaLen, kApi, ": meta too short");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_lookup_cpu(
+    const at::Tensor& ids_in, at::TensorList state_list, at::IntArrayRef config) {
+  std::vector<at::Tensor> state(state_list.begin(), state_list.end());
+  check_state(state);
+  TORCH_CHECK(config.size() >= 5, kApi, ": config needs 5 entries");
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong, kApi, ": ids must be int64, got ",
+              ids_in.scalar_type());
+  const at::Tensor ids_t = ids_in.contiguous();
+  const int64_t n = ids_t.numel();
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+
+  Map map;
+  map.meta = state[sMeta].data_ptr<int64_t>();
+  map.slot_ids = state[sSlotIds].data_ptr<int64_t>();
+  map.live = state[sLive].data_ptr<bool>();
+  map.freq = state[sFreq].data_ptr<int64_t>();
+  map.last_call = state[sLastCall].data_ptr<int64_t>();
+  map.last_step = state[sLastStep].data_ptr<int64_t>();
+  map.ref = state[sRef].data_ptr<uint8_t>();
+  map.prev = state[sPrev].data_ptr<int64_t>();
+  map.next = state[sNext].data_ptr<int64_t>();
+  map.seq = state[sSeq].data_ptr<int64_t>();
+  map.heap_slot = state[sHeapSlot].data_ptr<int64_t>();
+  map.heap_freq = state[sHeapFreq].data_ptr<int64_t>();
+  map.heap_call = state[sHeapCall].data_ptr<int64_t>();
+  map.capacity = config[0];
+  map.policy = config[1];
+  map.ttl = config[2];
+  const int64_t min_count = config[3];
+  const bool exact = config[4] != 0;
+  const bool counting = min_count > 1;
+  int64_t* meta = map.meta;
+  Table index(state[sIndex]);
+
+  // 1. Distinct ids in first-occurrence order, their counts, each position's distinct index.
+  Scratch& sc = scratch();
+  int dbits = 4;
+  while ((int64_t{1} << dbits) < 2 * n) ++dbits;
+  sc.table.assign(size_t{2} << dbits, 0);
+  for (size_t i = 1; i < sc.table.size(); i += 2) sc.table[i] = kEmpty;
+  sc.ids.clear();
+  sc.count.clear();
+  sc.occ.resize(n);
+  {
+    int64_t* rows = sc.table.data();
+    const uint64_t mask = (uint64_t{1} << dbits) - 1;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t key = ids[i];
+      uint64_t h = home(key, dbits);
+      while (rows[2 * h + 1] != kEmpty && rows[2 * h] != key) h = (h + 1) & mask;
+      if (rows[2 * h + 1] == kEmpty) {
+        rows[2 * h] = key;
+        rows[2 * h + 1] = static_cast<int64_t>(sc.ids.size());
+        sc.ids.push_back(key);
+        sc.count.push_back(0);
+      }
+      const int64_t d = rows[2 * h + 1];
+      sc.count[d] += 1;
+      sc.occ[i] = d;
+    }
+  }
+  const int64_t u = static_cast<int64_t>(sc.ids.size());
+
+  // 2. Hits: the index, read only.
+  sc.slot.resize(u);
+  int64_t hits = 0;
+  for (int64_t d = 0; d < u; ++d) {
+    if (d + kAhead < u) index.prefetch(sc.ids[d + kAhead]);
+    sc.slot[d] = index.get(sc.ids[d]);
+    hits += sc.slot[d] >= 0;
+  }
+
+  // 3. Admission counts: all increments of the call first, then the estimates.
+  sc.estimate.assign(u, 0);
+  int32_t* sketch = nullptr;
+  int64_t width = 0, depth = 0;
+  const int64_t* seeds = nullptr;
+  Table exact_table(state[sExact]);
+  auto add_counts = [&](int64_t sign) {
+    for (int64_t d = 0; d < u; ++d) {
+      if (sc.slot[d] >= 0) continue;
+      const int64_t k = sign * sc.count[d];
+      if (exact) {
+        const uint64_t row = exact_table.probe(sc.ids[d]);
+        int64_t* r = exact_table.rows + 2 * row;
+        if (r[1] == kEmpty) {
+          r[0] = sc.ids[d];
+          r[1] = k;
+          meta[kExactSize] += 1;
+        } else {
+          r[1] += k;
+        }
+        if (r[1] == 0) {
+          exact_table.erase(sc.ids[d]);
+          meta[kExactSize] -= 1;
+        }
+      } else {
+        const uint64_t key = static_cast<uint64_t>(sc.ids[d]);
+        for (int64_t r = 0; r < depth; ++r) {
+          const uint64_t c = splitmix64(key ^ static_cast<uint64_t>(seeds[r])) & (width - 1);
+          sketch[r * width + c] += static_cast<int32_t>(k);
+        }
+      }
+    }
+  };
+  int64_t admissible = 0;
+  if (counting) {
+    if (!exact) {
+      sketch = state[sSketch].data_ptr<int32_t>();
+      depth = state[sSketch].size(0);
+      width = state[sSketch].size(1);
+      seeds = state[sSeeds].data_ptr<int64_t>();
+    } else {
+      TORCH_CHECK(2 * (meta[kExactSize] + u) <= state[sExact].size(0), kApi,
+                  ": internal error, exact counter table too small");
+    }
+    add_counts(+1);
+    for (int64_t d = 0; d < u; ++d) {
+      if (sc.slot[d] >= 0) continue;
+      int64_t est;
+      if (exact) {
+        est = std::max<int64_t>(exact_table.get(sc.ids[d]), 0);
+      } else {
+        const uint64_t key = static_cast<uint64_t>(sc.ids[d]);
+        est = INT64_MAX;
+        for (int64_t r = 0; r < depth; ++r) {
+          const uint64_t c = splitmix64(key ^ static_cast<uint64_t>(seeds[r])) & (width - 1);
+          est = std::min<int64_t>(est, sketch[r * width + c]);
+        }
+      }
+      sc.estimate[d] = est;
+      admissible += est >= min_count;
+    }
+  } else {
+    for (int64_t d = 0; d < u; ++d) {
+      if (sc.slot[d] < 0) {
+        sc.estimate[d] = sc.count[d];
+        admissible += 1;
+      }
+    }
+  }
+  if (hits + admissible > map.capacity) {
+    if (counting) add_counts(-1);
+    TORCH_CHECK_VALUE(false, kApi, ": a call may use at most capacity=", map.capacity,
+                      " distinct admitted ids, got ", hits + admissible,
+                      "; split the batch or raise the capacity");
+  }
+
+  // 4. Hits take their slots again.
+  const int64_t call = ++meta[kCalls];
+  const int64_t clock = meta[kClockStep];
+  const bool listed = map.policy == kLru || map.policy == kTtl;
+  for (int64_t d = 0; d < u; ++d) {
+    const int64_t s = sc.slot[d];
+    if (s < 0) continue;
+    map.freq[s] += sc.count[d];
+    map.last_call[s] = call;
+    map.last_step[s] = clock;
+    map.ref[s] = 1;
+    if (listed) {
+      map.unlink(s);
+      map.append(s);
+    }
+  }
+
+  // 5. Admissions, in first-occurrence order.
+  std::vector<int64_t> new_ids, new_slots, ev_ids, ev_slots;
+  int64_t heap_n = meta[kSize];
+  sc.aside.clear();
+  for (int64_t d = 0; d < u; ++d) {
+    if (sc.slot[d] >= 0 || sc.estimate[d] < min_count) continue;
+    int64_t s;
+    while (meta[kCursor] < map.capacity && map.live[meta[kCursor]]) ++meta[kCursor];
+    if (meta[kCursor] < map.capacity) {
+      s = meta[kCursor];
+      map.live[s] = true;
+      meta[kSize] += 1;
+    } else {
+      s = map.victim(heap_n, sc.aside);
+      if (s < 0) break;
+      const int64_t old = map.slot_ids[s];
+      index.erase(old);
+      if (listed) map.unlink(s);
+      ev_ids.push_back(old);
+      ev_slots.push_back(s);
+    }
+    const int64_t key = sc.ids[d];
+    index.put(key, s);
+    map.slot_ids[s] = key;
+    map.freq[s] = sc.estimate[d];
+    map.last_call[s] = call;
+    map.last_step[s] = clock;
+    map.ref[s] = 1;
+    if (listed) map.append(s);
+    if (map.policy == kLfu) sc.aside.push_back(s);
+    sc.slot[d] = s;
+    new_ids.push_back(key);
+    new_slots.push_back(s);
+  }
+  if (map.policy == kLfu) {
+    for (const int64_t s : sc.aside) map.push(heap_n, s);
+    TORCH_CHECK(heap_n == meta[kSize], kApi, ": internal error, heap size ", heap_n, " != ",
+                meta[kSize]);
+  }
+
+  // 6. Every position's slot, and the statistics.
+  at::Tensor slots = at::empty({n}, ids_t.options());
+  int64_t* out = slots.data_ptr<int64_t>();
+  int64_t defaults = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = sc.slot[sc.occ[i]];
+    out[i] = s;
+    defaults += s < 0;
+  }
+  meta[kLookups] += n;
+  meta[kDefaultHits] += defaults;
+  meta[kAdmitted] += static_cast<int64_t>(new_ids.size());
+  meta[kEvicted] += static_cast<int64_t>(ev_ids.size());
+  auto to_tensor = [&](const std::vector<int64_t>& v) {
+    at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, ids_t.options());
+    if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
+    return t;
+  };
+  return {slots, to_tensor(new_ids), to_tensor(new_slots), to_tensor(ev_ids), to_tensor(ev_slots)};
+}
+
+at::Tensor slot_find_cpu(const at::Tensor& ids_in, const at::Tensor& index_t) {
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong, "SlotMap.find: ids must be int64, got ",
+              ids_in.scalar_type());
+  const at::Tensor ids_t = ids_in.contiguous();
+  const int64_t n = ids_t.numel();
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+  const Table index(index_t);
+  at::Tensor slots = at::empty({n}, ids_t.options());
+  int64_t* out = slots.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) index.prefetch(ids[i + kAhead]);
+    out[i] = index.get(ids[i]);
+  }
+  return slots;
+}
+
+at::Tensor slot_table_build_cpu(const at::Tensor& keys_in, const at::Tensor& values_in,
+                                int64_t size) {
+  TORCH_CHECK(size >= 1 && (size & (size - 1)) == 0, "slot_table_build: size must be a power ",
+              "of two, got ", size);
+  TORCH_CHECK(keys_in.numel() == values_in.numel() && 2 * keys_in.numel() <= size,
+              "slot_table_build: ", keys_in.numel(), " pairs do not fit half of ", size, " rows");
+  const at::Tensor keys = keys_in.to(at::kLong).contiguous();
+  const at::Tensor values = values_in.to(at::kLong).contiguous();
+  at::Tensor table = at::empty({size, 2}, keys.options());
+  table.select(1, 0).zero_();
+  table.select(1, 1).fill_(kEmpty);
+  Table t(table);
+  const int64_t* k = keys.data_ptr<int64_t>();
+  const int64_t* v = values.data_ptr<int64_t>();
+  for (int64_t i = 0; i < keys.numel(); ++i) {
+    TORCH_CHECK(v[i] != kEmpty, "slot_table_build: value -1 is reserved for empty rows");
+    t.put(k[i], v[i]);
+  }
+  return table;
+}
+
+}  // namespace
+}  // namespace embtable
+
+TORCH_LIBRARY_FRAGMENT(embtable, m) {
+  m.def(
+      "slot_lookup(Tensor ids, Tensor(a!)[] state, int[] config) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("slot_find(Tensor ids, Tensor index) -> Tensor");
+  m.def("slot_table_build(Tensor keys, Tensor values, int size) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(embtable, CPU, m) {
+  m.impl("slot_lookup", &embtable::slot_lookup_cpu);
+  m.impl("slot_find", &embtable::slot_find_cpu);
+  m.impl("slot_table_build", &embtable::slot_table_build_cpu);
+}
