@@ -1,0 +1,301 @@
+// Quantized-table kernels of embtable's compiled CPU extension: decode rows stored in a row
+// format of embtable/storage/codecs.py (fp32, fp16, bf16, or row-wise int8 / int4 / int2 codes
+// followed by an fp16 scale and an fp16 bias: FBGEMM's fused layout) while pooling them.
+//
+//   embtable::quantized_pool_bags(packed, format, dim, ids, offsets, per_sample_weights,
+//                                 pooling, padding_idx) -> float32 [num_bags, dim]
+//   embtable::quantized_gather_rows(packed, format, dim, ids) -> float32 [len(ids), dim]
+//
+// An element decodes to scale * q + bias in float32; a weighted sum adds (w * scale) * q +
+// w * bias per element, so a bag never forms its decoded rows.  The pure-PyTorch twins are
+// embtable.storage.codecs.dequantize_rows followed by embtable.ops._reference.pool_bags
+// (see embtable/nn/quantized.py); both agree to 1e-6 relative.  The ops register themselves
+// here (TORCH_LIBRARY_FRAGMENT); their fake kernels are registered from embtable/nn/quantized.py.
+
+#include <ATen/ATen.h>
+#include <c10/util/Half.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "rows_cpu.h"
+
+namespace embtable {
+namespace {
+
+// Format codes shared with Python (embtable.storage.codecs.RowCodec.code).
+constexpr int64_t kFp16 = 1;
+constexpr int64_t kBf16 = 2;
+constexpr int64_t kInt8 = 3;
+constexpr int64_t kInt4 = 4;
+constexpr int64_t kInt2 = 5;
+constexpr int64_t kFp32 = 6;
+
+constexpr int64_t kPrefetchDistance = 16;  // ids ahead
+constexpr int64_t kMaxDim = 4096;           // decode buffer (rows of larger dims use the reference)
+
+int64_t code_bytes(int64_t format, int64_t dim) {
+  switch (format) {
+    case kFp32:
+      return 4 * dim;
+    case kFp16:
+    case kBf16:
+      return 2 * dim;
+    case kInt8:
+      return dim;
+    case kInt4:
+      return (dim + 1) / 2;
+    case kInt2:
+      return (dim + 3) / 4;
+    default:
+      TORCH_CHECK(false, "quantized kernels: unknown row format code ", format,
+                  " (expected 1 fp16, 2 bf16, 3 int8, 4 int4, 5 int2, 6 fp32)");
+  }
+  return 0;
+}
+
+int64_t row_bytes(int64_t format, int64_t dim) {
+  return code_bytes(format, dim) + (format >= kInt8 && format <= kInt2 ? 4 : 0);
+}
+
+inline float half_to_float(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+// Row `r` decoded and added into `acc`: acc[d] += w * decode(r)[d] (for kAssign: acc[d] =
+// decode(r)[d]).  `codes` is scratch of at least dim bytes.
+template <int64_t kFormat, bool kAssign>
+inline void accumulate_row(const uint8_t* __restrict__ r, int64_t dim, float w,
+                           float* __restrict__ acc, uint8_t* __restrict__ codes) {
+  if constexpr (kFormat == kFp32) {
+    const float* f = reinterpret_cast<const float*>(r);
+    for (int64_t d = 0; d < dim; ++d) {
+      if constexpr (kAssign) acc[d] = f[d]; else acc[d] += w * f[d];
+    }
+  } else if constexpr (kFormat == kFp16) {
+    const c10::Half* h = reinterpret_cast<const c10::Half*>(r);
+    for (int64_t d = 0; d < dim; ++d) {
+      const float v = static_cast<float>(h[d]);
+      if constexpr (kAssign) acc[d] = v; else acc[d] += w * v;
+    }
+  } else if constexpr (kFormat == kBf16) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(r);
+    for (int64_t d = 0; d < dim; ++d) {
+      const uint32_t bits = static_cast<uint32_t>(h[d]) << 16;
+      float v;
+      std::memcpy(&v, &bits, 4);
+      if constexpr (kAssign) acc[d] = v; else acc[d] += w * v;
+    }
+  } else {
+    const int64_t nbytes = code_bytes(kFormat, dim);
+    const float scale = half_to_float(r + nbytes);
+    const float bias = half_to_float(r + nbytes + 2);
+    const uint8_t* q = r;
+    if constexpr (kFormat == kInt4) {
+      for (int64_t j = 0; j < nbytes; ++j) {
+        codes[2 * j] = r[j] & 15;
+        codes[2 * j + 1] = r[j] >> 4;
+      }
+      q = codes;
+    } else if constexpr (kFormat == kInt2) {
+      for (int64_t j = 0; j < nbytes; ++j) {
+        codes[4 * j] = r[j] & 3;
+        codes[4 * j + 1] = (r[j] >> 2) & 3;
+        codes[4 * j + 2] = (r[j] >> 4) & 3;
+        codes[4 * j + 3] = r[j] >> 6;
+      }
+      q = codes;
+    }
+    if constexpr (kAssign) {
+      for (int64_t d = 0; d < dim; ++d) acc[d] = scale * static_cast<float>(q[d]) + bias;
+    } else {
+      const float ws = w * scale;
+      const float wb = w * bias;
+      for (int64_t d = 0; d < dim; ++d) acc[d] += ws * static_cast<float>(q[d]) + wb;
+    }
+  }
+}
+
+void check_offsets(const int64_t* O, int64_t num_bounds, int64_t num_ids, const char* api) {
+  bool ok = num_bounds == 0 || O[0] == 0;
+  for (int64_t b = 0; ok && b + 1 < num_bounds; ++b) ok = O[b] <= O[b + 1];
+  ok = ok && (num_bounds == 0 || O[num_bounds - 1] <= num_ids);
+  TORCH_CHECK(ok, api, ": invalid bag offsets (expected 0 first, non-decreasing, at most ",
+              num_ids, ")");
+}
+
+at::Tensor check_packed(const at::Tensor& packed_in, int64_t format, int64_t dim, const char* api) {
+  TORCH_CHECK(dim >= 0 && dim <= kMaxDim, api, ": dim must lie in 0..", kMaxDim, ", got ", dim);
+  const int64_t bytes = row_bytes(format, dim);
+  TORCH_CHECK(packed_in.dim() == 2 && packed_in.scalar_type() == at::kByte &&
+                  packed_in.size(1) == bytes,
+              api, ": packed must be uint8 [num_rows, ", bytes, "] for format code ", format,
+              " and dim ", dim, ", got ", packed_in.scalar_type(), " of shape ",
+              packed_in.sizes());
+  return packed_in.contiguous();
+}
+
+template <int64_t kFormat, int64_t kMode>
+int pool(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64_t* O,
+         const float* P, float* Y, int64_t num_bags, int64_t padding_idx) {
+  const int64_t stride = row_bytes(kFormat, dim);
+  const int64_t total = O[num_bags];
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+  for (int64_t b = 0; b < num_bags; ++b) {
+    alignas(64) uint8_t codes[kMaxDim + 8];
+    alignas(64) float value[kMaxDim];
+    float* __restrict__ y = Y + b * dim;
+    int64_t count = 0;
+    for (int64_t i = O[b]; i < O[b + 1]; ++i) {
+      if (i + kPrefetchDistance < total) {
+        const int64_t ahead = I[i + kPrefetchDistance];
+        if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) {
+          prefetch_row(W + ahead * stride, stride, 0);
+        }
+      }
+      const int64_t id = I[i];
+      if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
+        bad = 1;
+        continue;
+      }
+      if (id == padding_idx) continue;
+      const uint8_t* row = W + id * stride;
+      if constexpr (kMode == kPoolMax) {
+        if (count == 0) {
+          accumulate_row<kFormat, true>(row, dim, 1.0f, y, codes);
+        } else {
+          accumulate_row<kFormat, true>(row, dim, 1.0f, value, codes);
+          for (int64_t d = 0; d < dim; ++d) y[d] = value[d] > y[d] ? value[d] : y[d];
+        }
+      } else {
+        accumulate_row<kFormat, false>(row, dim, P != nullptr ? P[i] : 1.0f, y, codes);
+      }
+      ++count;
+    }
+    if (kMode == kPoolMean && count > 0) {
+      const float n = static_cast<float>(count);
+      for (int64_t d = 0; d < dim; ++d) y[d] = y[d] / n;
+    }
+  }
+  return bad;
+}
+
+template <int64_t kFormat>
+int pool_format(int64_t pooling, const uint8_t* W, int64_t V, int64_t dim, const int64_t* I,
+                const int64_t* O, const float* P, float* Y, int64_t num_bags, int64_t padding_idx) {
+  if (pooling == kPoolMax) return pool<kFormat, kPoolMax>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
+  if (pooling == kPoolMean) return pool<kFormat, kPoolMean>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
+  return pool<kFormat, kPoolSum>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
+}
+
+at::Tensor quantized_pool_bags_cpu(const at::Tensor& packed_in, int64_t format, int64_t dim,
+                                   const at::Tensor& ids_in, const at::Tensor& offsets_in,
+                                   const std::optional<at::Tensor>& per_sample_weights,
+                                   int64_t pooling, int64_t padding_idx) {
+  const char* api = "quantized_pool_bags";
+  TORCH_CHECK(pooling == kPoolSum || pooling == kPoolMean || pooling == kPoolMax, api,
+              ": pooling must be 1 (sum), 2 (mean) or 3 (max), got ", pooling);
+  const at::Tensor packed = check_packed(packed_in, format, dim, api);
+  const at::Tensor ids = ids_in.to(at::kLong).contiguous();
+  const at::Tensor offsets = offsets_in.to(at::kLong).contiguous();
+  const int64_t num_bags = std::max<int64_t>(offsets.numel() - 1, 0);
+  const int64_t* O = offsets.data_ptr<int64_t>();
+  check_offsets(O, offsets.numel(), ids.numel(), api);
+  const float* P = nullptr;
+  at::Tensor psw;
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    psw = per_sample_weights->to(at::kFloat).contiguous();
+    TORCH_CHECK(psw.numel() == ids.numel(), api, ": per_sample_weights has ", psw.numel(),
+                " values for ", ids.numel(), " ids");
+    P = psw.data_ptr<float>();
+  }
+  at::Tensor out = at::zeros({num_bags, dim}, packed.options().dtype(at::kFloat));
+  if (num_bags == 0 || dim == 0) return out;
+  const uint8_t* W = packed.data_ptr<uint8_t>();
+  const int64_t V = packed.size(0);
+  const int64_t* I = ids.data_ptr<int64_t>();
+  float* Y = out.data_ptr<float>();
+  int bad = 0;
+  switch (format) {
+    case kFp32: bad = pool_format<kFp32>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    case kFp16: bad = pool_format<kFp16>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    case kBf16: bad = pool_format<kBf16>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    case kInt8: bad = pool_format<kInt8>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    case kInt4: bad = pool_format<kInt4>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    case kInt2: bad = pool_format<kInt2>(pooling, W, V, dim, I, O, P, Y, num_bags, padding_idx); break;
+    default: TORCH_CHECK(false, api, ": unknown row format code ", format);
+  }
+  TORCH_CHECK(!bad, api, ": an id lies outside the table of ", V, " rows");
+  return out;
+}
+
+template <int64_t kFormat>
+int gather(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, int64_t n, float* Y) {
+  const int64_t stride = row_bytes(kFormat, dim);
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    alignas(64) uint8_t codes[kMaxDim + 8];
+    if (i + kPrefetchDistance < n) {
+      const int64_t ahead = I[i + kPrefetchDistance];
+      if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) {
+        prefetch_row(W + ahead * stride, stride, 0);
+      }
+    }
+    const int64_t id = I[i];
+    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
+      bad = 1;
+      continue;
+    }
+    accumulate_row<kFormat, true>(W + id * stride, dim, 1.0f, Y + i * dim, codes);
+  }
+  return bad;
+}
+
+at::Tensor quantized_gather_rows_cpu(const at::Tensor& packed_in, int64_t format, int64_t dim,
+                                     const at::Tensor& ids_in) {
+  const char* api = "quantized_gather_rows";
+  const at::Tensor packed = check_packed(packed_in, format, dim, api);
+  const at::Tensor ids = ids_in.to(at::kLong).contiguous();
+  TORCH_CHECK(ids.dim() == 1, api, ": ids must be 1-D, got shape ", ids.sizes());
+  const int64_t n = ids.numel();
+  at::Tensor out = at::empty({n, dim}, packed.options().dtype(at::kFloat));
+  if (n == 0 || dim == 0) return out;
+  const uint8_t* W = packed.data_ptr<uint8_t>();
+  const int64_t V = packed.size(0);
+  const int64_t* I = ids.data_ptr<int64_t>();
+  float* Y = out.data_ptr<float>();
+  int bad = 0;
+  switch (format) {
+    case kFp32: bad = gather<kFp32>(W, V, dim, I, n, Y); break;
+    case kFp16: bad = gather<kFp16>(W, V, dim, I, n, Y); break;
+    case kBf16: bad = gather<kBf16>(W, V, dim, I, n, Y); break;
+    case kInt8: bad = gather<kInt8>(W, V, dim, I, n, Y); break;
+    case kInt4: bad = gather<kInt4>(W, V, dim, I, n, Y); break;
+    case kInt2: bad = gather<kInt2>(W, V, dim, I, n, Y); break;
+    default: TORCH_CHECK(false, api, ": unknown row format code ", format);
+  }
+  TORCH_CHECK(!bad, api, ": an id lies outside the table of ", V, " rows");
+  return out;
+}
+
+}  // namespace
+}  // namespace embtable
+
+TORCH_LIBRARY_FRAGMENT(embtable, m) {
+  m.def(
+      "quantized_pool_bags(Tensor packed, int format, int dim, Tensor ids, Tensor offsets, "
+      "Tensor? per_sample_weights, int pooling, int padding_idx) -> Tensor");
+  m.def("quantized_gather_rows(Tensor packed, int format, int dim, Tensor ids) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(embtable, CPU, m) {
+  m.impl("quantized_pool_bags", &embtable::quantized_pool_bags_cpu);
+  m.impl("quantized_gather_rows", &embtable::quantized_gather_rows_cpu);
+}
