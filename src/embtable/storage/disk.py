@@ -516,7 +516,7 @@ class DiskRowStore:
         if not read_only:
             for name in _DATA_FILES:
                 file = target / name
-                if file.exists() and not os.access(file, os.W_OK):
+                if file.exists() and not file.stat().st_mode & 0o222:  # (root passes os.access)
                     raise PermissionError(
                         errno.EACCES,
                         f"{api}: {str(file)!r} is read-only; open with read_only=True (Disk(..., "
@@ -803,7 +803,14 @@ class DiskRowStore:
             records = torch.cat(parts, dim=1).numpy()[order] if parts else None
         if not len(sorted_ids):
             return
-        self._begin_write()
+        try:
+            self._begin_write()
+        except OSError as error:
+            raise type(error)(
+                error.errno,
+                f"{api}: could not mark the table at {str(self.path)!r} as being written "
+                f"({error.strerror}); nothing was written, the table is as at its last flush",
+            ) from None
         buffer = np.ascontiguousarray(rows.detach().contiguous().view(torch.uint8).numpy()[order])
         try:
             self._io(ROWS, True, sorted_ids, buffer, self.row_bytes)

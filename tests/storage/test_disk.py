@@ -1,0 +1,302 @@
+"""Disk-backed tables (issue 15): the file store, and the modules against in-RAM tables.
+
+Oracles: an in-RAM ``embtable.Embedding`` / ``EmbeddingBag`` holding the same rows and
+trained by the same fused optimizer (results must be bit-identical, whatever the cache
+size), a dict of written rows for the store, and hand-built broken files for the errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import embtable
+from embtable.nn.disk import DiskEmbedding, DiskEmbeddingBag
+from embtable.storage.disk import (
+    CorruptTableError,
+    Disk,
+    DiskRowStore,
+    TableNotCleanError,
+    init_rows,
+    restore,
+)
+
+# ----------------------------------------------------------------------------- the store
+
+
+def test_init_rows_deterministic_and_distributed():
+    rows = init_rows(5, torch.arange(4000), 32)
+    assert torch.equal(rows[[7, 3999]], init_rows(5, torch.tensor([7, 3999]), 32))
+    assert not torch.equal(rows[:1], init_rows(6, torch.tensor([0]), 32))
+    assert abs(float(rows.mean())) < 0.01 and abs(float(rows.std()) - 1) < 0.01
+    uniform = init_rows(5, torch.arange(4000), 32, init="uniform", init_bound=0.25)
+    assert float(uniform.min()) >= -0.25 and float(uniform.max()) <= 0.25
+    assert abs(float(uniform.std()) - 0.25 / 3**0.5) < 0.005
+
+
+def test_huge_table_created_sparse(tmp_path):
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=10**9, embedding_dim=64)
+    ids = torch.tensor([0, 123_456_789, 10**9 - 1])
+    store.write_rows(ids, torch.full((3, 64), 2.0))
+    store.flush()
+    assert store.disk_usage() < 1 << 20  # 256 GB of rows cost a few blocks
+    assert torch.equal(store.read_rows(ids), torch.full((3, 64), 2.0))
+    assert torch.equal(store.read_rows(torch.tensor([5])), init_rows(0, [5], 64))
+    store.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 199), min_size=1, max_size=40, unique=True), min_size=1, max_size=4))
+def test_store_matches_dict_of_rows(tmp_path_factory, batches):
+    path = tmp_path_factory.mktemp("store") / "t"
+    store = DiskRowStore.create(path, num_embeddings=200, embedding_dim=3, seed=9, io_threads=2)
+    fields = [embtable.storage.disk.StateField("0", torch.float32, (3,)),
+              embtable.storage.disk.StateField("1", torch.int64, ())]
+    fresh = torch.tensor([0.5, 0.5, 0.5]).numpy().tobytes() + torch.tensor([7]).numpy().tobytes()
+    store.bind_state("demo", fields, fresh)
+    oracle: dict[int, tuple[torch.Tensor, float]] = {}
+    for number, batch in enumerate(batches):
+        ids = torch.tensor(batch)
+        rows = torch.arange(len(batch) * 3, dtype=torch.float32).reshape(-1, 3) + number * 1000
+        state = [rows * 2, ids * 10 + number]
+        store.write_rows(ids, rows, state)
+        for i, row_id in enumerate(batch):
+            oracle[row_id] = (rows[i], int(state[1][i]))
+    store.flush()
+    store.close()
+    again = DiskRowStore.open(path, read_only=True)
+    every = torch.arange(200)
+    rows = again.read_rows(every)
+    state = again.read_state(every)
+    for row_id in range(200):
+        if row_id in oracle:
+            assert torch.equal(rows[row_id], oracle[row_id][0])
+            assert torch.equal(state[0][row_id], oracle[row_id][0] * 2)
+            assert int(state[1][row_id]) == oracle[row_id][1]
+        else:
+            assert torch.equal(rows[row_id], init_rows(9, [row_id], 3)[0])
+            assert torch.equal(state[0][row_id], torch.full((3,), 0.5)) and int(state[1][row_id]) == 7
+    assert again.state_rule == "demo"
+    again.close()
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="parent directory"):
+        DiskRowStore.create(tmp_path / "missing" / "t", num_embeddings=4, embedding_dim=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        DiskRowStore.create(tmp_path / "file", num_embeddings=4, embedding_dim=2)
+    with pytest.raises(FileNotFoundError, match="no table directory"):
+        DiskRowStore.open(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        DiskRowStore.open(tmp_path / "empty")
+    with pytest.raises(ValueError, match="exactly one of cache_rows and cache_bytes"):
+        Disk(tmp_path / "t")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        Disk(tmp_path / "t", cache_rows=4, policy="lfu")
+    with pytest.raises(TypeError, match="storage must be an embtable.storage.disk.Disk"):
+        DiskEmbedding(4, 2, storage=str(tmp_path))
+
+
+def _table(path, rows=16):
+    store = DiskRowStore.create(path, num_embeddings=rows, embedding_dim=4)
+    store.write_rows(torch.tensor([1, 2]), torch.ones(2, 4))
+    store.flush()
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (lambda p: (p / "manifest.json").write_text("{not json"), CorruptTableError, "not valid JSON"),
+        (lambda p: (p / "manifest.json").write_text('{"format": "x"}'), CorruptTableError, "not an embtable-disk"),
+        (lambda p: _edit(p, version=99), CorruptTableError, "format version 99"),
+        (lambda p: _edit(p, num_embeddings="16"), CorruptTableError, "num_embeddings"),
+        (lambda p: os.truncate(p / "rows.bin", 100), CorruptTableError, "truncated"),
+        (lambda p: os.remove(p / "rows.bits"), FileNotFoundError, "rows.bits"),
+        (lambda p: _edit(p, status="writing"), TableNotCleanError, "being written"),
+    ],
+)
+def test_damaged_tables_refuse_to_open(tmp_path, damage, error, message):
+    _table(tmp_path / "t")
+    damage(tmp_path / "t")
+    with pytest.raises(error, match=message):
+        DiskRowStore.open(tmp_path / "t")
+
+
+def _edit(path, **changes):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_read_only(tmp_path):
+    _table(tmp_path / "t")
+    for name in os.listdir(tmp_path / "t"):
+        os.chmod(tmp_path / "t" / name, 0o444)
+    with pytest.raises(PermissionError, match="read_only=True"):
+        DiskRowStore.open(tmp_path / "t")
+    table = DiskEmbedding(16, 4, storage=Disk(tmp_path / "t", cache_rows=4, read_only=True))
+    assert not table.weight.requires_grad
+    assert torch.equal(table(torch.tensor([2, 1])), torch.ones(2, 4))
+    with torch.no_grad():
+        table.weight.requires_grad_(True)
+        table(torch.tensor([3]))  # lookups under no_grad are fine
+    with pytest.raises(RuntimeError, match="open read-only"):
+        table(torch.tensor([3]))
+    with pytest.raises(OSError, match="read-only") as caught:
+        table.store.write_rows(torch.tensor([0]), torch.zeros(1, 4))
+    assert caught.value.errno == errno.EROFS
+
+
+def test_file_size_limit_gives_clear_error_then_refuses(tmp_path):
+    """A full disk, played by RLIMIT_FSIZE: the write raises a clear OSError and the table,
+    left 'writing', refuses to open (never a mix of old and new rows)."""
+    _table(tmp_path / "t", rows=100)  # 1600 bytes of rows; the manifest fits under the limit
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from embtable.storage.disk import DiskRowStore
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        store = DiskRowStore.open({str(tmp_path / "t")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+        try:
+            store.write_rows(torch.tensor([0, 99]), torch.zeros(2, 4))
+        except OSError as error:
+            print("ERRNO", error.errno, error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert f"ERRNO {errno.EFBIG}" in done.stdout, done.stdout + done.stderr
+    assert "restore the last checkpoint" in done.stdout
+    with pytest.raises(TableNotCleanError):
+        DiskRowStore.open(tmp_path / "t")
+
+
+# ----------------------------------------------------------------------------- the modules
+
+
+def _pair(tmp_path, cls, ram_cls, cache_rows=3, **kwargs):
+    disk = cls(40, 4, storage=Disk(tmp_path / "t", cache_rows=cache_rows, seed=3), **kwargs)
+    ram = ram_cls.from_pretrained(disk.export_weight(), freeze=False, **kwargs)
+    return disk, ram
+
+
+def test_embedding_lookups_equal_in_ram(tmp_path):
+    disk, ram = _pair(tmp_path, DiskEmbedding, embtable.Embedding, padding_idx=5)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        ids = torch.randint(0, 40, (3,), generator=generator)
+        ids[0] = 5
+        assert torch.equal(disk(ids.reshape(1, 3)), ram(ids.reshape(1, 3)))
+    assert torch.equal(disk(torch.tensor([5])), torch.zeros(1, 4))
+    assert disk.stats()["evicted"] > 10  # nearly every access missed
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_bags_equal_in_ram(tmp_path, mode):
+    disk, ram = _pair(tmp_path, DiskEmbeddingBag, embtable.EmbeddingBag, cache_rows=6, mode=mode, padding_idx=0)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        ids = torch.randint(0, 40, (6,), generator=generator)
+        offsets = torch.tensor([0, 2, 2])
+        weights = torch.rand(6, generator=generator) if mode == "sum" else None
+        assert torch.equal(disk(ids, offsets, weights), ram(ids, offsets, weights))
+        assert torch.equal(disk(ids.reshape(2, 3)), ram(ids.reshape(2, 3)))
+
+
+_OPTIMIZERS = [
+    ("sgd", {"lr": 0.1}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}),
+    ("adagrad", {"lr": 0.1, "lr_decay": 0.01}),
+    ("rowwise_adagrad", {"lr": 0.1}),
+    ("adam", {"lr": 0.05, "bias_correction": "table"}),
+    ("adamw", {"lr": 0.05}),
+    ("adam", {"lr": 0.05, "state_dtype": "bfloat16"}),
+    ("adam", {"lr": 0.05, "state_dtype": "int8_rowwise"}),
+]
+
+
+@pytest.mark.parametrize("optimizer, options", _OPTIMIZERS)
+@pytest.mark.parametrize("bag", [False, True])
+def test_twenty_fused_steps_equal_in_ram(tmp_path, optimizer, options, bag):
+    kwargs = {"mode": "mean", "padding_idx": 2} if bag else {"padding_idx": 2}
+    classes = (DiskEmbeddingBag, embtable.EmbeddingBag) if bag else (DiskEmbedding, embtable.Embedding)
+    disk, ram = _pair(tmp_path, *classes, cache_rows=8, **kwargs)
+    disk_opt = embtable.optim.fuse(disk, optimizer, **options)
+    ram_opt = embtable.optim.fuse(ram, optimizer, **options)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        ids = torch.randint(0, 40, (2, 4), generator=generator)
+        target = torch.randn((2, 4) if bag else (2, 4, 4), generator=generator)
+        for table in (disk, ram):
+            ((table(ids) - target) ** 2).sum().backward()
+        disk_opt.step()
+        ram_opt.step()
+    assert torch.equal(disk.export_weight(), ram.weight.detach())
+    ram_state = ram_opt.rule.state_tensors(ram_opt.state[ram.weight], ram_opt.param_groups[0])
+    for mine, theirs in zip(disk.export_state(), ram_state, strict=True):
+        mask = torch.ones(40, dtype=torch.bool)
+        mask[2] = False  # the padding row's state is never read
+        assert torch.equal(mine[mask], theirs[mask])
+    assert disk.stats()["rows_written"] > 0
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    def batches():
+        generator = torch.Generator().manual_seed(4)
+        return [torch.randint(0, 40, (6,), generator=generator) for _ in range(12)]
+
+    def train(table, opt, stream):
+        for ids in stream:
+            table(ids).pow(2).sum().backward()
+
+    disk = DiskEmbedding(40, 4, storage=Disk(tmp_path / "run", cache_rows=7))
+    opt = embtable.optim.fuse(disk, "adam", lr=0.05, bias_correction="table")
+    train(disk, opt, batches()[:6])
+    disk.checkpoint(tmp_path / "ckpt")
+    train(disk, opt, batches()[6:])
+    expected = disk.export_weight()
+    disk.close()
+    restore(tmp_path / "ckpt", tmp_path / "resumed")
+    again = DiskEmbedding(40, 4, storage=Disk(tmp_path / "resumed", cache_rows=6, policy="lru"))
+    again_opt = embtable.optim.fuse(again, "adam", lr=0.05, bias_correction="table")
+    train(again, again_opt, batches()[6:])
+    assert torch.equal(again.export_weight(), expected)
+    assert again_opt.state[again.weight]["table_step"] == 12
+    with pytest.raises(ValueError, match="holds 'adam' state"):
+        embtable.optim.unfuse(again)
+        embtable.optim.fuse(again, "adagrad")
+        again(torch.tensor([1]))
+
+
+def test_state_dict_export_and_import(tmp_path):
+    disk = DiskEmbedding(30, 3, storage=Disk(tmp_path / "t", cache_rows=4))
+    disk(torch.tensor([1, 2, 3])).sum().backward()
+    ram = torch.nn.Embedding(30, 3)
+    ram.load_state_dict(disk.state_dict())
+    assert torch.equal(ram.weight.detach(), disk.export_weight())
+    new = torch.randn(30, 3)
+    disk.load_state_dict({"weight": new})
+    assert torch.equal(disk(torch.tensor([29, 1])), new[[29, 1]])
+    assert torch.equal(disk.export_weight(), new)
+    with pytest.raises(RuntimeError, match="expected"):
+        disk.load_state_dict({"weight": torch.zeros(3, 3)})
+
+
+def test_too_many_lookups_before_backward(tmp_path):
+    disk = DiskEmbedding(40, 2, storage=Disk(tmp_path / "t", cache_rows=4))
+    first = disk(torch.tensor([0, 1, 2, 3]))
+    second = disk(torch.tensor([4, 5, 6, 7]))  # evicts the first lookup's rows
+    with pytest.raises(RuntimeError, match="raise cache_rows"):
+        (first.sum() + second.sum()).backward()
+    with pytest.raises(ValueError):
+        disk(torch.arange(5))  # more distinct ids than slots: the slot map refuses
