@@ -21,6 +21,7 @@ from embtable.nn import (
     EmbeddingBagCollection,
     EmbeddingCollection,
 )
+from embtable.quantization import quantize
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "TableConfig",
     "functional",
     "optim",
+    "quantize",
     "vectors",
     "viz",
     "__version__",
