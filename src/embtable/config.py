@@ -9,7 +9,7 @@ from enum import Enum
 
 import torch
 
-__all__ = ["PoolingMode", "TableConfig"]
+__all__ = ["DynamicConfig", "PoolingMode", "TableConfig"]
 
 
 class PoolingMode(str, Enum):
@@ -22,6 +22,54 @@ class PoolingMode(str, Enum):
 
 
 _INIT_METHODS = ("normal", "uniform")
+_EVICTION_POLICIES = ("lru", "lfu", "ttl", "clock")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicConfig:
+    """A dynamic vocabulary: raw int64 ids of any value mapped to a fixed number of rows.
+
+    The options of :class:`embtable.nn.dynamic.DynamicEmbedding` (docs/dynamic.md); on a
+    :class:`TableConfig` (``dynamic=DynamicConfig(...)``) ``num_embeddings`` is the capacity.
+
+    Args:
+        policy: eviction when all rows are taken: ``"lru"``, ``"lfu"``, ``"ttl"``, ``"clock"``.
+        ttl: for ``policy="ttl"``: a row expires after more than ``ttl`` training steps unseen.
+        min_count: occurrences before an id gets its own row (until then: the default row).
+        exact_counts: count occurrences exactly instead of with a count-min sketch.
+        default: what a not-admitted id reads: ``"zeros"`` (skipped by pooling, like padding)
+            or ``"row"`` (one shared, untrained row).
+        seed: seed of the rows' deterministic initialization and of the sketch's hashes.
+
+    Example:
+        >>> DynamicConfig(policy="lfu", min_count=2).policy
+        'lfu'
+    """
+
+    policy: str = "lru"
+    ttl: int | None = None
+    min_count: int = 1
+    exact_counts: bool = False
+    default: str = "zeros"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        api = "DynamicConfig"
+        if self.policy not in _EVICTION_POLICIES:
+            raise ValueError(f"{api}: policy must be one of {_EVICTION_POLICIES}, got {self.policy!r}")
+        if (self.policy == "ttl") != (self.ttl is not None):
+            raise ValueError(f"{api}: ttl must be given exactly when policy='ttl', got policy="
+                             f"{self.policy!r}, ttl={self.ttl!r}")
+        if self.ttl is not None and (not _is_int(self.ttl) or self.ttl < 0):
+            raise ValueError(f"{api}: ttl must be an int >= 0, got {self.ttl!r}")
+        if not _is_int(self.min_count) or self.min_count < 1:
+            raise ValueError(f"{api}: min_count must be an int >= 1, got {self.min_count!r}")
+        if not isinstance(self.exact_counts, bool):
+            raise TypeError(f"{api}: exact_counts must be a bool, got {self.exact_counts!r}")
+        if self.default not in ("zeros", "row"):
+            raise ValueError(f"{api}: default must be 'zeros' or 'row', got {self.default!r}")
+        if not _is_int(self.seed):
+            raise TypeError(f"{api}: seed must be an int, got {self.seed!r}")
 
 
 def _is_int(value: object) -> bool:

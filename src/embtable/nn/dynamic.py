@@ -1,0 +1,454 @@
+r"""Dynamic vocabularies: ``DynamicEmbedding`` and ``DynamicEmbeddingBag``.
+
+A dynamic table takes raw int64 ids of any value (user ids, item ids, hashed strings from
+:func:`embtable.hash_ids`) and gives each its own row of a fixed-capacity table, without
+collisions, through a :class:`~embtable.storage.slots.SlotMap` (a compiled open-addressing
+map whose state lives in tensors).  New ids are admitted after ``min_count`` occurrences
+(until then they read the default row and their gradient goes nowhere); when the table is
+full, an eviction policy (LRU, LFU, TTL, CLOCK) frees a row, which is re-initialized, with
+its fused-optimizer state reset, before its new id uses it.  See docs/dynamic.md.
+
+Layout: ``weight`` has ``capacity + 1`` rows; row ``capacity`` is the default row (zeros, or
+one shared untrained row with ``default="row"``).  A dynamic table has no ``padding_idx``:
+every id is a key, and "no row" is what the default row means.
+
+Rows are initialized deterministically from ``(seed, id)`` (:func:`init_rows`), so the row an
+id starts with does not depend on when it arrives or on the random state.
+
+Only training-mode forwards change the map (admission, recency, eviction); in ``eval()``
+ids are only looked up, and unknown ids read the default row.
+
+Example:
+    >>> import torch
+    >>> from embtable.nn.dynamic import DynamicEmbedding
+    >>> table = DynamicEmbedding(1000, 4)
+    >>> out = table(torch.tensor([[10**15, -3], [10**15, 42]]))
+    >>> out.shape
+    torch.Size([2, 2, 4])
+    >>> torch.equal(out[0, 0], out[1, 0])
+    True
+    >>> table.stats()
+    {'size': 3, 'admitted': 3, 'evicted': 0, 'default_hits': 0, 'lookups': 4}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from embtable import functional
+from embtable.config import DynamicConfig
+from embtable.functional import FUSED_ATTR
+from embtable.nn.bag import EmbeddingBag
+from embtable.nn.embedding import Embedding
+from embtable.storage.slots import SlotMap
+
+__all__ = ["DynamicEmbedding", "DynamicEmbeddingBag", "DynamicRows", "init_rows"]
+
+_M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+_M2 = -7723592293110705685  # 0x94D049BB133111EB
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_DEFAULT_KEY = 0x5DEECE66D  # salt of the default row's initialization
+
+
+def _mix(z: Tensor) -> Tensor:
+    """splitmix64's finalizer on int64 tensors (wrapping arithmetic, logical shifts)."""
+    z = z ^ ((z >> 30) & ((1 << 34) - 1))
+    z = z * _M1
+    z = z ^ ((z >> 27) & ((1 << 37) - 1))
+    z = z * _M2
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def init_rows(
+    ids: Tensor, dim: int, *, seed: int = 0, std: float = 1.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Rows ``N(0, std**2)`` that depend only on ``(seed, id, column)``: ``[len(ids), dim]``.
+
+    Two uniform numbers per entry from splitmix64 hashes, then Box-Muller.  The same id
+    gets the same row whenever, wherever and in whatever order it is admitted.
+
+    Example:
+        >>> import torch
+        >>> a = init_rows(torch.tensor([7, 10**18]), 3, seed=1)
+        >>> b = init_rows(torch.tensor([10**18]), 3, seed=1)
+        >>> a.shape, torch.equal(a[1], b[0])
+        (torch.Size([2, 3]), True)
+    """
+    ids = ids.reshape(-1).to(torch.int64)
+    cols = torch.arange(dim, dtype=torch.int64, device=ids.device)
+    key = _mix(ids ^ _mix(torch.tensor(seed, dtype=torch.int64)))
+    z1 = _mix(key.unsqueeze(1) + (cols.unsqueeze(0) + 1) * _GOLDEN)
+    z2 = _mix(z1)
+    scale = 1.0 / (1 << 53)
+    u1 = ((z1 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
+    u2 = ((z2 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
+    normal = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
+    return (normal * std).to(dtype)
+
+
+def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
+    """Reset the fused-optimizer state of ``rows`` of ``weight`` to a fresh table's values."""
+    optimizer = getattr(weight, FUSED_ATTR, None)
+    if optimizer is None or rows.numel() == 0:
+        return
+    state = optimizer.state.get(weight)
+    if not state:
+        return  # no step yet: the state is created fresh at the first backward
+    group = optimizer._group_of[id(weight)]
+    fresh = optimizer.rule.init_state(weight.detach()[:1], group)
+    with torch.no_grad():
+        for key, value in fresh.items():
+            tensor = state.get(key)
+            if isinstance(tensor, Tensor) and tensor.dim() >= 1 and tensor.shape[0] == weight.shape[0]:
+                tensor[rows] = value[0]
+
+
+class DynamicRows:
+    """The id -> row engine of one dynamic table: a SlotMap plus row and optimizer-state care.
+
+    Shared by :class:`DynamicEmbedding`, :class:`DynamicEmbeddingBag` and the collections.
+    The table's rows are ``weight[row_offset : row_offset + capacity + 1]`` (the last is the
+    default row).
+
+    Args:
+        capacity: rows for ids (the default row comes on top).
+        embedding_dim: row size.
+        config: the :class:`~embtable.config.DynamicConfig`.
+        init_std: standard deviation of the rows' N(0, init_std**2) initialization.
+        on_evict: called as ``on_evict(ids, rows)`` with each lookup's evicted ids and their
+            rows (copies) before the rows are reused.
+        keep_evicted: also keep the evicted pairs until :meth:`evicted` drains them.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        embedding_dim: int,
+        config: DynamicConfig,
+        *,
+        init_std: float = 1.0,
+        on_evict: Callable[[Tensor, Tensor], Any] | None = None,
+        keep_evicted: bool = False,
+    ) -> None:
+        if not isinstance(config, DynamicConfig):
+            raise TypeError(f"DynamicRows: config must be a DynamicConfig, got {type(config).__name__}")
+        if not (isinstance(init_std, (int, float)) and init_std > 0):
+            raise ValueError(f"DynamicRows: init_std must be > 0, got {init_std!r}")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError(f"DynamicRows: on_evict must be callable, got {on_evict!r}")
+        self.capacity = capacity
+        self.embedding_dim = embedding_dim
+        self.config = config
+        self.init_std = float(init_std)
+        self.on_evict = on_evict
+        self.keep_evicted = keep_evicted
+        self.slot_map = SlotMap(
+            capacity, config.policy, ttl=config.ttl, min_count=config.min_count,
+            exact_counts=config.exact_counts, seed=config.seed,
+        )
+        self._evicted: list[tuple[Tensor, Tensor]] = []
+
+    @property
+    def default_row(self) -> int:
+        """Index (within the table's rows) of the default row."""
+        return self.capacity
+
+    def init_table(self, rows: Tensor) -> None:
+        """Fill a fresh table's ``[capacity + 1, D]`` rows: zeros, and the default row."""
+        with torch.no_grad():
+            rows.zero_()
+            if self.config.default == "row":
+                rows[self.capacity] = self._default_values(rows)
+
+    def _default_values(self, rows: Tensor) -> Tensor:
+        key = torch.tensor([_DEFAULT_KEY], device=rows.device)
+        return init_rows(key, rows.shape[1], seed=self.config.seed ^ 0x7F4A7C15, std=self.init_std,
+                         dtype=rows.dtype)[0]
+
+    def remap(self, ids: Tensor, weight: Tensor, row_offset: int, training: bool) -> Tensor:
+        """Rows (within the table, ``0 .. capacity``) of raw ``ids``; same shape, int64.
+
+        In training: admits, evicts (exporting evicted rows), initializes new rows and
+        resets their optimizer state, advances the map's clock by one step.  Otherwise a
+        read-only lookup.  Not-admitted ids get ``capacity`` (the default row).
+        """
+        if not training:
+            slots = self.slot_map.find(ids)
+        else:
+            result = self.slot_map.lookup(ids)
+            slots = result.slots
+            rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
+            if result.evicted_ids.numel():
+                old = rows[result.evicted_slots.to(rows.device)].clone()
+                if self.on_evict is not None:
+                    self.on_evict(result.evicted_ids, old)
+                if self.keep_evicted:
+                    self._evicted.append((result.evicted_ids, old))
+            if result.new_ids.numel():
+                new_slots = result.new_slots.to(rows.device)
+                with torch.no_grad():
+                    rows[new_slots] = init_rows(
+                        result.new_ids.to(rows.device), rows.shape[1], seed=self.config.seed,
+                        std=self.init_std, dtype=rows.dtype,
+                    )
+                _reset_optimizer_rows(weight, new_slots + row_offset)
+            self.slot_map.step()
+        if self.config.default == "row":
+            rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
+            with torch.no_grad():  # undo any update the default row got through pooling
+                rows[self.capacity] = self._default_values(rows)
+        return torch.where(slots < 0, self.capacity, slots)
+
+    def evicted(self) -> tuple[Tensor, Tensor]:
+        """The evicted ``(ids, rows)`` kept since the last call (``keep_evicted=True``), oldest
+        first; the buffer is emptied."""
+        pairs, self._evicted = self._evicted, []
+        if not pairs:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.embedding_dim)
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+    def live(self, weight: Tensor, row_offset: int) -> tuple[Tensor, Tensor]:
+        """``(ids, rows)`` of the live ids, ordered by row (rows are copies)."""
+        ids, slots = self.slot_map.items()
+        rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
+        return ids, rows[slots.to(rows.device)].clone()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.slot_map.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.slot_map.load_state_dict(state)
+
+
+def _to_vectors(ids: Tensor, rows: Tensor) -> Any:
+    from embtable.vectors import Vectors
+
+    return Vectors([str(i) for i in ids.tolist()], rows)
+
+
+class _DynamicMixin:
+    """What both dynamic modules add to their static base class."""
+
+    dynamic: DynamicRows
+    weight: Parameter
+
+    def _setup(self, capacity: int, embedding_dim: int, config: DynamicConfig, init_std: float,
+               on_evict: Any, keep_evicted: bool) -> None:
+        self.dynamic = DynamicRows(
+            capacity, embedding_dim, config, init_std=init_std, on_evict=on_evict,
+            keep_evicted=keep_evicted,
+        )
+
+    @property
+    def capacity(self) -> int:
+        """Rows available to ids (``weight`` has one more: the default row)."""
+        return self.dynamic.capacity
+
+    @property
+    def slot_map(self) -> SlotMap:
+        """The id -> row map (:class:`~embtable.storage.slots.SlotMap`)."""
+        return self.dynamic.slot_map
+
+    def reset_parameters(self) -> None:
+        """Zero every row but the default row (rows get their values when their id arrives)."""
+        if hasattr(self, "dynamic"):
+            self.dynamic.init_table(self.weight)
+
+    def stats(self) -> dict[str, int]:
+        """``size`` (live ids), ``admitted``, ``evicted``, ``default_hits``, ``lookups``."""
+        return self.dynamic.slot_map.stats()
+
+    def evicted(self) -> tuple[Tensor, Tensor]:
+        """Evicted ``(ids, rows)`` since the last call (needs ``keep_evicted=True``)."""
+        return self.dynamic.evicted()
+
+    def live(self) -> tuple[Tensor, Tensor]:
+        """``(ids, rows)`` of every id that has a row, ordered by row."""
+        return self.dynamic.live(self.weight, 0)
+
+    def lookup_rows(self, ids: Tensor) -> Tensor:
+        """The rows of ``weight`` that ``ids`` read now (no side effects)."""
+        return self.dynamic.remap(ids, self.weight, 0, training=False)
+
+    def to_vectors(self) -> Any:
+        """The live ``(id, row)`` pairs as :class:`embtable.vectors.Vectors`, ids as tokens."""
+        return _to_vectors(*self.live())
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return self.dynamic.state_dict()
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.dynamic.load_state_dict(state)
+
+    def _dynamic_repr(self) -> str:
+        c = self.dynamic.config
+        text = f"capacity={self.capacity}, {self.embedding_dim}, policy={c.policy!r}"  # type: ignore[attr-defined]
+        if c.ttl is not None:
+            text += f", ttl={c.ttl}"
+        if c.min_count != 1:
+            text += f", min_count={c.min_count}"
+        if c.default != "zeros":
+            text += f", default={c.default!r}"
+        return text
+
+
+_DYNAMIC_DOC_ARGS = """
+        capacity: rows for ids (>= 1); ``weight`` has ``capacity + 1`` rows, the last being
+            the default row.
+        embedding_dim: size of each row.
+        policy, ttl, min_count, exact_counts, default, seed: the dynamic vocabulary's
+            options (:class:`~embtable.config.DynamicConfig`); or pass ``config=``.
+        init_std: rows start as N(0, init_std**2), drawn from ``(seed, id)``.
+        on_evict: ``on_evict(ids, rows)`` is called with each training lookup's evicted ids
+            and copies of their rows, before the rows are reused.
+        keep_evicted: keep evicted pairs for :meth:`evicted`.
+        device, dtype: factory arguments for the weight.
+"""
+
+
+def _config(config: DynamicConfig | None, **options: Any) -> DynamicConfig:
+    if config is None:
+        return DynamicConfig(**options)
+    if not isinstance(config, DynamicConfig):
+        raise TypeError(f"config must be a DynamicConfig, got {type(config).__name__}")
+    return config
+
+
+class DynamicEmbedding(_DynamicMixin, Embedding):
+    __doc__ = (
+        """``Embedding`` over raw int64 ids of any value: one row per admitted id, no collisions.
+
+    Args:"""
+        + _DYNAMIC_DOC_ARGS
+        + """
+    Shape:
+        - Input: ``(*)`` integer ids (any int64 values).  Output: ``(*, embedding_dim)``.
+
+    Raises:
+        ValueError: ``capacity < 1``, ``min_count < 1``, an unknown policy (nothing built);
+            in forward, more distinct admitted ids in one batch than ``capacity``.
+        TypeError: non-integer ids (hash strings with :func:`embtable.hash_ids`).
+
+    Example:
+        >>> import torch
+        >>> from embtable.nn.dynamic import DynamicEmbedding
+        >>> table = DynamicEmbedding(2, 3, policy="lru", min_count=2, exact_counts=True)
+        >>> table(torch.tensor([5, 6])).abs().sum().item()    # seen once: default (zeros)
+        0.0
+        >>> _ = table(torch.tensor([5, 5, 6]))
+        >>> table.stats()["size"], table.live()[0]
+        (2, tensor([5, 6]))
+    """
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        embedding_dim: int,
+        *,
+        policy: str = "lru",
+        ttl: int | None = None,
+        min_count: int = 1,
+        exact_counts: bool = False,
+        default: str = "zeros",
+        seed: int = 0,
+        config: DynamicConfig | None = None,
+        init_std: float = 1.0,
+        on_evict: Callable[[Tensor, Tensor], Any] | None = None,
+        keep_evicted: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        config = _config(config, policy=policy, ttl=ttl, min_count=min_count,
+                         exact_counts=exact_counts, default=default, seed=seed)
+        _check_capacity(capacity, type(self).__name__)
+        self._setup(capacity, embedding_dim, config, init_std, on_evict, keep_evicted)
+        super().__init__(capacity + 1, embedding_dim, padding_idx=capacity, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        rows = self.dynamic.remap(input, self.weight, 0, self.training)
+        return functional.embedding(rows.to(self.weight.device), self.weight, self.capacity)
+
+    def extra_repr(self) -> str:
+        return self._dynamic_repr()
+
+
+class DynamicEmbeddingBag(_DynamicMixin, EmbeddingBag):
+    __doc__ = (
+        """``EmbeddingBag`` over raw int64 ids of any value: one row per admitted id.
+
+    With ``default="zeros"`` the ids without a row are skipped by pooling (as padding: not
+    counted in a mean); with ``default="row"`` they pool the shared default row, which no
+    gradient reaches.
+
+    Args:"""
+        + _DYNAMIC_DOC_ARGS
+        + """        mode, include_last_offset: as :class:`embtable.EmbeddingBag`.
+
+    Shape:
+        - Input: 1-D ids with ``offsets``, or 2-D ``(B, N)``.  Output: ``(B, embedding_dim)``.
+
+    Raises:
+        As :class:`DynamicEmbedding`, plus the bag errors of :class:`embtable.EmbeddingBag`.
+
+    Example:
+        >>> import torch
+        >>> from embtable.nn.dynamic import DynamicEmbeddingBag
+        >>> bags = DynamicEmbeddingBag(100, 8, mode="sum", policy="lfu")
+        >>> bags(torch.tensor([[3, 10**12], [7, 7]])).shape
+        torch.Size([2, 8])
+    """
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        embedding_dim: int,
+        mode: str = "mean",
+        *,
+        policy: str = "lru",
+        ttl: int | None = None,
+        min_count: int = 1,
+        exact_counts: bool = False,
+        default: str = "zeros",
+        seed: int = 0,
+        config: DynamicConfig | None = None,
+        init_std: float = 1.0,
+        on_evict: Callable[[Tensor, Tensor], Any] | None = None,
+        keep_evicted: bool = False,
+        include_last_offset: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        config = _config(config, policy=policy, ttl=ttl, min_count=min_count,
+                         exact_counts=exact_counts, default=default, seed=seed)
+        _check_capacity(capacity, type(self).__name__)
+        self._setup(capacity, embedding_dim, config, init_std, on_evict, keep_evicted)
+        super().__init__(
+            capacity + 1, embedding_dim, mode=mode, include_last_offset=include_last_offset,
+            padding_idx=capacity if config.default == "zeros" else None, device=device, dtype=dtype,
+        )
+
+    def forward(
+        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
+        rows = self.dynamic.remap(input, self.weight, 0, self.training)
+        return functional.embedding_bag(
+            rows.to(self.weight.device), self.weight, offsets, mode=self.mode,
+            per_sample_weights=per_sample_weights, include_last_offset=self.include_last_offset,
+            padding_idx=self.padding_idx,
+        )
+
+    def extra_repr(self) -> str:
+        return self._dynamic_repr() + f", mode={self.mode!r}"
+
+
+def _check_capacity(capacity: Any, api: str) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"{api}: capacity must be an int >= 1, got {capacity!r}")

@@ -1,0 +1,178 @@
+"""Dynamic tables vs static tables (no eviction: identical rows), eviction resets, admission,
+checkpoints mid-stream, export, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import embtable
+from embtable.config import DynamicConfig
+from embtable.nn.dynamic import DynamicEmbedding, DynamicEmbeddingBag, init_rows
+
+
+def _batches(seed, steps, vocab, batch=6, width=4, offset=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (batch, width), generator=g) + offset for _ in range(steps)]
+
+
+@pytest.mark.parametrize(
+    "optimizer,options",
+    [
+        ("sgd", {"lr": 0.1}),
+        ("adagrad", {"lr": 0.1}),
+        ("rowwise_adagrad", {"lr": 0.1}),
+        ("adam", {"lr": 0.01}),
+        ("adam", {"lr": 0.01, "state_dtype": "bfloat16"}),
+        ("adamw", {"lr": 0.01, "weight_decay": 0.1, "state_dtype": "int8_rowwise"}),
+    ],
+)
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_matches_a_static_table_without_eviction(optimizer, options, mode):
+    vocab, dim, offset = 40, 8, 10**12  # raw ids far outside any static range
+    dynamic = DynamicEmbeddingBag(vocab, dim, mode=mode, seed=3)
+    static = embtable.EmbeddingBag(vocab, dim, mode=mode)
+    with torch.no_grad():
+        static.weight.copy_(init_rows(torch.arange(vocab) + offset, dim, seed=3))
+    opt_d = embtable.optim.fuse(dynamic, optimizer, **options)
+    opt_s = embtable.optim.fuse(static, optimizer, **options)
+    target = torch.randn(6, dim, generator=torch.Generator().manual_seed(0))
+    for ids in _batches(1, 12, vocab):
+        for model, opt, x in ((dynamic, opt_d, ids + offset), (static, opt_s, ids)):
+            (model(x) * target).sum().backward()
+            opt.step()
+    ids, rows = dynamic.live()
+    torch.testing.assert_close(rows, static.weight.detach()[ids - offset], rtol=0, atol=1e-6)
+    assert dynamic.stats()["evicted"] == 0
+
+
+def test_evicted_row_never_reaches_the_new_id():
+    dim = 4
+    seen = []
+    table = DynamicEmbedding(3, dim, policy="lru", on_evict=lambda i, r: seen.append((i, r)))
+    opt = embtable.optim.fuse(table, "adam", lr=0.1)
+    for ids in ([1, 2, 3], [1, 2, 3]):  # trained rows with Adam state
+        table(torch.tensor(ids)).sum().backward()
+        opt.step()
+    trained = table.weight.detach()[:3].clone()
+    state = opt.state[table.weight]
+    out = table(torch.tensor([1, 2, 99]))  # 3 is evicted, 99 takes its row
+    slot = int(table.slot_map.find(torch.tensor([99])))
+    assert torch.equal(table.weight.detach()[slot], init_rows(torch.tensor([99]), dim)[0])
+    assert torch.equal(out[2].detach(), init_rows(torch.tensor([99]), dim)[0])
+    assert state["exp_avg"][slot].abs().sum() == 0 and state["exp_avg_sq"][slot].abs().sum() == 0
+    assert int(state["row_step"][slot]) == 0
+    assert len(seen) == 1 and seen[0][0].tolist() == [3]
+    assert torch.equal(seen[0][1][0], trained[slot])  # the exported row is the trained one
+
+
+def test_admission_default_rows_get_no_gradient():
+    for default in ("zeros", "row"):
+        table = DynamicEmbeddingBag(10, 4, mode="sum", min_count=3, exact_counts=True, default=default)
+        opt = embtable.optim.fuse(table, "sgd", lr=1.0)
+        before = table.weight.detach()[10].clone()
+        for _ in range(2):
+            table(torch.tensor([[5, 6]])).sum().backward()
+            opt.step()
+        assert table.stats()["size"] == 0 and table.stats()["default_hits"] == 4
+        out = table(torch.tensor([[5, 6]]))  # third sight: admitted
+        assert table.stats()["size"] == 2
+        torch.testing.assert_close(out[0], init_rows(torch.tensor([5, 6]), 4).sum(0))
+        table(torch.tensor([[7]])).sum().backward()  # a default hit, trained
+        table(torch.tensor([[8]]))
+        assert torch.equal(table.weight.detach()[10], before)
+
+
+def test_default_row_values_in_embedding():
+    table = DynamicEmbedding(4, 3, min_count=2, default="row")
+    out = table(torch.tensor([1, 2]))
+    assert torch.equal(out[0], out[1]) and out[0].abs().sum() > 0
+    zeros = DynamicEmbedding(4, 3, min_count=2)
+    assert zeros(torch.tensor([1])).abs().sum() == 0
+
+
+@pytest.mark.parametrize("policy,extra", [("lru", {}), ("lfu", {"min_count": 2}), ("ttl", {"ttl": 1}), ("clock", {})])
+def test_checkpoint_mid_stream_resumes_exactly(policy, extra):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(DynamicEmbeddingBag(20, 4, mode="sum", policy=policy, **extra),
+                                    torch.nn.Linear(4, 1))
+        return model, embtable.optim.fuse(model, "rowwise_adagrad", lr=0.1)
+
+    batches = _batches(7, 16, 60, batch=4, width=3, offset=-(2**62))
+    a, opt_a = make()
+    for i, ids in enumerate(batches):
+        if i == 8:
+            saved = copy.deepcopy((a.state_dict(), opt_a.state_dict()))
+        a(ids).sum().backward()
+        opt_a.step()
+    b, opt_b = make()
+    b.load_state_dict(saved[0])
+    opt_b.load_state_dict(saved[1])
+    for ids in batches[8:]:
+        b(ids).sum().backward()
+        opt_b.step()
+    assert a[0].stats() == b[0].stats() and a[0].stats()["evicted"] > 0
+    for (ia, ra), (ib, rb) in [(a[0].live(), b[0].live())]:
+        assert torch.equal(ia, ib)
+        torch.testing.assert_close(ra, rb, rtol=0, atol=0)
+
+
+def test_eval_mode_changes_nothing_and_export():
+    table = DynamicEmbedding(8, 2, keep_evicted=True)
+    table(torch.tensor([4, 5]))
+    table.eval()
+    before = table.state_dict()
+    out = table(torch.tensor([4, 6]))
+    assert out[1].abs().sum() == 0
+    after = table.state_dict()
+    assert all(torch.equal(before["_extra_state"][k], after["_extra_state"][k]) for k in before["_extra_state"])
+    vectors = table.to_vectors()
+    assert vectors.tokens == ["4", "5"]
+    torch.testing.assert_close(vectors["5"], init_rows(torch.tensor([5]), 2)[0])
+    ids, rows = table.evicted()
+    assert ids.numel() == 0 and rows.shape == (0, 2)
+
+
+def test_keep_evicted_buffer():
+    table = DynamicEmbedding(2, 2, keep_evicted=True)
+    table(torch.tensor([1, 2]))
+    table(torch.tensor([3]))
+    ids, rows = table.evicted()
+    assert ids.tolist() == [1] and torch.equal(rows[0], init_rows(torch.tensor([1]), 2)[0])
+    assert table.evicted()[0].numel() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(capacity=0, embedding_dim=2), ValueError, "capacity must be an int >= 1, got 0"),
+        (dict(capacity=4, embedding_dim=2, min_count=0), ValueError, "min_count must be an int >= 1"),
+        (dict(capacity=4, embedding_dim=2, policy="ttl"), ValueError, "ttl must be given"),
+        (dict(capacity=4, embedding_dim=2, default="mean"), ValueError, "default must be"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        DynamicEmbedding(**kwargs)
+
+
+def test_bad_ids_change_nothing():
+    table = DynamicEmbedding(2, 2)
+    table(torch.tensor([1]))
+    before = copy.deepcopy(table.state_dict())
+    with pytest.raises(TypeError, match="ids must be an integer tensor"):
+        table(torch.tensor([1.5]))
+    with pytest.raises(ValueError, match="capacity=2 distinct admitted ids, got 3"):
+        table(torch.tensor([7, 8, 9]))
+    after = table.state_dict()
+    assert torch.equal(before["weight"], after["weight"])
+    assert all(torch.equal(before["_extra_state"][k], after["_extra_state"][k]) for k in before["_extra_state"])
+
+
+def test_config_object_and_repr():
+    table = DynamicEmbeddingBag(5, 3, mode="sum", config=DynamicConfig(policy="ttl", ttl=2))
+    assert repr(table) == "DynamicEmbeddingBag(capacity=5, 3, policy='ttl', ttl=2, mode='sum')"
+    assert table.weight.shape == (6, 3)
