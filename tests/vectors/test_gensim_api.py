@@ -103,6 +103,10 @@ def test_text_header_with_fewer_rows_reads_the_first(tmp_path):
     kv = KeyedVectors.load_word2vec_format(str(path))
     assert v.tokens == kv.index_to_key == ["a", "b"]
     np.testing.assert_array_equal(v.weight.numpy(), kv.vectors)
+    path.write_text("2 2\na 1 2\nb 3 4\nc not numbers\n")  # rows past the count: not parsed
+    with pytest.warns(UserWarning, match="announces 2 rows but the file has 3"):
+        assert Vectors.load_word2vec_format(path).tokens == ["a", "b"]
+    assert KeyedVectors.load_word2vec_format(str(path)).index_to_key == ["a", "b"]
     path.write_text("2 2\na 1 2\nb 3 4\n\n")  # trailing blank lines are not rows
     with _no_warning():
         assert Vectors.load_word2vec_format(path).tokens == ["a", "b"]

@@ -115,6 +115,12 @@ def read_text_vectors(
                 done = True
             if not data:
                 continue
+            need = capacity - len(tokens)
+            if need * (2 * dim + 2) < len(data):  # the block may hold more lines than needed:
+                cut = _after_lines(data, need)  # rows past the count are not parsed (gensim)
+                if cut < len(data):
+                    data, carry = data[:cut], data[cut:] + carry
+                    done = False  # come back for the rest if bad lines were skipped
             rows, row_lines, lines = _parse_block(
                 data, dim, line_no, (encoding, unicode_errors), bad, tokens, seen, row_line
             )
@@ -147,6 +153,12 @@ def read_text_vectors(
     if len(tokens) < capacity:
         out = out[: len(tokens)].copy()
     return tokens, out
+
+
+def _after_lines(data: bytes, n: int) -> int:
+    """Offset just after the ``n``-th newline of ``data`` (``len(data)`` if it has fewer)."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    return int(newlines[n - 1]) + 1 if newlines.size >= n else len(data)
 
 
 def _count_rows(fin, carry: bytes) -> int:
