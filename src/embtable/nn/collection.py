@@ -224,6 +224,7 @@ class _GroupedTables(Module):
                 ``features`` is on another device than the weights.
         """
         api = type(self).__name__
+        features = _as_keyed_jagged(features)
         if not isinstance(features, KeyedJagged):
             raise TypeError(f"{api}: expected a KeyedJagged batch, got {type(features).__name__}")
         if self._is_weighted and features.weights() is None:
@@ -367,6 +368,51 @@ class EmbeddingBagCollection(_GroupedTables):
         """Whether lookups use the batch's per-value weights (TorchRec's ``is_weighted()``)."""
         return self._is_weighted
 
+    @classmethod
+    def from_torchrec(
+        cls, module: Any, *, device: torch.device | str | None = None
+    ) -> EmbeddingBagCollection:
+        """The collection equal to TorchRec's ``EmbeddingBagCollection`` ``module``.
+
+        Same tables (names, sizes, features, pooling, dtype), same ``is_weighted``, and a copy
+        of its weights, so both give the same pooled values for the same batch.  A TorchRec
+        ``KeyedJaggedTensor`` may be passed to the result directly (it is converted, sharing
+        its tensors).
+
+        Args:
+            module: a ``torchrec.EmbeddingBagCollection``.
+            device: where to put the tables (default: where ``module``'s are).
+
+        Raises:
+            TypeError: ``module`` is not a TorchRec ``EmbeddingBagCollection``.
+            ValueError: a table TorchRec can hold but embtable cannot (an integer data type,
+                pooling ``NONE``).
+
+        Example (needs torchrec, an optional peer, so the doctest run skips it;
+        ``tests/nn/test_collection_torchrec.py`` runs the same)::
+
+            >>> import torch, torchrec  # doctest: +SKIP
+            >>> from embtable import EmbeddingBagCollection, KeyedJagged  # doctest: +SKIP
+            >>> theirs = torchrec.EmbeddingBagCollection(tables=[torchrec.EmbeddingBagConfig(
+            ...     name="t", num_embeddings=10, embedding_dim=4, feature_names=["f"])])  # doctest: +SKIP
+            >>> ours = EmbeddingBagCollection.from_torchrec(theirs)  # doctest: +SKIP
+            >>> kjt = KeyedJagged.from_dict({"f": [[1, 2], [3]]}).to_torchrec()  # doctest: +SKIP
+            >>> torch.equal(ours(kjt).values(), theirs(kjt).values())  # doctest: +SKIP
+            True
+        """
+        api = "EmbeddingBagCollection.from_torchrec"
+        configs = getattr(module, "embedding_bag_configs", None)
+        if not isinstance(module, Module) or not callable(configs) or not callable(
+            getattr(module, "is_weighted", None)
+        ):
+            raise TypeError(f"{api}: expected a torchrec EmbeddingBagCollection, got {type(module).__name__}")
+        tables = [_table_from_torchrec(config, api) for config in configs()]
+        if device is None:
+            device = next(iter(module.parameters())).device
+        collection = cls(tables, is_weighted=bool(module.is_weighted()), device=device)
+        collection.load_state_dict(module.state_dict())
+        return collection
+
     def _check_pooling(self, config: TableConfig, api: str) -> None:
         if config.pooling is PoolingMode.NONE:
             raise ValueError(
@@ -377,6 +423,7 @@ class EmbeddingBagCollection(_GroupedTables):
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
         """Pool every feature of ``features``; see the class docstring for shapes."""
+        features = _as_keyed_jagged(features)
         fast = self._compiled_forward(features)
         if fast is not None:
             return fast
@@ -523,6 +570,7 @@ class EmbeddingCollection(_GroupedTables):
 
     def forward(self, features: KeyedJagged) -> JaggedEmbeddings:
         """Look up every id of every feature; see the class docstring for shapes."""
+        features = _as_keyed_jagged(features)
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
         found: dict[str, JaggedRows] = {}
         for bucket, consts, lookup in zip(
@@ -563,6 +611,42 @@ def _tables_repr(tables: Sequence[TableConfig], with_pooling: bool) -> str:
             text += f", features={list(config.feature_names)}"
         lines.append(text)
     return "\n".join(lines)
+
+
+_TORCHREC_DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _table_from_torchrec(config: Any, api: str) -> TableConfig:
+    """A TorchRec ``EmbeddingBagConfig`` as a :class:`TableConfig`."""
+    data_type = getattr(config.data_type, "name", str(config.data_type))
+    pooling = getattr(config.pooling, "name", str(config.pooling))
+    if data_type not in _TORCHREC_DTYPES:
+        raise ValueError(
+            f"{api}: table {config.name!r} has data_type {data_type}; embtable tables are "
+            f"floating: one of {sorted(_TORCHREC_DTYPES)}"
+        )
+    if pooling not in ("SUM", "MEAN"):
+        raise ValueError(f"{api}: table {config.name!r} has pooling {pooling}; expected SUM or MEAN")
+    bound = config.weight_init_max
+    symmetric = bound is not None and config.weight_init_min == -bound
+    return TableConfig(
+        name=config.name,
+        num_embeddings=config.num_embeddings,
+        embedding_dim=config.embedding_dim,
+        feature_names=list(config.feature_names) or [config.name],
+        pooling=pooling.lower(),
+        init="uniform",
+        init_bound=bound if symmetric else None,
+        dtype=_TORCHREC_DTYPES[data_type],
+    )
+
+
+def _as_keyed_jagged(features: Any) -> Any:
+    """A TorchRec ``KeyedJaggedTensor`` as a :class:`KeyedJagged` (sharing tensors); else as is."""
+    kind = type(features)
+    if kind.__name__ == "KeyedJaggedTensor" and kind.__module__.startswith("torchrec"):
+        return KeyedJagged.from_torchrec(features)
+    return features
 
 
 def _strides(features: Any) -> dict[str, int] | None:
