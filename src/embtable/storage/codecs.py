@@ -275,7 +275,8 @@ def quantize_rows(rows: Tensor, fmt: str | RowCodec, *, search: str = "minmax") 
     if not spec.integer:
         if search != "minmax":
             raise ValueError(f"{api}: search={search!r} applies to the integer formats, not {spec.name!r}")
-        return rows.to(spec.float_dtype).contiguous().view(torch.uint8).reshape(rows.shape[0], -1)
+        packed = rows.detach().to(spec.float_dtype, copy=True).contiguous()
+        return packed.view(torch.uint8).reshape(rows.shape[0], -1)
     x = rows.detach().to(torch.float32).contiguous()
     if x.numel() and not bool((x.abs() <= FP16_MAX).all()):
         bad = x[~(x.abs() <= FP16_MAX)][0].item()
@@ -288,6 +289,18 @@ def quantize_rows(rows: Tensor, fmt: str | RowCodec, *, search: str = "minmax") 
     out = torch.empty((num_rows, spec.row_bytes(dim)), dtype=torch.uint8)
     if num_rows == 0:
         return out
+    step = max(1, _CHUNK_ELEMENTS // max(dim, 1))
+    for start in range(0, num_rows, step):  # bounded temporaries for big tables
+        out[start : start + step] = _quantize_block(x[start : start + step], spec, levels, search)
+    return out
+
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _quantize_block(x: Tensor, spec: RowCodec, levels: int, search: str) -> Tensor:
+    num_rows, dim = x.shape
+    out = torch.empty((num_rows, spec.row_bytes(dim)), dtype=torch.uint8)
     if dim == 0:
         lo = hi = x.new_zeros(num_rows)
     elif search == "greedy":
