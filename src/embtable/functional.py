@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from embtable import ops
 from embtable.errors import EmbeddingNotImplementedError, EmbeddingTypeError, EmbeddingValueError
@@ -49,6 +50,23 @@ def _check_weight(weight: Any, api: str) -> None:
         )
 
 
+_functorch = torch._C._functorch
+
+
+def _tracked(weight: Tensor, *others: Tensor | None) -> bool:
+    """Whether a lookup must run through its autograd Function: gradients are on for an
+    input, forward-mode AD is active, or a ``torch.func`` transform wraps an input."""
+    if torch.is_grad_enabled() and (
+        weight.requires_grad or any(t is not None and t.requires_grad for t in others)
+    ):
+        return True
+    if forward_ad._current_level >= 0:
+        return True
+    return _functorch.is_functorch_wrapped_tensor(weight) or any(
+        t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in others
+    )
+
+
 def _check_max_norm(max_norm: float | None, norm_type: float, api: str) -> None:
     if max_norm is not None and not max_norm >= 0:
         raise ValueError(f"{api}: max_norm must be >= 0 or None, got {max_norm!r}")
@@ -56,12 +74,35 @@ def _check_max_norm(max_norm: float | None, norm_type: float, api: str) -> None:
         raise ValueError(f"{api}: norm_type must be > 0 when max_norm is set, got {norm_type!r}")
 
 
+def _embedding_grad(
+    num_rows: int,
+    flat_ids: Tensor,
+    grad_output: Tensor,
+    padding_idx: int | None,
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> Tensor:
+    """The weight gradient of a lookup of ``flat_ids`` (shared by the Function and its vmap rule)."""
+    rows = grad_output.reshape(flat_ids.shape[-1], grad_output.shape[-1])
+    if ops.batched(grad_output, flat_ids):  # inside vmap (vmap(grad), jacrev): dense, vmap-able
+        return ops.embedding_backward_batchable(num_rows, flat_ids, rows, padding_idx, scale_grad_by_freq)
+    scale = ops.frequency_scale(flat_ids) if scale_grad_by_freq else None
+    if sparse:
+        return ops.sparse_row_grad(num_rows, flat_ids, rows, padding_idx, scale)
+    if ops.is_half(rows.dtype):  # torch accumulates 16-bit gradients in the 16-bit type
+        return ops.embedding_backward_half(num_rows, flat_ids, rows, padding_idx, scale)
+    return ops.scatter_add_rows(num_rows, flat_ids, rows, padding_idx, scale)
+
+
 class _EmbeddingFunction(torch.autograd.Function):
-    """Row gather whose backward reduces output-gradient rows into the weight's rows."""
+    """Row gather whose backward reduces output-gradient rows into the weight's rows.
+
+    ``setup_context``, ``jvp`` and ``vmap`` make it work with forward-mode AD and the
+    ``torch.func`` transforms (``grad``, ``vmap(grad)``, ``jacrev``, ``jvp``).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         weight: Tensor,
         flat_ids: Tensor,
         out_shape: tuple[int, ...],
@@ -69,23 +110,62 @@ class _EmbeddingFunction(torch.autograd.Function):
         scale_grad_by_freq: bool,
         sparse: bool,
     ) -> Tensor:
+        return ops.gather_rows(weight, flat_ids).reshape(out_shape)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse = inputs
         ctx.save_for_backward(flat_ids)
+        ctx.save_for_forward(flat_ids)
         ctx.num_rows = weight.shape[0]
+        ctx.out_shape = out_shape
         ctx.padding_idx = padding_idx
         ctx.scale_grad_by_freq = scale_grad_by_freq
         ctx.sparse = sparse
-        return ops.gather_rows(weight, flat_ids).reshape(out_shape)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         (flat_ids,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 6
-        rows = grad_output.reshape(-1, grad_output.shape[-1])
-        scale = ops.frequency_scale(flat_ids) if ctx.scale_grad_by_freq else None
-        reduce = ops.sparse_row_grad if ctx.sparse else ops.scatter_add_rows
-        grad_weight = reduce(ctx.num_rows, flat_ids, rows, ctx.padding_idx, scale)
+        grad_weight = _embedding_grad(
+            ctx.num_rows, flat_ids, grad_output, ctx.padding_idx, ctx.scale_grad_by_freq, ctx.sparse
+        )
         return grad_weight, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, weight_tangent: Tensor | None, *_: Any) -> Tensor:
+        """The tangent of a lookup is the lookup of the weight's tangent (as torch's)."""
+        (flat_ids,) = ctx.saved_tensors
+        return weight_tangent.index_select(0, flat_ids).reshape(ctx.out_shape)
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, ...],
+        weight: Tensor,
+        flat_ids: Tensor,
+        out_shape: tuple[int, ...],
+        padding_idx: int | None,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> tuple[Tensor, int]:
+        """A batch of lookups: one lookup of all examples' ids when the table is shared (and
+        no per-example frequency is needed), else one lookup per example."""
+        size = info.batch_size
+        weight_dim, ids_dim = in_dims[0], in_dims[1]
+        ids = flat_ids.movedim(ids_dim, 0) if ids_dim is not None else flat_ids.expand(size, -1)
+        if weight_dim is None and not scale_grad_by_freq:
+            out = _EmbeddingFunction.apply(
+                weight, ids.reshape(-1), (size, *out_shape), padding_idx, False, sparse
+            )
+            return out, 0
+        tables = weight.movedim(weight_dim, 0) if weight_dim is not None else weight.expand(size, -1, -1)
+        outs = [
+            _EmbeddingFunction.apply(t, i, out_shape, padding_idx, scale_grad_by_freq, sparse)
+            for t, i in zip(tables.unbind(0), ids.unbind(0))
+        ]
+        return torch.stack(outs), 0
 
 
 def embedding(
@@ -147,15 +227,15 @@ def embedding(
     fused = fused_optimizer(weight)
     if max_norm is not None or fused is not None:
         ops.check_ids(flat_ids, num_rows, api)  # before any row or optimizer state is touched
-        if max_norm is not None:
-            ops.renorm_rows_(weight, flat_ids, max_norm, norm_type)
+        if max_norm is not None:  # outside autograd: neither gradients nor tangents see it
+            ops.renorm_rows_(weight.detach(), ops.plain(flat_ids).reshape(-1), max_norm, norm_type)
         if fused is not None:
             pad = -1 if padding_idx is None else padding_idx
             return fused.lookup(weight, flat_ids, None, None, 0, pad, scale_grad_by_freq, out_shape)
     # Otherwise nothing is modified, and the gather itself bounds-checks every id: the O(n)
     # range check runs only to word the error when the gather refuses an id.
     try:
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if _tracked(weight, None, flat_ids):
             return _EmbeddingFunction.apply(weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse)
         return ops.gather_rows(weight, flat_ids).reshape(out_shape)
     except IndexError as error:
@@ -229,21 +309,25 @@ def _check_offsets(offsets: Any, num_ids: int, include_last_offset: bool, api: s
     offsets = offsets.long()
     if offsets.numel() == 0:
         return offsets
-    if int(offsets[0]) != 0:
+    # every example's offsets as a row (one row outside torch.func.vmap)
+    rows = ops.plain(offsets).reshape(-1, offsets.shape[0])
+    if bool((rows[:, 0] != 0).any()):
+        first = int(rows[:, 0][rows[:, 0] != 0][0])
         raise EmbeddingValueError(
             f"{api}: offsets[0] must be 0 (the first bag starts at position 0), "
-            f"got offsets[0]={int(offsets[0])}"
+            f"got offsets[0]={first}"
         )
-    steps = offsets.diff()
+    steps = rows.diff()
     if bool((steps < 0).any()):
-        i = int((steps < 0).nonzero()[0])
+        r, i = (int(k) for k in (steps < 0).nonzero()[0])
         raise EmbeddingValueError(
-            f"{api}: offsets must be non-decreasing, got offsets[{i}]={int(offsets[i])} > "
-            f"offsets[{i + 1}]={int(offsets[i + 1])}"
+            f"{api}: offsets must be non-decreasing, got offsets[{i}]={int(rows[r, i])} > "
+            f"offsets[{i + 1}]={int(rows[r, i + 1])}"
         )
-    if int(offsets[-1]) > num_ids:
+    last = int(rows[:, -1].max())
+    if last > num_ids:
         raise EmbeddingValueError(
-            f"{api}: offsets[-1]={int(offsets[-1])} is beyond the end of input (length {num_ids}); "
+            f"{api}: offsets[-1]={last} is beyond the end of input (length {num_ids}); "
             f"offsets must lie in 0..{num_ids}"
         )
     return offsets
@@ -305,12 +389,97 @@ def _check_per_sample_weights(
         )
 
 
+def _bag_weight_grad(
+    grad_output: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    max_ids: Tensor,
+    num_rows: int,
+    pooling: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> Tensor:
+    """The weight gradient of a pooled lookup: vmap-able inside ``torch.func.vmap``, torch's
+    16-bit accumulation for half tables, else :func:`embtable.ops.pool_bags_backward`."""
+    args = (grad_output, ids, offsets, per_sample_weights, max_ids, num_rows, pooling, padding_idx)
+    if ops.batched(grad_output, ids, offsets, per_sample_weights, max_ids):
+        return ops.pool_bags_backward_batchable(*args, scale_grad_by_freq)
+    if not sparse and ops.is_half(grad_output.dtype):
+        return ops.pool_bags_backward_half(*args, scale_grad_by_freq)
+    return ops.pool_bags_backward(*args, scale_grad_by_freq, sparse)
+
+
+def _bag_weights_grad(
+    grad_output: Tensor, table: Tensor, ids: Tensor, offsets: Tensor, padding_idx: int
+) -> Tensor:
+    """The gradient of a weighted sum with respect to ``per_sample_weights``."""
+    if ops.batched(grad_output, table, ids, offsets):
+        return ops.pool_bags_weights_backward_batchable(grad_output, table, ids, offsets, padding_idx)
+    return ops.pool_bags_weights_backward(grad_output, table, ids, offsets, padding_idx)
+
+
+def _bag_tangent(
+    weight: Tensor,
+    weight_tangent: Tensor | None,
+    weights: Tensor | None,
+    weights_tangent: Tensor | None,
+    ids: Tensor,
+    offsets: Tensor,
+    max_ids: Tensor,
+    pooling: int,
+    padding_idx: int,
+) -> Tensor:
+    """The forward-mode tangent of :func:`embtable.ops.pool_bags` (linear in each argument)."""
+    out = None
+    if weight_tangent is not None:
+        if pooling == ops.POOL_MAX:  # the tangent of the winning row, per column
+            dim = weight_tangent.shape[1]
+            won = max_ids >= 0
+            flat = (torch.where(won, max_ids, 0) * dim + torch.arange(dim, device=ids.device))
+            picked = weight_tangent.reshape(-1).index_select(0, flat.reshape(-1)).view_as(flat)
+            out = torch.where(won, picked, 0)
+        else:
+            out = _reference_pool(weight_tangent, ids, offsets, weights, pooling, padding_idx)
+    if weights_tangent is not None:
+        part = _reference_pool(weight, ids, offsets, weights_tangent, ops.POOL_SUM, padding_idx)
+        out = part if out is None else out + part
+    return out
+
+
+def _reference_pool(
+    weight: Tensor, ids: Tensor, offsets: Tensor, weights: Tensor | None, pooling: int, padding_idx: int
+) -> Tensor:
+    """Sum/mean pooling in differentiable, vmap-able operations (tangents, vmap fallbacks)."""
+    bag_of = ops.bag_of_ids_batchable(offsets, ids.numel())
+    math_dtype = ops.opmath_dtype(weight.dtype)
+    rows = weight.index_select(0, ids).to(math_dtype)
+    if weights is not None:
+        rows = rows * weights.to(math_dtype).unsqueeze(1)
+    if padding_idx >= 0:
+        rows = torch.where((ids != padding_idx).unsqueeze(1), rows, 0)
+    num_bags = offsets.shape[-1] - 1
+    out = rows.new_zeros((num_bags, weight.shape[1])).index_add(0, bag_of, rows)
+    if pooling == ops.POOL_MEAN:
+        sizes = offsets.diff()
+        if padding_idx >= 0:
+            padded = (ids == padding_idx).long()
+            sizes = sizes - sizes.new_zeros(sizes.shape).index_add(0, bag_of, padded)
+        out = out / sizes.clamp(min=1).to(math_dtype).unsqueeze(1)
+    return out.to(weight.dtype)
+
+
 class _EmbeddingBagFunction(torch.autograd.Function):
-    """Pooled gather whose backward spreads each bag's output gradient over its rows."""
+    """Pooled gather whose backward spreads each bag's output gradient over its rows.
+
+    Returns ``(out, max_ids)``; ``max_ids`` (the winners of max pooling) is not
+    differentiable.  ``setup_context``, ``jvp`` and ``vmap`` make it work with forward-mode AD
+    and the ``torch.func`` transforms.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         weight: Tensor,
         per_sample_weights: Tensor | None,
         ids: Tensor,
@@ -319,39 +488,95 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         padding_idx: int,
         scale_grad_by_freq: bool,
         sparse: bool,
-    ) -> Tensor:
-        out, max_ids = ops.pool_bags(weight, ids, offsets, per_sample_weights, pooling, padding_idx)
+    ) -> tuple[Tensor, Tensor]:
+        return ops.pool_bags(weight, ids, offsets, per_sample_weights, pooling, padding_idx)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        weight, per_sample_weights, ids, offsets, pooling, padding_idx, scale_grad_by_freq, sparse = inputs
+        max_ids = output[1]
+        ctx.mark_non_differentiable(max_ids)
         table = weight if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(ids, offsets, max_ids, per_sample_weights, table)
+        ctx.save_for_forward(weight, per_sample_weights, ids, offsets, max_ids)
         ctx.num_rows = weight.shape[0]
         ctx.pooling = pooling
         ctx.padding_idx = padding_idx
         ctx.scale_grad_by_freq = scale_grad_by_freq
         ctx.sparse = sparse
-        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_output: Tensor, _grad_max_ids: Any = None) -> tuple[Tensor | None, ...]:
         ids, offsets, max_ids, per_sample_weights, table = ctx.saved_tensors
         grad_weight = grad_per_sample_weights = None
         if ctx.needs_input_grad[0]:
-            grad_weight = ops.pool_bags_backward(
-                grad_output,
-                ids,
-                offsets,
-                per_sample_weights,
-                max_ids,
-                ctx.num_rows,
-                ctx.pooling,
-                ctx.padding_idx,
-                ctx.scale_grad_by_freq,
-                ctx.sparse,
+            grad_weight = _bag_weight_grad(
+                grad_output, ids, offsets, per_sample_weights, max_ids, ctx.num_rows,
+                ctx.pooling, ctx.padding_idx, ctx.scale_grad_by_freq, ctx.sparse,
             )
         if ctx.needs_input_grad[1]:
-            grad_per_sample_weights = ops.pool_bags_weights_backward(
-                grad_output, table, ids, offsets, ctx.padding_idx
-            )
+            grad_per_sample_weights = _bag_weights_grad(grad_output, table, ids, offsets, ctx.padding_idx)
         return grad_weight, grad_per_sample_weights, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(
+        ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any
+    ) -> tuple[Tensor, None]:
+        """The tangent of the pooled rows: the weight's tangent pooled the same way (the
+        winners' tangents for max), plus the weights' tangent times the rows for a weighted sum."""
+        weight, weights, ids, offsets, max_ids = ctx.saved_tensors
+        tangent = _bag_tangent(
+            weight, weight_tangent, weights, weights_tangent, ids, offsets, max_ids,
+            ctx.pooling, ctx.padding_idx,
+        )
+        return tangent, None
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, ...],
+        weight: Tensor,
+        per_sample_weights: Tensor | None,
+        ids: Tensor,
+        offsets: Tensor,
+        pooling: int,
+        padding_idx: int,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
+        """A batch of pooled lookups: the examples' bags pooled in one call when the table is
+        shared (and no per-example frequency is needed), else one call per example."""
+        size = info.batch_size
+
+        def batch(t: Tensor | None, dim: int | None) -> Tensor | None:
+            if t is None:
+                return None
+            return t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+
+        w_dim, p_dim, i_dim, o_dim = in_dims[:4]
+        weights, all_ids, bounds = batch(per_sample_weights, p_dim), batch(ids, i_dim), batch(offsets, o_dim)
+        if w_dim is None and not scale_grad_by_freq:
+            num_ids, num_bags = all_ids.shape[1], bounds.shape[1] - 1
+            shift = torch.arange(size, device=bounds.device).unsqueeze(1) * num_ids
+            starts = (bounds[:, :-1] + shift).reshape(-1)
+            flat_bounds = torch.cat([starts, starts.new_full((1,), size * num_ids)])
+            flat_weights = None if weights is None else weights.reshape(-1)
+            out, max_ids = _EmbeddingBagFunction.apply(
+                weight, flat_weights, all_ids.reshape(-1), flat_bounds, pooling, padding_idx, False, sparse
+            )
+            out = out.view(size, num_bags, out.shape[1])
+            max_ids = max_ids.view(size, num_bags, -1) if pooling == ops.POOL_MAX else max_ids.new_empty((size, 0))
+            return (out, max_ids), (0, 0)
+        tables = batch(weight, w_dim)
+        outs, winners = [], []
+        for b in range(size):
+            out, max_ids = _EmbeddingBagFunction.apply(
+                tables[b], None if weights is None else weights[b], all_ids[b], bounds[b],
+                pooling, padding_idx, scale_grad_by_freq, sparse,
+            )
+            outs.append(out)
+            winners.append(max_ids)
+        return (torch.stack(outs), torch.stack(winners)), (0, 0)
 
 
 def embedding_bag(
@@ -448,7 +673,7 @@ def embedding_bag(
     if fused is not None:
         weights, ids, bounds, pooling, pad = bags
         return fused.lookup(weight, ids, bounds, weights, pooling, pad, scale_grad_by_freq, None)
-    return _EmbeddingBagFunction.apply(weight, *bags, scale_grad_by_freq, sparse)
+    return _EmbeddingBagFunction.apply(weight, *bags, scale_grad_by_freq, sparse)[0]
 
 
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -486,6 +711,7 @@ def _compiled_bags(
         and input.dtype in _ID_DTYPES
         and input.device.type == "cpu"
         and ops.extension_available()
+        and not ops.batched(input, offsets, per_sample_weights, weight)
     ):
         return None
     if per_sample_weights is not None and not (
@@ -528,13 +754,11 @@ def _compiled_bags(
         fused = fused_optimizer(weight)
         if fused is not None:
             return fused.lookup(weight, ids, bounds, weights, pooling, pad, scale_grad_by_freq, None)
-        if not torch.is_grad_enabled() or not (
-            weight.requires_grad or (weights is not None and weights.requires_grad)
-        ):
+        if not _tracked(weight, weights, ids, bounds):
             return torch.ops.embtable.pool_bags(weight, ids, bounds, weights, pooling, pad)[0]
         return _EmbeddingBagFunction.apply(
             weight, weights, ids, bounds, pooling, pad, scale_grad_by_freq, sparse
-        )
+        )[0]
     except RuntimeError as error:
         if "embtable::pool_bags" not in str(error):
             raise
@@ -542,11 +766,14 @@ def _compiled_bags(
 
 
 class _GroupedBagFunction(torch.autograd.Function):
-    """Pooling of feature-major bags into ``[B, F * D]``; backward as :class:`_EmbeddingBagFunction`."""
+    """Pooling of feature-major bags into ``[B, F * D]``; backward as :class:`_EmbeddingBagFunction`.
+
+    ``setup_context``, ``jvp`` and ``vmap`` (one call per example) make it work with
+    forward-mode AD and the ``torch.func`` transforms.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         weight: Tensor,
         per_sample_weights: Tensor | None,
         ids: Tensor,
@@ -555,11 +782,15 @@ class _GroupedBagFunction(torch.autograd.Function):
         padding_idx: int,
         num_features: int,
     ) -> Tensor:
-        out = ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
+        return ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features = inputs
         table = weight if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(ids, offsets, per_sample_weights, table)
+        ctx.save_for_forward(weight, per_sample_weights, ids, offsets)
         ctx.meta = (weight.shape[0], pooling, padding_idx, num_features)
-        return out
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -568,13 +799,48 @@ class _GroupedBagFunction(torch.autograd.Function):
         grad = feature_major(grad_output, num_features)
         grad_weight = grad_per_sample_weights = None
         if ctx.needs_input_grad[0]:
-            grad_weight = ops.pool_bags_backward(
+            grad_weight = _bag_weight_grad(
                 grad, ids, offsets, per_sample_weights, ids.new_empty(0), num_rows, pooling,
                 padding_idx, False, False,
             )
         if ctx.needs_input_grad[1]:
-            grad_per_sample_weights = ops.pool_bags_weights_backward(grad, table, ids, offsets, padding_idx)
+            grad_per_sample_weights = _bag_weights_grad(grad, table, ids, offsets, padding_idx)
         return grad_weight, grad_per_sample_weights, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any) -> Tensor:
+        weight, weights, ids, offsets = ctx.saved_tensors
+        _, pooling, padding_idx, num_features = ctx.meta
+        tangent = _bag_tangent(
+            weight, weight_tangent, weights, weights_tangent, ids, offsets, ids.new_empty(0),
+            pooling, padding_idx,
+        )
+        batch, dim = tangent.shape[0] // num_features, tangent.shape[1]
+        return tangent.view(num_features, batch, dim).transpose(0, 1).reshape(batch, num_features * dim)
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, ...],
+        weight: Tensor,
+        per_sample_weights: Tensor | None,
+        ids: Tensor,
+        offsets: Tensor,
+        pooling: int,
+        padding_idx: int,
+        num_features: int,
+    ) -> tuple[Tensor, int]:
+        def pick(t: Tensor | None, dim: int | None, b: int) -> Tensor | None:
+            return t if t is None or dim is None else t.select(dim, b)
+
+        outs = [
+            _GroupedBagFunction.apply(
+                *(pick(t, d, b) for t, d in zip((weight, per_sample_weights, ids, offsets), in_dims)),
+                pooling, padding_idx, num_features,
+            )
+            for b in range(info.batch_size)
+        ]
+        return torch.stack(outs), 0
 
 
 def feature_major(grad: Tensor, num_features: int) -> Tensor:
@@ -605,8 +871,7 @@ def pool_features(
         return fused.lookup(
             weight, ids, offsets, per_sample_weights, pooling, padding_idx, False, None, num_features=num_features
         )
-    grads = weight.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad)
-    if not (torch.is_grad_enabled() and grads):
+    if not _tracked(weight, per_sample_weights, ids, offsets):
         return ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
     return _GroupedBagFunction.apply(weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features)
 
@@ -639,8 +904,8 @@ def prepare_bags(
     _check_per_sample_weights(per_sample_weights, input, weight, mode, api)
     ids, bounds = _bag_layout(input, offsets, include_last_offset, api)
     ops.check_ids(ids, num_rows, api)
-    if max_norm is not None:
-        ops.renorm_rows_(weight, ids, max_norm, norm_type)
+    if max_norm is not None:  # outside autograd: neither gradients nor tangents see it
+        ops.renorm_rows_(weight.detach(), ops.plain(ids).reshape(-1), max_norm, norm_type)
     weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
     if bounds.numel() == 1:  # no bags: ids outside every bag take no part
         ids, bounds = ids[:0], torch.zeros_like(bounds)

@@ -35,10 +35,17 @@ from embtable.ops._reference import (
     POOL_MEAN,
     POOL_SUM,
     bag_of_ids,
+    bag_of_ids_batchable,
     bag_sizes,
+    embedding_backward_batchable,
+    embedding_backward_half,
     frequency_scale,
+    is_half,
     opmath_dtype,
+    pool_bags_backward_batchable,
+    pool_bags_backward_half,
     pool_bags_weights_backward,
+    pool_bags_weights_backward_batchable,
     renorm_rows_,
     scatter_add_rows,
     sparse_row_grad,
@@ -49,26 +56,76 @@ __all__ = [
     "POOL_MEAN",
     "POOL_SUM",
     "bag_of_ids",
+    "bag_of_ids_batchable",
     "bag_sizes",
+    "batched",
     "bucket_ids",
     "check_ids",
     "check_id_dtype",
+    "embedding_backward_batchable",
+    "embedding_backward_half",
     "extension_available",
     "frequency_scale",
     "fused_update_rows",
     "gather_rows",
+    "is_half",
     "normalize_padding_idx",
     "opmath_dtype",
     "pool_bags",
     "pool_bags_backward",
+    "pool_bags_backward_batchable",
+    "pool_bags_backward_half",
     "pool_bags_grouped",
     "pool_bags_weights_backward",
+    "pool_bags_weights_backward_batchable",
+    "plain",
     "renorm_rows_",
     "scatter_add_rows",
     "sparse_row_grad",
 ]
 
 _ID_DTYPES = (torch.int32, torch.int64)
+_functorch = torch._C._functorch
+
+
+def batched(*tensors: Tensor | None) -> bool:
+    """Whether any of ``tensors`` is batched by ``torch.func.vmap`` (at any level).
+
+    Such tensors have no single value per element, so data-dependent checks read them
+    through :func:`plain`, and the autograd Functions of :mod:`embtable.functional` take
+    their vmap-safe paths.
+    """
+    for t in tensors:
+        while t is not None and _functorch.is_functorch_wrapped_tensor(t):
+            if _functorch.is_batchedtensor(t):
+                return True
+            t = _functorch.get_unwrapped(t)
+    return False
+
+
+def plain(t: Tensor) -> Tensor:
+    """The ordinary tensor under ``torch.func`` wrappers, every vmap batch dim moved to the front.
+
+    For a tensor outside any transform this is ``t`` itself.  Inside ``vmap`` the result holds
+    the values of every example, ``[*batch, *t.shape]``, so O(n) checks (ids in range, offsets
+    non-decreasing) can read data that the batched view cannot turn into Python numbers.
+
+    Example:
+        >>> import torch
+        >>> from embtable import ops
+        >>> torch.func.vmap(lambda t: tuple(ops.plain(t).shape), in_dims=1, out_dims=None)(torch.zeros(2, 3))
+        (3, 2)
+    """
+    bdims = []
+    while _functorch.is_functorch_wrapped_tensor(t):
+        bdims.append(_functorch.maybe_get_bdim(t) if _functorch.is_batchedtensor(t) else -1)
+        t = _functorch.get_unwrapped(t)
+    front = 0
+    for bdim in reversed(bdims):  # outermost vmap first: its bdim indexes the physical dims
+        if bdim >= 0:
+            t = t.movedim(front + bdim, front)
+            front += 1
+    return t
 
 
 def check_id_dtype(ids: Tensor, api: str, name: str = "input") -> None:
@@ -94,6 +151,7 @@ def check_ids(ids: Tensor, num_rows: int, api: str, name: str = "input") -> None
     ``RuntimeError``, the class torch's bag lookup raises).
     """
     check_id_dtype(ids, api, name)
+    ids = plain(ids)
     if ids.numel() == 0:
         return
     low, high = torch.aminmax(ids)

@@ -410,3 +410,194 @@ def bucket_ids(values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
     if bool(((ids < 0) | (ids >= limit)).any()):
         raise IndexError("bucket_ids: an id lies outside its table")
     return ids + shift, offsets
+
+
+# --------------------------------------------------------------------------------------------
+# 16-bit gradients as torch 2.13 forms them on the CPU: every contribution is added into the
+# 16-bit gradient row and rounded there, in torch's order (not accumulated in float32).
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def is_half(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is float16 or bfloat16 (whose gradients torch accumulates in that dtype)."""
+    return dtype in _HALF_TYPES
+
+
+def sequential_add_rows(
+    num_slots: int, slots: Tensor, values: Tensor, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``out[slots[i]] += values[i]`` for ``i`` in order, each sum rounded to ``dtype``.
+
+    The accumulation of torch's CPU kernels for 16-bit gradients (``grad[k] += g`` in the
+    16-bit type: the sum is formed in float32 and rounded after every addition).  ``values``
+    is ``[n]`` or ``[n, D]`` (float32 or ``dtype``); the result ``[num_slots]`` or
+    ``[num_slots, D]`` in ``dtype`` (default: ``values``' dtype).  Vectorized
+    over rounds: round ``r`` adds the ``r``-th contribution of every slot at once, so the cost
+    is O(n) plus one step per occurrence of the most frequent slot.
+
+    Example:
+        >>> ones = torch.ones(600, dtype=torch.bfloat16)
+        >>> sequential_add_rows(2, torch.zeros(600, dtype=torch.long), ones)  # stalls at 256
+        tensor([256.,   0.], dtype=torch.bfloat16)
+    """
+    dtype = values.dtype if dtype is None else dtype
+    out = values.new_zeros((num_slots, *values.shape[1:]), dtype=dtype)
+    if slots.numel() == 0 or out.numel() == 0:
+        return out
+    slots = slots.long()
+    order = torch.sort(slots, stable=True).indices
+    sorted_slots = slots.index_select(0, order)
+    counts = torch.bincount(sorted_slots, minlength=num_slots)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(slots.numel(), device=slots.device) - starts.index_select(0, sorted_slots)
+    by_round = torch.sort(rank, stable=True).indices  # round-major, slot order inside a round
+    round_slots = sorted_slots.index_select(0, by_round)
+    round_values = values.index_select(0, order.index_select(0, by_round)).float()
+    sizes = torch.bincount(rank).tolist()
+    acc = out.float()
+    start = 0
+    for size in sizes:
+        rows = round_slots[start : start + size]
+        summed = (acc.index_select(0, rows) + round_values[start : start + size]).to(dtype)
+        acc.index_copy_(0, rows, summed.float())
+        start += size
+    return acc.to(dtype)
+
+
+def embedding_backward_half(
+    num_rows: int, ids: Tensor, rows: Tensor, padding_idx: int | None, scale: Tensor | None
+) -> Tensor:
+    """Dense 16-bit gradient of a lookup, bit for bit torch 2.13's ``embedding_dense_backward``
+    on the CPU: ``grad[ids[i]] += rows[i]`` in input order, rounded to the 16-bit type after
+    every addition; with ``scale`` the product ``scale[i] * rows[i]`` is taken in the 16-bit
+    type first (scale rounded to it, product rounded)."""
+    ids, rows, scale = _drop_padding_rows(ids, rows, scale, padding_idx)
+    if scale is not None:
+        rows = rows * scale.to(rows.dtype).unsqueeze(1)
+    return sequential_add_rows(num_rows, ids, rows)
+
+
+def pool_bags_backward_half(
+    grad_output: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    max_ids: Tensor,
+    num_rows: int,
+    pooling: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+) -> Tensor:
+    """Dense 16-bit bag gradient, bit for bit torch 2.13's CPU ``embedding_bag`` backward.
+
+    Sum/mean: torch visits the ids in the order of ``torch.sort(ids)`` (not stable: the same
+    call gives the same order here) and adds
+    ``round16(round16(factor) * grad_output[bag])`` into the 16-bit row, where ``factor``
+    (per-sample weight, ``1 / count`` with ``scale_grad_by_freq``, ``1 / bag size`` for a
+    mean) is formed in float64.  Max: ``grad[max_ids[b, d], d] += grad_output[b, d]`` bag by
+    bag, rounded after every addition.
+    """
+    dim, dtype = grad_output.shape[1], grad_output.dtype
+    if pooling == POOL_MAX:
+        won = max_ids >= 0
+        slots = (max_ids * dim + torch.arange(dim, device=max_ids.device))[won]
+        flat = sequential_add_rows(num_rows * dim, slots, grad_output[won])
+        return flat.view(num_rows, dim)
+    bag_of = bag_of_ids(offsets, ids.numel())
+    factor = torch.ones(ids.numel(), dtype=torch.float64, device=ids.device)
+    if per_sample_weights is not None:
+        factor = per_sample_weights.to(torch.float64)
+    if scale_grad_by_freq:
+        _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+        factor = factor / counts.to(torch.float64).index_select(0, inverse)
+    if pooling == POOL_MEAN:
+        sizes = bag_sizes(ids, offsets, padding_idx).to(torch.float64)
+        factor = factor / torch.where(sizes == 0, 1.0, sizes).index_select(0, bag_of)
+    values = grad_output.index_select(0, bag_of) * factor.to(dtype).unsqueeze(1)
+    # torch walks the ids in the order of its (unstable) sort of them: take the same sort
+    order = torch.sort(ids).indices
+    if padding_idx >= 0:
+        order = order[ids.index_select(0, order) != padding_idx]
+    return sequential_add_rows(num_rows, ids.index_select(0, order), values.index_select(0, order))
+
+
+# --------------------------------------------------------------------------------------------
+# Backwards written only in out-of-place, vmap-able operations (no boolean indexing, no
+# unique, no in-place writes into a zero tensor, no compiled op): used inside torch.func
+# transforms (vmap(grad(...)), jacrev), where tensors carry a batch dimension per example.
+
+
+def bag_of_ids_batchable(offsets: Tensor, num_ids: int) -> Tensor:
+    """:func:`bag_of_ids` without ``repeat_interleave`` (whose output size depends on data)."""
+    positions = torch.arange(num_ids, device=offsets.device)
+    return torch.searchsorted(offsets[1:].contiguous(), positions, right=True)
+
+
+def embedding_backward_batchable(
+    num_rows: int, ids: Tensor, rows: Tensor, padding_idx: int | None, scale_grad_by_freq: bool
+) -> Tensor:
+    """:func:`scatter_add_rows` (with the frequency scale) in vmap-able operations."""
+    if scale_grad_by_freq:
+        ones = torch.ones(ids.shape, dtype=torch.float64, device=ids.device)
+        counts = ones.new_zeros(num_rows).index_add(0, ids, ones)
+        rows = _scaled(rows, counts.reciprocal().index_select(0, ids))
+    if padding_idx is not None:
+        rows = torch.where((ids != padding_idx).unsqueeze(1), rows, 0)
+    return rows.new_zeros((num_rows, rows.shape[-1])).index_add(0, ids, rows)
+
+
+def pool_bags_backward_batchable(
+    grad_output: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    max_ids: Tensor,
+    num_rows: int,
+    pooling: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+) -> Tensor:
+    """Dense :func:`pool_bags_backward` in vmap-able operations (same sums, same order)."""
+    dim = grad_output.shape[1]
+    if pooling == POOL_MAX:
+        won = max_ids >= 0
+        slots = torch.where(won, max_ids, 0) * dim + torch.arange(dim, device=max_ids.device)
+        values = torch.where(won, grad_output, 0)
+        flat = grad_output.new_zeros(num_rows * dim).index_add(0, slots.reshape(-1), values.reshape(-1))
+        return flat.view(num_rows, dim)
+    bag_of = bag_of_ids_batchable(offsets, ids.numel())
+    scale = None
+    if scale_grad_by_freq:
+        ones = torch.ones(ids.shape, dtype=torch.float64, device=ids.device)
+        scale = ones.new_zeros(num_rows).index_add(0, ids, ones).reciprocal().index_select(0, ids)
+    if per_sample_weights is not None:
+        weights = per_sample_weights.to(torch.float64)
+        scale = weights if scale is None else scale * weights
+    if pooling == POOL_MEAN:
+        sizes = offsets.diff()
+        if padding_idx >= 0:
+            padded = (ids == padding_idx).long()
+            sizes = sizes - sizes.new_zeros(sizes.shape).index_add(0, bag_of, padded)
+        inverse = sizes.clamp(min=1).to(torch.float64).reciprocal()
+        if scale is None:
+            grad_output = grad_output * inverse.to(grad_output.dtype).unsqueeze(1)
+        else:
+            scale = scale * inverse.index_select(0, bag_of)
+    rows = _scaled(grad_output.index_select(0, bag_of), scale)
+    if padding_idx >= 0:
+        rows = torch.where((ids != padding_idx).unsqueeze(1), rows, 0)
+    return rows.new_zeros((num_rows, dim)).index_add(0, ids, rows)
+
+
+def pool_bags_weights_backward_batchable(
+    grad_output: Tensor, weight: Tensor, ids: Tensor, offsets: Tensor, padding_idx: int
+) -> Tensor:
+    """:func:`pool_bags_weights_backward` in vmap-able operations."""
+    math_dtype = opmath_dtype(weight.dtype)
+    bag_of = bag_of_ids_batchable(offsets, ids.numel())
+    rows = weight.index_select(0, ids).to(math_dtype)
+    out = (rows * grad_output.index_select(0, bag_of).to(math_dtype)).sum(1)
+    if padding_idx >= 0:
+        out = torch.where(ids == padding_idx, 0, out)
+    return out.to(weight.dtype)
