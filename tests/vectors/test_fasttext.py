@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from embtable.vectors import FastTextVectors, Vectors
 from embtable.vectors.io_fasttext import char_ngrams, fnv1a, ngram_buckets
 
-gensim = pytest.importorskip("gensim")
+gensim = pytest.importorskip("gensim", reason="gensim is not installed: it is the oracle here")
 from gensim.models.fasttext import (  # noqa: E402
     FastText,
     ft_ngram_hashes,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from embtable import Embedding
 from embtable.vectors import Vectors
 
-gensim = pytest.importorskip("gensim")
+gensim = pytest.importorskip("gensim", reason="gensim is not installed: it is the oracle here")
 from gensim.models import KeyedVectors  # noqa: E402
 from gensim.test.utils import datapath  # noqa: E402
 

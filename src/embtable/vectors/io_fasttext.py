@@ -242,6 +242,10 @@ class FastTextVectors(Vectors):
             raise ``KeyError``).
         min_n, max_n: n-gram lengths in characters.
 
+    Attributes:
+        ngrams, min_n, max_n: as given; ``bucket``: the number of n-gram rows.
+        args: the model's :class:`FastTextArgs` (set by :meth:`load`).
+
     Example:
         >>> v = FastTextVectors(["ab"], torch.tensor([[1.0, 1.0]]),
         ...                     ngrams=torch.eye(2), min_n=2, max_n=2)
