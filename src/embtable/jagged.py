@@ -427,6 +427,12 @@ class KeyedJagged:
             end = start + segment
             if segment == len(self._keys):
                 parts.append(self)
+            elif segment == 0:  # as TorchRec: empty tensors, int32 lengths, the stride kept
+                empty = self._values.new_zeros(0)
+                per_key = () if self._stride_per_key is not None else None
+                weights = None if self._weights is None else self._weights.new_zeros(0)
+                lengths = self._lengths.new_zeros(0, dtype=torch.int32)
+                parts.append(KeyedJagged._trusted([], empty, lengths, weights, self._stride, per_key))
             else:
                 lo, hi = starts[start], starts[end]
                 per_key = None

@@ -368,6 +368,11 @@ class EmbeddingBagCollection(_GroupedTables):
         """Whether lookups use the batch's per-value weights (TorchRec's ``is_weighted()``)."""
         return self._is_weighted
 
+    def embedding_bag_configs(self) -> list[TableConfig]:
+        """The table configs, in order (TorchRec's ``embedding_bag_configs()``: models such as
+        TorchRec's ``DLRM`` read ``embedding_dim`` and ``feature_names`` from them)."""
+        return list(self.tables)
+
     @classmethod
     def from_torchrec(
         cls, module: Any, *, device: torch.device | str | None = None
@@ -408,7 +413,7 @@ class EmbeddingBagCollection(_GroupedTables):
             raise TypeError(f"{api}: expected a torchrec EmbeddingBagCollection, got {type(module).__name__}")
         tables = [_table_from_torchrec(config, api) for config in configs()]
         if device is None:
-            device = next(iter(module.parameters())).device
+            device = next((p.device for p in module.parameters()), None)
         collection = cls(tables, is_weighted=bool(module.is_weighted()), device=device)
         collection.load_state_dict(module.state_dict())
         return collection
