@@ -16,10 +16,20 @@ Workloads:
     real traffic, ratings from a planted low-rank model): ``--steps`` timed steps after
     warm-up steps (a subset of an epoch), reported as ms/step and projected s/epoch.
 
+(c) ``--folds K`` (issue 18): the evaluation protocol of Surprise's published table on
+    MovieLens-100K. K shuffled folds built exactly as Surprise's ``KFold(K, random_state=seed)``
+    (``embtable.models.crossval.kfold_indices``); on each fold, embtable's demo model (settings
+    chosen on validation, ``benchmarks/movielens_search.py``; 10 % of the training part held
+    out for early stopping) and Surprise's ``SVD`` and ``SVDpp`` (their default settings, the
+    ones behind the published 0.934 / 0.920) train on the same training ratings and are scored
+    on the same test ratings: RMSE, MAE and training seconds per fold, then mean +- std.
+
 Correctness first: the torch-table model must give the embtable model's predictions.
 
-    python benchmarks/movielens.py            # both workloads (about 10 minutes on 2 cores)
+    python benchmarks/movielens.py            # workloads (a) and (b) (about 10 minutes on 2 cores)
     python benchmarks/movielens.py --quick    # small sizes, for a smoke test
+    python benchmarks/movielens.py --folds 5  # (c): embtable vs Surprise SVD / SVD++ (~20 min)
+    python benchmarks/movielens.py --folds 5 --peers svd   # (c) without the slow SVD++
 """
 
 from __future__ import annotations
@@ -158,6 +168,64 @@ def synthetic(num_users: int, num_items: int, ratings: int, steps: int, seed: in
     return rows
 
 
+def cross_validation(n_splits: int, seed: int, peers: list[str], limit: int | None) -> None:
+    """(c): embtable's model and Surprise's algorithms on the same K folds."""
+    import statistics as stats
+
+    from embtable.cli.train import MovieLensOptions, _fit_split
+    from embtable.models.crossval import kfold_indices
+    from embtable.models.metrics import mae
+
+    data = load_movielens()
+    n = len(data) if limit is None else min(limit, len(data))
+    folds = kfold_indices(n, n_splits, seed=seed)
+    options = MovieLensOptions(seed=seed, limit=limit)
+    algorithms = {}
+    if peers:
+        try:
+            import surprise
+        except ImportError as error:
+            print(f"Surprise unavailable ({error}); only embtable runs")
+        else:
+            algorithms = {"Surprise SVD": surprise.SVD, "Surprise SVD++": surprise.SVDpp}
+            algorithms = {k: v for k, v in algorithms.items()
+                          if {"Surprise SVD": "svd", "Surprise SVD++": "svdpp"}[k] in peers}  # fmt: skip
+            reader = surprise.Reader(rating_scale=(1, 5))
+            raw = [(str(u), str(i), float(r), None) for u, i, r in
+                   zip(data.users[:n].tolist(), data.items[:n].tolist(), data.ratings[:n].tolist())]  # fmt: skip
+            dataset = surprise.Dataset(reader)  # the ratings in embtable's order, same indices
+            dataset.raw_ratings = raw
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    for k, (train_idx, test_idx) in enumerate(folds, 1):
+        run = _fit_split(data, train_idx, test_idx, options, lambda *_: None, False)
+        results.setdefault("embtable (demo model)", []).append(
+            (run.test_rmse, run.test_mae, run.train_seconds))
+        for name, algo_class in algorithms.items():
+            trainset = dataset.construct_trainset([raw[i] for i in train_idx.tolist()])
+            testset = dataset.construct_testset([raw[i] for i in test_idx.tolist()])
+            algo = algo_class(random_state=seed)
+            start = time.perf_counter()
+            algo.fit(trainset)
+            seconds = time.perf_counter() - start
+            predictions = algo.test(testset)
+            est = torch.tensor([p.est for p in predictions], dtype=torch.float64)
+            true = torch.tensor([p.r_ui for p in predictions], dtype=torch.float64)
+            results.setdefault(name, []).append((rmse(est, true), mae(est, true), seconds))
+        line = "  ".join(f"{name} {r[-1][0]:.4f}" for name, r in results.items())
+        print(f"fold {k}/{n_splits}: test RMSE  {line}", flush=True)
+    print(f"\n(c) MovieLens-100K, {n:,} ratings, {n_splits} folds (Surprise KFold, shuffled, "
+          f"random_state={seed}); same training and test ratings for every contender; "
+          f"{torch.get_num_threads()} thread(s)\n")  # fmt: skip
+    print("| model | " + " | ".join(f"fold {k} RMSE" for k in range(1, n_splits + 1))
+          + " | mean RMSE | std | mean MAE | std | train s / fold |")  # fmt: skip
+    print("|---|" + "---:|" * (n_splits + 5))
+    for name, rows in results.items():
+        rm, ma, sec = zip(*rows)
+        print(f"| {name} | " + " | ".join(f"{r:.4f}" for r in rm)
+              + f" | **{stats.mean(rm):.4f}** | {stats.pstdev(rm):.4f} | {stats.mean(ma):.4f} | "
+              f"{stats.pstdev(ma):.4f} | {stats.median(sec):.1f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -167,8 +235,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("a", "b"))
+    parser.add_argument("--folds", type=int, help="run (c), K-fold cross-validation, instead")
+    parser.add_argument("--peers", default="svd,svdpp", help="Surprise algorithms for (c)")
+    parser.add_argument("--limit", type=int, help="(c) on the first N ratings only (smoke test)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.folds:
+        cross_validation(args.folds, args.seed, [p for p in args.peers.split(",") if p], args.limit)
+        return
     users, items = 1_000_000, 200_000
     if args.quick:
         args.epochs, args.steps, args.ratings, users, items = 1, 10, 200_000, 100_000, 20_000
