@@ -18,6 +18,7 @@ so that a block's score matrix stays under ~64 MB.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor
 
 __all__ = [
     "all_scores",
+    "key_list",
     "cosine_similarities",
     "cosmul_scores",
     "normalize_rows",
@@ -35,6 +37,20 @@ __all__ = [
 
 _BLOCK_ELEMENTS = 1 << 24
 _QUERY_BLOCK = 256
+
+
+def key_list(items: Any) -> list:
+    """Query keys as a list: one key (a token, a ``(token, weight)`` pair, a 1-D vector)
+    becomes ``[key]``, a 2-D array one vector per row, ``None`` nothing."""
+    if items is None:
+        return []
+    if isinstance(items, (Tensor, np.ndarray)):
+        return list(items) if items.ndim == 2 else [items]  # a 2-D array: one vector per row
+    if isinstance(items, str):
+        return [items]
+    if isinstance(items, tuple) and len(items) == 2 and isinstance(items[1], (int, float)):
+        return [items]  # one weighted key: (token, weight)
+    return list(items)
 
 
 def row_norms(weight: Tensor) -> Tensor:
