@@ -60,3 +60,33 @@ def concat_batches(batches: list[Any]) -> Any:
             if b.weights() is not None:
                 weights.append(b.weights()[starts[p] : starts[p + 1]])
     return KeyedJagged(keys, torch.cat(values), torch.cat(lengths), weights=torch.cat(weights) if weights else None)
+
+
+def _raw_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, timeout_s: float,
+               folder: str) -> None:
+    try:
+        _entry(rank, world, port, fn, args, timeout_s)
+    except BaseException:
+        with open(os.path.join(folder, f"error-{rank}.txt"), "w") as handle:
+            handle.write(traceback.format_exc())
+        os._exit(1)
+
+
+def spawn_raw(fn: Callable[..., Any], world: int, folder: str, *args: Any, timeout_s: float = 5.0,
+              wait_s: float = 60.0) -> list[int | None]:
+    """Like :func:`spawn`, but a failing rank does not stop the others: the exit codes
+    (``None``: still running after ``wait_s``, then killed); tracebacks in ``folder/error-<rank>.txt``."""
+    context = mp.get_context("spawn")
+    port = free_port()
+    procs = [context.Process(target=_raw_entry, args=(r, world, port, fn, (folder, *args), timeout_s, folder))
+             for r in range(world)]
+    for proc in procs:
+        proc.start()
+    codes: list[int | None] = []
+    for proc in procs:
+        proc.join(wait_s)
+        codes.append(proc.exitcode)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return codes

@@ -1,0 +1,321 @@
+"""What each spawned rank runs in tests/distributed/test_sharded.py (importable by the children).
+
+Every worker compares the sharded collection on its rank with an unsharded oracle built
+from the same seed and trained on the concatenated global batches (every rank's examples,
+rank after rank), and writes nothing but assertion failures (raised) and small files
+under the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+
+import embtable
+from embtable import EmbeddingBagCollection, EmbeddingCollection, KeyedJagged, TableConfig
+from embtable.distributed import ShardingPlan, TableSharding
+from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint
+from embtable.distributed.sharded import ShardedIndexError, shard
+
+GLOBAL_BATCH = 8
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def bag_tables(weighted: bool = False) -> list[TableConfig]:
+    """Sum (two features), mean with padding, max, and a small table (all sum when weighted:
+    per-value weights apply to sum pooling only)."""
+    return [
+        TableConfig(name="a", num_embeddings=40, embedding_dim=4, feature_names=["a1", "a2"]),
+        TableConfig(name="b", num_embeddings=30, embedding_dim=6, pooling="sum" if weighted else "mean",
+                    padding_idx=3),
+        TableConfig(name="c", num_embeddings=25, embedding_dim=4, pooling="sum" if weighted else "max"),
+        TableConfig(name="d", num_embeddings=12, embedding_dim=8),
+    ]
+
+
+def seq_tables() -> list[TableConfig]:
+    """Non-pooled tables (one with padding)."""
+    return [
+        TableConfig(name="w", num_embeddings=30, embedding_dim=4, pooling="none", padding_idx=0),
+        TableConfig(name="v", num_embeddings=16, embedding_dim=6, pooling="none", feature_names=["v1", "v2"]),
+    ]
+
+
+def _rows(config_of: dict[str, int], step: int, weighted: bool) -> tuple[dict[str, list[list[int]]], dict]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    ids: dict[str, list[list[int]]] = {}
+    for feature, rows in config_of.items():
+        ids[feature] = [
+            torch.randint(0, rows, (int(torch.randint(0, 5, (1,), generator=gen)),), generator=gen).tolist()
+            for _ in range(GLOBAL_BATCH)
+        ]
+    weights = {}
+    if weighted:
+        for feature in ("a1", "a2", "d"):
+            if feature in ids:
+                weights[feature] = [torch.rand(len(x), generator=gen).tolist() for x in ids[feature]]
+    return ids, weights
+
+
+def _kjt(ids: dict[str, list[list[int]]], weights: dict, lo: int, hi: int) -> KeyedJagged:
+    keys = list(ids)
+    values = [v for k in keys for bag in ids[k][lo:hi] for v in bag]
+    lengths = [len(bag) for k in keys for bag in ids[k][lo:hi]]
+    w = None
+    if weights:
+        w = torch.tensor(
+            [x for k in keys for bag, wbag in zip(ids[k][lo:hi], weights.get(k, ids[k])[lo:hi])
+             for x in (wbag if k in weights else [1.0] * len(bag))],
+            dtype=torch.float32,
+        )
+    return KeyedJagged(keys, torch.tensor(values, dtype=torch.int64), torch.tensor(lengths), weights=w)
+
+
+def batches(features: dict[str, int], step: int, world: int, rank: int, weighted: bool = False):
+    """(this rank's local batch, the global batch) of a step."""
+    ids, weights = _rows(features, step, weighted)
+    size = GLOBAL_BATCH // world
+    return _kjt(ids, weights, rank * size, (rank + 1) * size), _kjt(ids, weights, 0, GLOBAL_BATCH)
+
+
+def bag_features(with_bad_mean: bool = False) -> dict[str, int]:
+    return {"a1": 40, "a2": 40, "b": 30, "c": 25, "d": 12}
+
+
+def mixed_plan(world: int, variant: int) -> ShardingPlan:
+    """Mixed plans: each variant has row-wise (some with uneven boundaries), table-wise,
+    column-wise and data-parallel tables in another arrangement.  Max pooling (table ``c``)
+    is row- or column-wise only in variants trained with rules that are exact there (see
+    docs/distributed.md, "Exactness")."""
+    if variant == 0:
+        cuts = [0, 7, 40] if world == 2 else [0, 3, 10, 20, 40]
+        return ShardingPlan(world_size=world, tables={
+            "a": TableSharding.row_wise(boundaries=cuts),
+            "b": TableSharding.row_wise(),
+            "c": TableSharding.table_wise(rank=world - 1),
+            "d": TableSharding.column_wise(),
+        })
+    if variant == 1:
+        return ShardingPlan(world_size=world, tables={
+            "a": TableSharding.table_wise(rank=0),
+            "b": TableSharding.table_wise(rank=world - 1),
+            "c": TableSharding.row_wise(),
+            "d": TableSharding.data_parallel(),
+        })
+    if variant == 3:
+        return ShardingPlan(world_size=world, tables={
+            "a": TableSharding.row_wise(boundaries=[0, 25, 40] if world == 2 else [0, 5, 6, 30, 40]),
+            "b": TableSharding.row_wise(ranks=list(range(world))[::-1]),
+            "c": TableSharding.table_wise(rank=0),
+            "d": TableSharding.data_parallel(),
+        })
+    return ShardingPlan(world_size=world, tables={
+        "a": TableSharding.column_wise(),
+        "b": TableSharding.column_wise(ranks=[1, 0]),
+        "c": TableSharding.column_wise(),
+        "d": TableSharding.row_wise(),
+    })
+
+
+def _loss(pooled: torch.Tensor) -> torch.Tensor:
+    """A loss whose gradient differs per column (so column shards get different gradients)."""
+    return (pooled * torch.linspace(0.5, 1.5, pooled.shape[1])).pow(2).sum()
+
+
+def _same_tables(sharded: Any, reference: Any, what: str) -> None:
+    full = sharded.full_tables()
+    for name, table in full.items():
+        torch.testing.assert_close(table, reference.table_weight(name).detach(), rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, n=name: f"{what}: table {n}: {m}")
+
+
+def train_and_compare(rank: int, world: int, plan: ShardingPlan, rule: str, options: dict,
+                      steps: int = 5, weighted: bool = False) -> Any:
+    """Forward outputs every step and all tables after ``steps`` equal the global-batch oracle."""
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(bag_tables(weighted))
+    sharded = shard(reference, plan)
+    ref_opt = embtable.optim.fuse(reference, rule, **options)
+    embtable.optim.fuse(sharded, rule, **options)
+    size = GLOBAL_BATCH // world
+    for step in range(steps):
+        local, global_batch = batches(bag_features(), step, world, rank, weighted)
+        out = sharded(local)
+        expected = reference(global_batch)
+        for feature in out.keys():
+            torch.testing.assert_close(out[feature], expected[feature][rank * size : (rank + 1) * size],
+                                       rtol=RTOL, atol=ATOL, msg=lambda m, f=feature, s=step: f"{rule} step {s} {f}: {m}")
+        _loss(out.values()).backward()
+        _loss(expected.values()).backward()
+    _same_tables(sharded, reference, f"{rule} {options} plan {plan.to_dict()}")
+    del ref_opt
+    return sharded
+
+
+def check_sequences(rank: int, world: int, plan: ShardingPlan) -> None:
+    """EmbeddingCollection: rows per id and tables after Adam steps equal the oracle."""
+    torch.manual_seed(1)
+    reference = EmbeddingCollection(seq_tables())
+    sharded = shard(reference, plan)
+    embtable.optim.fuse(reference, "adam", lr=0.05)
+    embtable.optim.fuse(sharded, "adam", lr=0.05)
+    features = {"w": 30, "v1": 16, "v2": 16}
+    for step in range(3):
+        local, global_batch = batches(features, step, world, rank)
+        out = sharded(local)
+        expected = reference(global_batch)
+        total = 0.0
+        ref_total = 0.0
+        for feature in out.keys():
+            mine = out[feature]
+            lengths = expected[feature].lengths
+            size = GLOBAL_BATCH // world
+            start = int(lengths[: rank * size].sum())
+            count = int(lengths[rank * size : (rank + 1) * size].sum())
+            torch.testing.assert_close(mine.values, expected[feature].values[start : start + count], rtol=RTOL, atol=ATOL)
+            torch.testing.assert_close(mine.lengths, lengths[rank * size : (rank + 1) * size])
+            total = total + mine.values.pow(2).sum() * (1 + len(feature))
+            ref_total = ref_total + expected[feature].values.pow(2).sum() * (1 + len(feature))
+        total.backward()
+        ref_total.backward()
+    _same_tables(sharded, reference, "EmbeddingCollection")
+
+
+def check_bad_ids(rank: int, world: int) -> None:
+    """An id outside its table on rank 1: every rank raises naming rank 1, nothing changes."""
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(bag_tables())
+    sharded = shard(reference, mixed_plan(world, 0))
+    embtable.optim.fuse(sharded, "adam", lr=0.1)
+    before = sharded.full_tables()
+    local, _ = batches(bag_features(), 0, world, rank)
+    if rank == 1:
+        values = local.values().clone()
+        values[-1] = 99  # feature "d" has 12 rows
+        local = KeyedJagged(local.keys(), values, local.lengths())
+    try:
+        sharded(local)
+    except ShardedIndexError as error:
+        text = str(error)
+        assert "rank 1" in text and "'d'" in text and "99" in text, text
+    else:
+        raise AssertionError("no error for an id outside its table")
+    after = sharded.full_tables()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+# ---------------------------------------------------------------------- spawned groups
+
+
+def group_of_two(rank: int, world: int, folder: str) -> None:
+    """Every sharding type and pooling, three rules and two state dtypes, EC, failures, checkpoint."""
+    train_and_compare(rank, world, mixed_plan(world, 0), "sgd", {"lr": 0.1, "momentum": 0.9})
+    train_and_compare(rank, world, mixed_plan(world, 1), "rowwise_adagrad", {"lr": 0.1}, weighted=True)
+    train_and_compare(rank, world, mixed_plan(world, 3), "adam", {"lr": 0.05, "state_dtype": "int8_rowwise"})
+    train_and_compare(rank, world, mixed_plan(world, 2), "sgd", {"lr": 0.1})
+    check_sequences(rank, world, ShardingPlan(world_size=world, tables={
+        "w": TableSharding.row_wise(), "v": TableSharding.column_wise()}))
+    check_sequences(rank, world, ShardingPlan(world_size=world, tables={
+        "w": TableSharding.table_wise(rank=1), "v": TableSharding.data_parallel()}))
+    check_bad_ids(rank, world)
+    checkpoint_source(rank, world, folder)
+    check_interrupted_save(rank, world, folder)
+
+
+def checkpoint_source(rank: int, world: int, folder: str) -> None:
+    """Train 3 steps, save (Adam state), train 2 more; keep the tables of both moments."""
+    sharded = _fresh(world, 0, seed=0)
+    for step in range(3):
+        _step(sharded, step, world, rank)
+    save_checkpoint(os.path.join(folder, "two"), sharded)
+    saved = sharded.full_tables()
+    for step in range(3, 5):
+        _step(sharded, step, world, rank)
+    final = sharded.full_tables()
+    if rank == 0:
+        torch.save({"saved": saved, "final": final}, os.path.join(folder, "two.pt"))
+
+
+def check_interrupted_save(rank: int, world: int, folder: str) -> None:
+    """A save where rank 1 fails to write: every rank raises, the old checkpoint stays."""
+    import torch.distributed.checkpoint as dcp
+
+    sharded = _fresh(world, 0, seed=5)
+    original = dcp.FileSystemWriter.write_data
+    if rank == 1:
+        def broken(self: Any, plan: Any, planner: Any) -> Any:
+            raise OSError("disk full (simulated)")
+        dcp.FileSystemWriter.write_data = broken
+    try:
+        save_checkpoint(os.path.join(folder, "two"), sharded)
+    except BaseException as error:  # CheckpointException (a BaseException) on every rank
+        assert "disk full" in str(error) or "rank" in str(error).lower(), str(error)
+    else:
+        raise AssertionError("an interrupted save did not raise")
+    finally:
+        dcp.FileSystemWriter.write_data = original
+    torch.distributed.barrier()
+    leftovers = [n for n in os.listdir(folder) if ".partial-" in n]
+    if rank == 0:
+        with open(os.path.join(folder, "interrupted.txt"), "w") as handle:
+            handle.write(",".join(leftovers))
+
+
+def _fresh(world: int, variant: int, seed: int) -> Any:
+    torch.manual_seed(seed)
+    reference = EmbeddingBagCollection(bag_tables())
+    sharded = shard(reference, mixed_plan(world, variant))
+    embtable.optim.fuse(sharded, "adam", lr=0.05)
+    return sharded
+
+
+def _step(sharded: Any, step: int, world: int, rank: int) -> None:
+    local, _ = batches(bag_features(), step, world, rank)
+    out = sharded(local)
+    _loss(out.values()).backward()
+
+
+def group_of_four(rank: int, world: int, folder: str) -> None:
+    """Mixed plans at world 4; the 2-rank checkpoint loaded on another plan resumes exactly."""
+    train_and_compare(rank, world, mixed_plan(world, 0), "adam", {"lr": 0.05})
+    train_and_compare(rank, world, mixed_plan(world, 1), "adagrad", {"lr": 0.1, "state_dtype": "int8_rowwise"},
+                      steps=3, weighted=True)
+    sharded = _fresh(world, 3, seed=9)  # other weights, other plan
+    load_checkpoint(os.path.join(folder, "two"), sharded)
+    expected = torch.load(os.path.join(folder, "two.pt"))
+    for name, table in sharded.full_tables().items():
+        torch.testing.assert_close(table, expected["saved"][name], rtol=0, atol=0)
+    for step in range(3, 5):
+        _step(sharded, step, world, rank)
+    for name, table in sharded.full_tables().items():
+        torch.testing.assert_close(table, expected["final"][name], rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, n=name: f"resumed 2 -> 4: table {n}: {m}")
+    save_checkpoint(os.path.join(folder, "four"), sharded)
+    final = sharded.full_tables()
+    if rank == 0:
+        torch.save(final, os.path.join(folder, "four.pt"))
+
+
+def group_with_a_death(rank: int, world: int, folder: str) -> None:
+    """Load the 4-rank checkpoint on 2 ranks; then rank 1 dies mid-step and rank 0 must raise."""
+    sharded = _fresh(world, 2, seed=3)
+    load_checkpoint(os.path.join(folder, "four"), sharded)
+    expected = torch.load(os.path.join(folder, "four.pt"))
+    for name, table in sharded.full_tables().items():
+        torch.testing.assert_close(table, expected[name], rtol=0, atol=0)
+    local, _ = batches(bag_features(), 7, world, rank)
+    out = sharded(local)
+    if rank == 1:
+        os._exit(17)  # dies between forward and backward
+    start = time.monotonic()
+    try:
+        out.values().sum().backward()
+    except Exception as error:  # gloo: connection closed / timeout
+        with open(os.path.join(folder, "death.txt"), "w") as handle:
+            handle.write(f"{time.monotonic() - start:.3f} {type(error).__name__}: {str(error)[:200]}")
+        os._exit(0)
+    raise AssertionError("backward succeeded although rank 1 died")
