@@ -5,13 +5,19 @@ optim and storage; nothing in those layers imports this package).
 - :mod:`~embtable.distributed.sharded`: :func:`shard`, :class:`ShardedEmbeddingBagCollection`,
   :class:`ShardedEmbeddingCollection`;
 - :mod:`~embtable.distributed.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`,
-  :func:`load_unsharded` (``torch.distributed.checkpoint``, any world size).
+  :func:`load_unsharded`, :func:`load_tables` (``torch.distributed.checkpoint``, any world size).
 
 See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
 
+from embtable.distributed.checkpoint import (
+    load_checkpoint,
+    load_tables,
+    load_unsharded,
+    save_checkpoint,
+)
 from embtable.distributed.plan import (
     Shard,
     ShardingPlan,
@@ -20,12 +26,30 @@ from embtable.distributed.plan import (
     plan_sharding,
     state_bytes_per_row,
 )
+from embtable.distributed.sharded import (
+    ShardedEmbeddingBagCollection,
+    ShardedEmbeddingCollection,
+    ShardedError,
+    ShardedIndexError,
+    ShardedValueError,
+    shard,
+)
 
 __all__: list[str] = [
+    "ShardedEmbeddingBagCollection",
+    "ShardedEmbeddingCollection",
+    "ShardedError",
+    "ShardedIndexError",
+    "ShardedValueError",
     "Shard",
     "ShardingPlan",
     "ShardingType",
     "TableSharding",
+    "load_checkpoint",
+    "load_tables",
+    "load_unsharded",
     "plan_sharding",
+    "save_checkpoint",
+    "shard",
     "state_bytes_per_row",
 ]

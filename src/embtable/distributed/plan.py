@@ -373,7 +373,7 @@ def plan_sharding(
 ) -> ShardingPlan:
     """A plan balancing per-rank bytes (table + optimizer state) and lookup cost.
 
-    Tables go, largest first: replicated (``data_parallel``) when they take at most
+    Tables go, heaviest (share of bytes + share of lookup cost) first: replicated (``data_parallel``) when they take at most
     ``data_parallel_bytes``; ``row_wise`` over every rank when one table holds more than an
     even share of all bytes (``total / world_size``) or more than ``memory_per_rank``;
     otherwise ``table_wise`` on the rank with the least load so far, the load of a rank
@@ -429,7 +429,10 @@ def plan_sharding(
     load_bytes = [0] * world_size
     load_cost = [0.0] * world_size
     chosen: dict[str, TableSharding] = {}
-    for config in sorted(tables, key=lambda t: (-sizes[t.name], t.name)):
+    def weight(t: TableConfig) -> float:
+        return sizes[t.name] / total + costs[t.name] / total_cost
+
+    for config in sorted(tables, key=lambda t: (-weight(t), t.name)):
         name = config.name
         size = sizes[name]
         if size <= data_parallel_bytes:
