@@ -53,18 +53,28 @@ def _check_weight(weight: Any, api: str) -> None:
 _functorch = torch._C._functorch
 
 
-def _tracked(weight: Tensor, *others: Tensor | None) -> bool:
-    """Whether a lookup must run through its autograd Function: gradients are on for an
-    input, forward-mode AD is active, or a ``torch.func`` transform wraps an input."""
-    if torch.is_grad_enabled() and (
+def _function_for(
+    plain: type[torch.autograd.Function],
+    with_jvp: type[torch.autograd.Function],
+    weight: Tensor,
+    *others: Tensor | None,
+) -> type[torch.autograd.Function] | None:
+    """The autograd Function a lookup must run through, or ``None`` when none is needed.
+
+    ``with_jvp`` (the Function plus its ``jvp``) when forward-mode AD is active or a
+    ``torch.func`` transform wraps an input; ``plain`` when gradients are on for an input
+    (also under ``torch.compile``, which cannot trace a custom ``jvp``); else ``None``.
+    """
+    grads = torch.is_grad_enabled() and (
         weight.requires_grad or any(t is not None and t.requires_grad for t in others)
-    ):
-        return True
-    if forward_ad._current_level >= 0:
-        return True
-    return _functorch.is_functorch_wrapped_tensor(weight) or any(
-        t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in others
     )
+    if torch.compiler.is_compiling():
+        return plain if grads else None
+    if forward_ad._current_level >= 0 or _functorch.is_functorch_wrapped_tensor(weight) or any(
+        t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in others
+    ):
+        return with_jvp
+    return plain if grads else None
 
 
 def _check_max_norm(max_norm: float | None, norm_type: float, api: str) -> None:
@@ -134,12 +144,6 @@ class _EmbeddingFunction(torch.autograd.Function):
         return grad_weight, None, None, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, weight_tangent: Tensor | None, *_: Any) -> Tensor:
-        """The tangent of a lookup is the lookup of the weight's tangent (as torch's)."""
-        (flat_ids,) = ctx.saved_tensors
-        return weight_tangent.index_select(0, flat_ids).reshape(ctx.out_shape)
-
-    @staticmethod
     def vmap(
         info: Any,
         in_dims: tuple[int | None, ...],
@@ -156,16 +160,27 @@ class _EmbeddingFunction(torch.autograd.Function):
         weight_dim, ids_dim = in_dims[0], in_dims[1]
         ids = flat_ids.movedim(ids_dim, 0) if ids_dim is not None else flat_ids.expand(size, -1)
         if weight_dim is None and not scale_grad_by_freq:
-            out = _EmbeddingFunction.apply(
+            out = _EmbeddingFunctionJvp.apply(
                 weight, ids.reshape(-1), (size, *out_shape), padding_idx, False, sparse
             )
             return out, 0
         tables = weight.movedim(weight_dim, 0) if weight_dim is not None else weight.expand(size, -1, -1)
         outs = [
-            _EmbeddingFunction.apply(t, i, out_shape, padding_idx, scale_grad_by_freq, sparse)
+            _EmbeddingFunctionJvp.apply(t, i, out_shape, padding_idx, scale_grad_by_freq, sparse)
             for t, i in zip(tables.unbind(0), ids.unbind(0))
         ]
         return torch.stack(outs), 0
+
+
+class _EmbeddingFunctionJvp(_EmbeddingFunction):
+    """:class:`_EmbeddingFunction` with forward-mode AD (chosen only where it is needed:
+    ``torch.compile`` cannot trace a custom ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx: Any, weight_tangent: Tensor | None, *_: Any) -> Tensor:
+        """The tangent of a lookup is the lookup of the weight's tangent (as torch's)."""
+        (flat_ids,) = ctx.saved_tensors
+        return weight_tangent.index_select(0, flat_ids).reshape(ctx.out_shape)
 
 
 def embedding(
@@ -235,8 +250,9 @@ def embedding(
     # Otherwise nothing is modified, and the gather itself bounds-checks every id: the O(n)
     # range check runs only to word the error when the gather refuses an id.
     try:
-        if _tracked(weight, None, flat_ids):
-            return _EmbeddingFunction.apply(weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse)
+        function = _function_for(_EmbeddingFunction, _EmbeddingFunctionJvp, weight, None, flat_ids)
+        if function is not None:
+            return function.apply(weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse)
         return ops.gather_rows(weight, flat_ids).reshape(out_shape)
     except IndexError as error:
         failure = error
@@ -307,7 +323,7 @@ def _check_offsets(offsets: Any, num_ids: int, include_last_offset: bool, api: s
             "(the end of the last bag), got an empty tensor"
         )
     offsets = offsets.long()
-    if offsets.numel() == 0:
+    if offsets.numel() == 0 or offsets.device.type == "meta":  # meta: shapes, no values
         return offsets
     # every example's offsets as a row (one row outside torch.func.vmap)
     rows = ops.plain(offsets).reshape(-1, offsets.shape[0])
@@ -489,6 +505,10 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         scale_grad_by_freq: bool,
         sparse: bool,
     ) -> tuple[Tensor, Tensor]:
+        if weight.device.type == "meta":  # shapes only (tracing a model on the meta device)
+            num_bags = max(offsets.shape[0] - 1, 0)
+            winners = (num_bags, weight.shape[1]) if pooling == ops.POOL_MAX else (0,)
+            return weight.new_empty((num_bags, weight.shape[1])), ids.new_empty(winners, dtype=torch.long)
         return ops.pool_bags(weight, ids, offsets, per_sample_weights, pooling, padding_idx)
 
     @staticmethod
@@ -517,19 +537,6 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_per_sample_weights = _bag_weights_grad(grad_output, table, ids, offsets, ctx.padding_idx)
         return grad_weight, grad_per_sample_weights, None, None, None, None, None, None
-
-    @staticmethod
-    def jvp(
-        ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any
-    ) -> tuple[Tensor, None]:
-        """The tangent of the pooled rows: the weight's tangent pooled the same way (the
-        winners' tangents for max), plus the weights' tangent times the rows for a weighted sum."""
-        weight, weights, ids, offsets, max_ids = ctx.saved_tensors
-        tangent = _bag_tangent(
-            weight, weight_tangent, weights, weights_tangent, ids, offsets, max_ids,
-            ctx.pooling, ctx.padding_idx,
-        )
-        return tangent, None
 
     @staticmethod
     def vmap(
@@ -561,7 +568,7 @@ class _EmbeddingBagFunction(torch.autograd.Function):
             starts = (bounds[:, :-1] + shift).reshape(-1)
             flat_bounds = torch.cat([starts, starts.new_full((1,), size * num_ids)])
             flat_weights = None if weights is None else weights.reshape(-1)
-            out, max_ids = _EmbeddingBagFunction.apply(
+            out, max_ids = _EmbeddingBagFunctionJvp.apply(
                 weight, flat_weights, all_ids.reshape(-1), flat_bounds, pooling, padding_idx, False, sparse
             )
             out = out.view(size, num_bags, out.shape[1])
@@ -570,7 +577,7 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         tables = batch(weight, w_dim)
         outs, winners = [], []
         for b in range(size):
-            out, max_ids = _EmbeddingBagFunction.apply(
+            out, max_ids = _EmbeddingBagFunctionJvp.apply(
                 tables[b], None if weights is None else weights[b], all_ids[b], bounds[b],
                 pooling, padding_idx, scale_grad_by_freq, sparse,
             )
@@ -578,6 +585,22 @@ class _EmbeddingBagFunction(torch.autograd.Function):
             winners.append(max_ids)
         return (torch.stack(outs), torch.stack(winners)), (0, 0)
 
+
+class _EmbeddingBagFunctionJvp(_EmbeddingBagFunction):
+    """:class:`_EmbeddingBagFunction` with forward-mode AD (see :class:`_EmbeddingFunctionJvp`)."""
+
+    @staticmethod
+    def jvp(
+        ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any
+    ) -> tuple[Tensor, None]:
+        """The tangent of the pooled rows: the weight's tangent pooled the same way (the
+        winners' tangents for max), plus the weights' tangent times the rows for a weighted sum."""
+        weight, weights, ids, offsets, max_ids = ctx.saved_tensors
+        tangent = _bag_tangent(
+            weight, weight_tangent, weights, weights_tangent, ids, offsets, max_ids,
+            ctx.pooling, ctx.padding_idx,
+        )
+        return tangent, None
 
 def embedding_bag(
     input: Tensor,
@@ -673,7 +696,8 @@ def embedding_bag(
     if fused is not None:
         weights, ids, bounds, pooling, pad = bags
         return fused.lookup(weight, ids, bounds, weights, pooling, pad, scale_grad_by_freq, None)
-    return _EmbeddingBagFunction.apply(weight, *bags, scale_grad_by_freq, sparse)[0]
+    function = _function_for(_EmbeddingBagFunction, _EmbeddingBagFunctionJvp, weight, *bags[:3])
+    return (function or _EmbeddingBagFunction).apply(weight, *bags, scale_grad_by_freq, sparse)[0]
 
 
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -754,9 +778,10 @@ def _compiled_bags(
         fused = fused_optimizer(weight)
         if fused is not None:
             return fused.lookup(weight, ids, bounds, weights, pooling, pad, scale_grad_by_freq, None)
-        if not _tracked(weight, weights, ids, bounds):
+        function = _function_for(_EmbeddingBagFunction, _EmbeddingBagFunctionJvp, weight, weights, ids, bounds)
+        if function is None:
             return torch.ops.embtable.pool_bags(weight, ids, bounds, weights, pooling, pad)[0]
-        return _EmbeddingBagFunction.apply(
+        return function.apply(
             weight, weights, ids, bounds, pooling, pad, scale_grad_by_freq, sparse
         )[0]
     except RuntimeError as error:
@@ -808,17 +833,6 @@ class _GroupedBagFunction(torch.autograd.Function):
         return grad_weight, grad_per_sample_weights, None, None, None, None, None
 
     @staticmethod
-    def jvp(ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any) -> Tensor:
-        weight, weights, ids, offsets = ctx.saved_tensors
-        _, pooling, padding_idx, num_features = ctx.meta
-        tangent = _bag_tangent(
-            weight, weight_tangent, weights, weights_tangent, ids, offsets, ids.new_empty(0),
-            pooling, padding_idx,
-        )
-        batch, dim = tangent.shape[0] // num_features, tangent.shape[1]
-        return tangent.view(num_features, batch, dim).transpose(0, 1).reshape(batch, num_features * dim)
-
-    @staticmethod
     def vmap(
         info: Any,
         in_dims: tuple[int | None, ...],
@@ -834,13 +848,28 @@ class _GroupedBagFunction(torch.autograd.Function):
             return t if t is None or dim is None else t.select(dim, b)
 
         outs = [
-            _GroupedBagFunction.apply(
+            _GroupedBagFunctionJvp.apply(
                 *(pick(t, d, b) for t, d in zip((weight, per_sample_weights, ids, offsets), in_dims)),
                 pooling, padding_idx, num_features,
             )
             for b in range(info.batch_size)
         ]
         return torch.stack(outs), 0
+
+
+class _GroupedBagFunctionJvp(_GroupedBagFunction):
+    """:class:`_GroupedBagFunction` with forward-mode AD (see :class:`_EmbeddingFunctionJvp`)."""
+
+    @staticmethod
+    def jvp(ctx: Any, weight_tangent: Tensor | None, weights_tangent: Tensor | None, *_: Any) -> Tensor:
+        weight, weights, ids, offsets = ctx.saved_tensors
+        _, pooling, padding_idx, num_features = ctx.meta
+        tangent = _bag_tangent(
+            weight, weight_tangent, weights, weights_tangent, ids, offsets, ids.new_empty(0),
+            pooling, padding_idx,
+        )
+        batch, dim = tangent.shape[0] // num_features, tangent.shape[1]
+        return tangent.view(num_features, batch, dim).transpose(0, 1).reshape(batch, num_features * dim)
 
 
 def feature_major(grad: Tensor, num_features: int) -> Tensor:
@@ -871,9 +900,10 @@ def pool_features(
         return fused.lookup(
             weight, ids, offsets, per_sample_weights, pooling, padding_idx, False, None, num_features=num_features
         )
-    if not _tracked(weight, per_sample_weights, ids, offsets):
+    function = _function_for(_GroupedBagFunction, _GroupedBagFunctionJvp, weight, per_sample_weights, ids, offsets)
+    if function is None:
         return ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
-    return _GroupedBagFunction.apply(weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features)
+    return function.apply(weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features)
 
 
 def prepare_bags(

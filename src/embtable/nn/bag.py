@@ -13,6 +13,29 @@ from embtable.ops._memory import empty_table
 __all__ = ["EmbeddingBag"]
 
 
+def _pool(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Tensor | None,
+    max_norm: float | None,
+    norm_type: float,
+    scale_grad_by_freq: bool,
+    mode: str,
+    sparse: bool,
+    per_sample_weights: Tensor | None,
+    include_last_offset: bool,
+    padding_idx: int | None,
+) -> Tensor:
+    """:meth:`EmbeddingBag.forward`'s call, one node for ``torch.fx.symbolic_trace``."""
+    return functional.embedding_bag(
+        input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+        per_sample_weights, include_last_offset, padding_idx,
+    )
+
+
+torch.fx.wrap("_pool")
+
+
 class EmbeddingBag(Module):
     r"""Sums, means or maxes of bags of rows of a table, without forming the rows of each bag.
 
@@ -150,7 +173,7 @@ class EmbeddingBag(Module):
         Returns:
             ``(B, embedding_dim)``: one pooled row per bag, zeros for an empty bag.
         """
-        return functional.embedding_bag(
+        return _pool(
             input,
             self.weight,
             offsets,

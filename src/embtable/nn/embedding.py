@@ -12,6 +12,23 @@ from embtable.ops._memory import empty_table
 __all__ = ["Embedding", "check_table_shape"]
 
 
+def _lookup(
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: int | None,
+    max_norm: float | None,
+    norm_type: float,
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> Tensor:
+    """:meth:`Embedding.forward`'s call, one node for ``torch.fx.symbolic_trace`` (a leaf, as
+    torch's module is: symbolic tracing cannot run the id checks on proxies)."""
+    return functional.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+
+
+torch.fx.wrap("_lookup")
+
+
 def check_table_shape(num_embeddings: int, embedding_dim: int, api: str) -> None:
     """Raise ``ValueError`` unless both sizes are non-negative ints."""
     for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
@@ -154,7 +171,7 @@ class Embedding(Module):
                 self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: Tensor) -> Tensor:
-        return functional.embedding(
+        return _lookup(
             input,
             self.weight,
             self.padding_idx,

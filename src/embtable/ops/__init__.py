@@ -93,8 +93,11 @@ def batched(*tensors: Tensor | None) -> bool:
 
     Such tensors have no single value per element, so data-dependent checks read them
     through :func:`plain`, and the autograd Functions of :mod:`embtable.functional` take
-    their vmap-safe paths.
+    their vmap-safe paths.  ``False`` while ``torch.compile`` traces (it cannot call into
+    functorch's wrappers; nothing is batched there).
     """
+    if torch.compiler.is_compiling():
+        return False
     for t in tensors:
         while t is not None and _functorch.is_functorch_wrapped_tensor(t):
             if _functorch.is_batchedtensor(t):
@@ -116,6 +119,8 @@ def plain(t: Tensor) -> Tensor:
         >>> torch.func.vmap(lambda t: tuple(ops.plain(t).shape), in_dims=1, out_dims=None)(torch.zeros(2, 3))
         (3, 2)
     """
+    if torch.compiler.is_compiling():
+        return t
     bdims = []
     while _functorch.is_functorch_wrapped_tensor(t):
         bdims.append(_functorch.maybe_get_bdim(t) if _functorch.is_batchedtensor(t) else -1)
@@ -147,12 +152,13 @@ def check_ids(ids: Tensor, num_rows: int, api: str, name: str = "input") -> None
     """Raise ``TypeError``/``IndexError`` unless every id is an integer in ``[0, num_rows)``.
 
     O(n) in the number of ids (one min and one max); it runs before any weight is touched.
+    Ids on the ``meta`` device (shapes only) pass.
     The ``IndexError`` is an :class:`~embtable.errors.EmbeddingIndexError` (also a
     ``RuntimeError``, the class torch's bag lookup raises).
     """
     check_id_dtype(ids, api, name)
     ids = plain(ids)
-    if ids.numel() == 0:
+    if ids.numel() == 0 or ids.device.type == "meta":  # meta tensors have shapes, no values
         return
     low, high = torch.aminmax(ids)
     low, high = int(low), int(high)

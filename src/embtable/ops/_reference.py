@@ -118,7 +118,7 @@ def sparse_row_grad(
         values = rows.new_empty((0, dim))
     else:
         indices = ids.reshape(1, -1).to(torch.int64)
-        values = _scaled(rows, scale).reshape(-1, dim)
+        values = _scaled(rows, scale).reshape(ids.numel(), dim)
     return torch.sparse_coo_tensor(indices, values, (num_rows, dim), check_invariants=False)
 
 
