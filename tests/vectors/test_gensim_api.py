@@ -299,3 +299,27 @@ def _glove(tmp_path, v):
     path = tmp_path / "g.txt"
     v.save_glove(path)
     return path
+
+
+def test_vectors_for_all_and_relative_cosine_similarity():
+    v = table(7, rows=20)
+    v = Vectors(v.tokens, v.weight, counts=list(range(20, 0, -1)))
+    kv = v.to_gensim()
+    for i, t in enumerate(kv.index_to_key):
+        kv.set_vecattr(t, "count", 20 - i)
+    keys = ["w3", "nope", "w1", "w3", "w19"]
+    ours, theirs = (
+        v.vectors_for_all(keys, copy_vecattrs=True),
+        kv.vectors_for_all(keys, copy_vecattrs=True),
+    )
+    assert ours.tokens == theirs.index_to_key == ["w3", "w1", "w19"]
+    np.testing.assert_array_equal(ours.weight.numpy(), theirs.vectors)
+    assert [ours.vocab.count(t) for t in ours.tokens] == [
+        theirs.get_vecattr(t, "count") for t in ours.tokens
+    ]
+    ours.add_vectors(["new"], np.ones((1, 5)))  # a copy: the source does not grow
+    assert len(v) == 20
+    for a, b, n in [("w1", "w2", 10), ("w0", "w5", 3)]:
+        assert v.relative_cosine_similarity(a, b, n) == pytest.approx(
+            kv.relative_cosine_similarity(a, b, n), abs=1e-6
+        )

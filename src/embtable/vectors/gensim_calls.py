@@ -274,3 +274,62 @@ class GensimCalls:
             self._buffer = buffer
         buffer[n : n + k] = rows.to(buffer.device)
         self.table = buffer[: n + k]
+
+    # ------------------------------------------------------------- less common calls
+    def relative_cosine_similarity(self, wa: str, wb: str, topn: int = 10) -> float:
+        """``similarity(wa, wb)`` over the sum of the ``topn`` scores of
+        ``most_similar(wa)`` (Leeuwenberg et al.'s synonym measure, gensim's definition).
+
+        Raises:
+            ValueError: ``most_similar(wa, topn)`` finds nothing.
+
+        Example:
+            >>> from embtable.vectors import Vectors
+            >>> v = Vectors(["a", "b", "c"], torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]))
+            >>> round(v.relative_cosine_similarity("a", "b", topn=2), 4)
+            1.0
+        """
+        sims = self.most_similar(wa, topn=topn)
+        if not sims:
+            raise ValueError(
+                f"relative_cosine_similarity: most_similar({wa!r}, topn={topn}) found no token"
+            )
+        return self.similarity(wa, wb) / sum(s for _, s in sims)
+
+    def vectors_for_all(
+        self, keys: Sequence[str], allow_inference: bool = True, copy_vecattrs: bool = False
+    ) -> Any:
+        """A new :class:`~embtable.vectors.Vectors` (a copy) with the keys found, in their
+        order, duplicates dropped (gensim's ``vectors_for_all``).
+
+        Args:
+            allow_inference: keep unknown words that the vectors can build (fastText).
+            copy_vecattrs: copy the counts (else the new vocabulary has none).
+
+        Example:
+            >>> from embtable.vectors import Vectors
+            >>> v = Vectors(["a", "b"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), counts=[5, 3])
+            >>> w = v.vectors_for_all(["b", "zzz", "b"], copy_vecattrs=True)
+            >>> w.tokens, w.vocab.count("b")
+            (['b'], 3)
+        """
+        from embtable.vectors.vectors import Vectors
+
+        found, seen = [], set()
+        for key in keys:
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in self.vocab:
+                found.append(key)
+            elif allow_inference and isinstance(key, str):
+                try:
+                    self._oov(key)
+                    found.append(key)
+                except KeyError:
+                    pass
+        rows = self[found].clone() if found else self.weight[:0].clone()
+        counts = None
+        if copy_vecattrs and self.vocab.counts is not None:
+            counts = [self.vocab.count(k) if k in self.vocab else 0 for k in found]
+        return Vectors(found, rows, counts)
