@@ -139,6 +139,35 @@ def test_variable_stride_round_trips_and_per_key_access():
     assert repr(batch) == "KeyedJagged(keys=['a', 'b'], stride=3, stride_per_key=[2, 3], num_values=5)"
 
 
+def test_inverse_indices_as_torchrec():
+    keys, inverse = ["a", "b"], torch.tensor([[0, 1, 0], [0, 0, 0]])
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.arange(3), lengths=torch.tensor([1, 1, 1]),
+                            stride_per_key_per_rank=[[2], [1]], inverse_indices=(keys, inverse))
+    batch = KeyedJagged.from_torchrec(kjt)
+    assert batch.stride() == kjt.stride() == 3 and batch.stride_per_key() == [2, 1]
+    got_keys, got_rows = batch.inverse_indices_or_none()
+    assert got_keys == keys and got_rows is inverse
+    back = batch.to_torchrec()
+    assert back.inverse_indices()[0] == keys and back.stride() == 3
+    both = KeyedJagged.concat([batch, batch])
+    want = KeyedJaggedTensor.concat([kjt, kjt])
+    assert both.inverse_indices_or_none()[0] == want.inverse_indices()[0]
+    assert torch.equal(both.inverse_indices_or_none()[1], want.inverse_indices()[1])
+    assert batch.permute([1, 0]).inverse_indices_or_none() is None  # dropped, as TorchRec
+    assert kjt.permute([1, 0]).inverse_indices_or_none() is None
+    values, lengths = torch.arange(3), torch.tensor([1, 1, 1])
+    with pytest.raises(ValueError, match=r"inverse_indices for 'a' holds 2, but the feature has 2 "
+                                         r"examples \(valid: 0..1\)"):
+        KeyedJagged(keys, values, lengths, stride_per_key=[2, 1],
+                    inverse_indices=(keys, torch.tensor([[0, 2, 0], [0, 0, 0]])))
+    with pytest.raises(ValueError, match=r"must have shape \[2, B\]"):
+        KeyedJagged(keys, values, lengths, stride_per_key=[2, 1], inverse_indices=(keys, inverse[0]))
+    with pytest.raises(TypeError, match="inverse_indices must be a pair"):
+        KeyedJagged(keys, values, lengths, stride_per_key=[2, 1], inverse_indices=inverse)
+    with pytest.raises(TypeError, match=r"inverse_indices\[1\] must be an int64 or int32 tensor"):
+        KeyedJagged(keys, values, lengths, stride_per_key=[2, 1], inverse_indices=(keys, inverse.float()))
+
+
 def test_empty_batch_given_as_empty_float_tensors():
     keys = ["a", "b"]
     want = KeyedJaggedTensor(keys=keys, values=torch.tensor([]), offsets=torch.tensor([]))

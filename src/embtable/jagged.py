@@ -91,6 +91,12 @@ class KeyedJagged:
             ``stride_per_key``): key ``f`` has ``stride_per_key[f]`` examples, its lengths
             follow those of key ``f - 1``, and ``lengths`` has ``sum(stride_per_key)`` entries.
             :meth:`stride` is then the largest of them.
+        inverse_indices: ``(keys, [K, B] int tensor)`` (keyword only; TorchRec's
+            ``inverse_indices``): row ``k`` maps each of the ``B`` examples of the full batch
+            to an example of feature ``keys[k]`` (whose batch may be deduplicated, see
+            ``stride_per_key``).  An :class:`~embtable.EmbeddingBagCollection` expands its
+            pooled rows with it to ``[B, D]`` per feature, as TorchRec's does; :meth:`stride`
+            is then ``B``.  ``permute``, ``split`` and ``select`` drop it (as TorchRec).
         validate: run the O(F * B) checks on ``lengths`` / ``offsets`` (negative counts, sums);
             the O(1) checks (types, dtypes, shapes, keys) always run.  Pass ``False`` only for
             batches already known to be valid, e.g. in a data loader's hot loop.
@@ -129,6 +135,7 @@ class KeyedJagged:
         weights: Tensor | None = None,
         stride: int | None = None,
         stride_per_key: Sequence[int] | None = None,
+        inverse_indices: tuple[Sequence[str], Tensor] | None = None,
         validate: bool = True,
     ) -> None:
         api = "KeyedJagged"
@@ -154,11 +161,19 @@ class KeyedJagged:
             if validate:
                 _check_offsets_values(offsets, values.numel(), api)
             lengths = torch.diff(offsets)
+        inverse = _checked_inverse(inverse_indices, values, api)
+        if inverse is not None and stride is None:
+            stride = inverse[1].shape[1]
         stride = _checked_stride(stride, per_key, lengths.numel(), len(keys), api)
+        if inverse is not None:
+            _check_inverse_rows(inverse, keys, per_key or (stride,) * len(keys), stride, validate, api)
         _check_weights(weights, values, api)
         if offsets is not None:
             self.__dict__["_offsets"] = offsets.to(torch.int64)
         self._set(keys, values, lengths, weights, stride, per_key)
+        self._inverse_indices = inverse
+
+    _inverse_indices: tuple[list[str], Tensor] | None = None
 
     def _set(
         self,
@@ -224,6 +239,12 @@ class KeyedJagged:
         ``split([0, ...])``), else 0.
         """
         return self._stride
+
+    def inverse_indices_or_none(self) -> tuple[list[str], Tensor] | None:
+        """TorchRec's ``inverse_indices``: ``(keys, [K, B] tensor)``, or ``None``."""
+        if self._inverse_indices is None:
+            return None
+        return list(self._inverse_indices[0]), self._inverse_indices[1]
 
     def stride_per_key(self) -> list[int]:
         """The number of examples of each feature (all :meth:`stride` unless variable)."""
@@ -342,10 +363,13 @@ class KeyedJagged:
 
     def _map(self, move: Any) -> KeyedJagged:
         weights = None if self._weights is None else move(self._weights)
-        return KeyedJagged._trusted(
+        moved = KeyedJagged._trusted(
             self._keys, move(self._values), move(self._lengths), weights, self._stride,
             self._stride_per_key,
         )
+        if self._inverse_indices is not None:
+            moved._inverse_indices = (self._inverse_indices[0], move(self._inverse_indices[1]))
+        return moved
 
     def pin_memory(self) -> KeyedJagged:
         """A copy in page-locked host memory, for fast asynchronous copies to an accelerator.
@@ -494,10 +518,13 @@ class KeyedJagged:
         devices = {str(b.device) for b in batches}
         if len(devices) > 1:
             raise ValueError(f"{api}: every batch must be on one device, got {sorted(devices)}")
+        inverse = [b.inverse_indices_or_none() for b in batches]
+        if any(i is not None for i in inverse) and not all(i is not None for i in inverse):
+            raise ValueError(f"{api}: cannot mix batches with and without inverse_indices")
         per_key = None
         if all(variable):
             per_key = tuple(s for b in batches for s in b.stride_per_key())
-        return KeyedJagged._trusted(
+        joined = KeyedJagged._trusted(
             [k for b in batches for k in b.keys()],
             _cat([b.values() for b in batches], first.values()),
             _cat([b.lengths() for b in batches], first.lengths()),
@@ -505,6 +532,11 @@ class KeyedJagged:
             max(strides),
             per_key,
         )
+        if inverse[0] is not None:
+            joined._inverse_indices = (
+                [k for i in inverse for k in i[0]], torch.cat([i[1] for i in inverse])
+            )
+        return joined
 
     @property
     def device(self) -> torch.device:
@@ -628,11 +660,12 @@ class KeyedJagged:
         keys = kjt.keys()
         if len(set(keys)) != len(keys):  # TorchRec's permute / concat repeat keys
             return cls.concat([_torchrec_key(cls, kjt, i) for i in range(len(keys))])
+        inverse = kjt.inverse_indices_or_none()
         if kjt.variable_stride_per_key():
             return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
-                       stride_per_key=kjt.stride_per_key())
+                       stride_per_key=kjt.stride_per_key(), inverse_indices=inverse)
         return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
-                   stride=kjt.stride())
+                   stride=kjt.stride(), inverse_indices=inverse)
 
     def to_torchrec(self) -> Any:
         """This batch as TorchRec's ``KeyedJaggedTensor`` (sharing the tensors).
@@ -651,6 +684,7 @@ class KeyedJagged:
             weights=self._weights,
             stride=self.stride(),
             stride_per_key_per_rank=per_rank,
+            inverse_indices=self.inverse_indices_or_none(),
         )
 
 
@@ -726,6 +760,57 @@ def _checked_stride_per_key(stride_per_key: Any, num_keys: int, api: str) -> tup
             f"{api}: stride_per_key has {len(per_key)} entries, expected one per key ({num_keys})"
         )
     return per_key
+
+
+def _checked_inverse(inverse: Any, values: Tensor, api: str) -> tuple[list[str], Tensor] | None:
+    if inverse is None:
+        return None
+    if not isinstance(inverse, (tuple, list)) or len(inverse) != 2:
+        raise TypeError(
+            f"{api}: inverse_indices must be a pair (keys, [K, B] int tensor), got "
+            f"{type(inverse).__name__}"
+        )
+    keys = _checked_keys(inverse[0], f"{api} inverse_indices")
+    rows = inverse[1]
+    if not isinstance(rows, Tensor) or rows.dtype not in _ID_DTYPES:
+        got = rows.dtype if isinstance(rows, Tensor) else type(rows).__name__
+        raise TypeError(f"{api}: inverse_indices[1] must be an int64 or int32 tensor, got {got}")
+    if rows.dim() != 2 or rows.shape[0] != len(keys):
+        raise ValueError(
+            f"{api}: inverse_indices[1] must have shape [{len(keys)}, B] (one row per key of "
+            f"inverse_indices[0]), got {tuple(rows.shape)}"
+        )
+    if rows.device != values.device:
+        raise ValueError(f"{api}: inverse_indices is on {rows.device} but values on {values.device}")
+    return keys, rows
+
+
+def _check_inverse_rows(
+    inverse: tuple[list[str], Tensor],
+    keys: list[str],
+    per_key: Sequence[int],
+    stride: int,
+    validate: bool,
+    api: str,
+) -> None:
+    names, rows = inverse
+    if rows.shape[1] != stride:
+        raise ValueError(
+            f"{api}: inverse_indices[1] has {rows.shape[1]} columns, expected the batch size "
+            f"stride={stride}"
+        )
+    if not validate or rows.numel() == 0:
+        return
+    examples = dict(zip(keys, per_key))
+    for name, row in zip(names, rows):
+        if name not in examples:
+            continue
+        low, high = int(row.min()), int(row.max())
+        if low < 0 or high >= examples[name]:
+            raise ValueError(
+                f"{api}: inverse_indices for {name!r} holds {low if low < 0 else high}, but the "
+                f"feature has {examples[name]} examples (valid: 0..{examples[name] - 1})"
+            )
 
 
 def _checked_stride(

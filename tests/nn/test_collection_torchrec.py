@@ -161,9 +161,21 @@ def test_variable_batch_per_feature_matches_torchrec_with_inverse_indices():
     kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths,
                             stride_per_key_per_rank=[[s] for s in strides],
                             inverse_indices=(keys, inverse))
-    want = theirs(kjt).to_dict()
+    want = theirs(kjt)
     for f, feature in enumerate(keys):
         torch.testing.assert_close(result[feature][inverse[f]], want[feature], **TOL)
+    # the same batch carrying inverse_indices: embtable expands as TorchRec does
+    expanded = ours(KeyedJagged(keys, values, lengths, stride_per_key=strides,
+                                inverse_indices=(keys, inverse)))
+    assert expanded.stride_per_key() == [3, 3, 3, 3]
+    torch.testing.assert_close(expanded.values(), want.values(), **TOL)
+    torch.testing.assert_close(ours(kjt).values(), want.values(), **TOL)  # from the KJT itself
+    reordered = KeyedJagged(keys, values, lengths, stride_per_key=strides,
+                            inverse_indices=(keys[::-1], inverse.flip(0)))
+    torch.testing.assert_close(ours(reordered).values(), want.values(), **TOL)
+    with pytest.raises(KeyError, match="inverse_indices have no row for feature 'f3'"):
+        ours(KeyedJagged(keys, values, lengths, stride_per_key=strides,
+                         inverse_indices=(keys[:3], inverse[:3])))
     empty = ours(KeyedJagged(keys, values[:2], torch.tensor([1, 1, 0, 0]), stride_per_key=[1, 1, 0, 2]))
     assert empty["f2"].shape == (0, 3) and torch.equal(empty["f3"], torch.zeros(2, 4))
 

@@ -427,8 +427,18 @@ class EmbeddingBagCollection(_GroupedTables):
             )
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
-        """Pool every feature of ``features``; see the class docstring for shapes."""
+        """Pool every feature of ``features``; see the class docstring for shapes.
+
+        With TorchRec's ``inverse_indices`` on the batch, feature ``f``'s pooled rows are
+        expanded to ``[B, D]`` by ``inverse_indices`` (row ``b`` is pooled row
+        ``inverse[f][b]``), as TorchRec's collection does.
+        """
         features = _as_keyed_jagged(features)
+        result = self._pool(features)
+        inverse = features.inverse_indices_or_none() if isinstance(features, KeyedJagged) else None
+        return result if inverse is None else _expand_rows(result, inverse, type(self).__name__)
+
+    def _pool(self, features: KeyedJagged) -> PooledEmbeddings:
         fast = self._compiled_forward(features)
         if fast is not None:
             return fast
@@ -644,6 +654,21 @@ def _table_from_torchrec(config: Any, api: str) -> TableConfig:
         init_bound=bound if symmetric else None,
         dtype=_TORCHREC_DTYPES[data_type],
     )
+
+
+def _expand_rows(result: PooledEmbeddings, inverse: tuple[list[str], Tensor], api: str) -> PooledEmbeddings:
+    """Each feature's pooled rows picked by its row of TorchRec's ``inverse_indices``."""
+    names, rows = inverse
+    index_of = {name: i for i, name in enumerate(names)}
+    tensors = []
+    for feature in result.keys():
+        if feature not in index_of:
+            raise KeyError(
+                f"{api}: the batch's inverse_indices have no row for feature {feature!r}; "
+                f"they name {names}"
+            )
+        tensors.append(result[feature].index_select(0, rows[index_of[feature]].to(torch.int64)))
+    return PooledEmbeddings(result.keys(), tensors)
 
 
 def _as_keyed_jagged(features: Any) -> Any:
