@@ -331,13 +331,23 @@ class FastTextVectors(Vectors):
 
 
 def _compose(word_rows: Tensor, ngrams: Tensor, words: list[str], minn: int, maxn: int) -> Tensor:
-    """``(own row + sum of n-gram rows) / (1 + number of n-grams)`` for every word."""
+    """``(own row + sum of n-gram rows) / (1 + number of n-grams)`` for every word.
+
+    The n-gram sums are pooled bags (``embedding_bag(mode="sum")``), so no gathered copy
+    of the n-gram rows is ever built.
+    """
+    from embtable import functional
+
     out = word_rows.clone()
-    sizes = torch.ones(len(words))
     for lo in range(0, len(words), _WORDS_PER_CHUNK):
         chunk = words[lo : lo + _WORDS_PER_CHUNK]
         buckets, owner = ngram_buckets(chunk, minn, maxn, ngrams.shape[0])
-        owner_t = torch.from_numpy(owner) + lo
-        out.index_add_(0, owner_t, ngrams[torch.from_numpy(buckets)])
-        sizes.index_add_(0, owner_t, torch.ones(owner.size))
-    return out / sizes[:, None]
+        order = np.argsort(owner, kind="stable")
+        sizes = np.bincount(owner, minlength=len(chunk))
+        offsets = torch.from_numpy(np.concatenate(([0], np.cumsum(sizes)[:-1])))
+        sums = functional.embedding_bag(
+            torch.from_numpy(buckets[order]), ngrams, offsets, mode="sum"
+        )
+        hi = lo + len(chunk)
+        out[lo:hi] = (out[lo:hi] + sums) / torch.from_numpy(sizes + 1).float()[:, None]
+    return out
