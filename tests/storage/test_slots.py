@@ -275,7 +275,7 @@ def test_opcheck():
         torch.ops.embtable.slot_lookup.default, (ids, state, smap._config_ints()),
         test_utils=("test_schema", "test_faketensor"),
     )
-    torch.library.opcheck(torch.ops.embtable.slot_find.default, (ids, smap._state[13]))
+    torch.library.opcheck(torch.ops.embtable.slot_find.default, (ids, smap._state[slots_mod._S["index"]]))
     torch.library.opcheck(
         torch.ops.embtable.slot_table_build.default, (torch.tensor([5, 9]), torch.tensor([0, 1]), 8)
     )

@@ -52,9 +52,11 @@ _POLICY_CODES = {name: code for code, name in enumerate(POLICIES)}
 _META = ("calls", "clock", "hand", "admitted", "evicted", "default_hits", "lookups", "size",
          "head", "tail", "exact_size", "cursor", "seq")
 _M = {name: i for i, name in enumerate(_META)}
-_STATE = ("meta", "slot_ids", "live", "freq", "last_call", "last_step", "ref", "prev", "next",
-          "seq", "heap_slot", "heap_freq", "heap_call", "index", "sketch", "seeds", "exact")
+_STATE = ("meta", "slots", "heap_slot", "heap_freq", "heap_call", "index", "sketch", "seeds", "exact")
 _S = {name: i for i, name in enumerate(_STATE)}
+# Columns of the [capacity, 8] `slots` tensor (one 64-byte cache line per slot).
+_F = {name: i for i, name in enumerate(("id", "freq", "last_call", "last_step", "prev", "next", "seq", "flags"))}
+_LIVE, _REF = 1, 2
 #: Canonical ``meta`` of a state dict (both implementations).
 _CANONICAL_META = ("calls", "clock", "hand", "admitted", "evicted", "default_hits", "lookups")
 _FAKES = {"registered": False}
@@ -228,7 +230,6 @@ class SlotMap:
     def _empty_state(self) -> list[Tensor]:
         c = self.capacity
         i64 = dict(dtype=torch.int64)
-        listed = self.policy in ("lru", "ttl")
         lfu = self.policy == "lfu"
         counting = self.min_count > 1
         meta = torch.zeros(len(_META), **i64)
@@ -238,17 +239,12 @@ class SlotMap:
         sketch_shape = (self.sketch_depth, self.sketch_width) if counting and not self.exact_counts else (0, 0)
         exact = torch.zeros(16 if counting and self.exact_counts else 0, 2, **i64)
         exact[:, 1] = -1
+        slots = torch.zeros(c, len(_F), **i64)
+        slots[:, _F["prev"]] = -1
+        slots[:, _F["next"]] = -1
         return [
             meta,
-            torch.zeros(c, **i64),
-            torch.zeros(c, dtype=torch.bool),
-            torch.zeros(c, **i64),
-            torch.zeros(c, **i64),
-            torch.zeros(c, **i64),
-            torch.zeros(c, dtype=torch.uint8),
-            torch.full((c if listed else 0,), -1, **i64),
-            torch.full((c if listed else 0,), -1, **i64),
-            torch.zeros(c if listed else 0, **i64),
+            slots,
             torch.zeros(c if lfu else 0, **i64),
             torch.zeros(c if lfu else 0, **i64),
             torch.zeros(c if lfu else 0, **i64),
@@ -331,8 +327,9 @@ class SlotMap:
         """``(ids, slots)``: the live pairs, ordered by slot."""
         if self._reference is not None:
             return self._reference.items()
-        slots = torch.nonzero(self._state[_S["live"]]).reshape(-1)
-        return self._state[_S["slot_ids"]][slots].clone(), slots
+        table = self._state[_S["slots"]]
+        slots = torch.nonzero(table[:, _F["flags"]] & _LIVE).reshape(-1)
+        return table[slots, _F["id"]], slots
 
     def stats(self) -> dict[str, int]:
         """Counters: ``size`` (live ids), ``admitted`` / ``evicted`` (ids, ever),
@@ -364,10 +361,15 @@ class SlotMap:
         else:
             st = self._state
             meta = st[_S["meta"]]
-            sd = {name: st[_S[name]].clone() for name in ("slot_ids", "live", "freq", "last_call", "last_step", "ref")}
+            table = st[_S["slots"]]
+            flags = table[:, _F["flags"]]
+            sd = {"slot_ids": table[:, _F["id"]].clone(), "live": (flags & _LIVE).bool()}
+            for name in ("freq", "last_call", "last_step"):
+                sd[name] = table[:, _F[name]].clone()
+            sd["ref"] = ((flags & _REF) >> 1).to(torch.uint8)
             if self.policy in ("lru", "ttl"):
-                live = torch.nonzero(st[_S["live"]]).reshape(-1)
-                sd["recency"] = live[torch.argsort(st[_S["seq"]][live], stable=True)]
+                live = torch.nonzero(sd["live"]).reshape(-1)
+                sd["recency"] = live[torch.argsort(table[live, _F["seq"]], stable=True)]
             else:
                 sd["recency"] = torch.zeros(0, dtype=torch.int64)
             sd["sketch"] = st[_S["sketch"]].clone()
@@ -418,10 +420,11 @@ class SlotMap:
             self._reference.load_state_dict(sd)
             return
         st = self._empty_state()
-        for k in ("slot_ids", "freq", "last_call", "last_step"):
-            st[_S[k]].copy_(sd[k])
-        st[_S["live"]].copy_(live)
-        st[_S["ref"]].copy_(sd["ref"])
+        table = st[_S["slots"]]
+        table[:, _F["id"]] = sd["slot_ids"]
+        for k in ("freq", "last_call", "last_step"):
+            table[:, _F[k]] = sd[k]
+        table[:, _F["flags"]] = live.long() * _LIVE + (sd["ref"].long() != 0).long() * _REF
         meta = st[_S["meta"]]
         for name, value in zip(_CANONICAL_META, sd["meta"].tolist(), strict=True):
             meta[_M[name]] = value
@@ -429,21 +432,21 @@ class SlotMap:
         meta[_M["size"]] = slots.numel()
         if listed and slots.numel():
             order = sd["recency"].to(torch.int64)
-            st[_S["prev"]][order[1:]] = order[:-1]
-            st[_S["next"]][order[:-1]] = order[1:]
-            st[_S["seq"]][order] = torch.arange(1, order.numel() + 1)
+            table[order[1:], _F["prev"]] = order[:-1]
+            table[order[:-1], _F["next"]] = order[1:]
+            table[order, _F["seq"]] = torch.arange(1, order.numel() + 1)
             meta[_M["head"]], meta[_M["tail"]], meta[_M["seq"]] = order[0], order[-1], order.numel()
         if self.policy == "lfu" and slots.numel():
             # A sorted array is a heap: order by (freq, last_call, slot).
             keyed = slots
-            keyed = keyed[torch.argsort(st[_S["last_call"]][keyed], stable=True)]
-            keyed = keyed[torch.argsort(st[_S["freq"]][keyed], stable=True)]
+            keyed = keyed[torch.argsort(table[keyed, _F["last_call"]], stable=True)]
+            keyed = keyed[torch.argsort(table[keyed, _F["freq"]], stable=True)]
             n = keyed.numel()
             st[_S["heap_slot"]][:n] = keyed
-            st[_S["heap_freq"]][:n] = st[_S["freq"]][keyed]
-            st[_S["heap_call"]][:n] = st[_S["last_call"]][keyed]
+            st[_S["heap_freq"]][:n] = table[keyed, _F["freq"]]
+            st[_S["heap_call"]][:n] = table[keyed, _F["last_call"]]
         st[_S["index"]] = torch.ops.embtable.slot_table_build(
-            st[_S["slot_ids"]][slots], slots, st[_S["index"]].shape[0]
+            table[slots, _F["id"]], slots, st[_S["index"]].shape[0]
         )
         if sd["sketch"].numel():
             st[_S["sketch"]].copy_(sd["sketch"])

@@ -45,9 +45,13 @@ enum Meta : int64_t {
 
 // The state list, in order (shared with slots.py).
 enum StateIndex : int64_t {
-  sMeta = 0, sSlotIds, sLive, sFreq, sLastCall, sLastStep, sRef, sPrev, sNext, sSeq,
-  sHeapSlot, sHeapFreq, sHeapCall, sIndex, sSketch, sSeeds, sExact, sStateLen
+  sMeta = 0, sSlots, sHeapSlot, sHeapFreq, sHeapCall, sIndex, sSketch, sSeeds, sExact, sStateLen
 };
+
+// One slot's row of the [capacity, 8] int64 `slots` tensor: one 64-byte cache line.
+enum SlotField : int64_t { fId = 0, fFreq, fLastCall, fLastStep, fPrev, fNext, fSeq, fFlags, kFields };
+constexpr int64_t kLive = 1;
+constexpr int64_t kRef = 2;
 
 inline uint64_t splitmix64(uint64_t x) {
   uint64_t z = x + 0x9E3779B97F4A7C15ULL;
@@ -109,9 +113,11 @@ struct Table {
 
 // Per-thread scratch of one call, reused between calls.
 struct Scratch {
-  std::vector<int64_t> table;  // dedup table of the call's ids: (key, distinct index)
+  std::vector<int64_t> table;    // dedup table of the call's missing ids: (key, miss index)
+  std::vector<int64_t> touched;  // rows of `table` in use (cleared after the call)
   std::vector<int64_t> ids, count, slot, estimate, occ;
-  std::vector<int64_t> aside;  // LFU: heap entries set aside (pinned) during a call
+  std::vector<int64_t> aside;    // LFU: heap entries set aside (pinned) during a call
+  int bits = 0;
 };
 
 Scratch& scratch() {
@@ -121,33 +127,29 @@ Scratch& scratch() {
 
 struct Map {
   int64_t* meta;
-  int64_t* slot_ids;
-  bool* live;
-  int64_t* freq;
-  int64_t* last_call;
-  int64_t* last_step;
-  uint8_t* ref;
-  int64_t* prev;
-  int64_t* next;
-  int64_t* seq;
+  int64_t* slots;  // [capacity, kFields]
   int64_t* heap_slot;
   int64_t* heap_freq;
   int64_t* heap_call;
   int64_t capacity, policy, ttl;
 
+  int64_t* row(int64_t s) const { return slots + s * kFields; }
+
   // ---------------------------------------------------------------- recency list
   void unlink(int64_t s) {
-    const int64_t p = prev[s], n = next[s];
-    if (p >= 0) next[p] = n; else meta[kHead] = n;
-    if (n >= 0) prev[n] = p; else meta[kTail] = p;
+    int64_t* r = row(s);
+    const int64_t p = r[fPrev], n = r[fNext];
+    if (p >= 0) row(p)[fNext] = n; else meta[kHead] = n;
+    if (n >= 0) row(n)[fPrev] = p; else meta[kTail] = p;
   }
   void append(int64_t s) {
+    int64_t* r = row(s);
     const int64_t t = meta[kTail];
-    prev[s] = t;
-    next[s] = -1;
-    if (t >= 0) next[t] = s; else meta[kHead] = s;
+    r[fPrev] = t;
+    r[fNext] = -1;
+    if (t >= 0) row(t)[fNext] = s; else meta[kHead] = s;
     meta[kTail] = s;
-    seq[s] = ++meta[kSeq];
+    r[fSeq] = ++meta[kSeq];
   }
 
   // ---------------------------------------------------------------- LFU heap (lazy keys)
@@ -175,8 +177,8 @@ struct Map {
   void push(int64_t& n, int64_t s) {
     int64_t i = n++;
     heap_slot[i] = s;
-    heap_freq[i] = freq[s];
-    heap_call[i] = last_call[s];
+    heap_freq[i] = row(s)[fFreq];
+    heap_call[i] = row(s)[fLastCall];
     while (i > 0) {
       const int64_t p = (i - 1) / 2;
       if (!less(i, p)) break;
@@ -199,20 +201,21 @@ struct Map {
     const int64_t pinned = meta[kCalls];
     if (policy == kLru || policy == kTtl) {
       const int64_t s = meta[kHead];
-      TORCH_CHECK(s >= 0 && last_call[s] != pinned, kApi, ": internal error, victim is pinned");
-      if (policy == kTtl && !(meta[kClockStep] - last_step[s] > ttl)) return -1;
+      TORCH_CHECK(s >= 0 && row(s)[fLastCall] != pinned, kApi, ": internal error, victim is pinned");
+      if (policy == kTtl && !(meta[kClockStep] - row(s)[fLastStep] > ttl)) return -1;
       return s;
     }
     if (policy == kLfu) {
       while (true) {
         TORCH_CHECK(heap_n > 0, kApi, ": internal error, empty heap");
         const int64_t s = heap_slot[0];
-        if (last_call[s] == pinned) {
+        const int64_t* r = row(s);
+        if (r[fLastCall] == pinned) {
           aside.push_back(s);
           pop(heap_n);
-        } else if (heap_freq[0] != freq[s] || heap_call[0] != last_call[s]) {
-          heap_freq[0] = freq[s];
-          heap_call[0] = last_call[s];
+        } else if (heap_freq[0] != r[fFreq] || heap_call[0] != r[fLastCall]) {
+          heap_freq[0] = r[fFreq];
+          heap_call[0] = r[fLastCall];
           sift_down(0, heap_n);
         } else {
           pop(heap_n);
@@ -223,9 +226,10 @@ struct Map {
     while (true) {  // clock
       const int64_t s = meta[kHand];
       meta[kHand] = (s + 1) % capacity;
-      if (last_call[s] == pinned) continue;
-      if (ref[s]) {
-        ref[s] = 0;
+      int64_t* r = row(s);
+      if (r[fLastCall] == pinned) continue;
+      if (r[fFlags] & kRef) {
+        r[fFlags] &= ~kRef;
         continue;
       }
       return s;
@@ -241,7 +245,45 @@ void check_state(const std::vector<at::Tensor>& state) {
                 ": state tensors must be contiguous CPU tensors");
   }
   TORCH_CHECK(state[sMeta].numel() >= kMetaLen, kApi, ": meta too short");
+  TORCH_CHECK(state[sSlots].dim() == 2 && state[sSlots].size(1) == kFields, kApi,
+              ": slots must be [capacity, ", kFields, "]");
 }
+
+// The call's missing ids, deduplicated in first-occurrence order (sc.ids / sc.count).
+struct MissTable {
+  Scratch& sc;
+  uint64_t mask;
+  explicit MissTable(Scratch& s, int64_t n) : sc(s) {
+    int bits = 4;
+    while ((int64_t{1} << bits) < 2 * n) ++bits;
+    if (bits != sc.bits || sc.table.empty()) {
+      sc.table.assign(size_t{2} << bits, 0);
+      for (size_t i = 1; i < sc.table.size(); i += 2) sc.table[i] = kEmpty;
+      sc.bits = bits;
+    }
+    mask = (uint64_t{1} << bits) - 1;
+    sc.touched.clear();
+    sc.ids.clear();
+    sc.count.clear();
+  }
+  ~MissTable() {
+    for (const int64_t h : sc.touched) sc.table[2 * h + 1] = kEmpty;
+  }
+  // The miss index of `key`, added with count 0 if new.
+  int64_t add(int64_t key) {
+    int64_t* rows = sc.table.data();
+    uint64_t h = home(key, sc.bits);
+    while (rows[2 * h + 1] != kEmpty && rows[2 * h] != key) h = (h + 1) & mask;
+    if (rows[2 * h + 1] == kEmpty) {
+      rows[2 * h] = key;
+      rows[2 * h + 1] = static_cast<int64_t>(sc.ids.size());
+      sc.touched.push_back(static_cast<int64_t>(h));
+      sc.ids.push_back(key);
+      sc.count.push_back(0);
+    }
+    return rows[2 * h + 1];
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_lookup_cpu(
     const at::Tensor& ids_in, at::TensorList state_list, at::IntArrayRef config) {
@@ -256,15 +298,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
 
   Map map;
   map.meta = state[sMeta].data_ptr<int64_t>();
-  map.slot_ids = state[sSlotIds].data_ptr<int64_t>();
-  map.live = state[sLive].data_ptr<bool>();
-  map.freq = state[sFreq].data_ptr<int64_t>();
-  map.last_call = state[sLastCall].data_ptr<int64_t>();
-  map.last_step = state[sLastStep].data_ptr<int64_t>();
-  map.ref = state[sRef].data_ptr<uint8_t>();
-  map.prev = state[sPrev].data_ptr<int64_t>();
-  map.next = state[sNext].data_ptr<int64_t>();
-  map.seq = state[sSeq].data_ptr<int64_t>();
+  map.slots = state[sSlots].data_ptr<int64_t>();
   map.heap_slot = state[sHeapSlot].data_ptr<int64_t>();
   map.heap_freq = state[sHeapFreq].data_ptr<int64_t>();
   map.heap_call = state[sHeapCall].data_ptr<int64_t>();
@@ -274,60 +308,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   const int64_t min_count = config[3];
   const bool exact = config[4] != 0;
   const bool counting = min_count > 1;
+  const bool listed = map.policy == kLru || map.policy == kTtl;
   int64_t* meta = map.meta;
   Table index(state[sIndex]);
-
-  // 1. Distinct ids in first-occurrence order, their counts, each position's distinct index.
   Scratch& sc = scratch();
-  int dbits = 4;
-  while ((int64_t{1} << dbits) < 2 * n) ++dbits;
-  sc.table.assign(size_t{2} << dbits, 0);
-  for (size_t i = 1; i < sc.table.size(); i += 2) sc.table[i] = kEmpty;
-  sc.ids.clear();
-  sc.count.clear();
-  sc.occ.resize(n);
-  {
-    int64_t* rows = sc.table.data();
-    const uint64_t mask = (uint64_t{1} << dbits) - 1;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t key = ids[i];
-      uint64_t h = home(key, dbits);
-      while (rows[2 * h + 1] != kEmpty && rows[2 * h] != key) h = (h + 1) & mask;
-      if (rows[2 * h + 1] == kEmpty) {
-        rows[2 * h] = key;
-        rows[2 * h + 1] = static_cast<int64_t>(sc.ids.size());
-        sc.ids.push_back(key);
-        sc.count.push_back(0);
-      }
-      const int64_t d = rows[2 * h + 1];
-      sc.count[d] += 1;
-      sc.occ[i] = d;
-    }
-  }
-  const int64_t u = static_cast<int64_t>(sc.ids.size());
 
-  // 2. Hits: the index, read only.
-  sc.slot.resize(u);
-  int64_t hits = 0;
-  for (int64_t d = 0; d < u; ++d) {
-    if (d + kAhead < u) index.prefetch(sc.ids[d + kAhead]);
-    sc.slot[d] = index.get(sc.ids[d]);
-    hits += sc.slot[d] >= 0;
-  }
-
-  // 3. Admission counts: all increments of the call first, then the estimates.
-  sc.estimate.assign(u, 0);
+  // Admission counters: every increment of the call first, then the estimates.
   int32_t* sketch = nullptr;
   int64_t width = 0, depth = 0;
   const int64_t* seeds = nullptr;
+  if (counting && !exact) {
+    sketch = state[sSketch].data_ptr<int32_t>();
+    depth = state[sSketch].size(0);
+    width = state[sSketch].size(1);
+    seeds = state[sSeeds].data_ptr<int64_t>();
+  }
   Table exact_table(state[sExact]);
   auto add_counts = [&](int64_t sign) {
-    for (int64_t d = 0; d < u; ++d) {
-      if (sc.slot[d] >= 0) continue;
+    if (exact && sign > 0) {
+      TORCH_CHECK(2 * (meta[kExactSize] + static_cast<int64_t>(sc.ids.size())) <=
+                      state[sExact].size(0), kApi, ": internal error, exact counter table too small");
+    }
+    for (size_t d = 0; d < sc.ids.size(); ++d) {
       const int64_t k = sign * sc.count[d];
       if (exact) {
-        const uint64_t row = exact_table.probe(sc.ids[d]);
-        int64_t* r = exact_table.rows + 2 * row;
+        int64_t* r = exact_table.rows + 2 * exact_table.probe(sc.ids[d]);
         if (r[1] == kEmpty) {
           r[0] = sc.ids[d];
           r[1] = k;
@@ -348,24 +353,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
       }
     }
   };
-  int64_t admissible = 0;
-  if (counting) {
-    if (!exact) {
-      sketch = state[sSketch].data_ptr<int32_t>();
-      depth = state[sSketch].size(0);
-      width = state[sSketch].size(1);
-      seeds = state[sSeeds].data_ptr<int64_t>();
-    } else {
-      TORCH_CHECK(2 * (meta[kExactSize] + u) <= state[sExact].size(0), kApi,
-                  ": internal error, exact counter table too small");
-    }
-    add_counts(+1);
-    for (int64_t d = 0; d < u; ++d) {
-      if (sc.slot[d] >= 0) continue;
-      int64_t est;
-      if (exact) {
+  // Estimates of the missing ids (after add_counts(+1)); returns how many are admissible.
+  auto estimate = [&]() {
+    const size_t u = sc.ids.size();
+    sc.estimate.resize(u);
+    int64_t admissible = 0;
+    for (size_t d = 0; d < u; ++d) {
+      int64_t est = sc.count[d];
+      if (counting && exact) {
         est = std::max<int64_t>(exact_table.get(sc.ids[d]), 0);
-      } else {
+      } else if (counting) {
         const uint64_t key = static_cast<uint64_t>(sc.ids[d]);
         est = INT64_MAX;
         for (int64_t r = 0; r < depth; ++r) {
@@ -376,54 +373,108 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
       sc.estimate[d] = est;
       admissible += est >= min_count;
     }
-  } else {
-    for (int64_t d = 0; d < u; ++d) {
-      if (sc.slot[d] < 0) {
-        sc.estimate[d] = sc.count[d];
-        admissible += 1;
+    return admissible;
+  };
+
+  // 0. A batch larger than the capacity may overflow it: check without changing anything.
+  if (n > map.capacity) {
+    MissTable misses(sc, n);
+    std::vector<int64_t> hit_slots;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t s = index.get(ids[i]);
+      if (s >= 0) {
+        hit_slots.push_back(s);
+      } else {
+        sc.count[misses.add(ids[i])] += 1;
       }
     }
-  }
-  if (hits + admissible > map.capacity) {
+    std::sort(hit_slots.begin(), hit_slots.end());
+    const int64_t hits = std::unique(hit_slots.begin(), hit_slots.end()) - hit_slots.begin();
+    if (counting) add_counts(+1);
+    const int64_t admissible = estimate();
     if (counting) add_counts(-1);
-    TORCH_CHECK_VALUE(false, kApi, ": a call may use at most capacity=", map.capacity,
-                      " distinct admitted ids, got ", hits + admissible,
+    TORCH_CHECK_VALUE(hits + admissible <= map.capacity, kApi, ": a call may use at most capacity=",
+                      map.capacity, " distinct admitted ids, got ", hits + admissible,
                       "; split the batch or raise the capacity");
   }
 
-  // 4. Hits take their slots again.
+  // 1. One pass over the ids: hits take their slots again (first occurrences move to the
+  //    recent end), misses are collected.  Index probes run kAhead ids ahead, slot rows
+  //    are prefetched kAhead / 2 ids ahead.
   const int64_t call = ++meta[kCalls];
   const int64_t clock = meta[kClockStep];
-  const bool listed = map.policy == kLru || map.policy == kTtl;
-  for (int64_t d = 0; d < u; ++d) {
-    const int64_t s = sc.slot[d];
-    if (s < 0) continue;
-    map.freq[s] += sc.count[d];
-    map.last_call[s] = call;
-    map.last_step[s] = clock;
-    map.ref[s] = 1;
-    if (listed) {
-      map.unlink(s);
-      map.append(s);
+  at::Tensor slots = at::empty({n}, ids_t.options());
+  int64_t* out = slots.data_ptr<int64_t>();
+  MissTable misses(sc, n);
+  constexpr int kRing = 16;
+  int64_t ring[kRing];
+  constexpr int kNear = kAhead / 2;
+  for (int64_t j = 0; j < std::min<int64_t>(kNear, n); ++j) ring[j % kRing] = index.get(ids[j]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) index.prefetch(ids[i + kAhead]);
+    if (i + kNear < n) {
+      const int64_t s = index.get(ids[i + kNear]);
+      ring[(i + kNear) % kRing] = s;
+      if (s >= 0) __builtin_prefetch(map.row(s), 1, 1);
+    }
+    const int64_t s = ring[i % kRing];
+    if (s >= 0) {
+      int64_t* r = map.row(s);
+      r[fFreq] += 1;
+      if (r[fLastCall] != call) {
+        r[fLastCall] = call;
+        r[fLastStep] = clock;
+        r[fFlags] |= kRef;
+        if (listed) {
+          map.unlink(s);
+          map.append(s);
+        }
+      }
+      out[i] = s;
+    } else {
+      const int64_t m = misses.add(ids[i]);
+      sc.count[m] += 1;
+      out[i] = -2 - m;
     }
   }
 
-  // 5. Admissions, in first-occurrence order.
+  // 2. Admission counts of the misses.
+  if (counting) add_counts(+1);
+  estimate();
+
+  // 3. Admissions, in first-occurrence order.
+  const int64_t u = static_cast<int64_t>(sc.ids.size());
+  sc.slot.assign(u, -1);
   std::vector<int64_t> new_ids, new_slots, ev_ids, ev_slots;
   int64_t heap_n = meta[kSize];
   sc.aside.clear();
+  // The admitted misses, so that their index rows (and LRU victims) can be prefetched.
+  sc.occ.clear();
   for (int64_t d = 0; d < u; ++d) {
-    if (sc.slot[d] >= 0 || sc.estimate[d] < min_count) continue;
+    if (sc.estimate[d] >= min_count) sc.occ.push_back(d);
+  }
+  const int64_t num_admitted = static_cast<int64_t>(sc.occ.size());
+  for (int64_t k = 0; k < num_admitted; ++k) {
+    const int64_t d = sc.occ[k];
+    if (k + kAhead < num_admitted) index.prefetch(sc.ids[sc.occ[k + kAhead]]);
+    if (listed && meta[kHead] >= 0) {  // the victims after this one, two ahead
+      const int64_t nx = map.row(meta[kHead])[fNext];
+      if (nx >= 0) {
+        const int64_t* rn = map.row(nx);
+        __builtin_prefetch(rn, 1, 1);
+        if (rn[fNext] >= 0) __builtin_prefetch(map.row(rn[fNext]), 1, 1);
+        index.prefetch(rn[fId]);
+      }
+    }
     int64_t s;
-    while (meta[kCursor] < map.capacity && map.live[meta[kCursor]]) ++meta[kCursor];
+    while (meta[kCursor] < map.capacity && (map.row(meta[kCursor])[fFlags] & kLive)) ++meta[kCursor];
     if (meta[kCursor] < map.capacity) {
       s = meta[kCursor];
-      map.live[s] = true;
       meta[kSize] += 1;
     } else {
       s = map.victim(heap_n, sc.aside);
       if (s < 0) break;
-      const int64_t old = map.slot_ids[s];
+      const int64_t old = map.row(s)[fId];
       index.erase(old);
       if (listed) map.unlink(s);
       ev_ids.push_back(old);
@@ -431,11 +482,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     }
     const int64_t key = sc.ids[d];
     index.put(key, s);
-    map.slot_ids[s] = key;
-    map.freq[s] = sc.estimate[d];
-    map.last_call[s] = call;
-    map.last_step[s] = clock;
-    map.ref[s] = 1;
+    int64_t* r = map.row(s);
+    r[fId] = key;
+    r[fFreq] = sc.estimate[d];
+    r[fLastCall] = call;
+    r[fLastStep] = clock;
+    r[fFlags] = kLive | kRef;
     if (listed) map.append(s);
     if (map.policy == kLfu) sc.aside.push_back(s);
     sc.slot[d] = s;
@@ -448,14 +500,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
                 meta[kSize]);
   }
 
-  // 6. Every position's slot, and the statistics.
-  at::Tensor slots = at::empty({n}, ids_t.options());
-  int64_t* out = slots.data_ptr<int64_t>();
+  // 4. The misses' slots, and the statistics.
   int64_t defaults = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t s = sc.slot[sc.occ[i]];
-    out[i] = s;
-    defaults += s < 0;
+    if (out[i] <= -2) {
+      out[i] = sc.slot[-2 - out[i]];
+      defaults += out[i] < 0;
+    }
   }
   meta[kLookups] += n;
   meta[kDefaultHits] += defaults;
