@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 from embtable.ops import check_id_dtype
@@ -201,7 +202,11 @@ class KeyedJagged:
         stride: int,
         stride_per_key: tuple[int, ...] | None = None,
     ) -> KeyedJagged:
-        """A batch from parts already known to be consistent; keys may repeat (permute, concat)."""
+        """A batch from parts already known to be consistent; keys may repeat (permute, concat).
+
+        Also the way to rebuild a batch from its parts (e.g. a pytree unflatten): the context
+        must carry ``stride`` and ``stride_per_key`` (and ``_inverse_indices``, set after).
+        """
         batch = cls.__new__(cls)
         batch._set(list(keys), values, lengths, weights, stride, stride_per_key)
         return batch
@@ -967,3 +972,31 @@ def _cat(tensors: list[Tensor], like: Tensor) -> Tensor:
     if not tensors:
         return like.new_empty(0)
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+# A pytree node, so that torch.export / torch.compile / torch.func take a KeyedJagged as a
+# model input: its tensors are the leaves, keys and strides the (static) context.
+def _kj_flatten(batch: KeyedJagged) -> tuple[list[Tensor | None], tuple[Any, ...]]:
+    children = [batch._values, batch._lengths, batch._weights]
+    return children, (tuple(batch._keys), batch._stride, batch._stride_per_key)
+
+
+def _kj_flatten_with_keys(batch: KeyedJagged) -> tuple[list[tuple[Any, Tensor | None]], tuple[Any, ...]]:
+    children, context = _kj_flatten(batch)
+    names = ("values", "lengths", "weights")
+    return [(pytree.GetAttrKey(name), child) for name, child in zip(names, children)], context
+
+
+def _kj_unflatten(children: Sequence[Any], context: tuple[Any, ...]) -> KeyedJagged:
+    keys, stride, stride_per_key = context
+    values, lengths, weights = children
+    return KeyedJagged._trusted(list(keys), values, lengths, weights, stride, stride_per_key)
+
+
+pytree.register_pytree_node(
+    KeyedJagged,
+    _kj_flatten,
+    _kj_unflatten,
+    serialized_type_name="embtable.KeyedJagged",
+    flatten_with_keys_fn=_kj_flatten_with_keys,
+)
