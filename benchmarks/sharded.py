@@ -1,0 +1,268 @@
+"""Benchmark: a DLRM-like collection sharded over 2 gloo processes vs one process.
+
+Workload: the 26-table collection of ``benchmarks/bags.py`` (rows log-uniformly spaced from
+10 to ``--rows-max``, D = 64, 1-20 ids per example and feature, Zipf-like ids, sum pooling),
+global batch ``--batch`` (4096), fused RowWiseAdagrad.
+
+Contenders (same global batches, one thread per process, no huge pages for either):
+- ``1 process``: ``embtable.EmbeddingBagCollection`` fused, the whole global batch per step;
+- ``2 processes``: ``ShardedEmbeddingBagCollection`` (built directly: each rank allocates only
+  its shards) with the plan of ``plan_sharding`` (row-wise for tables above an even share,
+  the others table-wise), each rank a local batch of ``batch / 2``; gloo over loopback.
+
+Per step (medians over ``--steps`` timed steps after warm-up): wall ms, samples/s, and the
+split into lookup (forward outside collectives), exchange (time inside ``all_to_all``,
+forward and backward; includes waiting for the other rank) and update (backward outside
+collectives: the fused optimizer); bytes each rank sends per step vs the plan's analytic
+minimum (int64 ids routed to another rank + float32 pooled rows returned + their gradients);
+peak RSS growth of each rank vs the bytes of its shards and their optimizer state.
+Before timing, each rank checks its sharded outputs and tables after one step against the
+unsharded collection on a small copy of the workload.
+
+The two contenders run one after the other (alternating ``--rounds`` times): a process group
+cannot be interleaved call by call with a one-process run.
+
+Usage:
+    python benchmarks/sharded.py                       # rows-max 1,000,000, batch 4096
+    python benchmarks/sharded.py --rows-max 100000 --steps 10 --rounds 2
+    python benchmarks/sharded.py --quick               # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import embtable
+from embtable import EmbeddingBagCollection, KeyedJagged, TableConfig
+from embtable.distributed import ShardedEmbeddingBagCollection, plan_sharding, shard
+from embtable.distributed.plan import ShardingType, state_bytes_per_row
+from embtable.testing import zipf_ids
+
+DIM = 64
+RULE = "rowwise_adagrad"
+
+
+def table_configs(rows_max: int, count: int = 26) -> list[TableConfig]:
+    rows = [int(round(r)) for r in np.logspace(1, np.log10(rows_max), count)]
+    return [TableConfig(name=f"t{i}", num_embeddings=n, embedding_dim=DIM, feature_names=[f"f{i}"]) for i, n in enumerate(rows)]
+
+
+def global_batch(tables: list[TableConfig], batch: int, seed: int) -> KeyedJagged:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 21, (len(tables), batch), generator=gen)
+    values = [zipf_ids(t.num_embeddings, (int(n),), generator=gen) for t, n in zip(tables, lengths.sum(1))]
+    return KeyedJagged([f"f{i}" for i in range(len(tables))], torch.cat(values), lengths.reshape(-1))
+
+
+def local_slice(kjt: KeyedJagged, rank: int, world: int) -> KeyedJagged:
+    batch = kjt.stride() // world
+    keys, starts = kjt.keys(), kjt.offset_per_key()
+    values, lengths = [], []
+    for p in range(len(keys)):
+        lens = kjt.lengths()[p * kjt.stride() : (p + 1) * kjt.stride()]
+        before = int(lens[: rank * batch].sum())
+        mine = lens[rank * batch : (rank + 1) * batch]
+        values.append(kjt.values()[starts[p] + before : starts[p] + before + int(mine.sum())])
+        lengths.append(mine)
+    return KeyedJagged(keys, torch.cat(values), torch.cat(lengths))
+
+
+def rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def minimum_bytes(sharded: ShardedEmbeddingBagCollection, local: KeyedJagged) -> int:
+    """The plan's analytic minimum a rank sends per step: its ids owned by other ranks (int64),
+    the pooled rows it computes for other ranks' bags and the gradients of its own bags' rows
+    pooled elsewhere (float32)."""
+    rank, world, batch = sharded.rank, sharded.world_size, local.stride()
+    total = 0
+    starts = local.offset_per_key()
+    for p, name in enumerate(local.keys()):
+        table = sharded._table_of[name]
+        ids = local.values()[starts[p] : starts[p + 1]]
+        for shard_ in sharded._shards[table]:
+            if shard_.rank == rank:
+                total += (world - 1) * batch * shard_.num_cols * 4  # rows for the other ranks' bags
+                continue
+            if sharded._kind[table] is ShardingType.ROW_WISE:
+                inside = (ids >= shard_.row_offset) & (ids < shard_.row_offset + shard_.num_rows)
+                total += int(inside.sum()) * 8
+            else:
+                total += ids.numel() * 8
+            total += batch * shard_.num_cols * 4  # gradient of this rank's bags' rows from that shard
+    return total
+
+
+def check_correct(rank: int, world: int) -> None:
+    """Small copy of the workload: sharded outputs and tables after one step equal one process's."""
+    tables = table_configs(2000)
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(tables)
+    plan = plan_sharding(tables, world, optimizer=RULE)
+    sharded = shard(reference, plan)
+    embtable.optim.fuse(reference, RULE, lr=0.05)
+    embtable.optim.fuse(sharded, RULE, lr=0.05)
+    full = global_batch(tables, 64, seed=1)
+    out = sharded(local_slice(full, rank, world)).values()
+    expected = reference(full).values()
+    size = 64 // world
+    torch.testing.assert_close(out, expected[rank * size : (rank + 1) * size], rtol=1e-5, atol=1e-6)
+    out.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    for name, table in sharded.full_tables().items():
+        torch.testing.assert_close(table, reference.table_weight(name).detach(), rtol=1e-5, atol=1e-6)
+
+
+def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+    check_correct(rank, world)
+    tables = table_configs(args.rows_max)
+    batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(4)]
+    base_rss = current_rss()
+    plan = plan_sharding(tables, world, optimizer=RULE)
+    torch.manual_seed(0)
+    sharded = ShardedEmbeddingBagCollection(tables, plan)
+    embtable.optim.fuse(sharded, RULE, lr=0.05)
+    shard_bytes = sum(
+        s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
+        for s, _ in sharded.shard_weights().values()
+    )
+    result: dict[str, Any] = {"rank": rank, "plan": plan.describe(tables), "shard_bytes": shard_bytes}
+    walls, cpus, lookups, exchanges, updates, sent = [], [], [], [], [], []
+    for step in range(args.warmup + args.steps):
+        local = batches[step % len(batches)]
+        sharded.stats.reset()
+        dist.barrier(group=sharded.group)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        out = sharded(local)
+        forward_done = time.perf_counter()
+        forward_comm = sharded.stats.total_seconds()
+        out.values().sum().backward()
+        wall1, cpu1 = time.perf_counter(), time.thread_time()
+        comm = sharded.stats.total_seconds()
+        if step >= args.warmup:
+            walls.append(wall1 - wall0)
+            cpus.append(cpu1 - cpu0)
+            lookups.append(forward_done - wall0 - forward_comm)
+            exchanges.append(comm)
+            updates.append(wall1 - forward_done - (comm - forward_comm))
+            sent.append(sharded.stats.total_bytes())
+    result.update(
+        wall_ms=statistics.median(walls) * 1e3,
+        cpu_ms=statistics.median(cpus) * 1e3,
+        lookup_ms=statistics.median(lookups) * 1e3,
+        exchange_ms=statistics.median(exchanges) * 1e3,
+        update_ms=statistics.median(updates) * 1e3,
+        bytes_sent=statistics.median(sent),
+        bytes_min=statistics.median(minimum_bytes(sharded, b) for b in batches),
+        peak_growth=max(rss_bytes() - base_rss, current_rss() - base_rss),
+    )
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out_path, "w") as handle:
+            json.dump(gathered, handle)
+    dist.destroy_process_group()
+
+
+def run_sharded(args: argparse.Namespace, world: int) -> list[dict[str, Any]]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "result.json")
+        mp.spawn(sharded_worker, args=(world, port, args, path), nprocs=world, join=True)
+        with open(path) as handle:
+            return json.load(handle)
+
+
+def run_single(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tables = table_configs(args.rows_max)
+    batches = [global_batch(tables, args.batch, seed=s) for s in range(4)]
+    torch.manual_seed(0)
+    collection = EmbeddingBagCollection(tables)
+    embtable.optim.fuse(collection, RULE, lr=0.05)
+    walls, cpus, lookups, updates = [], [], [], []
+    for step in range(args.warmup + args.steps):
+        kjt = batches[step % len(batches)]
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        out = collection(kjt)
+        mid = time.perf_counter()
+        out.values().sum().backward()
+        wall1, cpu1 = time.perf_counter(), time.thread_time()
+        if step >= args.warmup:
+            walls.append(wall1 - wall0)
+            cpus.append(cpu1 - cpu0)
+            lookups.append(mid - wall0)
+            updates.append(wall1 - mid)
+    return {
+        "wall_ms": statistics.median(walls) * 1e3,
+        "cpu_ms": statistics.median(cpus) * 1e3,
+        "lookup_ms": statistics.median(lookups) * 1e3,
+        "update_ms": statistics.median(updates) * 1e3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows-max", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows_max, args.batch, args.steps, args.warmup, args.rounds = 10_000, 512, 3, 1, 1
+    singles, shardeds = [], []
+    for _ in range(args.rounds):
+        singles.append(run_single(args))
+        shardeds.append(run_sharded(args, 2))
+    print(shardeds[0][0]["plan"])
+    one = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
+    print(f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
+          f"{args.rounds} rounds x {args.steps} steps (medians)")
+    header = ("contender", "wall ms", "samples/s", "lookup ms", "exchange ms", "update ms", "sent MB/step",
+              "min MB/step", "sent/min", "peak MB", "shards MB", "peak/shards")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    print(f"| 1 process | {one['wall_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
+          f"{one['update_ms']:.1f} | - | - | - | - | - | - |")
+    for rank in range(2):
+        rows = [s[rank] for s in shardeds]
+        med = {k: statistics.median(r[k] for r in rows) for k in ("wall_ms", "lookup_ms", "exchange_ms", "update_ms",
+                                                                    "bytes_sent", "bytes_min", "peak_growth", "shard_bytes")}
+        print(f"| 2 processes, rank {rank} | {med['wall_ms']:.1f} | {args.batch / med['wall_ms'] * 1e3:,.0f} | "
+              f"{med['lookup_ms']:.1f} | {med['exchange_ms']:.1f} | {med['update_ms']:.1f} | "
+              f"{med['bytes_sent'] / 1e6:.2f} | {med['bytes_min'] / 1e6:.2f} | {med['bytes_sent'] / med['bytes_min']:.3f} | "
+              f"{med['peak_growth'] / 1e6:.0f} | {med['shard_bytes'] / 1e6:.0f} | "
+              f"{med['peak_growth'] / med['shard_bytes']:.2f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
