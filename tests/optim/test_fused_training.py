@@ -230,7 +230,7 @@ def test_errors():
         embtable.optim.fuse(Model(), "lamb", lr=0.1)
     with pytest.raises(TypeError, match="unknown option"):
         embtable.optim.fuse(Model(), "sgd", lr=0.1, betas=(0.9, 0.99))
-    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
         embtable.optim.fuse(Model(), "adam", lr=-1.0)
     with pytest.raises(ValueError, match="bias_correction must be"):
         embtable.optim.fuse(Model(), "adam", bias_correction="global")

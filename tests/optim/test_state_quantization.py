@@ -112,8 +112,8 @@ def test_load_state_dict_converts_between_state_dtypes():
         state["exp_avg_sq"], decode_rows(quantized["exp_avg_sq"], quantized["exp_avg_sq_scale"], False)
     )
     saved = plain.state_dict()
-    saved["param_groups"][0]["state_dtype"] = "int8_rowwise"
-    again = embtable.optim.FusedOptimizer([table.weight], "adam")
-    again.load_state_dict(saved)
+    again = embtable.optim.FusedOptimizer([table.weight], "adam", state_dtype="int8_rowwise")
+    again.load_state_dict(saved)  # the configured state_dtype is kept: the moments are encoded
+    assert again.param_groups[0]["state_dtype"] == "int8_rowwise"
     for key, value in quantized.items():
         assert torch.equal(again.state[table.weight][key], value), key

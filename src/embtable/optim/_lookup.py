@@ -38,6 +38,11 @@ def _max_rows(grad_output: Tensor, max_ids: Tensor, ids: Tensor, scale_grad_by_f
     return rows, grad
 
 
+def _rows_of(grad_output: Tensor, ids: Tensor, offsets: Tensor, pooling: int) -> int:
+    """The rows of the output gradient of a ``D = 0`` table: one per id, or per bag."""
+    return ids.numel() if pooling == POOL_NONE else max(offsets.numel() - 1, 0)
+
+
 class _FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -71,11 +76,13 @@ class _FusedLookup(torch.autograd.Function):
         ids, offsets, per_sample_weights, max_ids = ctx.saved_tensors
         pooling, padding_idx, scale_grad_by_freq, optimizer, num_features = ctx.meta
         weight = ctx.weight
+        dim = weight.shape[1]  # (explicit sizes: -1 is ambiguous for an empty batch or D = 0)
         if num_features > 1:
             batch = grad_output.shape[0]
-            grad = grad_output.reshape(batch, num_features, -1).transpose(0, 1).reshape(-1, weight.shape[1])
+            grad = grad_output.reshape(batch, num_features, dim).transpose(0, 1).reshape(batch * num_features, dim)
         else:
-            grad = grad_output.reshape(-1, weight.shape[1]).contiguous()
+            grad = grad_output.reshape(grad_output.numel() // dim if dim else _rows_of(grad_output, ids, offsets, pooling), dim)
+            grad = grad.contiguous()
         grad_weights = None
         if ctx.needs_input_grad[1]:  # per-sample weights of a weighted sum: d out / d psw
             bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())

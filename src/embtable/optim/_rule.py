@@ -11,6 +11,8 @@ and ``state[k + "_scale"]``, a float32 scale per row; the format is
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +27,7 @@ __all__ = [
     "STATE_DTYPES",
     "FusedRule",
     "check_non_negative",
+    "is_real",
     "new_state",
     "weight_decay_mode",
 ]
@@ -50,12 +53,17 @@ STATE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def is_real(value: Any) -> bool:
+    """True for an int or float (not a bool, a string or a tensor)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_non_negative(api: str, group: dict[str, Any], *names: str) -> None:
-    """``ValueError`` unless each named hyperparameter of ``group`` is a number >= 0."""
+    """``ValueError`` unless each named hyperparameter of ``group`` is a finite number >= 0."""
     for name in names:
         value = group[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{api}: {name} must be a number >= 0, got {value!r}")
+        if not is_real(value) or not 0 <= value < math.inf:
+            raise ValueError(f"{api}: {name} must be a finite number >= 0, got {value!r}")
 
 
 def weight_decay_mode(group: dict[str, Any]) -> int:
@@ -84,7 +92,8 @@ class FusedRule:
         """Raise ``ValueError`` for an invalid param group (before any state exists)."""
         api = f"embtable.optim.{self.name}"
         check_non_negative(api, group, "lr", "weight_decay")
-        if group.get("state_dtype", "float32") not in STATE_DTYPES:
+        state_dtype = group.get("state_dtype", "float32")
+        if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
             raise ValueError(
                 f"{api}: state_dtype must be one of {sorted(STATE_DTYPES)}, got {group['state_dtype']!r}"
             )
@@ -92,6 +101,10 @@ class FusedRule:
     def init_state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """Fresh state tensors for ``weight`` (all zeros unless the rule says otherwise)."""
         raise NotImplementedError
+
+    def moment_shape(self, key: str, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of moment ``key`` for a ``weight_shape`` table (default: the table's)."""
+        return tuple(weight_shape)
 
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
         """The state tensors in the order the kernel takes them."""

@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 
 from embtable.ops._fused_reference import OPT_ADAM
-from embtable.optim._rule import FusedRule, check_non_negative, new_state, weight_decay_mode
+from embtable.optim._rule import (
+    FusedRule,
+    check_non_negative,
+    is_real,
+    new_state,
+    weight_decay_mode,
+)
 
 __all__ = ["AdamRule", "AdamWRule"]
 
@@ -65,14 +71,18 @@ class AdamRule(FusedRule):
         api = f"embtable.optim.{self.name}"
         check_non_negative(api, group, "eps")
         betas = group["betas"]
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        if not (
+            isinstance(betas, (tuple, list))
+            and len(betas) == 2
+            and all(is_real(b) and 0.0 <= b < 1.0 for b in betas)
+        ):
             raise ValueError(f"{api}: betas must be two numbers in [0, 1), got {betas!r}")
         if group.get("state_dtype") == "float16":
             raise ValueError(
                 f"{api}: state_dtype='float16' underflows the second moment and diverges "
                 "(measured in docs/training.md); use state_dtype='bfloat16'"
             )
-        if group["bias_correction"] not in _BIAS_CORRECTION:
+        if not isinstance(group["bias_correction"], str) or group["bias_correction"] not in _BIAS_CORRECTION:
             raise ValueError(
                 f"{api}: bias_correction must be 'row' or 'table', got {group['bias_correction']!r}"
             )

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from embtable import ops
 from embtable.functional import FUSED_ATTR
+from embtable.optim._load import checked_load
 from embtable.optim._lookup import fused_lookup
 from embtable.optim._rule import FusedRule
 from embtable.optim.adagrad import AdagradRule
@@ -114,12 +116,22 @@ class FusedOptimizer(torch.optim.Optimizer):
         count = len(self.param_groups)
         return f"FusedOptimizer({self.rule.name}, {count} table{'s' if count != 1 else ''}: {names})"
 
-    def _state(self, weight: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = self.state[weight]
-        if not state:
-            state.update(self.rule.init_state(weight.detach(), group))
-            state["table_step"] = 0
-        return state
+    def _check_group(self, weight: Tensor, group: dict[str, Any]) -> None:
+        """Validate ``group`` unless its options are those last validated for ``weight``."""
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in group.items() if k != "params"}
+        validated = self.__dict__.setdefault("_validated", {})
+        if validated.get(id(weight)) == options:
+            return
+        try:
+            self.rule.validate(group)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"FusedOptimizer: table {group['name']!r}: {error}") from None
+        validated[id(weight)] = options
+
+    def _lock(self, weight: Tensor) -> threading.Lock:
+        """The lock that serializes the fused updates of ``weight`` (one per table)."""
+        locks = self.__dict__.setdefault("_locks", {})  # (not pickled: made again on demand)
+        return locks.setdefault(id(weight), threading.Lock())
 
     def lookup(
         self,
@@ -163,28 +175,48 @@ class FusedOptimizer(torch.optim.Optimizer):
         padding_idx: int,
         scale_grad_by_freq: bool,
     ) -> None:
-        """One fused step of ``weight``'s rows from an output gradient (called by backward)."""
+        """One fused step of ``weight``'s rows from an output gradient (called by backward).
+
+        All or nothing: the param group (possibly changed by hand or a scheduler since the
+        last step) is validated and the hyperparameters computed before the state changes,
+        so a bad group raises ``ValueError`` with the step counts and moments untouched.
+        Updates of one table from several threads are serialized by a per-table lock.
+        """
         group = self._group_of.get(id(weight))
         if group is None:
             raise KeyError(
                 "FusedOptimizer: this weight is not one of the optimizer's tables; "
                 "create the optimizer with it (or call embtable.optim.fuse on its model)"
             )
-        state = self._state(weight, group)
-        state["table_step"] += 1
-        ops.fused_update_rows(
-            weight.detach(),
-            self.rule.state_tensors(state, group),
-            ids,
-            offsets,
-            grad,
-            per_sample_weights,
-            pooling,
-            padding_idx,
-            scale_grad_by_freq,
-            self.rule.code,
-            self.rule.hparams(group, state["table_step"]),
-        )
+        with self._lock(weight):
+            self._check_group(weight, group)
+            state = self.state.get(weight)
+            fresh = not state
+            if fresh:
+                state = {**self.rule.init_state(weight.detach(), group), "table_step": 0}
+            step = state["table_step"] + 1
+            hparams = [float(h) for h in self.rule.hparams(group, step)]
+            if weight.shape[1] == 0:  # no values to update; the rows' step counts still advance
+                if "row_step" in state and ids.numel():
+                    touched = ids[ids != padding_idx] if padding_idx >= 0 else ids
+                    state["row_step"][torch.unique(touched.long())] += 1
+            else:
+                ops.fused_update_rows(
+                    weight.detach(),
+                    self.rule.state_tensors(state, group),
+                    ids,
+                    offsets,
+                    grad,
+                    per_sample_weights,
+                    pooling,
+                    padding_idx,
+                    scale_grad_by_freq,
+                    self.rule.code,
+                    hparams,
+                )
+            state["table_step"] = step
+            if fresh:
+                self.state[weight] = state
 
     def _plain_step(self, closure: Any = None) -> Any:
         if closure is None:
@@ -215,18 +247,32 @@ class FusedOptimizer(torch.optim.Optimizer):
     step.hooked = True  # type: ignore[attr-defined]  # (torch's wrapper is applied above, when needed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``, storing the moments in the configured ``state_dtype``
-        (saved moments of another ``state_dtype`` are converted)."""
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for weight in group["params"]:
-                state = self.state.get(weight, {})
-                self.rule.convert_moments(state, group)
-                if "row_step" in state:
-                    state["row_step"] = state["row_step"].to(torch.int64).contiguous()
-                if "table_step" in state:
-                    state["table_step"] = int(state["table_step"])
+        """Load a :meth:`state_dict`: all or nothing, each table keeping its ``state_dtype``.
+
+        Everything is validated before the optimizer changes (:mod:`embtable.optim._load`):
+        the options of every group as in the constructor, every state tensor's keys, shape,
+        dtype and values; a bad state dict raises and leaves the optimizer as it was.  The
+        configured ``state_dtype`` of each table is kept (saved moments of another
+        ``state_dtype`` are converted); step counts stay exact integers; the tensors are
+        copied (later training does not write into ``state_dict``).  torch's load pre/post
+        hooks run as usual.
+
+        Raises:
+            TypeError: ``state_dict`` is not a dict with ``"state"`` and ``"param_groups"``.
+            ValueError: a group or a state that does not fit this optimizer.
+        """
+        api = "FusedOptimizer.load_state_dict"
+        if isinstance(state_dict, dict):
+            state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        groups, state = checked_load(self.rule, self.param_groups, state_dict, api)
+        self.__setstate__({"state": state, "param_groups": groups})
         self._group_of = {id(w): g for g in self.param_groups for w in g["params"]}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
 
 def _group_name(param_name: str) -> str:

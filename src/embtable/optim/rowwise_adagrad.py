@@ -67,6 +67,9 @@ class RowWiseAdagradRule(FusedRule):
         value = group["initial_accumulator_value"]
         return {"sum": new_state((weight.shape[0],), value, self.moment_dtype(group, "sum"), weight.device)}
 
+    def moment_shape(self, key: str, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (weight_shape[0],)
+
     def state_tensors(self, state: dict[str, Any], group: dict[str, Any]) -> list[Tensor]:
         return [state["sum"]]
 
