@@ -13,7 +13,7 @@ Example:
 """
 
 from embtable import functional, optim
-from embtable.config import PoolingMode, TableConfig
+from embtable.config import DynamicConfig, PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
 from embtable.nn import (
     Embedding,
@@ -21,6 +21,8 @@ from embtable.nn import (
     EmbeddingBagCollection,
     EmbeddingCollection,
 )
+from embtable.nn.dynamic import DynamicEmbedding, DynamicEmbeddingBag
+from embtable.nn.hashed import hash_ids
 from embtable.quantization import quantize
 
 __version__ = "0.1.0"
@@ -36,6 +38,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'embtable' has no attribute {name!r}")
 
 __all__ = [
+    "DynamicConfig",
+    "DynamicEmbedding",
+    "DynamicEmbeddingBag",
+    "hash_ids",
     "Embedding",
     "EmbeddingBag",
     "EmbeddingBagCollection",

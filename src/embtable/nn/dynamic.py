@@ -46,23 +46,12 @@ from embtable.config import DynamicConfig
 from embtable.functional import FUSED_ATTR
 from embtable.nn.bag import EmbeddingBag
 from embtable.nn.embedding import Embedding
+from embtable.nn.hashed import GOLDEN, mix64
 from embtable.storage.slots import SlotMap
 
 __all__ = ["DynamicEmbedding", "DynamicEmbeddingBag", "DynamicRows", "init_rows"]
 
-_M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
-_M2 = -7723592293110705685  # 0x94D049BB133111EB
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
 _DEFAULT_KEY = 0x5DEECE66D  # salt of the default row's initialization
-
-
-def _mix(z: Tensor) -> Tensor:
-    """splitmix64's finalizer on int64 tensors (wrapping arithmetic, logical shifts)."""
-    z = z ^ ((z >> 30) & ((1 << 34) - 1))
-    z = z * _M1
-    z = z ^ ((z >> 27) & ((1 << 37) - 1))
-    z = z * _M2
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
 
 
 def init_rows(
@@ -82,9 +71,9 @@ def init_rows(
     """
     ids = ids.reshape(-1).to(torch.int64)
     cols = torch.arange(dim, dtype=torch.int64, device=ids.device)
-    key = _mix(ids ^ _mix(torch.tensor(seed, dtype=torch.int64)))
-    z1 = _mix(key.unsqueeze(1) + (cols.unsqueeze(0) + 1) * _GOLDEN)
-    z2 = _mix(z1)
+    key = mix64(ids ^ mix64(torch.tensor(seed, dtype=torch.int64)))
+    z1 = mix64(key.unsqueeze(1) + (cols.unsqueeze(0) + 1) * GOLDEN)
+    z2 = mix64(z1)
     scale = 1.0 / (1 << 53)
     u1 = ((z1 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
     u2 = ((z2 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
