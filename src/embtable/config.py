@@ -106,6 +106,11 @@ class TableConfig:
         padding_idx: a row that pooling skips (not counted in ``"mean"``) and that receives
             no gradient, as in ``torch.nn.EmbeddingBag``; negative values count from the end
             and are stored normalized.
+        storage: where the rows live: ``None`` (RAM, default) or
+            ``embtable.storage.disk.Disk(path, cache_rows=...)`` for a table bigger than
+            memory (``init`` must then be ``"normal"`` or ``"uniform"``); a collection with
+            such tables is :class:`embtable.nn.disk.DiskEmbeddingBagCollection`
+            (docs/storage.md).
 
     Raises:
         ValueError: a field is out of range or inconsistent; the message names the table.
@@ -134,6 +139,7 @@ class TableConfig:
     init_bound: float | None = None
     dtype: torch.dtype = torch.float32
     padding_idx: int | None = None
+    storage: object | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -154,6 +160,17 @@ class TableConfig:
                 f"got {self.dtype!r}"
             )
         self._set("padding_idx", self._checked_padding_idx(api))
+        if self.storage is not None:  # duck-typed: config imports nothing from embtable
+            if not callable(getattr(self.storage, "cache_size", None)):
+                raise TypeError(
+                    f"{api}: storage must be None or an embtable.storage.disk.Disk, "
+                    f"got {type(self.storage).__name__}"
+                )
+            if callable(self.init):
+                raise ValueError(
+                    f"{api}: a table with storage initializes each row from (seed, row) when "
+                    f"first read; init must be 'normal' or 'uniform', got a callable"
+                )
 
     def _set(self, attr: str, value: object) -> None:
         object.__setattr__(self, attr, value)

@@ -7,6 +7,7 @@ size), a dict of written rows for the store, and hand-built broken files for the
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embtable
-from embtable.nn.disk import DiskEmbedding, DiskEmbeddingBag
+from embtable.nn.disk import DiskEmbedding, DiskEmbeddingBag, DiskEmbeddingBagCollection
 from embtable.storage.disk import (
     CorruptTableError,
     Disk,
@@ -300,3 +301,37 @@ def test_too_many_lookups_before_backward(tmp_path):
         (first.sum() + second.sum()).backward()
     with pytest.raises(ValueError):
         disk(torch.arange(5))  # more distinct ids than slots: the slot map refuses
+
+
+def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
+    configs = [
+        embtable.TableConfig(name="a", num_embeddings=30, embedding_dim=4, pooling="mean", feature_names=["a1", "a2"]),
+        embtable.TableConfig(
+            name="b", num_embeddings=50, embedding_dim=4, padding_idx=0, storage=Disk(tmp_path / "b", cache_rows=12)
+        ),
+        embtable.TableConfig(
+            name="c", num_embeddings=20, embedding_dim=3, pooling="max", init="uniform",
+            storage=Disk(tmp_path / "c", cache_rows=8, seed=2),
+        ),
+    ]
+    mixed = DiskEmbeddingBagCollection(configs)
+    ram = embtable.EmbeddingBagCollection([dataclasses.replace(c, storage=None) for c in configs])
+    ram.load_state_dict(mixed.state_dict())
+    assert list(mixed.state_dict()) == list(ram.state_dict())
+    embtable.optim.fuse(mixed, "adagrad", lr=0.1)
+    embtable.optim.fuse(ram, "adagrad", lr=0.1)
+    generator = torch.Generator().manual_seed(5)
+
+    def bags(rows):
+        return [torch.randint(0, rows, (int(n),), generator=generator).tolist() for n in torch.randint(0, 4, (3,), generator=generator)]
+
+    for _ in range(5):
+        batch = embtable.KeyedJagged.from_dict({"a1": bags(30), "a2": bags(30), "b": bags(50), "c": bags(20)})
+        outs = [collection(batch).values() for collection in (mixed, ram)]
+        assert torch.equal(outs[0], outs[1])
+        for out in outs:
+            out.pow(2).sum().backward()
+    for key, value in ram.state_dict().items():
+        assert torch.equal(mixed.state_dict()[key], value), key
+    with pytest.raises(TypeError, match="storage must be None or an embtable.storage.disk.Disk"):
+        embtable.TableConfig(name="x", num_embeddings=3, embedding_dim=2, storage="/tmp/x")

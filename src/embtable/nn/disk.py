@@ -45,18 +45,36 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter
+from torch.nn import Module, ModuleDict, Parameter
 
 from embtable import functional, ops
+from embtable.config import PoolingMode, TableConfig
 from embtable.functional import FUSED_ATTR
+from embtable.jagged import KeyedJagged
 from embtable.nn.bag import EmbeddingBag
+from embtable.nn.collection import EmbeddingBagCollection
 from embtable.nn.embedding import Embedding, check_table_shape
+from embtable.nn.grouping import plan_groups
+from embtable.nn.outputs import PooledEmbeddings
 from embtable.storage.disk import Disk, DiskRowStore, StateField
 
-__all__ = ["DiskEmbedding", "DiskEmbeddingBag", "DiskTableMixin"]
+__all__ = ["DiskEmbedding", "DiskEmbeddingBag", "DiskEmbeddingBagCollection", "DiskTableMixin"]
 
 #: Rows per chunk when a whole table is exported or imported.
 _CHUNK_ROWS = 1 << 16
+
+
+def _check_fits(size: int, api: str) -> None:
+    """``MemoryError`` unless ``size`` bytes fit in half the machine's physical memory."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if size > physical // 2:
+        raise MemoryError(
+            f"{api}: the whole table is {size / 2**30:.1f} GiB, more than half of this machine's "
+            f"{physical / 2**30:.1f} GiB of RAM; read it in parts with store.read_rows instead"
+        )
 
 
 class DiskTableMixin:
@@ -255,6 +273,7 @@ class DiskTableMixin:
     def export_weight(self) -> Tensor:
         """The whole table as a ``(num_embeddings, embedding_dim)`` tensor (cached rows
         included).  Needs the memory of a full in-RAM table."""
+        _check_fits(self.num_embeddings * self.store.row_bytes, f"{type(self).__name__}.export_weight")
         out = torch.empty((self.num_embeddings, self.embedding_dim), dtype=self.weight.dtype)
         for start in range(0, self.num_embeddings, _CHUNK_ROWS):
             ids = torch.arange(start, min(start + _CHUNK_ROWS, self.num_embeddings))
@@ -481,3 +500,137 @@ class DiskEmbeddingBag(DiskTableMixin, EmbeddingBag):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self._disk_repr()
+
+
+class DiskEmbeddingBagCollection(Module):
+    r"""An :class:`embtable.EmbeddingBagCollection` whose tables configured with
+    ``storage=Disk(...)`` live on disk (one :class:`DiskEmbeddingBag` each) while the others
+    stay in RAM (one inner ``EmbeddingBagCollection``, grouped as usual).
+
+    The forward takes the same :class:`~embtable.KeyedJagged` batch and returns the same
+    :class:`~embtable.nn.outputs.PooledEmbeddings` (features in table order), and
+    ``state_dict`` has the same keys (``embedding_bags.<table>.weight``; a disk table's
+    entry is its exported rows), so results equal those of an all-RAM collection holding the
+    same rows.  ``embtable.optim.fuse`` finds both kinds of table.  Call :meth:`flush`,
+    :meth:`checkpoint` or :meth:`close` for the disk tables.
+
+    Args:
+        tables: the table configs (``pooling`` ``"sum"``, ``"mean"`` or ``"max"``).
+        is_weighted: as :class:`embtable.EmbeddingBagCollection`.
+
+    Raises:
+        ValueError: duplicate table names, a feature in two tables, ``pooling="none"``.
+        TypeError: an entry is not a ``TableConfig``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from embtable import KeyedJagged, TableConfig
+        >>> from embtable.nn.disk import DiskEmbeddingBagCollection
+        >>> from embtable.storage.disk import Disk
+        >>> collection = DiskEmbeddingBagCollection([
+        ...     TableConfig(name="country", num_embeddings=200, embedding_dim=4),
+        ...     TableConfig(name="user", num_embeddings=10**5, embedding_dim=8, pooling="mean",
+        ...                 storage=Disk(tempfile.mkdtemp() + "/user", cache_rows=1024)),
+        ... ])
+        >>> batch = KeyedJagged.from_dict({"country": [[3], [7]], "user": [[5, 6], [10**5 - 1]]})
+        >>> collection(batch).values().shape
+        torch.Size([2, 12])
+        >>> list(collection.state_dict())[:1]
+        ['embedding_bags.country.weight']
+    """
+
+    def __init__(self, tables: list[TableConfig], is_weighted: bool = False) -> None:
+        super().__init__()
+        api = type(self).__name__
+        tables = list(tables)
+        plan_groups(tables, pooled=True, api=api)  # names, features and types, over all tables
+        ram = [config for config in tables if config.storage is None]
+        disk = [config for config in tables if config.storage is not None]
+        for config in disk:
+            if config.pooling is PoolingMode.NONE:
+                raise ValueError(f"{api}: table {config.name!r} has pooling='none'; use 'sum', 'mean' or 'max'")
+        self.tables = tuple(tables)
+        self.feature_names = [feature for config in tables for feature in config.feature_names]
+        self.embedding_dims = [config.embedding_dim for config in tables for _ in config.feature_names]
+        self._is_weighted = is_weighted
+        self.ram = EmbeddingBagCollection(ram, is_weighted=is_weighted) if ram else None
+        self.embedding_bags = ModuleDict({
+            config.name: DiskEmbeddingBag(
+                config.num_embeddings,
+                config.embedding_dim,
+                mode=config.pooling.value,
+                include_last_offset=True,
+                padding_idx=config.padding_idx,
+                storage=config.storage,
+                init=config.init,
+                init_std=config.init_std,
+                init_bound=config.init_bound,
+                dtype=config.dtype,
+            )
+            for config in disk
+        })
+        self._register_state_dict_hook(_flatten_ram_keys)
+        self._register_load_state_dict_pre_hook(_nest_ram_keys, with_module=True)
+
+    def forward(self, features: KeyedJagged) -> PooledEmbeddings:
+        """Pool every feature of ``features`` (see :class:`embtable.EmbeddingBagCollection`)."""
+        api = type(self).__name__
+        pooled = self.ram(features) if self.ram is not None else None
+        tensors = []
+        for config in self.tables:
+            for feature in config.feature_names:
+                if config.storage is None:
+                    tensors.append(pooled[feature])
+                    continue
+                if feature not in features:
+                    raise KeyError(f"{api}: the batch has no feature {feature!r} (table {config.name!r})")
+                part = features[feature]
+                weights = None
+                if self._is_weighted and config.pooling is PoolingMode.SUM:
+                    if part.weights is None:
+                        raise ValueError(f"{api}: is_weighted=True needs per-value weights in the batch")
+                    weights = part.weights.to(config.dtype)
+                tensors.append(self.embedding_bags[config.name](part.values, part.offsets, weights))
+        return PooledEmbeddings(self.feature_names, tensors)
+
+    def _disk_tables(self) -> list[DiskEmbeddingBag]:
+        return list(self.embedding_bags.values())  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        """:meth:`DiskEmbeddingBag.flush` every disk table."""
+        for table in self._disk_tables():
+            table.flush()
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> dict[str, str]:
+        """Checkpoint every disk table to ``path/<table>`` (``path`` is created); the RAM
+        tables go through ``state_dict`` as usual.  Returns ``{table: its checkpoint}``."""
+        os.makedirs(path, exist_ok=True)
+        return {name: table.checkpoint(os.path.join(path, name)) for name, table in self.embedding_bags.items()}
+
+    def close(self) -> None:
+        """:meth:`DiskEmbeddingBag.close` every disk table."""
+        for table in self._disk_tables():
+            table.close()
+
+    def extra_repr(self) -> str:
+        return f"{len(self.tables)} tables, {len(self.embedding_bags)} on disk"
+
+
+def _flatten_ram_keys(module: Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``ram.embedding_bags.<t>.weight`` -> ``embedding_bags.<t>.weight``, tables in config order."""
+    tables = {}
+    for config in module.tables:
+        for place in ("ram.embedding_bags.", "embedding_bags."):
+            key = f"{prefix}{place}{config.name}.weight"
+            if key in state_dict:
+                tables[f"{prefix}embedding_bags.{config.name}.weight"] = state_dict.pop(key)
+    state_dict.update(tables)
+
+
+def _nest_ram_keys(module: Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    if module.ram is None:
+        return
+    for config in module.ram.tables:
+        key = f"{prefix}embedding_bags.{config.name}.weight"
+        if key in state_dict:
+            state_dict[f"{prefix}ram.embedding_bags.{config.name}.weight"] = state_dict.pop(key)
