@@ -246,3 +246,28 @@ def test_export_returns_pooled_embeddings():
     got = exported.module()(values, lengths)
     assert isinstance(got, PooledEmbeddings)
     torch.testing.assert_close(got.values(), Wrapper()(values, lengths).values())
+
+
+def test_embedding_collection_matches_torchrec_and_takes_a_batch_size_per_feature():
+    from embtable import EmbeddingCollection
+
+    torch.manual_seed(5)
+    configs = [torchrec.EmbeddingConfig(name="w", num_embeddings=12, embedding_dim=3,
+                                        feature_names=["q", "t"])]
+    theirs = torchrec.EmbeddingCollection(tables=configs)
+    ours = EmbeddingCollection([TableConfig(name="w", num_embeddings=12, embedding_dim=3,
+                                            feature_names=["q", "t"], pooling="none")])
+    ours.load_state_dict(theirs.state_dict())
+    kjt = KeyedJagged.from_dict({"q": [[1, 2], [11]], "t": [[], [4, 4, 0]]}).to_torchrec()
+    want = theirs(kjt)
+    got = ours(kjt)  # a KeyedJaggedTensor is accepted
+    for feature in ("q", "t"):
+        torch.testing.assert_close(got[feature].values, want[feature].values())
+        assert got[feature].lengths.tolist() == want[feature].lengths().tolist()
+    ragged = KeyedJagged(["q", "t"], torch.tensor([3, 5, 6, 7]), torch.tensor([2, 0, 1, 1]),
+                         stride_per_key=[1, 3])
+    rows = ours(ragged)
+    table = ours.table_weight("w").detach()
+    assert rows["q"].lengths.tolist() == [2] and rows["t"].lengths.tolist() == [0, 1, 1]
+    torch.testing.assert_close(rows["t"].values, table[torch.tensor([6, 7])])
+    torch.testing.assert_close(rows["q"].values, table[torch.tensor([3, 5])])
