@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embtable.vectors._atomic import atomic_write
 from embtable.vectors._errors import BadLines, check_errors
 from embtable.vectors._progress import progress_bar
 from embtable.vectors._textparse import read_text_vectors
@@ -203,6 +204,30 @@ def _read_binary(path, limit, codec, errors, progress, api):
     return tokens, out
 
 
+def check_tokens_writable(tokens: Sequence[str], encoding: str, path: str) -> None:
+    """``ValueError`` for a token a whitespace-separated vector file cannot hold.
+
+    A token must be a non-empty string without whitespace or control characters (a reader
+    splits lines on them) that ``encoding`` can encode.
+    """
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise ValueError(f"save: {path}: token {i} is {token!r}, not a string")
+        if not (token.isprintable() and token.split() == [token]):
+            raise ValueError(
+                f"save: {path}: token {i} ({token!r}) is empty or holds whitespace or a "
+                "control character, which the file could not hold (readers split on them); "
+                "rename it first"
+            )
+        try:
+            token.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"save: {path}: token {i} ({token!r}) cannot be encoded as {encoding} "
+                f"({exc.reason}); pass another encoding="
+            ) from None
+
+
 def write_word2vec(
     path: str | os.PathLike,
     tokens: Sequence[str],
@@ -217,11 +242,17 @@ def write_word2vec(
 
     Text values are written with ``precision`` significant digits (``None``: 9, which
     reads back to the same float32).  Binary files are written as gensim writes them
-    (no newline after each vector).
+    (no newline after each vector).  The write is atomic (``_atomic.atomic_write``): a
+    failed or killed save leaves the previous file as it was.
+
+    Raises:
+        ValueError: a token that could not be read back (empty, or holding whitespace or
+            a control character) or that ``encoding`` cannot encode; nothing is written.
     """
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     n, dim = matrix.shape
-    with open(path, "wb") as fout:
+    check_tokens_writable(tokens, encoding, os.fspath(path))
+    with atomic_write(path) as fout:
         if header:
             fout.write(f"{n} {dim}\n".encode())
         if binary:

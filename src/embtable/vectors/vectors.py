@@ -35,6 +35,20 @@ __all__ = ["Vectors"]
 Key = str | tuple[str, float] | Tensor | np.ndarray
 
 
+def _check_tokens(tokens: list[str]) -> None:
+    """``TypeError`` for a token that is not a string, ``ValueError`` for a repeated one."""
+    bad = next((i for i, t in enumerate(tokens) if type(t) is not str), None)
+    if bad is not None:
+        raise TypeError(f"Vectors: tokens must be strings, got {tokens[bad]!r:.80} at row {bad}")
+    if len(set(tokens)) != len(tokens):
+        seen: set[str] = set()
+        duplicate = next(t for t in tokens if t in seen or seen.add(t))
+        raise ValueError(
+            f"Vectors: token {duplicate!r} appears more than once; tokens must be distinct "
+            "(one row per token)"
+        )
+
+
 def _load_dtype(dtype: Any, api: str) -> torch.dtype:
     """``dtype=`` of a loader as a torch dtype: float16, float32 or float64 (torch, NumPy or
     a name)."""
@@ -68,8 +82,9 @@ class Vectors(GensimCalls):
         counts: optional token frequencies (ignored when ``vocab`` is a ``Vocab``).
 
     Raises:
-        TypeError: ``table`` is neither an ``Embedding`` nor a tensor.
-        ValueError: the table is not 2-D or its row count differs from the vocabulary size.
+        TypeError: ``table`` is neither an ``Embedding`` nor a tensor; a token is not a string.
+        ValueError: the table is not 2-D or its row count differs from the vocabulary size;
+            a token appears twice.
     """
 
     def __init__(
@@ -88,7 +103,10 @@ class Vectors(GensimCalls):
         weight = table.weight if isinstance(table, Embedding) else table
         if weight.dim() != 2:
             raise ValueError(f"Vectors: table must be 2-D, got shape {tuple(weight.shape)}")
+        if isinstance(vocab, (str, bytes)):
+            raise TypeError(f"Vectors: vocab must be a list of tokens, got the string {vocab!r:.80}")
         vocab = vocab if isinstance(vocab, Vocab) else Vocab(vocab, counts)
+        _check_tokens(vocab.tokens)
         if len(vocab) != weight.shape[0]:
             raise ValueError(
                 f"Vectors: the vocabulary has {len(vocab)} tokens but the table has "
