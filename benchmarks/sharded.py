@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -82,8 +81,14 @@ def local_slice(kjt: KeyedJagged, rank: int, world: int) -> KeyedJagged:
     return KeyedJagged(keys, torch.cat(values), torch.cat(lengths))
 
 
-def rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_rss() -> int:
+    """This process's resident high-water mark (VmHWM; ru_maxrss would include the parent's
+    peak before the spawn's exec)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def current_rss() -> int:
@@ -178,7 +183,7 @@ def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, o
         update_ms=statistics.median(updates) * 1e3,
         bytes_sent=statistics.median(sent),
         bytes_min=statistics.median(minimum_bytes(sharded, b) for b in batches),
-        peak_growth=max(rss_bytes() - base_rss, current_rss() - base_rss),
+        peak_growth=peak_rss() - base_rss,
     )
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, result)
@@ -227,6 +232,59 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- scaling model (docs/distributed.md)
+
+
+def model_bytes_per_step(kind: str, world: int, batch: int, ids_per_bag: float, dim: int) -> float:
+    """Bytes one rank sends per step for one feature of one table (docs/distributed.md, formulas):
+    int64 ids (8 bytes), float32 pooled rows and gradients (4 bytes per value), ``batch`` bags
+    per rank of ``ids_per_bag`` ids, the ids' owners uniform over the rows."""
+    w, b, L, d = world, batch, ids_per_bag, dim
+    if kind == "row_wise":
+        return 8 * b * L * (w - 1) / w + 2 * 4 * b * d * (w - 1)
+    if kind == "table_wise":  # the owner's load: every other rank's rows out, its gradients in
+        return 4 * b * d * (w - 1)
+    if kind == "column_wise":
+        return 8 * b * L * (w - 1) + 2 * 4 * b * d * (w - 1) / w
+    if kind == "data_parallel":
+        return 8 * b * L * (w - 1) + 4 * b * d * (w - 1)
+    raise ValueError(kind)
+
+
+def model_memory_per_rank(kind: str, world: int, rows: float, dim: int, state_per_row: float) -> float:
+    """Bytes of table + optimizer state one rank holds (row-wise Adagrad: one float per row)."""
+    if kind == "row_wise":
+        return rows / world * (4 * dim + state_per_row)
+    if kind == "column_wise":
+        return rows * (4 * dim / min(world, dim) + state_per_row) if world <= dim else float("nan")
+    return rows * (4 * dim + state_per_row)  # table-wise owner, data-parallel replica
+
+
+def scaling_plot(path: str) -> None:
+    """The scaling model's two panels for a 1e9 x 64 table, 8..1024 ranks (written to ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = [8, 16, 32, 64, 128, 256, 512, 1024]
+    kinds = ["row_wise", "table_wise", "column_wise", "data_parallel"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for kind in kinds:
+        left.plot(worlds, [model_bytes_per_step(kind, w, 512, 10, 64) / 2**20 for w in worlds], marker="o", label=kind)
+        right.plot(worlds, [model_memory_per_rank(kind, w, 1e9, 64, 4) / 2**30 for w in worlds], marker="o", label=kind)
+    left.set(xscale="log", yscale="log", xlabel="ranks", ylabel="MiB sent per step per rank",
+             title="1 feature, 512 bags/rank, 10 ids/bag, D=64")
+    right.set(xscale="log", yscale="log", xlabel="ranks", ylabel="GiB per rank (weights + row-wise Adagrad)",
+              title="1e9 x 64 table")
+    right.axhline(128, color="gray", linestyle=":", label="128 GiB host")
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows-max", type=int, default=1_000_000)
@@ -235,28 +293,33 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--world", type=int, default=2, help="processes of the sharded contender")
+    parser.add_argument("--scaling-plot", metavar="PNG", help="only write the scaling model's plot")
     args = parser.parse_args()
+    if args.scaling_plot:
+        scaling_plot(args.scaling_plot)
+        return
     if args.quick:
         args.rows_max, args.batch, args.steps, args.warmup, args.rounds = 10_000, 512, 3, 1, 1
     singles, shardeds = [], []
     for _ in range(args.rounds):
         singles.append(run_single(args))
-        shardeds.append(run_sharded(args, 2))
+        shardeds.append(run_sharded(args, args.world))
     print(shardeds[0][0]["plan"])
     one = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
     print(f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
           f"{args.rounds} rounds x {args.steps} steps (medians)")
-    header = ("contender", "wall ms", "samples/s", "lookup ms", "exchange ms", "update ms", "sent MB/step",
+    header = ("contender", "wall ms", "CPU ms", "samples/s", "lookup ms", "exchange ms", "update ms", "sent MB/step",
               "min MB/step", "sent/min", "peak MB", "shards MB", "peak/shards")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    print(f"| 1 process | {one['wall_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
+    print(f"| 1 process | {one['wall_ms']:.1f} | {one['cpu_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
           f"{one['update_ms']:.1f} | - | - | - | - | - | - |")
-    for rank in range(2):
+    for rank in range(args.world):
         rows = [s[rank] for s in shardeds]
-        med = {k: statistics.median(r[k] for r in rows) for k in ("wall_ms", "lookup_ms", "exchange_ms", "update_ms",
+        med = {k: statistics.median(r[k] for r in rows) for k in ("wall_ms", "cpu_ms", "lookup_ms", "exchange_ms", "update_ms",
                                                                     "bytes_sent", "bytes_min", "peak_growth", "shard_bytes")}
-        print(f"| 2 processes, rank {rank} | {med['wall_ms']:.1f} | {args.batch / med['wall_ms'] * 1e3:,.0f} | "
+        print(f"| {args.world} processes, rank {rank} | {med['wall_ms']:.1f} | {med['cpu_ms']:.1f} | {args.batch / med['wall_ms'] * 1e3:,.0f} | "
               f"{med['lookup_ms']:.1f} | {med['exchange_ms']:.1f} | {med['update_ms']:.1f} | "
               f"{med['bytes_sent'] / 1e6:.2f} | {med['bytes_min'] / 1e6:.2f} | {med['bytes_sent'] / med['bytes_min']:.3f} | "
               f"{med['peak_growth'] / 1e6:.0f} | {med['shard_bytes'] / 1e6:.0f} | "
