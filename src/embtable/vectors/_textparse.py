@@ -21,6 +21,9 @@ from embtable.vectors._progress import progress_bar
 __all__ = ["read_text_vectors"]
 
 _BLOCK = 1 << 18
+#: Header claims up to this many floats are allocated as claimed; larger ones only as far as
+#: the file's size allows (a lying header must not cost a huge allocation or a MemoryError).
+_TRUSTED_FLOATS = 1 << 24
 
 
 def _read_header(fin, bad: BadLines) -> tuple[int, int]:
@@ -95,6 +98,10 @@ def read_text_vectors(
             count, dim = _scan(path, bad)
             line_no = 0
         capacity = count if limit is None else min(count, limit)
+        claimed = capacity
+        if header and capacity * dim > _TRUSTED_FLOATS:  # a big claim: a row takes at least
+            # 2 * dim + 2 bytes, so allocate no more rows than the file can hold
+            capacity = min(capacity, (os.path.getsize(path) - fin.tell() + 1) // (2 * dim + 2))
         out = np.empty((capacity, dim), dtype=np.float32)
         tokens: list[str] = []
         seen: set[str] = set()  # a set, not a dict: no int object per token
@@ -134,15 +141,15 @@ def read_text_vectors(
             out[start : len(tokens)] = rows
             done = done or len(tokens) == capacity
         bar.close()
-        if header and (limit is None or limit > count):
+        if header and (limit is None or limit > count) and len(tokens) == claimed:
             extra += _count_rows(fin, carry)
-            if extra:
+            if extra:  # (only when every announced row was read: else it is an error below)
                 warnings.warn(
                     f"{api}: {path}: the header announces {count} rows but the file has "
                     f"{count + extra}; read the first {count}, as gensim does",
                     stacklevel=4,
                 )
-    if header and len(tokens) < capacity:
+    if header and len(tokens) < claimed:
         text = (
             f"the header announces {count} rows but the file has {len(tokens)} good ones; "
             "fix the header count or the truncated file"
@@ -242,9 +249,10 @@ def _parse_block(
             keep[row] = False
             continue
         where = line_no + good_lines[row] + 1
-        if token in seen:
-            first = row_line[tokens.index(token)]
-            bad.report(f"line {where}", f"duplicate token {token!r} (first on line {first})")
+        if token in seen:  # (the first line is looked up only to raise: O(1) per skip)
+            strict = bad.errors == "strict"
+            first = f"first on line {row_line[tokens.index(token)]}" if strict else "the first is kept"
+            bad.report(f"line {where}", f"duplicate token {token!r} ({first})")
             keep[row] = False
             continue
         seen.add(token)

@@ -56,19 +56,38 @@ def _read_weights(file: Path, tensor_name: str | None) -> Tensor:
                 "Vectors.load_hf: reading model.safetensors needs the safetensors package; "
                 "pip install safetensors"
             ) from None
-        with safe_open(str(file), framework="pt") as f:
-            names = list(f.keys())
-            name = tensor_name or find_embedding_name(names, str(file))
-            if name not in names:
-                raise KeyError(f"Vectors.load_hf: no tensor {name!r} in {file}")
-            return f.get_tensor(name)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names = list(f.keys())
+                name = tensor_name or find_embedding_name(names, str(file))
+                if name not in names:
+                    raise KeyError(f"Vectors.load_hf: no tensor {name!r} in {file}")
+                return f.get_tensor(name)
+        except KeyError:
+            raise
+        except Exception as error:  # safetensors' own errors (SafetensorError, OSError, ...)
+            raise ValueError(
+                f"Vectors.load_hf: {file} is not a readable safetensors file "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
     try:  # zip checkpoints (torch >= 1.6) are memory-mapped; legacy ones are read whole
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    name = tensor_name or find_embedding_name(list(state), str(file))
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling, zip, EOF, recursion: all mean a bad checkpoint
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"Vectors.load_hf: {file} is not a readable PyTorch checkpoint (expected a "
+            f"state dict of tensors; {type(error).__name__}: {first[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"Vectors.load_hf: {file} holds a {type(state).__name__}, expected a state dict")
+    name = tensor_name or find_embedding_name([k for k in state if isinstance(k, str)], str(file))
     if name not in state:
         raise KeyError(f"Vectors.load_hf: no tensor {name!r} in {file}")
+    if not isinstance(state[name], Tensor):
+        raise ValueError(f"Vectors.load_hf: {name!r} in {file} is a {type(state[name]).__name__}, not a tensor")
     return state[name]
 
 
@@ -76,29 +95,83 @@ def read_hf_vocab(file: Path) -> list[str]:
     """Tokens by id from ``vocab.txt`` or ``tokenizer.json``.
 
     Raises:
-        ValueError: ids with gaps or duplicates.
+        ValueError: a file that is not UTF-8 (or not JSON), a repeated token, ids that are
+            not non-negative integers, repeated ids or ids with gaps; the message names the
+            file.
     """
-    if file.name.endswith(".txt"):
+    where = f"Vectors.load_hf: {file}"
+    try:
         text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where} is not UTF-8 ({error.reason} at byte {error.start})") from None
+    if file.name.endswith(".txt"):
         tokens = text.split("\n")
         if tokens and tokens[-1] == "":
             tokens.pop()
-        return [t.rstrip("\r") for t in tokens]
-    spec = json.loads(file.read_text(encoding="utf-8"))
-    vocab = spec.get("model", {}).get("vocab")
+        tokens = [t.rstrip("\r") for t in tokens]
+        _check_distinct(tokens, where, lambda i: f"line {i + 1}")
+        return tokens
+    try:
+        spec = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{where} is not valid JSON ({str(error)[:200]})") from None
+    model = spec.get("model") if isinstance(spec, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    by_id: dict[int, str] = {}
     if isinstance(vocab, list):  # Unigram: [[token, score], ...]
-        by_id = {i: entry[0] for i, entry in enumerate(vocab)}
+        for i, entry in enumerate(vocab):
+            if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
+                raise ValueError(f"{where}: model.vocab[{i}] must be [token, score], got {entry!r:.80}")
+            by_id[i] = entry[0]
     elif isinstance(vocab, dict):  # WordPiece / BPE: {token: id}
-        by_id = {i: t for t, i in vocab.items()}
+        for token, i in vocab.items():
+            _add_id(by_id, i, token, where, "model.vocab")
     else:
-        raise ValueError(f"Vectors.load_hf: {file} has no model.vocab")
-    for added in spec.get("added_tokens", []):
-        by_id.setdefault(added["id"], added["content"])
+        raise ValueError(f"{where} has no model.vocab")
+    added_tokens = spec.get("added_tokens", [])
+    if not isinstance(added_tokens, list):
+        raise ValueError(f"{where}: added_tokens must be a list")
+    for added in added_tokens:
+        if not isinstance(added, dict) or not isinstance(added.get("content"), str):
+            raise ValueError(f"{where}: an added token must be {{'id': ..., 'content': ...}}, got {added!r:.80}")
+        i = added.get("id")
+        if by_id.get(i) == added["content"]:
+            continue  # the usual case: an added token that is also in model.vocab
+        _add_id(by_id, i, added["content"], where, "added_tokens")
     size = max(by_id) + 1 if by_id else 0
-    missing = [i for i in range(size) if i not in by_id]
-    if missing:
-        raise ValueError(f"Vectors.load_hf: {file} has no token for ids {missing[:5]}")
-    return [by_id[i] for i in range(size)]
+    if size != len(by_id):  # (without walking every id up to a huge one)
+        present = sorted(by_id)
+        missing = [i for i, j in zip(range(size), present) if i != j][:1] or [len(present)]
+        raise ValueError(
+            f"{where}: ids run up to {size - 1} but only {len(by_id)} are defined (no token "
+            f"for id {missing[0]}, ...); ids must be 0 .. n - 1 without gaps"
+        )
+    tokens = [by_id[i] for i in range(size)]
+    _check_distinct(tokens, where, lambda i: f"id {i}")
+    return tokens
+
+
+def _add_id(by_id: dict[int, str], i: object, token: object, where: str, part: str) -> None:
+    if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+        raise ValueError(f"{where}: {part}: token {token!r:.80} has id {i!r:.40}; ids are integers >= 0")
+    if not isinstance(token, str):
+        raise ValueError(f"{where}: {part}: id {i} has token {token!r:.80}, not a string")
+    if i in by_id:
+        raise ValueError(f"{where}: {part}: id {i} is given to both {by_id[i]!r:.80} and {token!r:.80}")
+    by_id[i] = token
+
+
+def _check_distinct(tokens: list[str], where: str, position) -> None:
+    if len(set(tokens)) == len(tokens):
+        return
+    first: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if token in first:
+            raise ValueError(
+                f"{where}: token {token!r:.80} appears twice ({position(first[token])} and "
+                f"{position(i)}); a vocabulary maps each token to one row"
+            )
+        first[token] = i
 
 
 def read_hf(path: str | os.PathLike, tensor_name: str | None = None) -> tuple[list[str], Tensor]:

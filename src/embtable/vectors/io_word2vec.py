@@ -130,6 +130,9 @@ def _read_binary(path, limit, codec, errors, progress, api):
         except ValueError:
             bad.fail("line 1", f"expected a header 'count dim', got {line[:80]!r}")
         capacity = count if limit is None else min(count, limit)
+        claimed = capacity  # a big claim: allocate no more than the file can hold
+        if capacity * dim > 1 << 24:  # (a space + dim floats a record)
+            capacity = min(capacity, (os.path.getsize(path) - len(line)) // (4 * dim + 1))
         out = np.empty((capacity, dim), dtype=np.float32)
         width = 4 * dim
         tokens: list[str] = []
@@ -184,7 +187,7 @@ def _read_binary(path, limit, codec, errors, progress, api):
                 out[len(tokens) - len(starts) : len(tokens)] = rows.view(np.float32)
             offset += pos
             data = data[pos:]
-        if record == capacity and (limit is None or limit > count):
+        if record == claimed and (limit is None or limit > count):
             extra = _count_records(fin, data, width)
             if extra:
                 warnings.warn(
@@ -193,7 +196,7 @@ def _read_binary(path, limit, codec, errors, progress, api):
                     stacklevel=4,
                 )
         bar.close()
-    if record < capacity:
+    if record < claimed:
         bad.fail(
             f"vector {record + 1} (byte {offset})",
             f"the header announces {count} vectors of {dim} float32 but the file ends after "
