@@ -237,3 +237,11 @@ def test_errors_name_the_value(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(batch)
     assert batch.keys() == ["a", "b"] and batch.values().tolist() == [1, 2, 3, 4]  # unchanged
+
+
+def test_permute_takes_tensor_and_numpy_indices():
+    np = pytest.importorskip("numpy")
+    batch = KeyedJagged.from_dict({"a": [[1]], "b": [[2, 3]]})
+    kjt = batch.to_torchrec()
+    assert batch.permute(torch.tensor([1, 0])).keys() == kjt.permute([1, 0]).keys()
+    assert batch.permute(np.array([1, 1])).values().tolist() == [2, 3, 2, 3]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -411,10 +412,11 @@ class KeyedJagged:
             >>> moved.keys(), moved.values(), moved.lengths()
             (['b', 'a', 'b'], tensor([4, 1, 2, 3, 4]), tensor([1, 0, 1, 2, 1, 0]))
         """
-        indices = list(indices)
-        for index in indices:
-            if isinstance(index, bool) or not isinstance(index, int):
+        indices = indices.tolist() if isinstance(indices, Tensor) else list(indices)
+        for position, index in enumerate(indices):
+            if isinstance(index, bool) or not hasattr(index, "__index__"):
                 raise TypeError(f"KeyedJagged.permute: indices must be ints, got {index!r}")
+            index = indices[position] = operator.index(index)
             if not 0 <= index < len(self._keys):
                 raise IndexError(
                     f"KeyedJagged.permute: index {index} is outside the {len(self._keys)} keys "
