@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter, init
 
 from embtable import functional, ops
+from embtable.errors import EmbeddingValueError
 from embtable.ops._memory import empty_table
 
 __all__ = ["Embedding", "check_table_shape"]
@@ -30,10 +31,16 @@ torch.fx.wrap("_lookup")
 
 
 def check_table_shape(num_embeddings: int, embedding_dim: int, api: str) -> None:
-    """Raise ``ValueError`` unless both sizes are non-negative ints."""
+    """Raise ``ValueError`` unless both sizes are non-negative ints.
+
+    A negative size raises :class:`~embtable.errors.EmbeddingValueError` (also a
+    ``RuntimeError``, as torch's constructor raises).
+    """
     for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{api}: {name} must be a non-negative int, got {value!r}")
+        if value < 0:
+            raise EmbeddingValueError(f"{api}: {name} must be a non-negative int, got {value!r}")
 
 
 def check_pretrained(embeddings: Tensor, api: str) -> tuple[int, int]:

@@ -190,7 +190,9 @@ def _csr_rows_sum(crow: Tensor, col: Tensor, values: Tensor, table: Tensor) -> T
         return torch.sparse.mm(matrix, table)
 
 
-def _sum_bags(weight: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: Tensor | None) -> Tensor:
+def _sum_bags(
+    weight: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, padded: bool = False
+) -> Tensor:
     num_bags, dim = offsets.numel() - 1, weight.shape[1]
     if ids.numel() == 0 or dim == 0:
         return weight.new_zeros((num_bags, dim))
@@ -204,7 +206,17 @@ def _sum_bags(weight: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: 
         rows = rows * per_sample_weights.to(math_dtype).unsqueeze(1)
     out = torch.zeros((num_bags, dim), dtype=math_dtype, device=weight.device)
     out.index_add_(0, bag_of_ids(offsets, ids.numel()), rows)
+    if weight.dtype == torch.bfloat16 and per_sample_weights is None and not padded:
+        return _bfloat16_half_away(out)  # torch 2.13's CPU kernel rounds this sum half away
     return out.to(weight.dtype)
+
+
+def _bfloat16_half_away(values: Tensor) -> Tensor:
+    """float32 -> bfloat16 rounding ties away from zero (FBGEMM's conversion, which torch's CPU
+    ``embedding_bag`` uses for unweighted bfloat16 sums), not ``.to()``'s ties-to-even."""
+    bits = values.contiguous().view(torch.int32)
+    rounded = ((bits + 0x8000) & ~0xFFFF).view(torch.float32)
+    return torch.where(torch.isnan(values), values, rounded).to(torch.bfloat16)
 
 
 def _max_bags(weight: Tensor, ids: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
@@ -268,7 +280,7 @@ def pool_bags(
     ids, offsets, per_sample_weights = _drop_padding(ids, offsets, per_sample_weights, padding_idx)
     if pooling == POOL_MAX:
         return _max_bags(weight, ids, offsets)
-    out = _sum_bags(weight, ids, offsets, per_sample_weights)
+    out = _sum_bags(weight, ids, offsets, per_sample_weights, padding_idx >= 0)
     if pooling == POOL_MEAN:
         out.div_(offsets.diff().clamp(min=1).to(out.dtype).unsqueeze(1))
     return out, ids.new_empty(0)
