@@ -245,3 +245,15 @@ def test_permute_takes_tensor_and_numpy_indices():
     kjt = batch.to_torchrec()
     assert batch.permute(torch.tensor([1, 0])).keys() == kjt.permute([1, 0]).keys()
     assert batch.permute(np.array([1, 1])).values().tolist() == [2, 3, 2, 3]
+
+
+def test_torchrec_constructor_names_and_accessors():
+    keys, values, lengths = ["a", "b"], torch.tensor([1, 2, 3]), torch.tensor([1, 0, 2, 0])
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths, weights=weights)
+    assert_same(KeyedJagged.from_lengths_sync(keys, values, lengths, weights), kjt)
+    offsets = torch.tensor([0, 1, 1, 3, 3])
+    kjt = KeyedJaggedTensor.from_offsets_sync(keys=keys, values=values, offsets=offsets)
+    batch = KeyedJagged.from_offsets_sync(keys, values, offsets)
+    assert_same(batch, kjt)
+    assert batch.weights_or_none() is None and batch.index_per_key() == kjt._key_indices()

@@ -234,6 +234,30 @@ class KeyedJagged:
         """``[F * B + 1]`` int64 start of each cell in :meth:`values`, then ``N`` (cached)."""
         return self._offsets
 
+    def weights_or_none(self) -> Tensor | None:
+        """TorchRec's name for :meth:`weights` (which here returns ``None`` too, not raising)."""
+        return self._weights
+
+    def index_per_key(self) -> dict[str, int]:
+        """``{key: position}`` (TorchRec's ``index_per_key``; a repeated key maps to its last)."""
+        return dict(self._index_of)
+
+    @classmethod
+    def from_lengths_sync(
+        cls, keys: Sequence[str], values: Tensor, lengths: Tensor, weights: Tensor | None = None,
+        stride: int | None = None,
+    ) -> KeyedJagged:
+        """TorchRec's constructor of the same name: ``KeyedJagged(keys, values, lengths, ...)``."""
+        return cls(keys, values, lengths, weights=weights, stride=stride)
+
+    @classmethod
+    def from_offsets_sync(
+        cls, keys: Sequence[str], values: Tensor, offsets: Tensor, weights: Tensor | None = None,
+        stride: int | None = None,
+    ) -> KeyedJagged:
+        """TorchRec's constructor of the same name: ``KeyedJagged(keys, values, offsets=...)``."""
+        return cls(keys, values, offsets=offsets, weights=weights, stride=stride)
+
     @cached_property
     def _offsets(self) -> Tensor:
         return _complete_cumsum(self._lengths)
