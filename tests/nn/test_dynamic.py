@@ -176,3 +176,13 @@ def test_config_object_and_repr():
     table = DynamicEmbeddingBag(5, 3, mode="sum", config=DynamicConfig(policy="ttl", ttl=2))
     assert repr(table) == "DynamicEmbeddingBag(capacity=5, 3, policy='ttl', ttl=2, mode='sum')"
     assert table.weight.shape == (6, 3)
+
+
+def test_init_rows_compiled_matches_reference_bit_for_bit():
+    from embtable.nn.dynamic import init_rows_reference
+
+    ids = torch.cat([torch.randint(-(2**63), 2**63 - 1, (200,)), torch.arange(-3, 3)])
+    torch.testing.assert_close(init_rows(ids, 33, seed=5, std=0.3), init_rows_reference(ids, 33, seed=5, std=0.3),
+                               rtol=0, atol=0)
+    rows = init_rows_reference(torch.arange(4000), 64)
+    assert abs(float(rows.mean())) < 0.01 and abs(float(rows.std()) - 1) < 0.01

@@ -279,3 +279,4 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.embtable.slot_table_build.default, (torch.tensor([5, 9]), torch.tensor([0, 1]), 8)
     )
+    torch.library.opcheck(torch.ops.embtable.slot_init_rows.default, (ids, 4, 3, 0.5))

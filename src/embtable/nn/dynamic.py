@@ -47,9 +47,9 @@ from embtable.functional import FUSED_ATTR
 from embtable.nn.bag import EmbeddingBag
 from embtable.nn.embedding import Embedding
 from embtable.nn.hashed import GOLDEN, mix64
-from embtable.storage.slots import SlotMap
+from embtable.storage.slots import SlotMap, _compiled_available
 
-__all__ = ["DynamicEmbedding", "DynamicEmbeddingBag", "DynamicRows", "init_rows"]
+__all__ = ["DynamicEmbedding", "DynamicEmbeddingBag", "DynamicRows", "init_rows", "init_rows_reference"]
 
 _DEFAULT_KEY = 0x5DEECE66D  # salt of the default row's initialization
 
@@ -57,10 +57,13 @@ _DEFAULT_KEY = 0x5DEECE66D  # salt of the default row's initialization
 def init_rows(
     ids: Tensor, dim: int, *, seed: int = 0, std: float = 1.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Rows ``N(0, std**2)`` that depend only on ``(seed, id, column)``: ``[len(ids), dim]``.
+    """Rows ~``N(0, std**2)`` that depend only on ``(seed, id, column)``: ``[len(ids), dim]``.
 
-    Two uniform numbers per entry from splitmix64 hashes, then Box-Muller.  The same id
-    gets the same row whenever, wherever and in whatever order it is admitted.
+    One splitmix64 hash per entry; its four 16-bit quarters are summed (Irwin-Hall: a
+    bell-shaped sum, bounded at +-sqrt(12) std), centred and scaled to variance ``std**2``.
+    The same id gets the same row whenever, wherever and in whatever order it is admitted.
+    Compiled (``embtable::slot_init_rows``) on CPU; :func:`init_rows_reference` is its twin
+    (bit-identical).
 
     Example:
         >>> import torch
@@ -70,15 +73,22 @@ def init_rows(
         (torch.Size([2, 3]), True)
     """
     ids = ids.reshape(-1).to(torch.int64)
+    if ids.device.type == "cpu" and _compiled_available():
+        return torch.ops.embtable.slot_init_rows(ids, dim, seed, float(std)).to(dtype)
+    return init_rows_reference(ids, dim, seed=seed, std=std, dtype=dtype)
+
+
+def init_rows_reference(
+    ids: Tensor, dim: int, *, seed: int = 0, std: float = 1.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The pure-PyTorch twin of :func:`init_rows` (the compiled kernel's oracle)."""
+    ids = ids.reshape(-1).to(torch.int64)
     cols = torch.arange(dim, dtype=torch.int64, device=ids.device)
     key = mix64(ids ^ mix64(torch.tensor(seed, dtype=torch.int64)))
-    z1 = mix64(key.unsqueeze(1) + (cols.unsqueeze(0) + 1) * GOLDEN)
-    z2 = mix64(z1)
-    scale = 1.0 / (1 << 53)
-    u1 = ((z1 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
-    u2 = ((z2 >> 11) & ((1 << 53) - 1)).to(torch.float64) * scale
-    normal = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)
-    return (normal * std).to(dtype)
+    z = mix64(key.unsqueeze(1) + (cols.unsqueeze(0) + 1) * GOLDEN)
+    total = (z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + ((z >> 48) & 0xFFFF)
+    centred = (total + 2).to(torch.float64) * (1.0 / 65536.0) - 2.0
+    return (centred * math.sqrt(3.0) * std).to(dtype)
 
 
 def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
@@ -173,7 +183,7 @@ class DynamicRows:
             result = self.slot_map.lookup(ids)
             slots = result.slots
             rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
-            if result.evicted_ids.numel():
+            if result.evicted_ids.numel() and (self.on_evict is not None or self.keep_evicted):
                 old = rows[result.evicted_slots.to(rows.device)].clone()
                 if self.on_evict is not None:
                     self.on_evict(result.evicted_ids, old)

@@ -101,6 +101,10 @@ def _register_fakes() -> None:
     def _slot_find_fake(ids, index):
         return ids.new_empty((ids.numel(),))
 
+    @torch.library.register_fake("embtable::slot_init_rows")
+    def _slot_init_rows_fake(ids, dim, seed, std):
+        return ids.new_empty((ids.numel(), dim), dtype=torch.float32)
+
     @torch.library.register_fake("embtable::slot_table_build")
     def _slot_table_build_fake(keys, values, size):
         return keys.new_empty((size, 2), dtype=torch.int64)

@@ -8,6 +8,7 @@
 //   slot_lookup(ids, state[], config[]) -> (slots, new_ids, new_slots, evicted_ids, evicted_slots)
 //   slot_find(ids, index) -> slots                       (read-only, -1 where absent)
 //   slot_table_build(keys, values, size) -> table        (a [size, 2] (key, value) table)
+//   slot_init_rows(ids, dim, seed, std) -> rows           (float32 rows from (seed, id))
 //
 // Tables: `size` (a power of two) rows of (key, value) int64 pairs, linear probing, value -1
 // marks an empty row, deletion by backward shift (no tombstones).  The map's index holds
@@ -52,6 +53,13 @@ enum StateIndex : int64_t {
 enum SlotField : int64_t { fId = 0, fFreq, fLastCall, fLastStep, fPrev, fNext, fSeq, fFlags, kFields };
 constexpr int64_t kLive = 1;
 constexpr int64_t kRef = 2;
+
+// splitmix64's finalizer without the increment (embtable.nn.hashed.mix64).
+inline uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
 
 inline uint64_t splitmix64(uint64_t x) {
   uint64_t z = x + 0x9E3779B97F4A7C15ULL;
@@ -557,6 +565,34 @@ at::Tensor slot_table_build_cpu(const at::Tensor& keys_in, const at::Tensor& val
   return table;
 }
 
+// Rows ~N(0, std^2) that depend only on (seed, id, column) (the twin of
+// embtable.nn.dynamic.init_rows): one splitmix64 hash per entry, its four 16-bit quarters
+// summed (Irwin-Hall: mean 2, variance 1/3), centred and scaled by sqrt(3) * std.  Every
+// operation is exact or one IEEE rounding in the same order as the PyTorch twin (the first
+// product is a power-of-two scaling), so both give the same bits.
+at::Tensor slot_init_rows_cpu(const at::Tensor& ids_in, int64_t dim, int64_t seed, double std_dev) {
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong, "init_rows: ids must be int64");
+  TORCH_CHECK(dim >= 0, "init_rows: dim must be >= 0, got ", dim);
+  const at::Tensor ids_t = ids_in.contiguous();
+  const int64_t n = ids_t.numel();
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+  at::Tensor out = at::empty({n, dim}, ids_t.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  const uint64_t salt = mix(static_cast<uint64_t>(seed));
+  constexpr double kSqrt3 = 1.7320508075688772;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t key = mix(static_cast<uint64_t>(ids[i]) ^ salt);
+    for (int64_t c = 0; c < dim; ++c) {
+      const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
+      const int64_t sum = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) +
+                                               ((z >> 32) & 0xFFFF) + (z >> 48));
+      const double centred = static_cast<double>(sum + 2) * (1.0 / 65536.0) - 2.0;
+      o[i * dim + c] = static_cast<float>(centred * kSqrt3 * std_dev);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace embtable
 
@@ -566,10 +602,12 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("slot_find(Tensor ids, Tensor index) -> Tensor");
   m.def("slot_table_build(Tensor keys, Tensor values, int size) -> Tensor");
+  m.def("slot_init_rows(Tensor ids, int dim, int seed, float std) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
   m.impl("slot_lookup", &embtable::slot_lookup_cpu);
   m.impl("slot_find", &embtable::slot_find_cpu);
   m.impl("slot_table_build", &embtable::slot_table_build_cpu);
+  m.impl("slot_init_rows", &embtable::slot_init_rows_cpu);
 }

@@ -1,0 +1,319 @@
+"""Dynamic vocabularies (issue 16): remap throughput, training step, synthetic CTR quality.
+
+Stream: batches of B x L ids (default 2048 x 20) drawn Zipf-like (rank r with probability
+proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a random 64-bit id
+(``mix64``); the table holds ``--capacity`` rows, D = 64.
+
+1. ``remap`` - correctness first (embtable's SlotMap vs a Python ``OrderedDict`` LRU that
+   implements the same rules: same live ids, same slots), then:
+   a. embtable alone over the whole stream (``--lookups`` ids): ns per id, one thread,
+      admission and eviction included (per-call CPU time, ``time.thread_time``);
+   b. paired, same batches after every contender has seen the same warm-up prefix (until
+      embtable's table is full, so every timed batch evicts): embtable, the Python dict
+      LRU and TorchRec's ``MCHManagedCollisionModule`` (LRU policy, ``eviction_interval=1``:
+      it evicts every batch), alternating contenders batch by batch; medians of the
+      per-batch ns per id.
+2. ``train`` - one fused RowWiseAdagrad step (forward + backward, sum pooling) of a
+   ``DynamicEmbeddingBag`` (capacity rows) vs the same step of a static ``EmbeddingBag``
+   of capacity + 1 rows fed hashed ids, same batches, alternating, after a warm-up that
+   fills the dynamic table; medians of the step's CPU time.
+3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
+   (Zipf over ``--ctr-distinct``) has a true logit ``theta_x ~ N(0, 1.5**2)``, a click is
+   Bernoulli(sigmoid(theta_x)).  One online pass over ``--ctr-train`` examples, then test
+   AUC / log loss on the next ``--ctr-test``.  Same embedding memory (``--ctr-rows`` rows of
+   D = 8): the dynamic table (LFU, min_count 2), the hashing trick, QR (mult, half the rows
+   each).  Each model: row -> Linear(8, 1); fused Adagrad for the tables, Adam for the rest.
+
+Memory placement: every table is a fresh CPU tensor in this process; all contenders see the
+same id tensors.  One thread (``torch.set_num_threads(1)``) unless ``--threads``.
+
+Usage:
+    python benchmarks/dynamic.py [--quick] [--parts remap,train,quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+
+import torch
+
+import embtable
+from embtable.nn.dynamic import DynamicEmbeddingBag
+from embtable.nn.hashed import HashedEmbeddingBag, QREmbeddingBag, hash_rows, mix64
+from embtable.storage.slots import SlotMap
+
+FULL = dict(lookups=50_000_000, distinct=10_000_000, capacity=1_000_000, batch=2048, bag=20,
+            paired=12, train_steps=15, ctr_distinct=5_000_000, ctr_rows=1_000_000,
+            ctr_train=20_000_000, ctr_test=1_000_000)
+QUICK = dict(lookups=2_000_000, distinct=400_000, capacity=40_000, batch=512, bag=20,
+             paired=5, train_steps=5, ctr_distinct=200_000, ctr_rows=40_000,
+             ctr_train=1_000_000, ctr_test=100_000)
+
+
+class Stream:
+    """Zipf-like ids: rank ~ r**-s over ``distinct`` ranks, as random 64-bit ids."""
+
+    def __init__(self, distinct: int, seed: int, s: float = 1.05) -> None:
+        ranks = torch.arange(1, distinct + 1, dtype=torch.float64)
+        cdf = torch.cumsum(ranks.pow(-s), 0)
+        self.cdf = (cdf / cdf[-1]).contiguous()
+        self.gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
+
+    def ranks(self, n: int) -> torch.Tensor:
+        u = torch.rand(n, generator=self.gen, dtype=torch.float64)
+        return torch.searchsorted(self.cdf, u).clamp_(max=self.cdf.numel() - 1)
+
+    def ids(self, n: int) -> torch.Tensor:
+        return mix64(self.ranks(n) + 0x1234567)
+
+
+class DictLRU:
+    """The Python baseline: an OrderedDict LRU remapper with SlotMap's rules (min_count 1)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.slot_of: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.evicted = 0
+
+    def lookup(self, ids: torch.Tensor) -> list[int]:
+        flat = ids.tolist()
+        slot_of = self.slot_of
+        seen = dict.fromkeys(flat)
+        hits = [k for k in seen if k in slot_of]
+        for k in hits:
+            slot_of.move_to_end(k)
+        for k in seen:
+            if k in slot_of:
+                continue
+            if len(slot_of) < self.capacity:
+                slot = len(slot_of)
+            else:
+                _, slot = slot_of.popitem(last=False)
+                self.evicted += 1
+            slot_of[k] = slot
+        return [slot_of[k] for k in flat]
+
+
+def make_torchrec(capacity: int):
+    try:
+        from torchrec.modules.mc_modules import LRU_EvictionPolicy, MCHManagedCollisionModule
+        from torchrec.sparse.jagged_tensor import JaggedTensor
+    except ImportError:
+        return None
+    module = MCHManagedCollisionModule(
+        zch_size=capacity, device=torch.device("cpu"), eviction_policy=LRU_EvictionPolicy(),
+        eviction_interval=1, input_hash_size=(1 << 63) - 1,
+    ).train()
+
+    def lookup(ids: torch.Tensor):
+        values = ids & ((1 << 63) - 1)  # TorchRec wants non-negative raw ids
+        jt = JaggedTensor(values=values, lengths=torch.tensor([values.numel()]))
+        return module({"f": jt})["f"].values()
+
+    return lookup
+
+
+def check_remap(cfg) -> None:
+    stream = Stream(cfg["distinct"] // 100 + 1000, seed=1)
+    smap, base = SlotMap(cfg["capacity"] // 100 + 100, "lru"), DictLRU(cfg["capacity"] // 100 + 100)
+    for _ in range(30):
+        ids = stream.ids(cfg["batch"])
+        got = smap.lookup(ids).slots.tolist()
+        want = base.lookup(ids)
+        assert got == want, "SlotMap and the dict LRU disagree"
+    ids, slots = smap.items()
+    assert dict(zip(ids.tolist(), slots.tolist())) == dict(base.slot_of)
+    assert smap.stats()["evicted"] == base.evicted > 0
+    print(f"correctness: SlotMap == dict LRU over 30 batches ({base.evicted} evictions)")
+
+
+def remap(cfg) -> None:
+    check_remap(cfg)
+    n = cfg["batch"] * cfg["bag"]
+    batches = cfg["lookups"] // n
+    stream = Stream(cfg["distinct"], seed=0)
+    smap = SlotMap(cfg["capacity"], "lru")
+    total, full_at, per_batch = 0.0, None, []
+    for b in range(batches):
+        ids = stream.ids(n)
+        t0 = time.thread_time()
+        smap.lookup(ids)
+        dt = time.thread_time() - t0
+        total += dt
+        per_batch.append(dt / n * 1e9)
+        if full_at is None and len(smap) == cfg["capacity"]:
+            full_at = b + 1
+    st = smap.stats()
+    print(f"\n1a. embtable SlotMap (LRU) over the whole stream: {batches} batches x {n} ids "
+          f"= {batches * n / 1e6:.1f} M lookups over {cfg['distinct'] / 1e6:g} M distinct, "
+          f"capacity {cfg['capacity'] / 1e6:g} M")
+    print(f"    {total / (batches * n) * 1e9:.1f} ns/id overall ({batches * n / total / 1e6:.1f} M ids/s); "
+          f"median batch {statistics.median(per_batch):.1f} ns/id; after the table is full "
+          f"(batch {full_at}): median {statistics.median(per_batch[full_at or 0:] or [0]):.1f} ns/id")
+    print(f"    admitted {st['admitted']}, evicted {st['evicted']} "
+          f"({st['evicted'] / max(batches - (full_at or batches), 1):.0f} per batch once full)")
+
+    # 1b. paired contenders on the same batches, after the same warm-up prefix
+    warm = full_at or batches
+    stream = Stream(cfg["distinct"], seed=0)
+    contenders = {"embtable SlotMap": SlotMap(cfg["capacity"], "lru").lookup,
+                  "Python dict LRU": DictLRU(cfg["capacity"]).lookup}
+    tr = make_torchrec(cfg["capacity"])
+    if tr is not None:
+        contenders["TorchRec MCH (LRU, evict every batch)"] = tr
+    print(f"\n1b. paired: warm-up {warm} batches (untimed, every contender), then "
+          f"{cfg['paired']} batches timed, alternating")
+    for _ in range(warm):
+        ids = stream.ids(n)
+        for lookup in contenders.values():
+            lookup(ids)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(cfg["paired"]):
+        ids = stream.ids(n)
+        for name, lookup in contenders.items():
+            t0 = time.thread_time()
+            lookup(ids)
+            times[name].append((time.thread_time() - t0) / n * 1e9)
+    base = statistics.median(times["embtable SlotMap"])
+    print(f"    {'contender':<40} {'ns/id (median)':>15} {'range':>20} {'x embtable':>11}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"    {name:<40} {med:>15.1f} {min(values):>9.1f}-{max(values):<10.1f} {med / base:>11.1f}")
+
+
+def train(cfg) -> None:
+    cap, d, b, length = cfg["capacity"], 64, cfg["batch"], cfg["bag"]
+    stream = Stream(cfg["distinct"], seed=2)
+    dyn = DynamicEmbeddingBag(cap, d, mode="sum")
+    static = embtable.EmbeddingBag(cap + 1, d, mode="sum")
+    opt_d = embtable.optim.fuse(dyn, "rowwise_adagrad", lr=0.05)
+    opt_s = embtable.optim.fuse(static, "rowwise_adagrad", lr=0.05)
+    grad = torch.randn(b, d)
+
+    def step(model, opt, ids):
+        model(ids).backward(grad)
+        opt.step()
+
+    print("\n2. training step (fused RowWiseAdagrad, sum pooling, D = 64): warm-up until the "
+          "dynamic table is full")
+    warm = 0
+    while len(dyn.slot_map) < cap and warm < 10_000:
+        ids = stream.ids(b * length).reshape(b, length)
+        step(dyn, opt_d, ids)
+        step(static, opt_s, hash_rows(ids, cap))
+        warm += 1
+    times = {"dynamic": [], "static": []}
+    evicted0 = dyn.stats()["evicted"]
+    for _ in range(cfg["train_steps"]):
+        ids = stream.ids(b * length).reshape(b, length)
+        rows = hash_rows(ids, cap)
+        for name, model, opt, x in (("dynamic", dyn, opt_d, ids), ("static", static, opt_s, rows)):
+            t0 = time.thread_time()
+            step(model, opt, x)
+            times[name].append((time.thread_time() - t0) * 1e3)
+    ev = (dyn.stats()["evicted"] - evicted0) / cfg["train_steps"]
+    md, ms = statistics.median(times["dynamic"]), statistics.median(times["static"])
+    print(f"    warm-up {warm} steps; {cfg['train_steps']} timed steps, {ev:.0f} evictions per step")
+    print(f"    {'table':<34} {'ms/step (median)':>17} {'range':>16}")
+    for name, label in (("dynamic", f"DynamicEmbeddingBag ({cap} rows)"), ("static", f"EmbeddingBag ({cap + 1} rows)")):
+        v = times[name]
+        print(f"    {label:<34} {statistics.median(v):>17.1f} {min(v):>7.1f}-{max(v):<8.1f}")
+    print(f"    ratio dynamic / static: {md / ms:.2f}")
+
+
+def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    order = torch.argsort(scores)
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    pos = labels.bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def quality(cfg) -> None:
+    d, rows, batch = 8, cfg["ctr_rows"], 4096
+    gen = torch.Generator().manual_seed(5)
+    theta = torch.randn(cfg["ctr_distinct"], generator=gen) * 1.5
+    stream = Stream(cfg["ctr_distinct"], seed=6)
+
+    def sample(n):
+        r = stream.ranks(n)
+        y = torch.bernoulli(torch.sigmoid(theta[r]), generator=gen)
+        return mix64(r + 99).unsqueeze(1), y, r
+
+    torch.manual_seed(0)
+    models = {
+        "dynamic (LFU, min_count 2)": DynamicEmbeddingBag(rows - 1, d, mode="sum", policy="lfu", min_count=2, init_std=0.01),
+        "hashing trick": HashedEmbeddingBag(rows, d, mode="sum"),
+        "QR (mult, R = Q = rows / 2)": QREmbeddingBag(rows // 2, rows // 2, d, mode="sum"),
+    }
+    heads, opts = {}, {}
+    for name, table in models.items():
+        if isinstance(table, HashedEmbeddingBag):
+            with torch.no_grad():
+                table.weight.normal_(0, 0.01)
+        heads[name] = torch.nn.Linear(d, 1)
+        opts[name] = (embtable.optim.fuse(table, "adagrad", lr=0.1), torch.optim.Adam(heads[name].parameters(), lr=1e-2))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    steps = cfg["ctr_train"] // batch
+    t0 = time.time()
+    for _ in range(steps):
+        x, y, _ = sample(batch)
+        for name, table in models.items():
+            sparse_opt, dense_opt = opts[name]
+            loss = loss_fn(heads[name](table(x)).squeeze(1), y)
+            loss.backward()
+            dense_opt.step()
+            dense_opt.zero_grad()
+            sparse_opt.step()
+    x, y, r = sample(cfg["ctr_test"])
+    print(f"\n3. synthetic CTR: {cfg['ctr_distinct']} ids (Zipf), {rows} rows x D = {d} per model, "
+          f"{steps} online steps of {batch} ({time.time() - t0:.0f} s), test {cfg['ctr_test']} examples")
+    print(f"    {'model':<30} {'test AUC':>9} {'log loss':>9}")
+    truth = theta[r]
+    ll = float(torch.nn.functional.binary_cross_entropy_with_logits(truth, y))
+    print(f"    {'true model (theta known)':<30} {_auc(truth, y):>9.4f} {ll:>9.4f}")
+    for name, table in models.items():
+        table.eval()
+        with torch.no_grad():
+            logits = torch.cat([heads[name](table(x[i:i + 65536])).squeeze(1) for i in range(0, x.shape[0], 65536)])
+        ll = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
+        print(f"    {name:<30} {_auc(logits, y):>9.4f} {ll:>9.4f}")
+        if isinstance(table, DynamicEmbeddingBag):
+            st = table.stats()
+            print(f"      (dynamic: size {st['size']}, admitted {st['admitted']}, evicted {st['evicted']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small stream (a smoke run)")
+    parser.add_argument("--parts", default="remap,train,quality")
+    parser.add_argument("--threads", type=int, default=1)
+    for key, value in FULL.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value}")
+    args = parser.parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    for key in cfg:
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {cfg}")
+    print("(the machine is shared with other jobs: CPU times per call, medians)")
+    parts = args.parts.split(",")
+    if "remap" in parts:
+        remap(cfg)
+    if "train" in parts:
+        train(cfg)
+    if "quality" in parts:
+        quality(cfg)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
