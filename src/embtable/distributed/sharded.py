@@ -488,15 +488,15 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         back = differentiable_all_to_all(
             send, [batch * w for w in widths], [batch * mine] * world, self.group, self.rank, self.stats, "rows"
         )
+        # split (not slicing): backward then assembles the gradient with one concatenation
         partial: dict[tuple[str, int], Tensor] = {}
-        offset = 0
+        blocks = back.split([batch * w for w in widths])
         for s, routes in enumerate(self.routes):
-            block = back[offset : offset + batch * widths[s]].view(batch, widths[s])
-            offset += batch * widths[s]
-            column = 0
-            for route in routes:
-                partial[(route.feature, route.index)] = block[:, column : column + route.shard.num_cols]
-                column += route.shard.num_cols
+            if not routes:
+                continue
+            columns = blocks[s].view(batch, widths[s]).split([r.shard.num_cols for r in routes], 1)
+            for route, part in zip(routes, columns):
+                partial[(route.feature, route.index)] = part
         pooled: dict[str, Tensor] = {}
         if self._dp_features:
             pooled.update(self._replicated(features, batch, weighted))
@@ -572,12 +572,11 @@ class ShardedEmbeddingCollection(_ShardedTables):
             in_sizes = [0] * world
         back = differentiable_all_to_all(send, out_sizes, in_sizes, self.group, self.rank, self.stats, "rows")
         partial: dict[tuple[str, int], Tensor] = {}
-        offset = 0
+        sizes = [n * r.shard.num_cols for d, routes in enumerate(self.routes) for n, r in zip(sent[d], routes)]
+        pieces = iter(back.split(sizes))
         for d, routes in enumerate(self.routes):
             for n, route in zip(sent[d], routes):
-                size = n * route.shard.num_cols
-                partial[(route.feature, route.index)] = back[offset : offset + size].view(n, route.shard.num_cols)
-                offset += size
+                partial[(route.feature, route.index)] = next(pieces).view(n, route.shard.num_cols)
         found: dict[str, JaggedRows] = {}
         if self._dp_features:
             found.update(self._replicated(features, batch))
