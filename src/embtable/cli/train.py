@@ -24,6 +24,7 @@ EXAMPLES = """\
   embtable train movielens --split time --no-side-features
   embtable train movielens --folds 5                # 5-fold cross-validation (Surprise's folds)
   embtable train movielens --valid-fraction 0.1 --patience 3
+  embtable train movielens --nproc 2 --epochs 3     # tables sharded over 2 processes
 """
 
 DATASETS = ("movielens",)
@@ -87,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="plain biased matrix factorization (user and item ids only)")  # fmt: skip
     p.add_argument("--limit", type=int, help="use only the first N ratings (quick runs)")
     p.add_argument("--topk", type=int, default=d.topk, help="k of Recall@k and NDCG@k")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with the tables sharded over N local gloo processes (sharded "
+                        "collection + DDP head; docs/distributed.md); --batch-size is per process")  # fmt: skip
 
 
 def _resolve_optimizer(name: str) -> str:
@@ -395,5 +399,13 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, l2=args.l2, optimizer=args.optimizer, side_features=args.side_features,
         limit=args.limit, topk=args.topk,
     )  # fmt: skip
+    if getattr(args, "nproc", 1) != 1:
+        if args.nproc < 1:
+            raise CliError(f"--nproc must be >= 1, got {args.nproc}")
+        from embtable.distributed.movielens import train_movielens_sharded
+
+        _check(options)
+        train_movielens_sharded(options, args.nproc)
+        return 0
     train_movielens(options)
     return 0
