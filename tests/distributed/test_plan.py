@@ -133,3 +133,10 @@ def test_planner_uses_lookup_cost() -> None:
     # equal bytes; the hot table's rank takes no second table although bytes alone would allow it
     ranks = {n: plan.ranks_of(n)[0] for n in ("hot", "cold1", "cold2")}
     assert ranks["cold1"] == ranks["cold2"] != ranks["hot"]
+
+
+def test_movielens_nproc_must_be_positive() -> None:
+    from embtable.distributed.movielens import train_movielens_sharded
+
+    with pytest.raises(ValueError, match="nproc must be an int >= 1, got 0"):
+        train_movielens_sharded(object(), 0)
