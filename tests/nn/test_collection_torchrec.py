@@ -255,9 +255,12 @@ def test_embedding_collection_matches_torchrec_and_takes_a_batch_size_per_featur
     configs = [torchrec.EmbeddingConfig(name="w", num_embeddings=12, embedding_dim=3,
                                         feature_names=["q", "t"])]
     theirs = torchrec.EmbeddingCollection(tables=configs)
-    ours = EmbeddingCollection([TableConfig(name="w", num_embeddings=12, embedding_dim=3,
-                                            feature_names=["q", "t"], pooling="none")])
-    ours.load_state_dict(theirs.state_dict())
+    ours = EmbeddingCollection.from_torchrec(theirs)
+    assert ours.embedding_configs() == [TableConfig(name="w", num_embeddings=12, embedding_dim=3,
+                                                    feature_names=["q", "t"], pooling="none",
+                                                    init="uniform")]
+    with pytest.raises(TypeError, match="expected a torchrec EmbeddingCollection, got"):
+        EmbeddingCollection.from_torchrec(torchrec.EmbeddingBagCollection(tables=torchrec_tables()))
     kjt = KeyedJagged.from_dict({"q": [[1, 2], [11]], "t": [[], [4, 4, 0]]}).to_torchrec()
     want = theirs(kjt)
     got = ours(kjt)  # a KeyedJaggedTensor is accepted

@@ -38,6 +38,9 @@ from torch.nn import Module, Parameter
 from embtable import functional, ops
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
+from embtable.nn._torchrec import as_keyed_jagged as _as_keyed_jagged
+from embtable.nn._torchrec import expand_rows as _expand_rows
+from embtable.nn._torchrec import module_device, tables_from_torchrec
 from embtable.nn.grouping import CollectionPlan, LookupBucket, plan_groups
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.ops._memory import empty_table
@@ -406,14 +409,10 @@ class EmbeddingBagCollection(_GroupedTables):
             True
         """
         api = "EmbeddingBagCollection.from_torchrec"
-        configs = getattr(module, "embedding_bag_configs", None)
-        if not isinstance(module, Module) or not callable(configs) or not callable(
-            getattr(module, "is_weighted", None)
-        ):
+        tables = tables_from_torchrec(module, "embedding_bag_configs", True, api)
+        if not callable(getattr(module, "is_weighted", None)):
             raise TypeError(f"{api}: expected a torchrec EmbeddingBagCollection, got {type(module).__name__}")
-        tables = [_table_from_torchrec(config, api) for config in configs()]
-        if device is None:
-            device = next((p.device for p in module.parameters()), None)
+        device = module_device(module) if device is None else device
         collection = cls(tables, is_weighted=bool(module.is_weighted()), device=device)
         collection.load_state_dict(module.state_dict())
         return collection
@@ -575,6 +574,32 @@ class EmbeddingCollection(_GroupedTables):
     _state_key = "embeddings"
     _pooled = False
 
+    @classmethod
+    def from_torchrec(
+        cls, module: Any, *, device: torch.device | str | None = None
+    ) -> EmbeddingCollection:
+        """The collection equal to TorchRec's ``EmbeddingCollection`` ``module``.
+
+        Same tables (names, sizes, features, dtype) and a copy of its weights; a TorchRec
+        ``KeyedJaggedTensor`` may be passed to the result directly.  See
+        :meth:`EmbeddingBagCollection.from_torchrec` (tested in
+        ``tests/nn/test_collection_torchrec.py``).
+
+        Raises:
+            TypeError: ``module`` is not a TorchRec ``EmbeddingCollection``.
+            ValueError: a table with an integer data type.
+        """
+        api = "EmbeddingCollection.from_torchrec"
+        tables = tables_from_torchrec(module, "embedding_configs", False, api)
+        device = module_device(module) if device is None else device
+        collection = cls(tables, device=device)
+        collection.load_state_dict(module.state_dict())
+        return collection
+
+    def embedding_configs(self) -> list[TableConfig]:
+        """The table configs, in order (TorchRec's ``embedding_configs()``)."""
+        return list(self.tables)
+
     def _check_pooling(self, config: TableConfig, api: str) -> None:
         if config.pooling in (PoolingMode.MEAN, PoolingMode.MAX):
             raise ValueError(
@@ -626,57 +651,6 @@ def _tables_repr(tables: Sequence[TableConfig], with_pooling: bool) -> str:
             text += f", features={list(config.feature_names)}"
         lines.append(text)
     return "\n".join(lines)
-
-
-_TORCHREC_DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16}
-
-
-def _table_from_torchrec(config: Any, api: str) -> TableConfig:
-    """A TorchRec ``EmbeddingBagConfig`` as a :class:`TableConfig`."""
-    data_type = getattr(config.data_type, "name", str(config.data_type))
-    pooling = getattr(config.pooling, "name", str(config.pooling))
-    if data_type not in _TORCHREC_DTYPES:
-        raise ValueError(
-            f"{api}: table {config.name!r} has data_type {data_type}; embtable tables are "
-            f"floating: one of {sorted(_TORCHREC_DTYPES)}"
-        )
-    if pooling not in ("SUM", "MEAN"):
-        raise ValueError(f"{api}: table {config.name!r} has pooling {pooling}; expected SUM or MEAN")
-    bound = config.weight_init_max
-    symmetric = bound is not None and config.weight_init_min == -bound
-    return TableConfig(
-        name=config.name,
-        num_embeddings=config.num_embeddings,
-        embedding_dim=config.embedding_dim,
-        feature_names=list(config.feature_names) or [config.name],
-        pooling=pooling.lower(),
-        init="uniform",
-        init_bound=bound if symmetric else None,
-        dtype=_TORCHREC_DTYPES[data_type],
-    )
-
-
-def _expand_rows(result: PooledEmbeddings, inverse: tuple[list[str], Tensor], api: str) -> PooledEmbeddings:
-    """Each feature's pooled rows picked by its row of TorchRec's ``inverse_indices``."""
-    names, rows = inverse
-    index_of = {name: i for i, name in enumerate(names)}
-    tensors = []
-    for feature in result.keys():
-        if feature not in index_of:
-            raise KeyError(
-                f"{api}: the batch's inverse_indices have no row for feature {feature!r}; "
-                f"they name {names}"
-            )
-        tensors.append(result[feature].index_select(0, rows[index_of[feature]].to(torch.int64)))
-    return PooledEmbeddings(result.keys(), tensors)
-
-
-def _as_keyed_jagged(features: Any) -> Any:
-    """A TorchRec ``KeyedJaggedTensor`` as a :class:`KeyedJagged` (sharing tensors); else as is."""
-    kind = type(features)
-    if kind.__name__ == "KeyedJaggedTensor" and kind.__module__.startswith("torchrec"):
-        return KeyedJagged.from_torchrec(features)
-    return features
 
 
 def _strides(features: Any) -> dict[str, int] | None:
