@@ -111,6 +111,10 @@ class TableConfig:
             memory (``init`` must then be ``"normal"`` or ``"uniform"``); a collection with
             such tables is :class:`embtable.nn.disk.DiskEmbeddingBagCollection`
             (docs/storage.md).
+        dynamic: a :class:`DynamicConfig` makes this a dynamic table: raw int64 ids of any
+            value, each admitted id gets its own row; ``num_embeddings`` is the capacity
+            (the grouped weight holds one more row, the default row).  No ``padding_idx``
+            (every id is a key; "no row" is the default row).  docs/dynamic.md.
 
     Raises:
         ValueError: a field is out of range or inconsistent; the message names the table.
@@ -140,6 +144,7 @@ class TableConfig:
     dtype: torch.dtype = torch.float32
     padding_idx: int | None = None
     storage: object | None = None
+    dynamic: DynamicConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -170,6 +175,16 @@ class TableConfig:
                 raise ValueError(
                     f"{api}: a table with storage initializes each row from (seed, row) when "
                     f"first read; init must be 'normal' or 'uniform', got a callable"
+                )
+
+        if self.dynamic is not None:
+            if not isinstance(self.dynamic, DynamicConfig):
+                raise TypeError(f"{api}: dynamic must be a DynamicConfig or None, got {self.dynamic!r}")
+            if self.padding_idx is not None or self.storage is not None:
+                raise ValueError(
+                    f"{api}: a dynamic table has no padding_idx and no storage (got "
+                    f"padding_idx={self.padding_idx!r}, storage={self.storage!r}); not-admitted "
+                    "ids read its default row"
                 )
 
     def _set(self, attr: str, value: object) -> None:

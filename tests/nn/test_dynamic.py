@@ -186,3 +186,59 @@ def test_init_rows_compiled_matches_reference_bit_for_bit():
                                rtol=0, atol=0)
     rows = init_rows_reference(torch.arange(4000), 64)
     assert abs(float(rows.mean())) < 0.01 and abs(float(rows.std()) - 1) < 0.01
+
+
+@pytest.mark.parametrize("collection_type", ["bag", "seq"])
+def test_dynamic_table_in_a_collection_matches_static(collection_type):
+    from embtable import (
+        DynamicConfig,
+        EmbeddingBagCollection,
+        EmbeddingCollection,
+        KeyedJagged,
+        TableConfig,
+    )
+
+    vocab, dim, offset = 30, 4, 10**13
+    make = EmbeddingBagCollection if collection_type == "bag" else EmbeddingCollection
+    pooling = "sum" if collection_type == "bag" else "none"
+
+    def tables(dynamic):
+        user = TableConfig(name="user", num_embeddings=vocab, embedding_dim=dim, pooling=pooling,
+                           feature_names=["user", "friend"], dynamic=DynamicConfig(seed=2) if dynamic else None)
+        return [user, TableConfig(name="item", num_embeddings=10, embedding_dim=dim, pooling=pooling)]
+
+    torch.manual_seed(0)
+    dyn = make(tables(True))
+    torch.manual_seed(0)
+    static = make(tables(False))
+    with torch.no_grad():
+        static.table_weight("user").copy_(init_rows(torch.arange(vocab) + offset, dim, seed=2))
+        static.table_weight("item").copy_(dyn.table_weight("item"))
+    opts = [embtable.optim.fuse(m, "adagrad", lr=0.2) for m in (dyn, static)]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(6):
+        users = torch.randint(0, vocab, (5, 3), generator=g)
+        items = torch.randint(0, 10, (5, 1), generator=g)
+        batch = {"user": users[:, :2].tolist(), "friend": users[:, 2:].tolist(), "item": items.tolist()}
+        shifted = {**batch, "user": (users[:, :2] + offset).tolist(), "friend": (users[:, 2:] + offset).tolist()}
+        for model, opt, b in ((dyn, opts[0], shifted), (static, opts[1], batch)):
+            out = model(KeyedJagged.from_dict(b))
+            values = out.values() if collection_type == "bag" else torch.cat([out[f].values for f in out.keys()])
+            (values * torch.linspace(-1, 1, values.shape[-1])).sum().backward()
+            opt.step()
+    state = dyn.dynamic_tables["user"].rows
+    ids, slots = state.slot_map.items()
+    torch.testing.assert_close(dyn.table_weight("user")[slots], static.table_weight("user")[ids - offset],
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(dyn.table_weight("item"), static.table_weight("item"), rtol=0, atol=1e-6)
+    copy_ = make(tables(True))
+    copy_.load_state_dict(dyn.state_dict())
+    assert copy_.dynamic_tables["user"].rows.slot_map.stats() == state.slot_map.stats()
+    assert torch.equal(copy_.table_weight("user"), dyn.table_weight("user"))
+
+
+def test_table_config_dynamic_rejects_padding():
+    from embtable import DynamicConfig, TableConfig
+
+    with pytest.raises(ValueError, match="a dynamic table has no padding_idx"):
+        TableConfig(name="u", num_embeddings=4, embedding_dim=2, padding_idx=0, dynamic=DynamicConfig())

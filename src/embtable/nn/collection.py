@@ -33,11 +33,12 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter
+from torch.nn import Module, ModuleDict, Parameter
 
 from embtable import functional, ops
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
+from embtable.nn import dynamic as _dynamic
 from embtable.nn._torchrec import as_keyed_jagged as _as_keyed_jagged
 from embtable.nn._torchrec import expand_rows as _expand_rows
 from embtable.nn._torchrec import module_device, tables_from_torchrec
@@ -85,6 +86,7 @@ class _GroupedTables(Module):
     def __init__(self, tables: Sequence[TableConfig], device: torch.device | str | None = None) -> None:
         super().__init__()
         api = type(self).__name__
+        tables, dynamic_rows = _dynamic.plan_configs(tables)  # dynamic tables: docs/dynamic.md
         self.plan = plan_groups(tables, pooled=self._pooled, api=api)
         self.tables = tuple(self.plan.configs.values())
         for config in self.tables:
@@ -95,6 +97,8 @@ class _GroupedTables(Module):
             weight = empty_table((group.num_rows, group.embedding_dim), group.dtype, device)
             self.register_parameter(f"grouped_weight_{group.index}", Parameter(weight))
         self._bucket_consts = [self._constants(bucket) for bucket in self.plan.buckets]
+        if dynamic_rows:
+            self.dynamic_tables = ModuleDict({n: _dynamic.DynamicTableState(r) for n, r in dynamic_rows.items()})
         self.reset_parameters()
 
     def _check_pooling(self, config: TableConfig, api: str) -> None:
@@ -157,6 +161,7 @@ class _GroupedTables(Module):
         """
         for config in self.tables:
             config.init_weight_(self.table_weight(config.name))
+        _dynamic.reset_dynamic_tables(self)
 
     # ------------------------------------------------------------------ state_dict
 
@@ -432,7 +437,7 @@ class EmbeddingBagCollection(_GroupedTables):
         expanded to ``[B, D]`` by ``inverse_indices`` (row ``b`` is pooled row
         ``inverse[f][b]``), as TorchRec's collection does.
         """
-        features = _as_keyed_jagged(features)
+        features = _dynamic.remap_batch(self, _as_keyed_jagged(features))
         result = self._pool(features)
         inverse = features.inverse_indices_or_none() if isinstance(features, KeyedJagged) else None
         return result if inverse is None else _expand_rows(result, inverse, type(self).__name__)
@@ -610,7 +615,7 @@ class EmbeddingCollection(_GroupedTables):
 
     def forward(self, features: KeyedJagged) -> JaggedEmbeddings:
         """Look up every id of every feature; see the class docstring for shapes."""
-        features = _as_keyed_jagged(features)
+        features = _dynamic.remap_batch(self, _as_keyed_jagged(features))
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
         found: dict[str, JaggedRows] = {}
         for bucket, consts, lookup in zip(

@@ -33,23 +33,34 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Parameter
+from torch.nn import Module, Parameter
 
 from embtable import functional
-from embtable.config import DynamicConfig
+from embtable.config import DynamicConfig, TableConfig
 from embtable.functional import FUSED_ATTR
 from embtable.nn.bag import EmbeddingBag
 from embtable.nn.embedding import Embedding
 from embtable.nn.hashed import GOLDEN, mix64
 from embtable.storage.slots import SlotMap, _compiled_available
 
-__all__ = ["DynamicEmbedding", "DynamicEmbeddingBag", "DynamicRows", "init_rows", "init_rows_reference"]
+__all__ = [
+    "DynamicEmbedding",
+    "DynamicEmbeddingBag",
+    "DynamicRows",
+    "DynamicTableState",
+    "init_rows",
+    "init_rows_reference",
+    "plan_configs",
+    "remap_batch",
+    "reset_dynamic_tables",
+]
 
 _DEFAULT_KEY = 0x5DEECE66D  # salt of the default row's initialization
 
@@ -451,3 +462,97 @@ class DynamicEmbeddingBag(_DynamicMixin, EmbeddingBag):
 def _check_capacity(capacity: Any, api: str) -> None:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"{api}: capacity must be an int >= 1, got {capacity!r}")
+
+
+# ---------------------------------------------------------------------- collections
+
+
+class DynamicTableState(Module):
+    """A collection's dynamic table: its :class:`DynamicRows`, saved in ``state_dict`` as
+    the map's state (``<collection>.dynamic_tables.<table>._extra_state``)."""
+
+    def __init__(self, rows: DynamicRows) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return self.rows.state_dict()
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.rows.load_state_dict(state)
+
+    def extra_repr(self) -> str:
+        c = self.rows.config
+        return f"capacity={self.rows.capacity}, policy={c.policy!r}, min_count={c.min_count}"
+
+
+def plan_configs(tables: Sequence[TableConfig]) -> tuple[list[TableConfig], dict[str, DynamicRows]]:
+    """The configs a collection lays out, and the :class:`DynamicRows` of each dynamic table.
+
+    A table with ``dynamic=DynamicConfig(...)`` is laid out as ``num_embeddings + 1`` rows
+    (the last is its default row, a padding row when ``default="zeros"``); other configs
+    pass through unchanged.
+    """
+    planned: list[TableConfig] = []
+    dynamic: dict[str, DynamicRows] = {}
+    for config in tables:
+        options = getattr(config, "dynamic", None)
+        if options is None:
+            planned.append(config)
+            continue
+        capacity = config.num_embeddings
+        dynamic[config.name] = DynamicRows(capacity, config.embedding_dim, options, init_std=config.init_std)
+        planned.append(
+            dataclasses.replace(
+                config, num_embeddings=capacity + 1, dynamic=None,
+                padding_idx=capacity if options.default == "zeros" else None,
+            )
+        )
+    return planned, dynamic
+
+
+def remap_batch(collection: Any, features: Any) -> Any:
+    """``features`` with every dynamic table's raw ids replaced by its rows (one SlotMap
+    call per table, all its features together); the batch itself when there is nothing
+    to remap.  Training collections admit and evict; in ``eval()`` ids are only looked up."""
+    from embtable.jagged import KeyedJagged
+
+    states = getattr(collection, "dynamic_tables", None)
+    if not states or not isinstance(features, KeyedJagged):
+        return features
+    index_of = {key: i for i, key in enumerate(features.keys())}
+    starts = features.offset_per_key()
+    values = features.values()
+    new_values = None
+    for name, state in states.items():
+        spans = [
+            (starts[index_of[f]], starts[index_of[f] + 1])
+            for f in collection.plan.configs[name].feature_names
+            if f in index_of  # a missing feature: the collection's checks name it
+        ]
+        if not spans:
+            continue
+        ids = torch.cat([values[a:b] for a, b in spans])
+        place = collection.plan.tables[name]
+        weight = collection.grouped_weights[place.group]
+        rows = state.rows.remap(ids, weight, place.row_offset, collection.training)
+        if new_values is None:
+            new_values = values.clone()
+        pos = 0
+        for a, b in spans:
+            new_values[a:b] = rows[pos : pos + b - a].to(values.dtype)
+            pos += b - a
+    if new_values is None:
+        return features
+    per_key = tuple(features.stride_per_key()) if features.variable_stride_per_key() else None
+    out = KeyedJagged._trusted(
+        features.keys(), new_values, features.lengths(), features.weights(), features.stride(), per_key
+    )
+    out._inverse_indices = features._inverse_indices
+    return out
+
+
+def reset_dynamic_tables(collection: Any) -> None:
+    """Zero each dynamic table's rows of a collection and set its default row."""
+    for name, state in getattr(collection, "dynamic_tables", {}).items():
+        state.rows.init_table(collection.table_weight(name))
