@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,13 +273,16 @@ def _child(log: str, module_file: str, names: list[str]) -> None:
         for name in names:
             item = by_name[name]
             emit({"event": "start", "name": name})
+            began = time.perf_counter()
             try:
-                item.func(*item.args)
+                with warnings.catch_warnings():  # (a case's warning filters end with it)
+                    item.func(*item.args)
             except BaseException as error:  # noqa: BLE001 - every outcome is recorded
                 types = [t.__name__ for t in type(error).__mro__]
                 outcome = {"status": "raised", "types": types, "message": str(error)}
             else:
                 outcome = {"status": "returned"}
+            outcome["seconds"] = round(time.perf_counter() - began, 3)
             emit({"event": "done", "name": name, "outcome": outcome})
 
 

@@ -39,6 +39,9 @@ def _read_header(fin, bad: BadLines) -> tuple[int, int]:
             f"expected a header 'count dim' of two positive integers, got {line[:80]!r}; "
             "for a file without a header (GloVe) pass no_header=True",
         )
+    size = os.fstat(fin.fileno()).st_size
+    if count and 2 * dim + 1 > size - len(line):  # not even one row fits in the file
+        bad.fail("line 1", f"the header announces rows of {dim} numbers, more than the file's {size} bytes hold")
     return count, dim
 
 
@@ -120,6 +123,12 @@ def read_text_vectors(
             else:
                 carry = b""
                 done = True
+                if data.strip() and not data.endswith(b"\n"):  # (writers end every line)
+                    warnings.warn(
+                        f"{api}: {path}: the last line has no newline; the file may be "
+                        "truncated (a number cut short reads as a shorter number)",
+                        stacklevel=4,
+                    )
             if not data:
                 continue
             need = capacity - len(tokens)

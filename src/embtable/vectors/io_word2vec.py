@@ -130,6 +130,12 @@ def _read_binary(path, limit, codec, errors, progress, api):
         except ValueError:
             bad.fail("line 1", f"expected a header 'count dim', got {line[:80]!r}")
         capacity = count if limit is None else min(count, limit)
+        if capacity and 4 * dim + 1 > os.path.getsize(path) - len(line):
+            bad.fail(
+                "line 1",
+                f"the header announces vectors of {dim} float32, more than the file's "
+                f"{os.path.getsize(path)} bytes hold",
+            )
         claimed = capacity  # a big claim: allocate no more than the file can hold
         if capacity * dim > 1 << 24:  # (a space + dim floats a record)
             capacity = min(capacity, (os.path.getsize(path) - len(line)) // (4 * dim + 1))

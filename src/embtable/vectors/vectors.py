@@ -103,6 +103,8 @@ class Vectors(GensimCalls):
         weight = table.weight if isinstance(table, Embedding) else table
         if weight.dim() != 2:
             raise ValueError(f"Vectors: table must be 2-D, got shape {tuple(weight.shape)}")
+        if not weight.is_floating_point():
+            raise TypeError(f"Vectors: the table must be floating (vectors), got {weight.dtype}")
         if isinstance(vocab, (str, bytes)):
             raise TypeError(f"Vectors: vocab must be a list of tokens, got the string {vocab!r:.80}")
         vocab = vocab if isinstance(vocab, Vocab) else Vocab(vocab, counts)
