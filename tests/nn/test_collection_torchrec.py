@@ -197,6 +197,19 @@ def test_regroup_matches_keyed_tensor_regroup():
     assert list(named) == list(want) and all(torch.equal(named[k], want[k]) for k in want)
     mixed = PooledEmbeddings.regroup([first, theirs[1]], [["a", "c"]])[0]  # KeyedTensor inputs too
     torch.testing.assert_close(mixed, torch.cat([first["a"], second["c"]], 1))
+    # TorchRec's own regrouping code takes embtable's outputs as they are
+    from torchrec.modules.regroup import KTRegroupAsDict
+
+    module = KTRegroupAsDict([["a", "c"], ["b"]], ["x", "y"])
+    by_torchrec = module([first, second])
+    assert first.key_dim() == 1 and first.device() == torch.device("cpu")
+    for key, tensor in PooledEmbeddings.regroup_as_dict([first, second], [["a", "c"], ["b"]],
+                                                         ["x", "y"]).items():
+        torch.testing.assert_close(by_torchrec[key], tensor)
+    third = PooledEmbeddings(["c"], [second["c"]])  # each key once: TorchRec's fast path
+    for g, w in zip(KeyedTensor.regroup([first, third], [["c", "a"], ["b"]]),
+                    PooledEmbeddings.regroup([first, third], [["c", "a"], ["b"]])):
+        torch.testing.assert_close(g, w)
     with pytest.raises(KeyError, match="no output has feature 'z' \\(group 0\\)"):
         PooledEmbeddings.regroup([first], [["z"]])
     with pytest.raises(ValueError, match="group 1 is empty"):

@@ -118,6 +118,15 @@ class PooledEmbeddings(_FeatureDict):
         """The batch size (rows) of each feature's pooled embeddings."""
         return [self._by_key[key].shape[0] for key in self._keys]
 
+    def key_dim(self) -> int:
+        """The dimension along which features sit side by side in :meth:`values`: 1 (TorchRec's
+        ``KeyedTensor.key_dim``)."""
+        return 1
+
+    def device(self) -> torch.device:
+        """Where the embeddings are (a method, as TorchRec's ``KeyedTensor.device()``)."""
+        return self._by_key[self._keys[0]].device if self._keys else torch.device("cpu")
+
     @staticmethod
     def regroup(outputs: Sequence[Any], groups: Sequence[Sequence[str]]) -> list[Tensor]:
         """Features of several results side by side, one ``[B, sum(D)]`` tensor per group.
