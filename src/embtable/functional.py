@@ -760,7 +760,7 @@ def _compiled_bags(
                 return None
             bounds = offsets
         else:
-            bounds = torch.nn.functional.pad(offsets, (0, 1), value=num_ids)
+            bounds = torch.cat([offsets, offsets.new_full((1,), num_ids)])  # num_ids may be symbolic
         ids = input
     elif input.dim() == 2 and offsets is None and input.shape[1] > 0:
         length = input.shape[1]

@@ -720,6 +720,10 @@ def _shift_ids(
                 continue
             low, high = found[k], found[k + 1]
             k += 2
+            if torch.compiler.is_compiling():  # a graph has no data-dependent branch: checks run in it
+                torch._check(low >= 0, lambda j=j: f"{api}: feature {names[j]!r} holds a negative id")
+                torch._check(high < num_rows[j], lambda j=j: f"{api}: feature {names[j]!r} holds an id past its table")
+                continue
             if low < 0 or high >= num_rows[j]:
                 bad = low if low < 0 else high
                 raise IndexError(
