@@ -193,13 +193,70 @@ def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, o
     dist.destroy_process_group()
 
 
-def run_sharded(args: argparse.Namespace, world: int) -> list[dict[str, Any]]:
+def torchrec_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_path: str) -> None:
+    """TorchRec's DistributedModelParallel on the same tables, table-wise (the sharding type of
+    embtable's plan here), fused RowWiseAdagrad applied in backward, gloo, one thread."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+    result: dict[str, Any] = {"rank": rank}
+    try:
+        import logging
+
+        logging.getLogger("torchrec").setLevel(logging.ERROR)
+        from torch.distributed.optim import _apply_optimizer_in_backward
+        from torchrec import EmbeddingBagCollection as TorchRecEBC
+        from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+        from torchrec.distributed import DistributedModelParallel
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.planner import (
+            EmbeddingShardingPlanner,
+            ParameterConstraints,
+            Topology,
+        )
+        from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+        tables = table_configs(args.rows_max)
+        configs = [EmbeddingBagConfig(name=t.name, embedding_dim=DIM, num_embeddings=t.num_embeddings,
+                                      feature_names=list(t.feature_names)) for t in tables]
+        ebc = TorchRecEBC(tables=configs, device=torch.device("meta"))
+        _apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": 0.05})
+        sharder = EmbeddingBagCollectionSharder()
+        constraints = {t.name: ParameterConstraints(sharding_types=[args.torchrec_sharding]) for t in tables}
+        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
+                                           constraints=constraints)
+        plan = planner.collective_plan(ebc, [sharder], dist.GroupMember.WORLD)
+        model = DistributedModelParallel(ebc, device=torch.device("cpu"), plan=plan, sharders=[sharder])
+        batches = []
+        for s in range(4):
+            local = local_slice(global_batch(tables, args.batch, seed=s), rank, world)
+            batches.append(KeyedJaggedTensor(keys=local.keys(), values=local.values(), lengths=local.lengths()))
+        walls, cpus = [], []
+        for step in range(args.warmup + args.steps):
+            dist.barrier()
+            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            model(batches[step % 4]).values().sum().backward()
+            if step >= args.warmup:
+                walls.append(time.perf_counter() - wall0)
+                cpus.append(time.thread_time() - cpu0)
+        result.update(wall_ms=statistics.median(walls) * 1e3, cpu_ms=statistics.median(cpus) * 1e3)
+    except Exception as error:  # report why it does not run
+        result["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out_path, "w") as handle:
+            json.dump(gathered, handle)
+    dist.destroy_process_group()
+
+
+def run_sharded(args: argparse.Namespace, world: int, worker: Any = None) -> list[dict[str, Any]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "result.json")
-        mp.spawn(sharded_worker, args=(world, port, args, path), nprocs=world, join=True)
+        mp.spawn(worker or sharded_worker, args=(world, port, args, path), nprocs=world, join=True)
         with open(path) as handle:
             return json.load(handle)
 
@@ -295,16 +352,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--world", type=int, default=2, help="processes of the sharded contender")
     parser.add_argument("--scaling-plot", metavar="PNG", help="only write the scaling model's plot")
+    parser.add_argument("--torchrec", action="store_true", help="add TorchRec's DistributedModelParallel")
+    parser.add_argument("--torchrec-sharding", default="table_wise", help="its sharding type (table_wise, ...)")
     args = parser.parse_args()
     if args.scaling_plot:
         scaling_plot(args.scaling_plot)
         return
     if args.quick:
         args.rows_max, args.batch, args.steps, args.warmup, args.rounds = 10_000, 512, 3, 1, 1
-    singles, shardeds = [], []
+    singles, shardeds, torchrecs = [], [], []
     for _ in range(args.rounds):
         singles.append(run_single(args))
         shardeds.append(run_sharded(args, args.world))
+        if args.torchrec:
+            torchrecs.append(run_sharded(args, args.world, torchrec_worker))
     print(shardeds[0][0]["plan"])
     one = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
     print(f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
@@ -324,6 +385,15 @@ def main() -> None:
               f"{med['bytes_sent'] / 1e6:.2f} | {med['bytes_min'] / 1e6:.2f} | {med['bytes_sent'] / med['bytes_min']:.3f} | "
               f"{med['peak_growth'] / 1e6:.0f} | {med['shard_bytes'] / 1e6:.0f} | "
               f"{med['peak_growth'] / med['shard_bytes']:.2f} |")
+    for rank in range(args.world) if torchrecs else ():
+        rows = [t[rank] for t in torchrecs]
+        if any("error" in r for r in rows):
+            print(f"| TorchRec DMP {args.torchrec_sharding}, rank {rank} | {rows[0].get('error')} |")
+            continue
+        wall = statistics.median(r["wall_ms"] for r in rows)
+        cpu = statistics.median(r["cpu_ms"] for r in rows)
+        print(f"| TorchRec DMP {args.torchrec_sharding}, {args.world} processes, rank {rank} | {wall:.1f} | {cpu:.1f} | "
+              f"{args.batch / wall * 1e3:,.0f} | - | - | - | - | - | - | - | - | - |")
     sys.stdout.flush()
 
 
