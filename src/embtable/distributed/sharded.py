@@ -103,6 +103,12 @@ class _ShardedTables(Module):
         probe = self._collection.__new__(self._collection)
         for config in self.tables:
             probe._check_pooling(config, api)
+        dynamic = [c.name for c in self.tables if getattr(c, "dynamic", None) is not None]
+        if dynamic:
+            raise ShardedValueError(
+                f"{api}: table {dynamic[0]!r} is dynamic (raw ids mapped to slots); sharding "
+                f"covers static tables only (docs/distributed.md, Limits)"
+            )
         plan.check(self.tables)
         if process_group is None:
             process_group = dist.new_group(timeout=timeout)
