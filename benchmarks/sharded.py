@@ -58,14 +58,21 @@ RULE = "rowwise_adagrad"
 
 def table_configs(rows_max: int, count: int = 26) -> list[TableConfig]:
     rows = [int(round(r)) for r in np.logspace(1, np.log10(rows_max), count)]
-    return [TableConfig(name=f"t{i}", num_embeddings=n, embedding_dim=DIM, feature_names=[f"f{i}"]) for i, n in enumerate(rows)]
+    return [
+        TableConfig(name=f"t{i}", num_embeddings=n, embedding_dim=DIM, feature_names=[f"f{i}"])
+        for i, n in enumerate(rows)
+    ]
 
 
 def global_batch(tables: list[TableConfig], batch: int, seed: int) -> KeyedJagged:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, 21, (len(tables), batch), generator=gen)
-    values = [zipf_ids(t.num_embeddings, (int(n),), generator=gen) for t, n in zip(tables, lengths.sum(1))]
-    return KeyedJagged([f"f{i}" for i in range(len(tables))], torch.cat(values), lengths.reshape(-1))
+    values = [
+        zipf_ids(t.num_embeddings, (int(n),), generator=gen) for t, n in zip(tables, lengths.sum(1))
+    ]
+    return KeyedJagged(
+        [f"f{i}" for i in range(len(tables))], torch.cat(values), lengths.reshape(-1)
+    )
 
 
 def local_slice(kjt: KeyedJagged, rank: int, world: int) -> KeyedJagged:
@@ -115,7 +122,9 @@ def minimum_bytes(sharded: ShardedEmbeddingBagCollection, local: KeyedJagged) ->
                 total += int(inside.sum()) * 8
             else:
                 total += ids.numel() * 8
-            total += batch * shard_.num_cols * 4  # gradient of this rank's bags' rows from that shard
+            total += (
+                batch * shard_.num_cols * 4
+            )  # gradient of this rank's bags' rows from that shard
     return total
 
 
@@ -136,13 +145,19 @@ def check_correct(rank: int, world: int) -> None:
     out.pow(2).sum().backward()
     expected.pow(2).sum().backward()
     for name, table in sharded.full_tables().items():
-        torch.testing.assert_close(table, reference.table_weight(name).detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            table, reference.table_weight(name).detach(), rtol=1e-5, atol=1e-6
+        )
 
 
-def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_path: str) -> None:
+def sharded_worker(
+    rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300)
+    )
     check_correct(rank, world)
     tables = table_configs(args.rows_max)
     batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(4)]
@@ -155,7 +170,11 @@ def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, o
         s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
         for s, _ in sharded.shard_weights().values()
     )
-    result: dict[str, Any] = {"rank": rank, "plan": plan.describe(tables), "shard_bytes": shard_bytes}
+    result: dict[str, Any] = {
+        "rank": rank,
+        "plan": plan.describe(tables),
+        "shard_bytes": shard_bytes,
+    }
     walls, cpus, lookups, exchanges, updates, sent = [], [], [], [], [], []
     for step in range(args.warmup + args.steps):
         local = batches[step % len(batches)]
@@ -193,12 +212,16 @@ def sharded_worker(rank: int, world: int, port: int, args: argparse.Namespace, o
     dist.destroy_process_group()
 
 
-def torchrec_worker(rank: int, world: int, port: int, args: argparse.Namespace, out_path: str) -> None:
+def torchrec_worker(
+    rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
+) -> None:
     """TorchRec's DistributedModelParallel on the same tables, table-wise (the sharding type of
     embtable's plan here), fused RowWiseAdagrad applied in backward, gloo, one thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300)
+    )
     result: dict[str, Any] = {"rank": rank}
     try:
         import logging
@@ -217,20 +240,34 @@ def torchrec_worker(rank: int, world: int, port: int, args: argparse.Namespace, 
         from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
         tables = table_configs(args.rows_max)
-        configs = [EmbeddingBagConfig(name=t.name, embedding_dim=DIM, num_embeddings=t.num_embeddings,
-                                      feature_names=list(t.feature_names)) for t in tables]
+        configs = [
+            EmbeddingBagConfig(
+                name=t.name,
+                embedding_dim=DIM,
+                num_embeddings=t.num_embeddings,
+                feature_names=list(t.feature_names),
+            )
+            for t in tables
+        ]
         ebc = TorchRecEBC(tables=configs, device=torch.device("meta"))
         _apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": 0.05})
         sharder = EmbeddingBagCollectionSharder()
-        constraints = {t.name: ParameterConstraints(sharding_types=[args.torchrec_sharding]) for t in tables}
-        planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
-                                           constraints=constraints)
+        constraints = {
+            t.name: ParameterConstraints(sharding_types=[args.torchrec_sharding]) for t in tables
+        }
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints
+        )
         plan = planner.collective_plan(ebc, [sharder], dist.GroupMember.WORLD)
-        model = DistributedModelParallel(ebc, device=torch.device("cpu"), plan=plan, sharders=[sharder])
+        model = DistributedModelParallel(
+            ebc, device=torch.device("cpu"), plan=plan, sharders=[sharder]
+        )
         batches = []
         for s in range(4):
             local = local_slice(global_batch(tables, args.batch, seed=s), rank, world)
-            batches.append(KeyedJaggedTensor(keys=local.keys(), values=local.values(), lengths=local.lengths()))
+            batches.append(
+                KeyedJaggedTensor(keys=local.keys(), values=local.values(), lengths=local.lengths())
+            )
         walls, cpus = [], []
         for step in range(args.warmup + args.steps):
             dist.barrier()
@@ -308,7 +345,9 @@ def model_bytes_per_step(kind: str, world: int, batch: int, ids_per_bag: float, 
     raise ValueError(kind)
 
 
-def model_memory_per_rank(kind: str, world: int, rows: float, dim: int, state_per_row: float) -> float:
+def model_memory_per_rank(
+    kind: str, world: int, rows: float, dim: int, state_per_row: float
+) -> float:
     """Bytes of table + optimizer state one rank holds (row-wise Adagrad: one float per row)."""
     if kind == "row_wise":
         return rows / world * (4 * dim + state_per_row)
@@ -328,12 +367,32 @@ def scaling_plot(path: str) -> None:
     kinds = ["row_wise", "table_wise", "column_wise", "data_parallel"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for kind in kinds:
-        left.plot(worlds, [model_bytes_per_step(kind, w, 512, 10, 64) / 2**20 for w in worlds], marker="o", label=kind)
-        right.plot(worlds, [model_memory_per_rank(kind, w, 1e9, 64, 4) / 2**30 for w in worlds], marker="o", label=kind)
-    left.set(xscale="log", yscale="log", xlabel="ranks", ylabel="MiB sent per step per rank",
-             title="1 feature, 512 bags/rank, 10 ids/bag, D=64")
-    right.set(xscale="log", yscale="log", xlabel="ranks", ylabel="GiB per rank (weights + row-wise Adagrad)",
-              title="1e9 x 64 table")
+        left.plot(
+            worlds,
+            [model_bytes_per_step(kind, w, 512, 10, 64) / 2**20 for w in worlds],
+            marker="o",
+            label=kind,
+        )
+        right.plot(
+            worlds,
+            [model_memory_per_rank(kind, w, 1e9, 64, 4) / 2**30 for w in worlds],
+            marker="o",
+            label=kind,
+        )
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="ranks",
+        ylabel="MiB sent per step per rank",
+        title="1 feature, 512 bags/rank, 10 ids/bag, D=64",
+    )
+    right.set(
+        xscale="log",
+        yscale="log",
+        xlabel="ranks",
+        ylabel="GiB per rank (weights + row-wise Adagrad)",
+        title="1e9 x 64 table",
+    )
     right.axhline(128, color="gray", linestyle=":", label="128 GiB host")
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
@@ -343,7 +402,9 @@ def scaling_plot(path: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows-max", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=10)
@@ -352,8 +413,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--world", type=int, default=2, help="processes of the sharded contender")
     parser.add_argument("--scaling-plot", metavar="PNG", help="only write the scaling model's plot")
-    parser.add_argument("--torchrec", action="store_true", help="add TorchRec's DistributedModelParallel")
-    parser.add_argument("--torchrec-sharding", default="table_wise", help="its sharding type (table_wise, ...)")
+    parser.add_argument(
+        "--torchrec", action="store_true", help="add TorchRec's DistributedModelParallel"
+    )
+    parser.add_argument(
+        "--torchrec-sharding", default="table_wise", help="its sharding type (table_wise, ...)"
+    )
     args = parser.parse_args()
     if args.scaling_plot:
         scaling_plot(args.scaling_plot)
@@ -368,32 +433,67 @@ def main() -> None:
             torchrecs.append(run_sharded(args, args.world, torchrec_worker))
     print(shardeds[0][0]["plan"])
     one = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
-    print(f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
-          f"{args.rounds} rounds x {args.steps} steps (medians)")
-    header = ("contender", "wall ms", "CPU ms", "samples/s", "lookup ms", "exchange ms", "update ms", "sent MB/step",
-              "min MB/step", "sent/min", "peak MB", "shards MB", "peak/shards")
+    print(
+        f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
+        f"{args.rounds} rounds x {args.steps} steps (medians)"
+    )
+    header = (
+        "contender",
+        "wall ms",
+        "CPU ms",
+        "samples/s",
+        "lookup ms",
+        "exchange ms",
+        "update ms",
+        "sent MB/step",
+        "min MB/step",
+        "sent/min",
+        "peak MB",
+        "shards MB",
+        "peak/shards",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    print(f"| 1 process | {one['wall_ms']:.1f} | {one['cpu_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
-          f"{one['update_ms']:.1f} | - | - | - | - | - | - |")
+    print(
+        f"| 1 process | {one['wall_ms']:.1f} | {one['cpu_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
+        f"{one['update_ms']:.1f} | - | - | - | - | - | - |"
+    )
     for rank in range(args.world):
         rows = [s[rank] for s in shardeds]
-        med = {k: statistics.median(r[k] for r in rows) for k in ("wall_ms", "cpu_ms", "lookup_ms", "exchange_ms", "update_ms",
-                                                                    "bytes_sent", "bytes_min", "peak_growth", "shard_bytes")}
-        print(f"| {args.world} processes, rank {rank} | {med['wall_ms']:.1f} | {med['cpu_ms']:.1f} | {args.batch / med['wall_ms'] * 1e3:,.0f} | "
-              f"{med['lookup_ms']:.1f} | {med['exchange_ms']:.1f} | {med['update_ms']:.1f} | "
-              f"{med['bytes_sent'] / 1e6:.2f} | {med['bytes_min'] / 1e6:.2f} | {med['bytes_sent'] / med['bytes_min']:.3f} | "
-              f"{med['peak_growth'] / 1e6:.0f} | {med['shard_bytes'] / 1e6:.0f} | "
-              f"{med['peak_growth'] / med['shard_bytes']:.2f} |")
+        med = {
+            k: statistics.median(r[k] for r in rows)
+            for k in (
+                "wall_ms",
+                "cpu_ms",
+                "lookup_ms",
+                "exchange_ms",
+                "update_ms",
+                "bytes_sent",
+                "bytes_min",
+                "peak_growth",
+                "shard_bytes",
+            )
+        }
+        print(
+            f"| {args.world} processes, rank {rank} | {med['wall_ms']:.1f} | {med['cpu_ms']:.1f} | {args.batch / med['wall_ms'] * 1e3:,.0f} | "
+            f"{med['lookup_ms']:.1f} | {med['exchange_ms']:.1f} | {med['update_ms']:.1f} | "
+            f"{med['bytes_sent'] / 1e6:.2f} | {med['bytes_min'] / 1e6:.2f} | {med['bytes_sent'] / med['bytes_min']:.3f} | "
+            f"{med['peak_growth'] / 1e6:.0f} | {med['shard_bytes'] / 1e6:.0f} | "
+            f"{med['peak_growth'] / med['shard_bytes']:.2f} |"
+        )
     for rank in range(args.world) if torchrecs else ():
         rows = [t[rank] for t in torchrecs]
         if any("error" in r for r in rows):
-            print(f"| TorchRec DMP {args.torchrec_sharding}, rank {rank} | {rows[0].get('error')} |")
+            print(
+                f"| TorchRec DMP {args.torchrec_sharding}, rank {rank} | {rows[0].get('error')} |"
+            )
             continue
         wall = statistics.median(r["wall_ms"] for r in rows)
         cpu = statistics.median(r["cpu_ms"] for r in rows)
-        print(f"| TorchRec DMP {args.torchrec_sharding}, {args.world} processes, rank {rank} | {wall:.1f} | {cpu:.1f} | "
-              f"{args.batch / wall * 1e3:,.0f} | - | - | - | - | - | - | - | - | - |")
+        print(
+            f"| TorchRec DMP {args.torchrec_sharding}, {args.world} processes, rank {rank} | {wall:.1f} | {cpu:.1f} | "
+            f"{args.batch / wall * 1e3:,.0f} | - | - | - | - | - | - | - | - | - |"
+        )
     sys.stdout.flush()
 
 

@@ -32,7 +32,9 @@ from embtable.testing import zipf_ids
 
 TABLES = [
     TableConfig(name="user", num_embeddings=200_000, embedding_dim=16),
-    TableConfig(name="item", num_embeddings=50_000, embedding_dim=16, feature_names=["item", "history"]),
+    TableConfig(
+        name="item", num_embeddings=50_000, embedding_dim=16, feature_names=["item", "history"]
+    ),
     TableConfig(name="city", num_embeddings=5_000, embedding_dim=16),
     TableConfig(name="device", num_embeddings=50, embedding_dim=16),
     TableConfig(name="hour", num_embeddings=24, embedding_dim=16),
@@ -40,20 +42,36 @@ TABLES = [
 NUM_DENSE = 8
 
 
-def make_batch(step: int, batch: int, rank: int, world: int) -> tuple[torch.Tensor, KeyedJagged, torch.Tensor]:
+def make_batch(
+    step: int, batch: int, rank: int, world: int
+) -> tuple[torch.Tensor, KeyedJagged, torch.Tensor]:
     """Rank ``rank``'s share of global batch ``step`` (the same global batch for any world size)."""
     gen = torch.Generator().manual_seed(step)
     total = batch * world
     dense = torch.randn(total, NUM_DENSE, generator=gen)
-    lengths = {"user": torch.ones(total, dtype=torch.int64), "item": torch.ones(total, dtype=torch.int64),
-               "history": torch.randint(0, 8, (total,), generator=gen), "city": torch.ones(total, dtype=torch.int64),
-               "device": torch.ones(total, dtype=torch.int64), "hour": torch.ones(total, dtype=torch.int64)}
-    rows = {"user": 200_000, "item": 50_000, "history": 50_000, "city": 5_000, "device": 50, "hour": 24}
+    lengths = {
+        "user": torch.ones(total, dtype=torch.int64),
+        "item": torch.ones(total, dtype=torch.int64),
+        "history": torch.randint(0, 8, (total,), generator=gen),
+        "city": torch.ones(total, dtype=torch.int64),
+        "device": torch.ones(total, dtype=torch.int64),
+        "hour": torch.ones(total, dtype=torch.int64),
+    }
+    rows = {
+        "user": 200_000,
+        "item": 50_000,
+        "history": 50_000,
+        "city": 5_000,
+        "device": 50,
+        "hour": 24,
+    }
     ids = {k: zipf_ids(rows[k], (int(lengths[k].sum()),), generator=gen) for k in rows}
     # the label: a fixed logistic model of the dense features and of a few ids' parity
     truth = torch.Generator().manual_seed(1234)
     w = torch.randn(NUM_DENSE, generator=truth)
-    logit = dense @ w + 0.5 * (ids["user"] % 2 * 2 - 1).float() + 0.5 * (ids["item"] % 3 == 0).float()
+    logit = (
+        dense @ w + 0.5 * (ids["user"] % 2 * 2 - 1).float() + 0.5 * (ids["item"] % 3 == 0).float()
+    )
     label = (torch.rand(total, generator=gen) < torch.sigmoid(logit)).float()
     lo, hi = rank * batch, (rank + 1) * batch
     values, lens = [], []
@@ -65,7 +83,9 @@ def make_batch(step: int, batch: int, rank: int, world: int) -> tuple[torch.Tens
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=512, help="examples per rank and step")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, untested here)")
@@ -75,7 +95,9 @@ def main() -> None:
     cuda = args.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    )
     if cuda:
         torch.cuda.set_device(device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))

@@ -21,7 +21,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, timeout_s: float) -> None:
+def _entry(
+    rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, timeout_s: float
+) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -59,11 +61,20 @@ def concat_batches(batches: list[Any]) -> Any:
             lengths.append(b.lengths()[p * stride : (p + 1) * stride])
             if b.weights() is not None:
                 weights.append(b.weights()[starts[p] : starts[p + 1]])
-    return KeyedJagged(keys, torch.cat(values), torch.cat(lengths), weights=torch.cat(weights) if weights else None)
+    return KeyedJagged(
+        keys, torch.cat(values), torch.cat(lengths), weights=torch.cat(weights) if weights else None
+    )
 
 
-def _raw_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, timeout_s: float,
-               folder: str) -> None:
+def _raw_entry(
+    rank: int,
+    world: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    timeout_s: float,
+    folder: str,
+) -> None:
     try:
         _entry(rank, world, port, fn, args, timeout_s)
     except BaseException:
@@ -72,14 +83,24 @@ def _raw_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: t
         os._exit(1)
 
 
-def spawn_raw(fn: Callable[..., Any], world: int, folder: str, *args: Any, timeout_s: float = 5.0,
-              wait_s: float = 60.0) -> list[int | None]:
+def spawn_raw(
+    fn: Callable[..., Any],
+    world: int,
+    folder: str,
+    *args: Any,
+    timeout_s: float = 5.0,
+    wait_s: float = 60.0,
+) -> list[int | None]:
     """Like :func:`spawn`, but a failing rank does not stop the others: the exit codes
     (``None``: still running after ``wait_s``, then killed); tracebacks in ``folder/error-<rank>.txt``."""
     context = mp.get_context("spawn")
     port = free_port()
-    procs = [context.Process(target=_raw_entry, args=(r, world, port, fn, (folder, *args), timeout_s, folder))
-             for r in range(world)]
+    procs = [
+        context.Process(
+            target=_raw_entry, args=(r, world, port, fn, (folder, *args), timeout_s, folder)
+        )
+        for r in range(world)
+    ]
     for proc in procs:
         proc.start()
     codes: list[int | None] = []

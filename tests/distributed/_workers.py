@@ -29,9 +29,16 @@ def bag_tables(weighted: bool = False) -> list[TableConfig]:
     per-value weights apply to sum pooling only)."""
     return [
         TableConfig(name="a", num_embeddings=40, embedding_dim=4, feature_names=["a1", "a2"]),
-        TableConfig(name="b", num_embeddings=30, embedding_dim=6, pooling="sum" if weighted else "mean",
-                    padding_idx=3),
-        TableConfig(name="c", num_embeddings=25, embedding_dim=4, pooling="sum" if weighted else "max"),
+        TableConfig(
+            name="b",
+            num_embeddings=30,
+            embedding_dim=6,
+            pooling="sum" if weighted else "mean",
+            padding_idx=3,
+        ),
+        TableConfig(
+            name="c", num_embeddings=25, embedding_dim=4, pooling="sum" if weighted else "max"
+        ),
         TableConfig(name="d", num_embeddings=12, embedding_dim=8),
     ]
 
@@ -40,23 +47,31 @@ def seq_tables() -> list[TableConfig]:
     """Non-pooled tables (one with padding)."""
     return [
         TableConfig(name="w", num_embeddings=30, embedding_dim=4, pooling="none", padding_idx=0),
-        TableConfig(name="v", num_embeddings=16, embedding_dim=6, pooling="none", feature_names=["v1", "v2"]),
+        TableConfig(
+            name="v", num_embeddings=16, embedding_dim=6, pooling="none", feature_names=["v1", "v2"]
+        ),
     ]
 
 
-def _rows(config_of: dict[str, int], step: int, weighted: bool) -> tuple[dict[str, list[list[int]]], dict]:
+def _rows(
+    config_of: dict[str, int], step: int, weighted: bool
+) -> tuple[dict[str, list[list[int]]], dict]:
     gen = torch.Generator().manual_seed(1000 + step)
     ids: dict[str, list[list[int]]] = {}
     for feature, rows in config_of.items():
         ids[feature] = [
-            torch.randint(0, rows, (int(torch.randint(0, 5, (1,), generator=gen)),), generator=gen).tolist()
+            torch.randint(
+                0, rows, (int(torch.randint(0, 5, (1,), generator=gen)),), generator=gen
+            ).tolist()
             for _ in range(GLOBAL_BATCH)
         ]
     weights = {}
     if weighted:
         for feature in ("a1", "a2", "d"):
             if feature in ids:
-                weights[feature] = [torch.rand(len(x), generator=gen).tolist() for x in ids[feature]]
+                weights[feature] = [
+                    torch.rand(len(x), generator=gen).tolist() for x in ids[feature]
+                ]
     return ids, weights
 
 
@@ -67,11 +82,17 @@ def _kjt(ids: dict[str, list[list[int]]], weights: dict, lo: int, hi: int) -> Ke
     w = None
     if weights:
         w = torch.tensor(
-            [x for k in keys for bag, wbag in zip(ids[k][lo:hi], weights.get(k, ids[k])[lo:hi])
-             for x in (wbag if k in weights else [1.0] * len(bag))],
+            [
+                x
+                for k in keys
+                for bag, wbag in zip(ids[k][lo:hi], weights.get(k, ids[k])[lo:hi])
+                for x in (wbag if k in weights else [1.0] * len(bag))
+            ],
             dtype=torch.float32,
         )
-    return KeyedJagged(keys, torch.tensor(values, dtype=torch.int64), torch.tensor(lengths), weights=w)
+    return KeyedJagged(
+        keys, torch.tensor(values, dtype=torch.int64), torch.tensor(lengths), weights=w
+    )
 
 
 def batches(features: dict[str, int], step: int, world: int, rank: int, weighted: bool = False):
@@ -92,32 +113,46 @@ def mixed_plan(world: int, variant: int) -> ShardingPlan:
     docs/distributed.md, "Exactness")."""
     if variant == 0:
         cuts = [0, 7, 40] if world == 2 else [0, 3, 10, 20, 40]
-        return ShardingPlan(world_size=world, tables={
-            "a": TableSharding.row_wise(boundaries=cuts),
-            "b": TableSharding.row_wise(),
-            "c": TableSharding.table_wise(rank=world - 1),
-            "d": TableSharding.column_wise(),
-        })
+        return ShardingPlan(
+            world_size=world,
+            tables={
+                "a": TableSharding.row_wise(boundaries=cuts),
+                "b": TableSharding.row_wise(),
+                "c": TableSharding.table_wise(rank=world - 1),
+                "d": TableSharding.column_wise(),
+            },
+        )
     if variant == 1:
-        return ShardingPlan(world_size=world, tables={
-            "a": TableSharding.table_wise(rank=0),
-            "b": TableSharding.table_wise(rank=world - 1),
-            "c": TableSharding.row_wise(),
-            "d": TableSharding.data_parallel(),
-        })
+        return ShardingPlan(
+            world_size=world,
+            tables={
+                "a": TableSharding.table_wise(rank=0),
+                "b": TableSharding.table_wise(rank=world - 1),
+                "c": TableSharding.row_wise(),
+                "d": TableSharding.data_parallel(),
+            },
+        )
     if variant == 3:
-        return ShardingPlan(world_size=world, tables={
-            "a": TableSharding.row_wise(boundaries=[0, 25, 40] if world == 2 else [0, 5, 6, 30, 40]),
-            "b": TableSharding.row_wise(ranks=list(range(world))[::-1]),
-            "c": TableSharding.table_wise(rank=0),
-            "d": TableSharding.data_parallel(),
-        })
-    return ShardingPlan(world_size=world, tables={
-        "a": TableSharding.column_wise(),
-        "b": TableSharding.column_wise(ranks=[1, 0]),
-        "c": TableSharding.column_wise(),
-        "d": TableSharding.row_wise(),
-    })
+        return ShardingPlan(
+            world_size=world,
+            tables={
+                "a": TableSharding.row_wise(
+                    boundaries=[0, 25, 40] if world == 2 else [0, 5, 6, 30, 40]
+                ),
+                "b": TableSharding.row_wise(ranks=list(range(world))[::-1]),
+                "c": TableSharding.table_wise(rank=0),
+                "d": TableSharding.data_parallel(),
+            },
+        )
+    return ShardingPlan(
+        world_size=world,
+        tables={
+            "a": TableSharding.column_wise(),
+            "b": TableSharding.column_wise(ranks=[1, 0]),
+            "c": TableSharding.column_wise(),
+            "d": TableSharding.row_wise(),
+        },
+    )
 
 
 def _loss(pooled: torch.Tensor) -> torch.Tensor:
@@ -128,12 +163,24 @@ def _loss(pooled: torch.Tensor) -> torch.Tensor:
 def _same_tables(sharded: Any, reference: Any, what: str) -> None:
     full = sharded.full_tables()
     for name, table in full.items():
-        torch.testing.assert_close(table, reference.table_weight(name).detach(), rtol=RTOL, atol=ATOL,
-                                   msg=lambda m, n=name: f"{what}: table {n}: {m}")
+        torch.testing.assert_close(
+            table,
+            reference.table_weight(name).detach(),
+            rtol=RTOL,
+            atol=ATOL,
+            msg=lambda m, n=name: f"{what}: table {n}: {m}",
+        )
 
 
-def train_and_compare(rank: int, world: int, plan: ShardingPlan, rule: str, options: dict,
-                      steps: int = 5, weighted: bool = False) -> Any:
+def train_and_compare(
+    rank: int,
+    world: int,
+    plan: ShardingPlan,
+    rule: str,
+    options: dict,
+    steps: int = 5,
+    weighted: bool = False,
+) -> Any:
     """Forward outputs every step and all tables after ``steps`` equal the global-batch oracle."""
     torch.manual_seed(0)
     reference = EmbeddingBagCollection(bag_tables(weighted))
@@ -146,8 +193,13 @@ def train_and_compare(rank: int, world: int, plan: ShardingPlan, rule: str, opti
         out = sharded(local)
         expected = reference(global_batch)
         for feature in out.keys():
-            torch.testing.assert_close(out[feature], expected[feature][rank * size : (rank + 1) * size],
-                                       rtol=RTOL, atol=ATOL, msg=lambda m, f=feature, s=step: f"{rule} step {s} {f}: {m}")
+            torch.testing.assert_close(
+                out[feature],
+                expected[feature][rank * size : (rank + 1) * size],
+                rtol=RTOL,
+                atol=ATOL,
+                msg=lambda m, f=feature, s=step: f"{rule} step {s} {f}: {m}",
+            )
         _loss(out.values()).backward()
         _loss(expected.values()).backward()
     _same_tables(sharded, reference, f"{rule} {options} plan {plan.to_dict()}")
@@ -175,7 +227,9 @@ def check_sequences(rank: int, world: int, plan: ShardingPlan) -> None:
             size = GLOBAL_BATCH // world
             start = int(lengths[: rank * size].sum())
             count = int(lengths[rank * size : (rank + 1) * size].sum())
-            torch.testing.assert_close(mine.values, expected[feature].values[start : start + count], rtol=RTOL, atol=ATOL)
+            torch.testing.assert_close(
+                mine.values, expected[feature].values[start : start + count], rtol=RTOL, atol=ATOL
+            )
             torch.testing.assert_close(mine.lengths, lengths[rank * size : (rank + 1) * size])
             total = total + mine.values.pow(2).sum() * (1 + len(feature))
             ref_total = ref_total + expected[feature].values.pow(2).sum() * (1 + len(feature))
@@ -214,13 +268,29 @@ def check_bad_ids(rank: int, world: int) -> None:
 def group_of_two(rank: int, world: int, folder: str) -> None:
     """Every sharding type and pooling, three rules and two state dtypes, EC, failures, checkpoint."""
     train_and_compare(rank, world, mixed_plan(world, 0), "sgd", {"lr": 0.1, "momentum": 0.9})
-    train_and_compare(rank, world, mixed_plan(world, 1), "rowwise_adagrad", {"lr": 0.1}, weighted=True)
-    train_and_compare(rank, world, mixed_plan(world, 3), "adam", {"lr": 0.05, "state_dtype": "int8_rowwise"})
+    train_and_compare(
+        rank, world, mixed_plan(world, 1), "rowwise_adagrad", {"lr": 0.1}, weighted=True
+    )
+    train_and_compare(
+        rank, world, mixed_plan(world, 3), "adam", {"lr": 0.05, "state_dtype": "int8_rowwise"}
+    )
     train_and_compare(rank, world, mixed_plan(world, 2), "sgd", {"lr": 0.1})
-    check_sequences(rank, world, ShardingPlan(world_size=world, tables={
-        "w": TableSharding.row_wise(), "v": TableSharding.column_wise()}))
-    check_sequences(rank, world, ShardingPlan(world_size=world, tables={
-        "w": TableSharding.table_wise(rank=1), "v": TableSharding.data_parallel()}))
+    check_sequences(
+        rank,
+        world,
+        ShardingPlan(
+            world_size=world,
+            tables={"w": TableSharding.row_wise(), "v": TableSharding.column_wise()},
+        ),
+    )
+    check_sequences(
+        rank,
+        world,
+        ShardingPlan(
+            world_size=world,
+            tables={"w": TableSharding.table_wise(rank=1), "v": TableSharding.data_parallel()},
+        ),
+    )
     check_bad_ids(rank, world)
     checkpoint_source(rank, world, folder)
     check_interrupted_save(rank, world, folder)
@@ -247,8 +317,10 @@ def check_interrupted_save(rank: int, world: int, folder: str) -> None:
     sharded = _fresh(world, 0, seed=5)
     original = dcp.FileSystemWriter.write_data
     if rank == 1:
+
         def broken(self: Any, plan: Any, planner: Any) -> Any:
             raise OSError("disk full (simulated)")
+
         dcp.FileSystemWriter.write_data = broken
     try:
         save_checkpoint(os.path.join(folder, "two"), sharded)
@@ -282,8 +354,15 @@ def _step(sharded: Any, step: int, world: int, rank: int) -> None:
 def group_of_four(rank: int, world: int, folder: str) -> None:
     """Mixed plans at world 4; the 2-rank checkpoint loaded on another plan resumes exactly."""
     train_and_compare(rank, world, mixed_plan(world, 0), "adam", {"lr": 0.05})
-    train_and_compare(rank, world, mixed_plan(world, 1), "adagrad", {"lr": 0.1, "state_dtype": "int8_rowwise"},
-                      steps=3, weighted=True)
+    train_and_compare(
+        rank,
+        world,
+        mixed_plan(world, 1),
+        "adagrad",
+        {"lr": 0.1, "state_dtype": "int8_rowwise"},
+        steps=3,
+        weighted=True,
+    )
     sharded = _fresh(world, 3, seed=9)  # other weights, other plan
     load_checkpoint(os.path.join(folder, "two"), sharded)
     expected = torch.load(os.path.join(folder, "two.pt"))
@@ -292,8 +371,13 @@ def group_of_four(rank: int, world: int, folder: str) -> None:
     for step in range(3, 5):
         _step(sharded, step, world, rank)
     for name, table in sharded.full_tables().items():
-        torch.testing.assert_close(table, expected["final"][name], rtol=RTOL, atol=ATOL,
-                                   msg=lambda m, n=name: f"resumed 2 -> 4: table {n}: {m}")
+        torch.testing.assert_close(
+            table,
+            expected["final"][name],
+            rtol=RTOL,
+            atol=ATOL,
+            msg=lambda m, n=name: f"resumed 2 -> 4: table {n}: {m}",
+        )
     save_checkpoint(os.path.join(folder, "four"), sharded)
     final = sharded.full_tables()
     if rank == 0:
@@ -316,6 +400,8 @@ def group_with_a_death(rank: int, world: int, folder: str) -> None:
         out.values().sum().backward()
     except Exception as error:  # gloo: connection closed / timeout
         with open(os.path.join(folder, "death.txt"), "w") as handle:
-            handle.write(f"{time.monotonic() - start:.3f} {type(error).__name__}: {str(error)[:200]}")
+            handle.write(
+                f"{time.monotonic() - start:.3f} {type(error).__name__}: {str(error)[:200]}"
+            )
         os._exit(0)
     raise AssertionError("backward succeeded although rank 1 died")

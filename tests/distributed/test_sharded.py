@@ -56,10 +56,12 @@ def test_two_to_one_unsharded_and_torch_modules(folder: str) -> None:
     for name, table in saved.items():
         assert torch.equal(plain.table_weight(name).detach(), table)
     modules = torch.nn.Module()
-    modules.embedding_bags = torch.nn.ModuleDict({
-        c.name: torch.nn.EmbeddingBag(c.num_embeddings, c.embedding_dim, mode="sum")
-        for c in _workers.bag_tables()
-    })
+    modules.embedding_bags = torch.nn.ModuleDict(
+        {
+            c.name: torch.nn.EmbeddingBag(c.num_embeddings, c.embedding_dim, mode="sum")
+            for c in _workers.bag_tables()
+        }
+    )
     modules.load_state_dict(load_tables(path))
     for name, table in saved.items():
         assert torch.equal(modules.embedding_bags[name].weight.detach(), table)

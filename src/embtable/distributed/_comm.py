@@ -81,7 +81,9 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         out_splits, in_splits, group, rank, stats, kind = ctx.meta
-        back = all_to_all(grad.contiguous(), in_splits, out_splits, group, rank, stats, kind + "_grad")
+        back = all_to_all(
+            grad.contiguous(), in_splits, out_splits, group, rank, stats, kind + "_grad"
+        )
         return (back,) + (None,) * 6
 
 
@@ -115,12 +117,16 @@ class _OwnPart(torch.autograd.Function):
         world = len(parts)
         mine = grad.contiguous()
         sizes = [int(p.numel()) for p in parts]
-        gathered = all_to_all(mine.repeat(world), sizes, [mine.numel()] * world, group, rank, stats, "dp_grad")
+        gathered = all_to_all(
+            mine.repeat(world), sizes, [mine.numel()] * world, group, rank, stats, "dp_grad"
+        )
         full = grad.new_zeros(int(torch.Size(shape).numel()))
         full[torch.cat(parts)] = gathered
         return full.view(shape), None, None, None, None
 
 
-def own_part(x: Tensor, parts: list[Tensor], group: Any, rank: int, stats: CommStats | None) -> Tensor:
+def own_part(
+    x: Tensor, parts: list[Tensor], group: Any, rank: int, stats: CommStats | None
+) -> Tensor:
     """The flat elements ``parts[rank]`` of ``x``; backward gathers all ranks' gradients."""
     return _OwnPart.apply(x, parts, group, rank, stats)

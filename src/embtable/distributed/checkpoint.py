@@ -55,11 +55,15 @@ def _quiet() -> Iterator[None]:
     row / column chunks placed on chosen ranks needs it; DTensor has no such placements)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled", category=UserWarning
+        )
         yield
 
 
-def _sharded_tensor(local: list[tuple[Tensor, Shard, bool]], size: tuple[int, ...], sharded: _ShardedTables) -> Any:
+def _sharded_tensor(
+    local: list[tuple[Tensor, Shard, bool]], size: tuple[int, ...], sharded: _ShardedTables
+) -> Any:
     from torch.distributed._shard.metadata import ShardMetadata
     from torch.distributed._shard.sharded_tensor import Shard as ChunkShard
     from torch.distributed._shard.sharded_tensor import init_from_local_shards
@@ -69,7 +73,9 @@ def _sharded_tensor(local: list[tuple[Tensor, Shard, bool]], size: tuple[int, ..
     for tensor, shard, row_only in local:
         offsets = [shard.row_offset] if row_only else [shard.row_offset, shard.col_offset]
         sizes = list(tensor.shape)
-        meta = ShardMetadata(shard_offsets=offsets, shard_sizes=sizes, placement=f"rank:{rank}/{tensor.device}")
+        meta = ShardMetadata(
+            shard_offsets=offsets, shard_sizes=sizes, placement=f"rank:{rank}/{tensor.device}"
+        )
         shards.append(ChunkShard(tensor=tensor, metadata=meta))
     with _quiet():
         return init_from_local_shards(shards, *size, process_group=sharded.group)
@@ -135,7 +141,10 @@ def _state_entries(sharded: _ShardedTables, with_optimizer: bool) -> dict[str, A
 def _ensure_state(optimizer: Any, weight: Tensor, group: dict[str, Any]) -> dict[str, Any]:
     """The optimizer state of ``weight``, created (fresh, as the first step would) if none yet."""
     if not optimizer.state.get(weight):
-        optimizer.state[weight] = {**optimizer.rule.init_state(weight.detach(), group), "table_step": 0}
+        optimizer.state[weight] = {
+            **optimizer.rule.init_state(weight.detach(), group),
+            "table_step": 0,
+        }
     return optimizer.state[weight]
 
 
@@ -149,19 +158,37 @@ def _agreed(sharded: _ShardedTables, names: list[str]) -> list[str]:
 
 def _is_row_state(sharded: _ShardedTables, tensor: Tensor | None) -> bool:
     flags: list[Any] = [None] * sharded.world_size
-    dist.all_gather_object(flags, None if tensor is None else tensor.dim() == 1, group=sharded.group)
+    dist.all_gather_object(
+        flags, None if tensor is None else tensor.dim() == 1, group=sharded.group
+    )
     return any(flag for flag in flags if flag is not None)
 
 
-def _row_state_of_first_column(sharded: _ShardedTables, table: str, tensor: Tensor | None, config: Any) -> Any:
+def _row_state_of_first_column(
+    sharded: _ShardedTables, table: str, tensor: Tensor | None, config: Any
+) -> Any:
     first = sharded._shards[table][0]
     local = []
     if tensor is not None and first.rank == sharded.rank:
-        local = [(tensor, Shard(rank=first.rank, row_offset=0, num_rows=config.num_embeddings, col_offset=0, num_cols=0), True)]
+        local = [
+            (
+                tensor,
+                Shard(
+                    rank=first.rank,
+                    row_offset=0,
+                    num_rows=config.num_embeddings,
+                    col_offset=0,
+                    num_cols=0,
+                ),
+                True,
+            )
+        ]
     return _sharded_tensor(local, (config.num_embeddings,), sharded)
 
 
-def save_checkpoint(path: str | os.PathLike[str], sharded: _ShardedTables, *, optimizer: bool = True) -> None:
+def save_checkpoint(
+    path: str | os.PathLike[str], sharded: _ShardedTables, *, optimizer: bool = True
+) -> None:
     """Write ``sharded``'s tables (and fused optimizer state) to the folder ``path``; every rank calls it.
 
     The write is atomic: ``path`` appears (replacing an older checkpoint there) only after
@@ -178,13 +205,17 @@ def save_checkpoint(path: str | os.PathLike[str], sharded: _ShardedTables, *, op
     """
     path = os.path.abspath(os.fspath(path))
     token = [uuid.uuid4().hex if sharded.rank == 0 else None]
-    dist.broadcast_object_list(token, src=dist.get_global_rank(sharded.group, 0), group=sharded.group)
+    dist.broadcast_object_list(
+        token, src=dist.get_global_rank(sharded.group, 0), group=sharded.group
+    )
     partial = f"{path}.partial-{token[0]}"
     with _quiet():
         state = _state_entries(sharded, optimizer)
     try:
         with _quiet():
-            dcp.save(state, storage_writer=dcp.FileSystemWriter(partial), process_group=sharded.group)
+            dcp.save(
+                state, storage_writer=dcp.FileSystemWriter(partial), process_group=sharded.group
+            )
     except BaseException:
         if sharded.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
@@ -244,7 +275,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(handle)
 
 
-def load_checkpoint(path: str | os.PathLike[str], sharded: _ShardedTables, *, optimizer: bool = True) -> None:
+def load_checkpoint(
+    path: str | os.PathLike[str], sharded: _ShardedTables, *, optimizer: bool = True
+) -> None:
     """Load a checkpoint written by any number of ranks into ``sharded`` (any plan); every rank calls it.
 
     Each rank reads the rows of its shards; with ``optimizer=True`` the fused optimizer
@@ -260,7 +293,9 @@ def load_checkpoint(path: str | os.PathLike[str], sharded: _ShardedTables, *, op
     with _quiet():
         state = _state_entries(sharded, optimizer and manifest["optimizer"])
     with _quiet():
-        dcp.load(state, storage_reader=dcp.FileSystemReader(os.fspath(path)), process_group=sharded.group)
+        dcp.load(
+            state, storage_reader=dcp.FileSystemReader(os.fspath(path)), process_group=sharded.group
+        )
     if optimizer and manifest["optimizer"]:
         for config in sharded.tables:
             found = _optimizer_of(sharded, config.name)
@@ -284,7 +319,11 @@ def _spread_row_state(sharded: _ShardedTables, state: dict[str, Any]) -> None:
             full = torch.zeros(value.size(), dtype=_dtype_of(value), device=sharded._device())
             for chunk in value.local_shards():
                 full[: chunk.tensor.numel()] = chunk.tensor
-            dist.broadcast(full, dist.get_global_rank(sharded.group, _group_rank(sharded, config.name)), group=sharded.group)
+            dist.broadcast(
+                full,
+                dist.get_global_rank(sharded.group, _group_rank(sharded, config.name)),
+                group=sharded.group,
+            )
             if found is not None:
                 opt, _, grouped = found
                 place = sharded.local.plan.tables[config.name]

@@ -47,8 +47,14 @@ def _tables(data: Any, width: int) -> list[Any]:
         for name in ("user", "age", "gender", "occupation", "item", "year")
     ]
     out.append(
-        TableConfig(name="genres", num_embeddings=genres + 1, embedding_dim=width, init_std=0.01,
-                    pooling="mean", padding_idx=genres)
+        TableConfig(
+            name="genres",
+            num_embeddings=genres + 1,
+            embedding_dim=width,
+            init_std=0.01,
+            pooling="mean",
+            padding_idx=genres,
+        )
     )
     return out
 
@@ -60,9 +66,15 @@ def _batch(data: Any, users: torch.Tensor, items: torch.Tensor) -> Any:
     genres = side["genres"]
     single = [users, side["age"], side["gender"], side["occupation"], items, side["year"]]
     values = torch.cat([t.to(torch.int64) for t in single] + [genres.reshape(-1).to(torch.int64)])
-    lengths = torch.cat([torch.ones(len(users) * len(single), dtype=torch.int64),
-                         torch.full((len(users),), genres.shape[1], dtype=torch.int64)])
-    return KeyedJagged(["user", "age", "gender", "occupation", "item", "year", "genres"], values, lengths)
+    lengths = torch.cat(
+        [
+            torch.ones(len(users) * len(single), dtype=torch.int64),
+            torch.full((len(users),), genres.shape[1], dtype=torch.int64),
+        ]
+    )
+    return KeyedJagged(
+        ["user", "age", "gender", "occupation", "item", "year", "genres"], values, lengths
+    )
 
 
 class _Model(torch.nn.Module):
@@ -79,7 +91,13 @@ class _Model(torch.nn.Module):
         user = sum(pooled[f] for f in _USER)
         item = sum(pooled[f] for f in _ITEM)
         dot = (user[:, :-1] * item[:, :-1]).sum(1)
-        return self.mean + dot + user[:, -1] + item[:, -1] + self.head(torch.cat([user, item], 1)).squeeze(1)
+        return (
+            self.mean
+            + dot
+            + user[:, -1]
+            + item[:, -1]
+            + self.head(torch.cat([user, item], 1)).squeeze(1)
+        )
 
 
 def _shares(
@@ -95,7 +113,10 @@ def _shares(
     real = torch.arange(count * step) < len(order)
     order = torch.cat([order, order[: count * step - len(order)]])
     return [
-        (order[s * step + rank * batch : s * step + (rank + 1) * batch], real[s * step + rank * batch : s * step + (rank + 1) * batch])
+        (
+            order[s * step + rank * batch : s * step + (rank + 1) * batch],
+            real[s * step + rank * batch : s * step + (rank + 1) * batch],
+        )
         for s in range(count)
     ]
 
@@ -107,12 +128,19 @@ def _worker(rank: int, world: int, port: int, options: Any, result_path: str) ->
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
     data = load_movielens(options.data)
-    train_idx, test_idx = data.split(options.split, test_fraction=options.test_fraction, seed=options.seed)
+    train_idx, test_idx = data.split(
+        options.split, test_fraction=options.test_fraction, seed=options.seed
+    )
     if options.limit is not None:
         keep = torch.arange(min(options.limit, len(data)))
-        train_idx, test_idx = train_idx[torch.isin(train_idx, keep)], test_idx[torch.isin(test_idx, keep)]
+        train_idx, test_idx = (
+            train_idx[torch.isin(train_idx, keep)],
+            test_idx[torch.isin(test_idx, keep)],
+        )
     mean = float(data.ratings[train_idx].mean())
     width = options.dim + 1
     tables = _tables(data, width)
@@ -140,15 +168,22 @@ def _worker(rank: int, world: int, port: int, options: Any, result_path: str) ->
             sparse_opt.step()
             total += torch.tensor([float(err.detach().pow(2).sum()), len(part)])
         dist.all_reduce(total)
-        history.append({"epoch": epoch + 1, "train_rmse": round(float((total[0] / total[1]).sqrt()), 4)})
+        history.append(
+            {"epoch": epoch + 1, "train_rmse": round(float((total[0] / total[1]).sqrt()), 4)}
+        )
         if rank == 0:
-            print(f"epoch {epoch + 1:>3}/{options.epochs}  train RMSE {history[-1]['train_rmse']:.4f}", flush=True)
+            print(
+                f"epoch {epoch + 1:>3}/{options.epochs}  train RMSE {history[-1]['train_rmse']:.4f}",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     sq = torch.zeros(2)
     with torch.no_grad():
         for part, real in _shares(test_idx, rank, world, options.batch_size, options.seed, 0):
             pred = model(_batch(data, data.users[part], data.items[part]))
-            sq += torch.tensor([float((pred - data.ratings[part])[real].pow(2).sum()), float(real.sum())])
+            sq += torch.tensor(
+                [float((pred - data.ratings[part])[real].pow(2).sum()), float(real.sum())]
+            )
     dist.all_reduce(sq)
     os.makedirs(options.out, exist_ok=True)
     save_checkpoint(os.path.join(options.out, "tables"), sharded)
@@ -196,6 +231,9 @@ def train_movielens_sharded(options: Any, nproc: int, *, verbose: bool = True) -
     with open(path) as handle:
         summary = json.load(handle)
     if verbose:
-        print(f"test RMSE {summary['test']['rmse']:.4f} on {summary['test']['ratings']:,} ratings "
-              f"({nproc} processes, {summary['train_seconds']} s); tables in {options.out}/tables", flush=True)
+        print(
+            f"test RMSE {summary['test']['rmse']:.4f} on {summary['test']['ratings']:,} ratings "
+            f"({nproc} processes, {summary['train_seconds']} s); tables in {options.out}/tables",
+            flush=True,
+        )
     return summary

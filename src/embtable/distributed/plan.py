@@ -98,7 +98,9 @@ class TableSharding:
         object.__setattr__(self, "sharding_type", kind)
         if self.ranks is not None:
             ranks = tuple(self.ranks)
-            if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks):
+            if not ranks or any(
+                isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in ranks
+            ):
                 raise ValueError(f"{api}: ranks must be non-negative ints, got {self.ranks!r}")
             if len(set(ranks)) != len(ranks):
                 raise ValueError(f"{api}: ranks must be distinct, got {ranks}")
@@ -107,7 +109,9 @@ class TableSharding:
             object.__setattr__(self, "ranks", ranks)
         if self.boundaries is not None:
             if kind not in (ShardingType.ROW_WISE, ShardingType.COLUMN_WISE):
-                raise ValueError(f"{api}: boundaries apply to row_wise / column_wise, not {kind.value}")
+                raise ValueError(
+                    f"{api}: boundaries apply to row_wise / column_wise, not {kind.value}"
+                )
             cuts = tuple(self.boundaries)
             if any(b < a for a, b in zip(cuts, cuts[1:])) or not cuts or cuts[0] != 0:
                 raise ValueError(f"{api}: boundaries must start at 0 and not decrease, got {cuts}")
@@ -124,7 +128,10 @@ class TableSharding:
 
     @classmethod
     def row_wise(
-        cls, ranks: Sequence[int] | None = None, boundaries: Sequence[int] | None = None, reason: str = ""
+        cls,
+        ranks: Sequence[int] | None = None,
+        boundaries: Sequence[int] | None = None,
+        reason: str = "",
     ) -> TableSharding:
         """Rows split over ``ranks`` (default: all), evenly or at ``boundaries``."""
         return cls(
@@ -136,7 +143,10 @@ class TableSharding:
 
     @classmethod
     def column_wise(
-        cls, ranks: Sequence[int] | None = None, boundaries: Sequence[int] | None = None, reason: str = ""
+        cls,
+        ranks: Sequence[int] | None = None,
+        boundaries: Sequence[int] | None = None,
+        reason: str = "",
     ) -> TableSharding:
         """Embedding dims split over ``ranks`` (default: all), evenly or at ``boundaries``."""
         return cls(
@@ -183,12 +193,18 @@ class ShardingPlan:
 
     def __post_init__(self) -> None:
         api = "ShardingPlan"
-        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+        if (
+            isinstance(self.world_size, bool)
+            or not isinstance(self.world_size, int)
+            or self.world_size < 1
+        ):
             raise ValueError(f"{api}: world_size must be an int >= 1, got {self.world_size!r}")
         tables = dict(self.tables)
         for name, sharding in tables.items():
             if not isinstance(sharding, TableSharding):
-                raise TypeError(f"{api}: table {name!r} maps to {type(sharding).__name__}, expected TableSharding")
+                raise TypeError(
+                    f"{api}: table {name!r} maps to {type(sharding).__name__}, expected TableSharding"
+                )
             bad = [r for r in sharding.ranks or () if r >= self.world_size]
             if bad:
                 raise ValueError(
@@ -215,7 +231,10 @@ class ShardingPlan:
         rows, dim = config.num_embeddings, config.embedding_dim
         kind = sharding.sharding_type
         if kind in (ShardingType.TABLE_WISE, ShardingType.DATA_PARALLEL):
-            return [Shard(rank=r, row_offset=0, num_rows=rows, col_offset=0, num_cols=dim) for r in ranks]
+            return [
+                Shard(rank=r, row_offset=0, num_rows=rows, col_offset=0, num_cols=dim)
+                for r in ranks
+            ]
         size = rows if kind is ShardingType.ROW_WISE else dim
         cuts = sharding.boundaries if sharding.boundaries is not None else _even(size, len(ranks))
         if len(cuts) != len(ranks) + 1 or cuts[-1] != size:
@@ -226,9 +245,13 @@ class ShardingPlan:
         out = []
         for r, lo, hi in zip(ranks, cuts, cuts[1:]):
             if kind is ShardingType.ROW_WISE:
-                out.append(Shard(rank=r, row_offset=lo, num_rows=hi - lo, col_offset=0, num_cols=dim))
+                out.append(
+                    Shard(rank=r, row_offset=lo, num_rows=hi - lo, col_offset=0, num_cols=dim)
+                )
             else:
-                out.append(Shard(rank=r, row_offset=0, num_rows=rows, col_offset=lo, num_cols=hi - lo))
+                out.append(
+                    Shard(rank=r, row_offset=0, num_rows=rows, col_offset=lo, num_cols=hi - lo)
+                )
         return out
 
     def check(self, tables: Sequence[TableConfig]) -> None:
@@ -254,7 +277,9 @@ class ShardingPlan:
         try:
             return self.tables[table]
         except KeyError:
-            raise KeyError(f"ShardingPlan: no table {table!r}; the plan has {sorted(self.tables)}") from None
+            raise KeyError(
+                f"ShardingPlan: no table {table!r}; the plan has {sorted(self.tables)}"
+            ) from None
 
     # ------------------------------------------------------------------ text and JSON
 
@@ -279,7 +304,10 @@ class ShardingPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"world_size": N, "tables": {name: {...}}}``."""
-        return {"world_size": self.world_size, "tables": {n: s.to_dict() for n, s in self.tables.items()}}
+        return {
+            "world_size": self.world_size,
+            "tables": {n: s.to_dict() for n, s in self.tables.items()},
+        }
 
     def to_json(self) -> str:
         """The plan as a JSON string (:meth:`from_json` reads it back)."""
@@ -297,7 +325,9 @@ class ShardingPlan:
                 name: TableSharding(
                     sharding_type=entry["sharding_type"],
                     ranks=None if entry.get("ranks") is None else tuple(entry["ranks"]),
-                    boundaries=None if entry.get("boundaries") is None else tuple(entry["boundaries"]),
+                    boundaries=None
+                    if entry.get("boundaries") is None
+                    else tuple(entry["boundaries"]),
                     reason=entry.get("reason", ""),
                 )
                 for name, entry in data["tables"].items()
@@ -352,12 +382,18 @@ def state_bytes_per_row(optimizer: str, embedding_dim: int, state_dtype: str = "
         (520, 144)
     """
     if optimizer not in _MOMENTS:
-        raise ValueError(f"state_bytes_per_row: optimizer must be one of {sorted(_MOMENTS)}, got {optimizer!r}")
+        raise ValueError(
+            f"state_bytes_per_row: optimizer must be one of {sorted(_MOMENTS)}, got {optimizer!r}"
+        )
     if state_dtype not in _STATE_BYTES:
-        raise ValueError(f"state_bytes_per_row: state_dtype must be one of {sorted(_STATE_BYTES)}, got {state_dtype!r}")
+        raise ValueError(
+            f"state_bytes_per_row: state_dtype must be one of {sorted(_STATE_BYTES)}, got {state_dtype!r}"
+        )
     if optimizer == "rowwise_adagrad":
         return 4
-    per_moment = embedding_dim * _STATE_BYTES[state_dtype] + (4 if state_dtype == "int8_rowwise" else 0)
+    per_moment = embedding_dim * _STATE_BYTES[state_dtype] + (
+        4 if state_dtype == "int8_rowwise" else 0
+    )
     return _MOMENTS[optimizer] * per_moment + (8 if optimizer in ("adam", "adamw") else 0)
 
 
@@ -419,7 +455,9 @@ def plan_sharding(
 
     def table_bytes(config: TableConfig) -> int:
         weight = config.num_embeddings * config.embedding_dim * _itemsize(config)
-        return weight + config.num_embeddings * state_bytes_per_row(optimizer, config.embedding_dim, state_dtype)
+        return weight + config.num_embeddings * state_bytes_per_row(
+            optimizer, config.embedding_dim, state_dtype
+        )
 
     sizes = {t.name: table_bytes(t) for t in tables}
     costs = {t.name: ids.get(t.name, 0.0) * t.embedding_dim for t in tables}
@@ -429,6 +467,7 @@ def plan_sharding(
     load_bytes = [0] * world_size
     load_cost = [0.0] * world_size
     chosen: dict[str, TableSharding] = {}
+
     def weight(t: TableConfig) -> float:
         return sizes[t.name] / total + costs[t.name] / total_cost
 
@@ -451,7 +490,9 @@ def plan_sharding(
             )
             chosen[name] = TableSharding.row_wise(reason=f"{why}: rows split over all ranks")
             for r in range(world_size):
-                part = (r + 1) * config.num_embeddings // world_size - r * config.num_embeddings // world_size
+                part = (
+                    r + 1
+                ) * config.num_embeddings // world_size - r * config.num_embeddings // world_size
                 load_bytes[r] += size * part // max(config.num_embeddings, 1)
                 load_cost[r] += costs[name] / world_size
             continue
@@ -460,7 +501,8 @@ def plan_sharding(
         load_bytes[rank] += size
         load_cost[rank] += costs[name]
         chosen[name] = TableSharding.table_wise(
-            rank, reason=f"{_mib(size)}; rank {rank} had the least load ({scores[rank]:.2f} of bytes+cost)"
+            rank,
+            reason=f"{_mib(size)}; rank {rank} had the least load ({scores[rank]:.2f} of bytes+cost)",
         )
     if memory_per_rank is not None:
         over = [r for r in range(world_size) if load_bytes[r] > memory_per_rank]

@@ -134,7 +134,11 @@ class _ShardedTables(Module):
         replicas = [c for c in self.tables if self._kind[c.name] is ShardingType.DATA_PARALLEL]
         self.local = self._collection(local, device=device) if local else None
         self.replicas = self._collection(replicas, device=device) if replicas else None
-        self._dp_features = [f for f in self.feature_names if self._kind[self._table_of[f]] is ShardingType.DATA_PARALLEL]
+        self._dp_features = [
+            f
+            for f in self.feature_names
+            if self._kind[self._table_of[f]] is ShardingType.DATA_PARALLEL
+        ]
         self._row_cuts = {
             name: torch.tensor([s.row_offset for s in shards[1:]], dtype=torch.int64)
             for name, shards in self._shards.items()
@@ -144,7 +148,9 @@ class _ShardedTables(Module):
                 self._copy_from(_source)
             if self.replicas is not None:  # replicas start equal on every rank
                 for weight in self.replicas.grouped_weights:
-                    dist.broadcast(weight.data, dist.get_global_rank(process_group, 0), group=process_group)
+                    dist.broadcast(
+                        weight.data, dist.get_global_rank(process_group, 0), group=process_group
+                    )
 
     # ------------------------------------------------------------------ layout
 
@@ -156,7 +162,9 @@ class _ShardedTables(Module):
                 continue
             for index, shard in enumerate(self._shards[config.name]):
                 if shard.rank == rank:
-                    routes += [_Route(f, config.name, kind, shard, index) for f in config.feature_names]
+                    routes += [
+                        _Route(f, config.name, kind, shard, index) for f in config.feature_names
+                    ]
         return routes
 
     def local_shard(self, table: str) -> Shard | None:
@@ -190,7 +198,9 @@ class _ShardedTables(Module):
     def _copy_from(self, source: Module) -> None:
         api = type(self).__name__
         if tuple(getattr(source, "tables", ())) != self.tables:
-            raise ShardedValueError(f"{api}: the source collection's tables differ from the plan's tables")
+            raise ShardedValueError(
+                f"{api}: the source collection's tables differ from the plan's tables"
+            )
         for config in self.tables:
             full = source.table_weight(config.name)
             if self._kind[config.name] is ShardingType.DATA_PARALLEL:
@@ -198,7 +208,10 @@ class _ShardedTables(Module):
                 continue
             shard = self.local_shard(config.name)
             if shard is not None:
-                part = full[shard.row_offset : shard.row_offset + shard.num_rows, shard.col_offset : shard.col_offset + shard.num_cols]
+                part = full[
+                    shard.row_offset : shard.row_offset + shard.num_rows,
+                    shard.col_offset : shard.col_offset + shard.num_cols,
+                ]
                 self.local.table_weight(config.name).copy_(part)
 
     # ------------------------------------------------------------------ tables
@@ -211,7 +224,11 @@ class _ShardedTables(Module):
             shard = self.local_shard(config.name)
             if shard is None:
                 continue
-            holder = self.replicas if self._kind[config.name] is ShardingType.DATA_PARALLEL else self.local
+            holder = (
+                self.replicas
+                if self._kind[config.name] is ShardingType.DATA_PARALLEL
+                else self.local
+            )
             out[config.name] = (shard, holder.table_weight(config.name))
         return out
 
@@ -234,12 +251,15 @@ class _ShardedTables(Module):
                 out[config.name] = self.replicas.table_weight(config.name).clone()
                 continue
             device = self._device()
-            full = torch.zeros(config.num_embeddings, config.embedding_dim, dtype=config.dtype, device=device)
+            full = torch.zeros(
+                config.num_embeddings, config.embedding_dim, dtype=config.dtype, device=device
+            )
             shard = self.local_shard(config.name)
             if shard is not None:
-                full[shard.row_offset : shard.row_offset + shard.num_rows, shard.col_offset : shard.col_offset + shard.num_cols] = (
-                    self.local.table_weight(config.name)
-                )
+                full[
+                    shard.row_offset : shard.row_offset + shard.num_rows,
+                    shard.col_offset : shard.col_offset + shard.num_cols,
+                ] = self.local.table_weight(config.name)
             dist.all_reduce(full, group=self.group)
             out[config.name] = full
         return out
@@ -257,7 +277,9 @@ class _ShardedTables(Module):
         device = self._device()
         mine = torch.tensor(report, dtype=torch.int64, device=device)
         size = [mine.numel()] * self.world_size
-        everyone = all_to_all(mine.repeat(self.world_size), size, size, self.group, self.rank, self.stats, "agree")
+        everyone = all_to_all(
+            mine.repeat(self.world_size), size, size, self.group, self.rank, self.stats, "agree"
+        )
         rows = everyone.view(self.world_size, -1).cpu().tolist()
         for rank, (code, feature, value, _, _, _) in enumerate(rows):
             if code == _OK:
@@ -269,7 +291,9 @@ class _ShardedTables(Module):
             name = self.feature_names[feature]
             table = self._table_of[name]
             if code == _MISSING:
-                raise ShardedValueError(f"{where} has no feature {name!r} (read from table {table!r}){suffix}")
+                raise ShardedValueError(
+                    f"{where} has no feature {name!r} (read from table {table!r}){suffix}"
+                )
             if code == _BAD_WEIGHTS:
                 raise ShardedValueError(
                     f"{where} carries per-value weights, but feature {name!r} (table {table!r}) uses "
@@ -353,7 +377,9 @@ class _ShardedTables(Module):
             key = owner * batch + bag
             per_shard = torch.bincount(key, minlength=len(shards) * batch).view(len(shards), batch)
             order = torch.argsort(owner, stable=True)
-            starts_of = torch.tensor([s.row_offset for s in shards], dtype=torch.int64, device=ids.device)
+            starts_of = torch.tensor(
+                [s.row_offset for s in shards], dtype=torch.int64, device=ids.device
+            )
             local_ids = ids[order] - starts_of[owner[order]]
             totals = per_shard.sum(1).tolist()
             id_parts = local_ids.split(totals)
@@ -383,7 +409,15 @@ class _ShardedTables(Module):
         nf = len(mine)
         length_in = [batch * len(routes) for routes in self.routes]
         length_out = [batch * nf] * world
-        lengths = all_to_all(_cat(send_lengths, torch.int64, device), length_out, length_in, self.group, self.rank, self.stats, "lengths")
+        lengths = all_to_all(
+            _cat(send_lengths, torch.int64, device),
+            length_out,
+            length_in,
+            self.group,
+            self.rank,
+            self.stats,
+            "lengths",
+        )
         value_in = [0] * world
         k = 0
         for d, routes in enumerate(self.routes):
@@ -393,11 +427,27 @@ class _ShardedTables(Module):
         grid = lengths.view(world, nf, batch)
         counts = grid.sum(2).tolist()  # [source][feature]
         value_out = [sum(row) for row in counts]
-        values = all_to_all(_cat(send_values, torch.int64, device), value_out, value_in, self.group, self.rank, self.stats, "ids")
+        values = all_to_all(
+            _cat(send_values, torch.int64, device),
+            value_out,
+            value_in,
+            self.group,
+            self.rank,
+            self.stats,
+            "ids",
+        )
         weights = None
         if weighted:
             dtype = send_weights[0].dtype if send_weights else torch.float32
-            weights = all_to_all(_cat(send_weights, dtype, device), value_out, value_in, self.group, self.rank, self.stats, "weights")
+            weights = all_to_all(
+                _cat(send_weights, dtype, device),
+                value_out,
+                value_in,
+                self.group,
+                self.rank,
+                self.stats,
+                "weights",
+            )
         if not nf:
             return None, None, counts
         flat = [c for row in counts for c in row]
@@ -415,24 +465,53 @@ class _ShardedTables(Module):
 
     def _sent_counts(self, split: dict[str, Any]) -> list[list[int]]:
         """``[dest][feature of dest's routes]``: how many ids this rank sent."""
-        return [[int(split["pieces"][(r.feature, r.index)][0].numel()) for r in routes] for routes in self.routes]
+        return [
+            [int(split["pieces"][(r.feature, r.index)][0].numel()) for r in routes]
+            for routes in self.routes
+        ]
 
-    def _gather_replicated(self, features: KeyedJagged, batch: int, weighted: bool) -> tuple[KeyedJagged, list[list[int]]]:
+    def _gather_replicated(
+        self, features: KeyedJagged, batch: int, weighted: bool
+    ) -> tuple[KeyedJagged, list[list[int]]]:
         """The data-parallel features' global batch (every rank's bags, rank after rank)."""
         world, device = self.world_size, self._device()
         sub = features.select(self._dp_features)
         nf = len(self._dp_features)
         lens = sub.lengths().to(torch.int64)
-        lengths = all_to_all(lens.repeat(world), [nf * batch] * world, [lens.numel()] * world, self.group, self.rank, self.stats, "dp_lengths")
+        lengths = all_to_all(
+            lens.repeat(world),
+            [nf * batch] * world,
+            [lens.numel()] * world,
+            self.group,
+            self.rank,
+            self.stats,
+            "dp_lengths",
+        )
         grid = lengths.view(world, nf, batch)
         counts = grid.sum(2).tolist()
         out = [sum(row) for row in counts]
         ids = sub.values().to(torch.int64)
-        values = all_to_all(ids.repeat(world), out, [ids.numel()] * world, self.group, self.rank, self.stats, "dp_ids")
+        values = all_to_all(
+            ids.repeat(world),
+            out,
+            [ids.numel()] * world,
+            self.group,
+            self.rank,
+            self.stats,
+            "dp_ids",
+        )
         weights = None
         if weighted:
             w = sub.weights()
-            weights = all_to_all(w.repeat(world), out, [w.numel()] * world, self.group, self.rank, self.stats, "dp_weights")
+            weights = all_to_all(
+                w.repeat(world),
+                out,
+                [w.numel()] * world,
+                self.group,
+                self.rank,
+                self.stats,
+                "dp_weights",
+            )
         flat = [c for row in counts for c in row]
         order = [s * nf + f for f in range(nf) for s in range(world)]
         v_parts = values.split(flat)
@@ -492,7 +571,13 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
             send = torch.zeros(0, device=self._device(), requires_grad=True)
         mine = widths[self.rank]
         back = differentiable_all_to_all(
-            send, [batch * w for w in widths], [batch * mine] * world, self.group, self.rank, self.stats, "rows"
+            send,
+            [batch * w for w in widths],
+            [batch * mine] * world,
+            self.group,
+            self.rank,
+            self.stats,
+            "rows",
         )
         # split (not slicing): backward then assembles the gradient with one concatenation
         partial: dict[tuple[str, int], Tensor] = {}
@@ -511,11 +596,19 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
                 continue
             table = self._table_of[name]
             parts = [partial[(name, k)] for k in range(len(self._shards[table]))]
-            pooled[name] = self._combine(name, table, parts, split["extra"].get(name), features, batch)
+            pooled[name] = self._combine(
+                name, table, parts, split["extra"].get(name), features, batch
+            )
         return PooledEmbeddings(self.feature_names, [pooled[f] for f in self.feature_names])
 
     def _combine(
-        self, name: str, table: str, parts: list[Tensor], extra: Any, features: KeyedJagged, batch: int
+        self,
+        name: str,
+        table: str,
+        parts: list[Tensor],
+        extra: Any,
+        features: KeyedJagged,
+        batch: int,
     ) -> Tensor:
         kind = self._kind[table]
         if kind is ShardingType.TABLE_WISE:
@@ -539,7 +632,10 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         kjt, _ = self._gather_replicated(features, batch, weighted)
         out = self.replicas(kjt).values()  # [world * B, sum D]
         width = out.shape[1]
-        parts = [torch.arange(s * batch * width, (s + 1) * batch * width, device=out.device) for s in range(self.world_size)]
+        parts = [
+            torch.arange(s * batch * width, (s + 1) * batch * width, device=out.device)
+            for s in range(self.world_size)
+        ]
         mine = own_part(out, parts, self.group, self.rank, self.stats).view(batch, width)
         dims = [self._configs[self._table_of[f]].embedding_dim for f in self._dp_features]
         return dict(zip(self._dp_features, mine.split(dims, 1)))
@@ -563,7 +659,9 @@ class ShardedEmbeddingCollection(_ShardedTables):
         world = self.world_size
         mine = self.routes[self.rank]
         sent = self._sent_counts(split)
-        out_sizes = [sum(n * r.shard.num_cols for n, r in zip(sent[d], self.routes[d])) for d in range(world)]
+        out_sizes = [
+            sum(n * r.shard.num_cols for n, r in zip(sent[d], self.routes[d])) for d in range(world)
+        ]
         if kjt is not None:
             result = self.local(kjt)
             blocks: list[list[Tensor]] = [[] for _ in range(world)]
@@ -572,13 +670,22 @@ class ShardedEmbeddingCollection(_ShardedTables):
                 for s in range(world):
                     blocks[s].append(rows[s].reshape(-1))
             send = torch.cat([t for s in range(world) for t in blocks[s]])
-            in_sizes = [sum(counts[s][f] * r.shard.num_cols for f, r in enumerate(mine)) for s in range(world)]
+            in_sizes = [
+                sum(counts[s][f] * r.shard.num_cols for f, r in enumerate(mine))
+                for s in range(world)
+            ]
         else:
             send = torch.zeros(0, device=self._device(), requires_grad=True)
             in_sizes = [0] * world
-        back = differentiable_all_to_all(send, out_sizes, in_sizes, self.group, self.rank, self.stats, "rows")
+        back = differentiable_all_to_all(
+            send, out_sizes, in_sizes, self.group, self.rank, self.stats, "rows"
+        )
         partial: dict[tuple[str, int], Tensor] = {}
-        sizes = [n * r.shard.num_cols for d, routes in enumerate(self.routes) for n, r in zip(sent[d], routes)]
+        sizes = [
+            n * r.shard.num_cols
+            for d, routes in enumerate(self.routes)
+            for n, r in zip(sent[d], routes)
+        ]
         pieces = iter(back.split(sizes))
         for d, routes in enumerate(self.routes):
             for n, route in zip(sent[d], routes):
@@ -619,7 +726,9 @@ class ShardedEmbeddingCollection(_ShardedTables):
             start = 0
             for s in range(world):
                 n = counts[s][f]
-                parts_of[s].append(torch.arange(base + start * dim, base + (start + n) * dim, device=rows.device))
+                parts_of[s].append(
+                    torch.arange(base + start * dim, base + (start + n) * dim, device=rows.device)
+                )
                 start += n
             base += rows.numel()
         full = torch.cat(flats) if flats else torch.zeros(0)
@@ -631,7 +740,10 @@ class ShardedEmbeddingCollection(_ShardedTables):
             dim = self._configs[self._table_of[name]].embedding_dim
             n = counts[self.rank][f]
             p = index_of[name]
-            out[name] = JaggedRows(mine[offset : offset + n * dim].view(n, dim), features.lengths()[p * batch : (p + 1) * batch])
+            out[name] = JaggedRows(
+                mine[offset : offset + n * dim].view(n, dim),
+                features.lengths()[p * batch : (p + 1) * batch],
+            )
             offset += n * dim
         del nf
         return out
@@ -672,7 +784,14 @@ def shard(
             f"{type(collection).__name__}"
         )
     device = collection.grouped_weights[0].device
-    return cls(collection.tables, plan, process_group=process_group, device=device, timeout=timeout, _source=collection)
+    return cls(
+        collection.tables,
+        plan,
+        process_group=process_group,
+        device=device,
+        timeout=timeout,
+        _source=collection,
+    )
 
 
 def _cat(parts: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
