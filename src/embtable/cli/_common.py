@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["CliError", "detect_format", "load_vectors", "progress", "say", "write_json"]
+__all__ = ["CliError", "detect_format", "load_vectors", "positive_int", "progress", "say", "write_json"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,19 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for an option that must be an integer >= 1 (``-5`` is refused)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _looks_binary(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(4096)
@@ -59,6 +72,13 @@ def _looks_binary(path: Path) -> bool:
     return False
 
 
+def _check_regular(path: Path) -> None:
+    """``CliError`` for a path that is neither a folder nor a regular file (a FIFO, a device,
+    a socket): reading one could block forever or never end."""
+    if not (path.is_dir() or path.is_file()):
+        raise CliError(f"{path} is not a regular file or a folder (a FIFO, device or socket?)")
+
+
 def detect_format(path: Path) -> str:
     """Guess the format of a vectors file or folder (one of :data:`VECTOR_FORMATS`).
 
@@ -69,6 +89,7 @@ def detect_format(path: Path) -> str:
     """
     if not path.exists():
         raise CliError(f"{path} does not exist")
+    _check_regular(path)
     if path.is_dir():
         if (path / "vocab.json").is_file():
             return "native"
@@ -108,6 +129,7 @@ def load_vectors(path: str | os.PathLike[str], fmt: str | None = None):
         raise CliError(f"unknown format {fmt!r}; expected one of {', '.join(VECTOR_FORMATS)}")
     if not p.exists():
         raise CliError(f"{p} does not exist")
+    _check_regular(p)
     if fmt == "native" and p.is_dir() and not (p / "vocab.json").is_file():
         p = p / "items"
     try:

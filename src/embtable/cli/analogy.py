@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embtable.cli._common import VECTOR_FORMATS, load_vectors, say
+from embtable.cli._common import VECTOR_FORMATS, load_vectors, positive_int, say
 from embtable.cli._tokens import resolve_token
 
 NAME = "analogy"
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="A (added)")
     p.add_argument("b", help="B (subtracted)")
     p.add_argument("c", help="C (added)")
-    p.add_argument("-k", "--topn", type=int, default=5, help="answers to show (default 5)")
+    p.add_argument("-k", "--topn", type=positive_int, default=5, help="answers to show (default 5)")
     p.add_argument("--method", choices=("3cosadd", "3cosmul"), default="3cosadd")
     p.add_argument("--format", choices=VECTOR_FORMATS, help="skip format detection")
     p.add_argument("--json", action="store_true", help="print [[answer, score], ...]")

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from embtable.cli._common import CliError, say, write_json
+from embtable.cli._common import CliError, positive_int, say, write_json
 
 NAME = "demo"
 HELP = "train on MovieLens, explore the MiniLM token table, write demo-report/ (PNGs, HTML, JSON)"
@@ -54,9 +54,9 @@ GENRE_GROUPS = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-report", help="report folder (default demo-report)")
     p.add_argument("--data", help="local MovieLens-100K folder (default: fetch into the cache)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the tuned setting)")
-    p.add_argument("--limit", type=int, help="train on the first N ratings only (quick runs)")
-    p.add_argument("--movies", type=int, default=400, help="most-rated movies on the map")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: the tuned setting)")
+    p.add_argument("--limit", type=positive_int, help="train on the first N ratings only (quick runs)")
+    p.add_argument("--movies", type=positive_int, default=400, help="most-rated movies on the map")
     p.add_argument("--skip-words", action="store_true", help="skip the MiniLM part (no download)")
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from embtable.cli._common import VECTOR_FORMATS, CliError, load_vectors, say
+from embtable.cli._common import VECTOR_FORMATS, CliError, load_vectors, positive_int, say
 
 NAME = "evaluate"
 HELP = "score vectors on an analogy file (questions-words) or a similarity-pairs file"
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("benchmark", help="questions-words style file, or tab-separated word pairs")
     p.add_argument("--kind", choices=("auto", "analogies", "pairs"), default="auto",
                    help="auto: analogies when a line starts with ':' or has 4 words")  # fmt: skip
-    p.add_argument("--restrict-vocab", type=int, default=300000,
+    p.add_argument("--restrict-vocab", type=positive_int, default=300000,
                    help="only the first N tokens count (default 300000, as gensim)")  # fmt: skip
     p.add_argument("--format", choices=VECTOR_FORMATS, help="skip format detection")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -83,11 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors whose message is meant for the user as it is; any other is prefixed with its type.
+_USER_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError, ImportError)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err)
     if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
         text = err.args[0]
     text = " ".join(text.split()) or type(err).__name__
+    if len(text) > 2000:
+        text = text[:2000] + " ..."
     return text
 
 
@@ -111,11 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("embtable: interrupted", file=sys.stderr)
         return 130
-    except (CliError, MovieLensError, ValueError, KeyError, TypeError, IndexError, OSError,
-            RuntimeError, ImportError) as err:  # fmt: skip
+    except (CliError, MovieLensError, *_USER_ERRORS) as err:
         if debug:
             raise
         print(f"embtable {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - MemoryError, OverflowError, a library's own: one line too
+        if debug:
+            raise
+        name = type(err).__name__
+        print(f"embtable {args.command}: error: {name}: {_one_line(err)} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)  # fmt: skip
         return 1
 
 

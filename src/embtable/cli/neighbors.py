@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embtable.cli._common import VECTOR_FORMATS, load_vectors, say
+from embtable.cli._common import VECTOR_FORMATS, load_vectors, positive_int, say
 from embtable.cli._tokens import resolve_token
 
 NAME = "neighbors"
@@ -20,7 +20,7 @@ EXAMPLES = """\
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("vectors", help="vectors file or folder")
     p.add_argument("tokens", nargs="+", help="tokens to query (a unique prefix is enough)")
-    p.add_argument("-k", "--topn", type=int, default=10, help="neighbours per token (default 10)")
+    p.add_argument("-k", "--topn", type=positive_int, default=10, help="neighbours per token (default 10)")
     p.add_argument("--format", choices=VECTOR_FORMATS, help="skip format detection")
     p.add_argument("--json", action="store_true", help="print {token: [[neighbour, score], ...]}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from embtable.cli._common import VECTOR_FORMATS, CliError, load_vectors, say
+from embtable.cli._common import VECTOR_FORMATS, CliError, load_vectors, positive_int, say
 from embtable.cli._tokens import resolve_token
 
 NAME = "plot"
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("vectors", help="vectors file or folder")
     p.add_argument("-o", "--output", required=True, help="file to write: .png, or .html")
     p.add_argument("--tokens", nargs="+", help="tokens to draw (default: the first --limit)")
-    p.add_argument("--limit", type=int, default=40, help="how many tokens without --tokens")
+    p.add_argument("--limit", type=positive_int, default=40, help="how many tokens without --tokens")
     p.add_argument("--method", choices=("tsne", "pca", "umap"), default="tsne")
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default: fits the count)")
     p.add_argument("--seed", type=int, default=42)

@@ -347,6 +347,11 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
                  "part (choices: early stopping, kept epoch); test_*: the test part, scored once "
                  "at the end",
     }  # fmt: skip
+    if not math.isfinite(test_rmse) or not all(bool(p.isfinite().all()) for p in model.parameters()):
+        raise CliError(  # before any write: a diverged run never replaces a good model in --out
+            f"training diverged (test RMSE {test_rmse}, or non-finite weights); nothing was "
+            f"written to {out}; lower --lr"
+        )
     save_checkpoint(out, model, summary)
     write_json(out / "summary.json", summary)
     genres = data.item_genres
@@ -359,8 +364,6 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
     })  # fmt: skip
     log(f"saved the model to {out}/ (model.safetensors, config.json) and the item table to "
         f"{out}/items/ (embtable vectors: `embtable neighbors {out} \"Toy Story\"`)")  # fmt: skip
-    if math.isnan(test_rmse):
-        raise CliError("training diverged (test RMSE is nan); lower --lr")
     return summary
 
 
