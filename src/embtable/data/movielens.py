@@ -345,7 +345,7 @@ def _rows(file: Path, sep: str, ncols: int, *, header: bool, encoding: str = "ut
 def _int(value: str, file: Path, number: int, what: str) -> int:
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # ("inf" overflows, "nan" is a ValueError)
         raise MovieLensError(
             f"movielens: {file} line {number}: {what} must be a number, got {value!r}"
         ) from None
@@ -369,15 +369,29 @@ class _Builder:
         self.years: list[int] = []
         self.genres: list[list[str]] = []
         self.rating_rows: list[tuple[int, int, float, int]] = []
+        self.lines: dict[tuple[str, str], int] = {}  # (kind, id) -> line of its first definition
 
-    def add_user(self, key: str, age: int, gender: str, occupation: str) -> None:
-        self.user_index.setdefault(key, len(self.user_index))
+    def _new(self, kind: str, key: str, index: dict[str, int], file: Path, number: int) -> None:
+        """Register a user or item id; a repeated one is an error (never a silent shift of
+        every later row's side features)."""
+        if key in index:
+            raise MovieLensError(
+                f"movielens: {file} line {number}: {kind} id {key!r} is defined again (first on "
+                f"line {self.lines[(kind, key)]}); each {kind} must appear once"
+            )
+        index[key] = len(index)
+        self.lines[(kind, key)] = number
+
+    def add_user(self, key: str, age: int, gender: str, occupation: str, *, file: Path = Path("?"),
+                 number: int = 0) -> None:  # fmt: skip
+        self._new("user", key, self.user_index, file, number)
         self.ages.append(age)
         self.genders.append(gender)
         self.occupations.append(occupation)
 
-    def add_item(self, key: str, title: str, year: int, genres: Sequence[str]) -> None:
-        self.item_index.setdefault(key, len(self.item_index))
+    def add_item(self, key: str, title: str, year: int, genres: Sequence[str], *, file: Path = Path("?"),
+                 number: int = 0) -> None:  # fmt: skip
+        self._new("item", key, self.item_index, file, number)
         self.titles.append(title)
         self.years.append(year)
         self.genres.append(list(genres))
@@ -432,10 +446,11 @@ def _load_atomic(folder: Path) -> MovieLens:
     inter, user, item = (folder / name for name in _ATOMIC_FILES)
     b = _Builder()
     for number, f in _rows(user, "\t", 4, header=True):
-        b.add_user(f[0].strip(), _int(f[1], user, number, "age"), f[2].strip(), f[3].strip())
-    for _, f in _rows(item, "\t", 4, header=True):
+        b.add_user(f[0].strip(), _int(f[1], user, number, "age"), f[2].strip(), f[3].strip(),
+                   file=user, number=number)  # fmt: skip
+    for number, f in _rows(item, "\t", 4, header=True):
         year = int(f[2]) if f[2].strip().isdigit() else 0
-        b.add_item(f[0].strip(), f[1].strip(), year, f[3].split())
+        b.add_item(f[0].strip(), f[1].strip(), year, f[3].split(), file=item, number=number)
     for number, f in _rows(inter, "\t", 4, header=True):
         b.add_rating(inter, number, f)
     return b.build(_GROUPLENS_GENRES)
@@ -445,14 +460,15 @@ def _load_grouplens(folder: Path) -> MovieLens:
     data, user, item = (folder / name for name in _GROUPLENS_FILES)
     b = _Builder()
     for number, f in _rows(user, "|", 4, header=False):
-        b.add_user(f[0].strip(), _int(f[1], user, number, "age"), f[2].strip(), f[3].strip())
+        b.add_user(f[0].strip(), _int(f[1], user, number, "age"), f[2].strip(), f[3].strip(),
+                   file=user, number=number)  # fmt: skip
     for number, f in _rows(item, "|", 5 + len(_GROUPLENS_GENRES), header=False, encoding="latin-1"):
         flags = f[-len(_GROUPLENS_GENRES) :]
         if any(flag.strip() not in ("0", "1") for flag in flags):
             raise MovieLensError(f"movielens: {item} line {number}: genre flags must be 0 or 1")
         genres = [g for g, flag in zip(_GROUPLENS_GENRES, flags) if flag.strip() == "1"]
         title = re.sub(r"\s*\(\d{4}\)\s*$", "", f[1].strip())
-        b.add_item(f[0].strip(), title, _year(f[2]) or _year(f[1]), genres)
+        b.add_item(f[0].strip(), title, _year(f[2]) or _year(f[1]), genres, file=item, number=number)
     for number, f in _rows(data, "\t", 4, header=False):
         b.add_rating(data, number, f)
     return b.build(_GROUPLENS_GENRES)
