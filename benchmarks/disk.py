@@ -23,8 +23,8 @@ its pages dropped from the page cache before every disk run.
 
 Usage (as root for the cgroup; otherwise the limit is replaced by RLIMIT_AS and dropping
 the file's pages, and the script says so):
-    python benchmarks/disk.py [--rows 8000000] [--cache-rows 1000000] [--limit-mib 768]
-                              [--steps 12] [--dir /var/tmp/embtable_disk_bench] [--quick]
+    python benchmarks/disk.py [--rows 8000000] [--cache-rows 500000] [--limit-mib 768]
+                              [--steps 10] [--warmup 20] [--dir /var/tmp/embtable_disk_bench] [--quick]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 DIM, BAGS, BAG_SIZE = 64, 2048, 20
+VECTOR_DIM = 256
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 
@@ -95,6 +96,7 @@ def drop_pages(path: Path) -> None:
     for file in path.iterdir():
         if file.is_file():
             fd = os.open(file, os.O_RDONLY)
+            os.fsync(fd)  # dirty pages cannot be dropped
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
 
@@ -192,12 +194,50 @@ def child_train(args: dict) -> dict:
     return result
 
 
+def child_vectors(args: dict) -> dict:
+    """Serve a memory-mapped native ``Vectors`` file larger than the limit: lookups and
+    ``most_similar`` (its first call streams the whole file once for the row norms)."""
+    from embtable.vectors import Vectors
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    vectors = Vectors.load(Path(args["dir"]) / "vectors")
+    opened = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in rng.integers(0, args["words"], 1000).tolist()]
+    start = time.perf_counter()
+    rows = [vectors[w] for w in words]
+    lookup = (time.perf_counter() - start) / len(rows)
+    times = []
+    for word in words[:3]:
+        start = time.perf_counter()
+        best = vectors.most_similar(word, topn=5)
+        times.append(time.perf_counter() - start)
+    return {
+        "open_s": opened, "lookup_us": lookup * 1e6, "first_query_s": times[0], "query_s": statistics.median(times[1:]),
+        "best": best[0][0], "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cgroup_peak_mib": (cgroup_peak(args.get("cgroup")) or 0) / 2**20,
+    }
+
+
+def build_vectors(directory: Path, words: int) -> None:
+    from embtable.vectors import Vectors
+
+    path = directory / "vectors"
+    if path.exists():
+        return
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(words, VECTOR_DIM, generator=generator)
+    Vectors([f"w{i}" for i in range(words)], weight).save(path)
+
+
 def child_main(payload: str) -> None:
     args = json.loads(payload)
     if args.get("limit"):
         join_cgroup(args.get("cgroup"), args["limit"])
-        drop_pages(Path(args["dir"]) / "table")
-    result = child_disk_rate(args) if args["job"] == "rate" else child_train(args)
+        drop_pages(Path(args["dir"]) / ("vectors" if args["job"] == "vectors" else "table"))
+    jobs = {"rate": child_disk_rate, "train": child_train, "vectors": child_vectors}
+    result = jobs[args["job"]](args)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -208,7 +248,7 @@ def run_child(args: dict) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"child {args['job']} failed:\n{done.stdout}\n{done.stderr}")
+    raise RuntimeError(f"child {args['job']} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
 # ------------------------------------------------------------------------------ parent
@@ -259,12 +299,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child")
     parser.add_argument("--rows", type=int, default=8_000_000)
-    parser.add_argument("--cache-rows", type=int, default=1_000_000)
+    parser.add_argument("--cache-rows", type=int, default=500_000)
     parser.add_argument("--limit-mib", type=int, default=768)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20, help="steps before timing (fill the cache)")
     parser.add_argument("--io-threads", type=int, default=4)
     parser.add_argument("--dir", default="/var/tmp/embtable_disk_bench")
+    parser.add_argument("--vector-words", type=int, default=2_000_000, help="0: skip the Vectors check")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
     opts = parser.parse_args()
@@ -273,6 +314,7 @@ def main() -> None:
         return
     if opts.quick:
         opts.rows, opts.cache_rows, opts.limit_mib, opts.steps, opts.warmup = 1_000_000, 100_000, 400, 4, 2
+        opts.vector_words = 200_000
     directory = Path(opts.dir)
     directory.mkdir(parents=True, exist_ok=True)
     check_correctness()
@@ -299,6 +341,13 @@ def main() -> None:
                 kind, group = make_cgroup(limit)
                 common["cgroup"] = str(group)
             results["disk", ids] = run_child({**common, "job": "train", "table": "disk", "ids": ids, "limit": limit})
+        if opts.vector_words:
+            build_vectors(directory, opts.vector_words)
+            if group:
+                group.rmdir()
+                kind, group = make_cgroup(limit)
+                common["cgroup"] = str(group)
+            served = run_child({**common, "job": "vectors", "limit": limit, "words": opts.vector_words})
     finally:
         if group:
             group.rmdir()
@@ -324,6 +373,15 @@ def main() -> None:
         f"uniform: rows read/s = {uniform['rows_read'] / uniform['step_s'] / rate['rows_per_s']:.2f}x the disk's "
         f"random-read rate; skewed step rate = {results['ram', 'skewed']['step_s'] / results['disk', 'skewed']['step_s']:.2f}x RAM"
     )
+    if opts.vector_words:
+        size = opts.vector_words * VECTOR_DIM * 4 / 2**30
+        print(
+            f"vectors: {opts.vector_words:,} words x {VECTOR_DIM} float32 ({size:.2f} GiB, native format, "
+            f"memory-mapped) under the {opts.limit_mib} MiB limit: open {served['open_s']:.1f} s, "
+            f"lookup {served['lookup_us']:.0f} us/word, most_similar first {served['first_query_s']:.1f} s "
+            f"(row norms), then {served['query_s']:.1f} s; peak cgroup {served['cgroup_peak_mib']:.0f} MiB, "
+            f"peak RSS {served['maxrss_mib']:.0f} MiB"
+        )
     if not opts.keep:
         shutil.rmtree(directory / "table")
 

@@ -244,7 +244,8 @@ class DiskTableMixin:
             return
         handle, state = self._optimizer_state()
         dirty = torch.nonzero(self._dirty[: self._pad_slot]).flatten()
-        self._write_back(self._slot_id[dirty], dirty, state)
+        for chunk in dirty.split(_CHUNK_ROWS):  # bounded temporary memory
+            self._write_back(self._slot_id[chunk], chunk, state)
         table_step = handle.state[self.weight].get("table_step") if handle is not None else None
         self.store.flush(table_step=table_step)
 
