@@ -77,7 +77,10 @@ class KeyedJagged:
         weights = [w0, ..., w7] or None      # optional: one float per value (e.g. for sum pooling)
 
     Construct it directly from ``values`` and ``lengths`` (or ``offsets``), or with
-    :meth:`from_dict`, :meth:`from_padded`, :meth:`from_torchrec`.
+    :meth:`from_dict`, :meth:`from_padded`, :meth:`from_torchrec`.  TorchRec's methods work
+    with TorchRec's results: :meth:`permute` (keys may repeat), :meth:`split`, :meth:`concat`,
+    :meth:`to_dict`, :meth:`pin_memory`, a batch size per feature (``stride_per_key``) and
+    ``inverse_indices`` (docs/bags.md, "Coming from TorchRec", lists every call).
 
     Args:
         keys: the feature names, distinct strings, in the order their blocks appear in ``values``.
