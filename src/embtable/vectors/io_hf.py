@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,10 +72,12 @@ def _read_weights(file: Path, tensor_name: str | None) -> Tensor:
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
             ) from None
     try:  # zip checkpoints (torch >= 1.6) are memory-mapped; legacy ones are read whole
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # (torch warns about odd pickles it then refuses)
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling, zip, EOF, recursion: all mean a bad checkpoint
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(
