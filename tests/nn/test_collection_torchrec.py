@@ -323,3 +323,35 @@ def test_batch_size_per_feature_matches_torch_per_feature(data):
     if isinstance(probe, torch.Tensor):
         probe.backward()  # gradients flow through the per-feature split
         assert collection.grouped_weights[0].grad is not None
+
+
+def test_to_torchrec_round_trips_and_refuses_what_torchrec_cannot_hold():
+    from embtable import EmbeddingCollection
+
+    tables = [TableConfig(name="t0", num_embeddings=9, embedding_dim=4, feature_names=["f0", "f1"]),
+              TableConfig(name="t1", num_embeddings=6, embedding_dim=3, pooling="mean",
+                          dtype=torch.float16)]
+    ours = EmbeddingBagCollection(tables, is_weighted=False)
+    theirs = ours.to_torchrec()
+    assert isinstance(theirs, torchrec.EmbeddingBagCollection) and not theirs.is_weighted()
+    batch = KeyedJagged.from_dict({"f0": [[1, 8], [2]], "f1": [[], [3]], "t1": [[5], [0, 1]]})
+    want = theirs(batch.to_torchrec())
+    got = ours(batch)
+    torch.testing.assert_close(got.values().float(), want.values(), rtol=1e-3, atol=1e-3)
+    back = EmbeddingBagCollection.from_torchrec(theirs)
+    shape = [(t.name, t.num_embeddings, t.embedding_dim, t.feature_names, t.pooling, t.dtype)
+             for t in ours.tables]
+    assert [(t.name, t.num_embeddings, t.embedding_dim, t.feature_names, t.pooling, t.dtype)
+            for t in back.tables] == shape
+    assert all(torch.equal(back.table_weight(t), ours.table_weight(t)) for t in ("t0", "t1"))
+    words = EmbeddingCollection([TableConfig(name="w", num_embeddings=5, embedding_dim=2,
+                                             pooling="none")])
+    assert torch.equal(words.to_torchrec().embeddings["w"].weight, words.table_weight("w"))
+    for table, problem in ((TableConfig(name="m", num_embeddings=3, embedding_dim=2, pooling="max"),
+                            "pooling='max'"),
+                           (TableConfig(name="p", num_embeddings=3, embedding_dim=2, padding_idx=0),
+                            "padding_idx=0"),
+                           (TableConfig(name="d", num_embeddings=3, embedding_dim=2, dtype=torch.float64),
+                            "dtype torch.float64")):
+        with pytest.raises(ValueError, match=f"table '{table.name}' has {problem}"):
+            EmbeddingBagCollection([table]).to_torchrec()

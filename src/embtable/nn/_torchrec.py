@@ -17,7 +17,7 @@ from embtable.config import TableConfig
 from embtable.jagged import KeyedJagged
 from embtable.nn.outputs import PooledEmbeddings
 
-__all__ = ["as_keyed_jagged", "expand_rows", "tables_from_torchrec"]
+__all__ = ["as_keyed_jagged", "collection_to_torchrec", "expand_rows", "module_device", "tables_from_torchrec"]
 
 _DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "BF16": torch.bfloat16}
 
@@ -100,3 +100,45 @@ def as_keyed_jagged(features: Any) -> Any:
     if kind.__name__ == "KeyedJaggedTensor" and kind.__module__.startswith("torchrec"):
         return KeyedJagged.from_torchrec(features)
     return features
+
+
+def collection_to_torchrec(collection: Any, pooled: bool, api: str) -> Any:
+    """TorchRec's ``EmbeddingBagCollection`` / ``EmbeddingCollection`` equal to ``collection``.
+
+    Raises:
+        ImportError: torchrec is not installed.
+        ValueError: a table TorchRec cannot hold (``"max"`` pooling, a ``padding_idx``,
+            a dtype other than float32 / float16 / bfloat16).
+    """
+    try:
+        import torchrec
+    except ImportError as error:
+        raise ImportError(f"{api}: torchrec is not importable ({error})") from None
+    names = {dtype: name for name, dtype in _DTYPES.items()}
+    configs = []
+    for table in collection.tables:
+        problem = None
+        if table.dtype not in names:
+            problem = f"dtype {table.dtype} (TorchRec holds {sorted(_DTYPES)})"
+        elif table.padding_idx is not None:
+            problem = f"padding_idx={table.padding_idx} (TorchRec tables have none)"
+        elif pooled and table.pooling.value not in ("sum", "mean"):
+            problem = f"pooling={table.pooling.value!r} (TorchRec pools by sum or mean)"
+        if problem:
+            raise ValueError(f"{api}: table {table.name!r} has {problem}")
+        fields = dict(name=table.name, num_embeddings=table.num_embeddings,
+                      embedding_dim=table.embedding_dim, feature_names=list(table.feature_names),
+                      data_type=torchrec.DataType[names[table.dtype]])
+        if pooled:
+            configs.append(torchrec.EmbeddingBagConfig(
+                pooling=torchrec.PoolingType[table.pooling.value.upper()], **fields))
+        else:
+            configs.append(torchrec.EmbeddingConfig(**fields))
+    device = module_device(collection)
+    if pooled:
+        module = torchrec.EmbeddingBagCollection(tables=configs, is_weighted=collection.is_weighted(),
+                                                 device=device)
+    else:
+        module = torchrec.EmbeddingCollection(tables=configs, device=device)
+    module.load_state_dict(collection.state_dict())
+    return module

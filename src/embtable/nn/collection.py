@@ -40,8 +40,8 @@ from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
 from embtable.nn import dynamic as _dynamic
 from embtable.nn._torchrec import as_keyed_jagged as _as_keyed_jagged
+from embtable.nn._torchrec import collection_to_torchrec, module_device, tables_from_torchrec
 from embtable.nn._torchrec import expand_rows as _expand_rows
-from embtable.nn._torchrec import module_device, tables_from_torchrec
 from embtable.nn.grouping import CollectionPlan, LookupBucket, plan_groups
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.ops._memory import empty_table
@@ -422,6 +422,16 @@ class EmbeddingBagCollection(_GroupedTables):
         collection.load_state_dict(module.state_dict())
         return collection
 
+    def to_torchrec(self) -> Any:
+        """TorchRec's ``EmbeddingBagCollection`` with these tables, ``is_weighted`` and weights.
+
+        Raises:
+            ImportError: torchrec is not installed.
+            ValueError: a table TorchRec cannot hold (``"max"`` pooling, a ``padding_idx``,
+                float64).
+        """
+        return collection_to_torchrec(self, True, "EmbeddingBagCollection.to_torchrec")
+
     def _check_pooling(self, config: TableConfig, api: str) -> None:
         if config.pooling is PoolingMode.NONE:
             raise ValueError(
@@ -600,6 +610,15 @@ class EmbeddingCollection(_GroupedTables):
         collection = cls(tables, device=device)
         collection.load_state_dict(module.state_dict())
         return collection
+
+    def to_torchrec(self) -> Any:
+        """TorchRec's ``EmbeddingCollection`` with these tables and weights.
+
+        Raises:
+            ImportError: torchrec is not installed.
+            ValueError: a table TorchRec cannot hold (a ``padding_idx``, float64).
+        """
+        return collection_to_torchrec(self, False, "EmbeddingCollection.to_torchrec")
 
     def embedding_configs(self) -> list[TableConfig]:
         """The table configs, in order (TorchRec's ``embedding_configs()``)."""
