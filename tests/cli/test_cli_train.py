@@ -42,7 +42,10 @@ def test_short_training_run_beats_the_global_mean(movielens, tmp_path: Path, mon
     from embtable.models.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(out)
-    assert model.item_vectors.weight.shape == (movielens.num_items, 33)  # + bias column
+    from embtable.cli.train import MovieLensOptions
+
+    dim = MovieLensOptions().dim
+    assert model.item_vectors.weight.shape == (movielens.num_items, dim + 1)  # + bias column
     assert torch.isfinite(model.user_vectors.weight).all()
 
 
