@@ -257,3 +257,4 @@ def test_torchrec_constructor_names_and_accessors():
     batch = KeyedJagged.from_offsets_sync(keys, values, offsets)
     assert_same(batch, kjt)
     assert batch.weights_or_none() is None and batch.index_per_key() == kjt._key_indices()
+    assert list(batch.to_dict(compute_offsets=False)) == list(kjt.to_dict(compute_offsets=False))

@@ -350,9 +350,10 @@ class KeyedJagged:
         weights = None if self._weights is None else self._weights[start:end]
         return Jagged(self._values[start:end], self._lengths[cells[index] : cells[index + 1]], weights)
 
-    def to_dict(self) -> dict[str, Jagged]:
+    def to_dict(self, compute_offsets: bool = True) -> dict[str, Jagged]:
         """``{key: Jagged}`` for every feature (TorchRec's ``to_dict``; a repeated key maps to its
-        last block, as ``self[key]``)."""
+        last block, as ``self[key]``).  ``compute_offsets`` is accepted for TorchRec's signature
+        (a :class:`Jagged` derives its offsets when asked)."""
         return {key: self[key] for key in self._keys}
 
     def select(self, keys: Sequence[str]) -> KeyedJagged:
