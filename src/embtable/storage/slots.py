@@ -52,10 +52,11 @@ _POLICY_CODES = {name: code for code, name in enumerate(POLICIES)}
 _META = ("calls", "clock", "hand", "admitted", "evicted", "default_hits", "lookups", "size",
          "head", "tail", "exact_size", "cursor", "seq")
 _M = {name: i for i, name in enumerate(_META)}
-_STATE = ("meta", "slots", "heap_slot", "heap_freq", "heap_call", "index", "sketch", "seeds", "exact")
+_STATE = ("meta", "slots", "heap_slot", "heap_freq", "heap_call", "index", "sketch", "seeds", "exact",
+          "queue")
 _S = {name: i for i, name in enumerate(_STATE)}
 # Columns of the [capacity, 8] `slots` tensor (one 64-byte cache line per slot).
-_F = {name: i for i, name in enumerate(("id", "freq", "last_call", "last_step", "prev", "next", "seq", "flags"))}
+_F = {name: i for i, name in enumerate(("id", "freq", "last_call", "last_step", "spare0", "spare1", "seq", "flags"))}
 _LIVE, _REF = 1, 2
 #: Canonical ``meta`` of a state dict (both implementations).
 _CANONICAL_META = ("calls", "clock", "hand", "admitted", "evicted", "default_hits", "lookups")
@@ -236,16 +237,14 @@ class SlotMap:
         i64 = dict(dtype=torch.int64)
         lfu = self.policy == "lfu"
         counting = self.min_count > 1
-        meta = torch.zeros(len(_META), **i64)
-        meta[_M["head"]] = meta[_M["tail"]] = -1
+        meta = torch.zeros(len(_META), **i64)  # head / tail: absolute positions in `queue`
         index = torch.zeros(_pow2_at_least(max(2 * c, 16)), 2, **i64)
         index[:, 1] = -1
         sketch_shape = (self.sketch_depth, self.sketch_width) if counting and not self.exact_counts else (0, 0)
         exact = torch.zeros(16 if counting and self.exact_counts else 0, 2, **i64)
         exact[:, 1] = -1
         slots = torch.zeros(c, len(_F), **i64)
-        slots[:, _F["prev"]] = -1
-        slots[:, _F["next"]] = -1
+        listed = self.policy in ("lru", "ttl")
         return [
             meta,
             slots,
@@ -256,6 +255,7 @@ class SlotMap:
             torch.zeros(sketch_shape, dtype=torch.int32),
             torch.tensor(_ref.sketch_seeds(self.seed, self.sketch_depth), **i64),
             exact,
+            torch.zeros(_pow2_at_least(max(2 * c, 16)) if listed else 0, **i64),
         ]
 
     def _config_ints(self) -> list[int]:
@@ -436,10 +436,9 @@ class SlotMap:
         meta[_M["size"]] = slots.numel()
         if listed and slots.numel():
             order = sd["recency"].to(torch.int64)
-            table[order[1:], _F["prev"]] = order[:-1]
-            table[order[:-1], _F["next"]] = order[1:]
-            table[order, _F["seq"]] = torch.arange(1, order.numel() + 1)
-            meta[_M["head"]], meta[_M["tail"]], meta[_M["seq"]] = order[0], order[-1], order.numel()
+            st[_S["queue"]][: order.numel()] = order
+            table[order, _F["seq"]] = torch.arange(order.numel())
+            meta[_M["head"]], meta[_M["tail"]] = 0, order.numel()
         if self.policy == "lfu" and slots.numel():
             # A sorted array is a heap: order by (freq, last_call, slot).
             keyed = slots

@@ -30,7 +30,7 @@ namespace {
 
 constexpr const char* kApi = "SlotMap.lookup";
 constexpr int64_t kEmpty = -1;
-constexpr int kAhead = 8;  // prefetch distance in ids
+constexpr int kAhead = 16;  // prefetch distance in ids
 
 // Policy codes shared with embtable/storage/slots.py (_POLICY_CODES).
 constexpr int64_t kLru = 0;
@@ -46,11 +46,14 @@ enum Meta : int64_t {
 
 // The state list, in order (shared with slots.py).
 enum StateIndex : int64_t {
-  sMeta = 0, sSlots, sHeapSlot, sHeapFreq, sHeapCall, sIndex, sSketch, sSeeds, sExact, sStateLen
+  sMeta = 0, sSlots, sHeapSlot, sHeapFreq, sHeapCall, sIndex, sSketch, sSeeds, sExact, sQueue,
+  sStateLen
 };
 
 // One slot's row of the [capacity, 8] int64 `slots` tensor: one 64-byte cache line.
-enum SlotField : int64_t { fId = 0, fFreq, fLastCall, fLastStep, fPrev, fNext, fSeq, fFlags, kFields };
+// (fSpare0 / fSpare1 are unused: they pad the record to one cache line.)  fSeq: the position
+// of the slot's current entry in the recency queue (lru / ttl).
+enum SlotField : int64_t { fId = 0, fFreq, fLastCall, fLastStep, fSpare0, fSpare1, fSeq, fFlags, kFields };
 constexpr int64_t kLive = 1;
 constexpr int64_t kRef = 2;
 
@@ -139,25 +142,50 @@ struct Map {
   int64_t* heap_slot;
   int64_t* heap_freq;
   int64_t* heap_call;
+  int64_t* queue;  // recency queue (lru / ttl): a ring of slots, power-of-two size
+  uint64_t queue_mask;
   int64_t capacity, policy, ttl;
 
   int64_t* row(int64_t s) const { return slots + s * kFields; }
 
-  // ---------------------------------------------------------------- recency list
-  void unlink(int64_t s) {
-    int64_t* r = row(s);
-    const int64_t p = r[fPrev], n = r[fNext];
-    if (p >= 0) row(p)[fNext] = n; else meta[kHead] = n;
-    if (n >= 0) row(n)[fPrev] = p; else meta[kTail] = p;
+  // ---------------------------------------------------------------- recency queue
+  // The recency order (lru / ttl) is a queue of slots: using a slot appends it at the tail
+  // and stores the entry's absolute position in the slot's fSeq; older entries of the slot
+  // become stale (fSeq differs) and are skipped when they reach the head.  Appends are
+  // sequential writes (no neighbours to relink), stale entries are dropped in order, and a
+  // full ring is compacted in place.  meta[kHead] / meta[kTail] are absolute positions.
+  bool current(int64_t pos) const {
+    const int64_t s = queue[static_cast<uint64_t>(pos) & queue_mask];
+    return row(s)[fSeq] == pos && (row(s)[fFlags] & kLive);
+  }
+  void compact() {
+    std::vector<int64_t> kept;
+    kept.reserve(static_cast<size_t>(meta[kSize]));
+    for (int64_t pos = meta[kHead]; pos < meta[kTail]; ++pos) {
+      if (current(pos)) kept.push_back(queue[static_cast<uint64_t>(pos) & queue_mask]);
+    }
+    for (size_t i = 0; i < kept.size(); ++i) {
+      queue[i] = kept[i];
+      row(kept[i])[fSeq] = static_cast<int64_t>(i);
+    }
+    meta[kHead] = 0;
+    meta[kTail] = static_cast<int64_t>(kept.size());
   }
   void append(int64_t s) {
-    int64_t* r = row(s);
-    const int64_t t = meta[kTail];
-    r[fPrev] = t;
-    r[fNext] = -1;
-    if (t >= 0) row(t)[fNext] = s; else meta[kHead] = s;
-    meta[kTail] = s;
-    r[fSeq] = ++meta[kSeq];
+    if (meta[kTail] - meta[kHead] == static_cast<int64_t>(queue_mask + 1)) compact();
+    const int64_t pos = meta[kTail]++;
+    queue[static_cast<uint64_t>(pos) & queue_mask] = s;
+    row(s)[fSeq] = pos;
+  }
+  // The least recent live slot (the queue's first current entry), or -1 when empty.
+  int64_t oldest() {
+    while (meta[kHead] < meta[kTail]) {
+      const int64_t ahead = meta[kHead] + kAhead;
+      if (ahead < meta[kTail]) __builtin_prefetch(row(queue[static_cast<uint64_t>(ahead) & queue_mask]), 0, 1);
+      if (current(meta[kHead])) return queue[static_cast<uint64_t>(meta[kHead]) & queue_mask];
+      ++meta[kHead];
+    }
+    return -1;
   }
 
   // ---------------------------------------------------------------- LFU heap (lazy keys)
@@ -208,9 +236,10 @@ struct Map {
   int64_t victim(int64_t& heap_n, std::vector<int64_t>& aside) {
     const int64_t pinned = meta[kCalls];
     if (policy == kLru || policy == kTtl) {
-      const int64_t s = meta[kHead];
+      const int64_t s = oldest();
       TORCH_CHECK(s >= 0 && row(s)[fLastCall] != pinned, kApi, ": internal error, victim is pinned");
       if (policy == kTtl && !(meta[kClockStep] - row(s)[fLastStep] > ttl)) return -1;
+      ++meta[kHead];  // the victim's entry leaves the queue
       return s;
     }
     if (policy == kLfu) {
@@ -255,6 +284,9 @@ void check_state(const std::vector<at::Tensor>& state) {
   TORCH_CHECK(state[sMeta].numel() >= kMetaLen, kApi, ": meta too short");
   TORCH_CHECK(state[sSlots].dim() == 2 && state[sSlots].size(1) == kFields, kApi,
               ": slots must be [capacity, ", kFields, "]");
+  const int64_t q = state[sQueue].numel();
+  TORCH_CHECK((q & (q - 1)) == 0 && (q == 0 || q >= 2 * state[sSlots].size(0)), kApi,
+              ": the recency queue must be empty or a power of two >= 2 * capacity, got ", q);
 }
 
 // The call's missing ids, deduplicated in first-occurrence order (sc.ids / sc.count).
@@ -310,6 +342,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   map.heap_slot = state[sHeapSlot].data_ptr<int64_t>();
   map.heap_freq = state[sHeapFreq].data_ptr<int64_t>();
   map.heap_call = state[sHeapCall].data_ptr<int64_t>();
+  map.queue = state[sQueue].data_ptr<int64_t>();
+  map.queue_mask = static_cast<uint64_t>(std::max<int64_t>(state[sQueue].numel(), 1)) - 1;
   map.capacity = config[0];
   map.policy = config[1];
   map.ttl = config[2];
@@ -414,7 +448,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   at::Tensor slots = at::empty({n}, ids_t.options());
   int64_t* out = slots.data_ptr<int64_t>();
   MissTable misses(sc, n);
-  constexpr int kRing = 16;
+  constexpr int kRing = 32;
   int64_t ring[kRing];
   constexpr int kNear = kAhead / 2;
   for (int64_t j = 0; j < std::min<int64_t>(kNear, n); ++j) ring[j % kRing] = index.get(ids[j]);
@@ -433,10 +467,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
         r[fLastCall] = call;
         r[fLastStep] = clock;
         r[fFlags] |= kRef;
-        if (listed) {
-          map.unlink(s);
-          map.append(s);
-        }
+        if (listed) map.append(s);
       }
       out[i] = s;
     } else {
@@ -456,7 +487,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   std::vector<int64_t> new_ids, new_slots, ev_ids, ev_slots;
   int64_t heap_n = meta[kSize];
   sc.aside.clear();
-  // The admitted misses, so that their index rows (and LRU victims) can be prefetched.
+  // The admitted misses, so that their index rows can be prefetched.
   sc.occ.clear();
   for (int64_t d = 0; d < u; ++d) {
     if (sc.estimate[d] >= min_count) sc.occ.push_back(d);
@@ -465,15 +496,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   for (int64_t k = 0; k < num_admitted; ++k) {
     const int64_t d = sc.occ[k];
     if (k + kAhead < num_admitted) index.prefetch(sc.ids[sc.occ[k + kAhead]]);
-    if (listed && meta[kHead] >= 0) {  // the victims after this one, two ahead
-      const int64_t nx = map.row(meta[kHead])[fNext];
-      if (nx >= 0) {
-        const int64_t* rn = map.row(nx);
-        __builtin_prefetch(rn, 1, 1);
-        if (rn[fNext] >= 0) __builtin_prefetch(map.row(rn[fNext]), 1, 1);
-        index.prefetch(rn[fId]);
-      }
-    }
     int64_t s;
     while (meta[kCursor] < map.capacity && (map.row(meta[kCursor])[fFlags] & kLive)) ++meta[kCursor];
     if (meta[kCursor] < map.capacity) {
@@ -484,7 +506,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
       if (s < 0) break;
       const int64_t old = map.row(s)[fId];
       index.erase(old);
-      if (listed) map.unlink(s);
       ev_ids.push_back(old);
       ev_slots.push_back(s);
     }
