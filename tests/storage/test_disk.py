@@ -72,22 +72,29 @@ def test_store_matches_dict_of_rows(tmp_path_factory, batches):
         store.write_rows(ids, rows, state)
         for i, row_id in enumerate(batch):
             oracle[row_id] = (rows[i], int(state[1][i]))
-    store.flush()
+    _check_store(store, oracle)  # rows still in the write-back log (newest record wins)
+    assert (path / "log.bin").exists()
+    store.flush()  # the log's records go to their rows' places
+    assert len(store._log) == 0
     store.close()
+    assert not (path / "log.bin").exists()
     again = DiskRowStore.open(path, read_only=True)
-    every = torch.arange(200)
-    rows = again.read_rows(every)
-    state = again.read_state(every)
-    for row_id in range(200):
-        if row_id in oracle:
-            assert torch.equal(rows[row_id], oracle[row_id][0])
-            assert torch.equal(state[0][row_id], oracle[row_id][0] * 2)
-            assert int(state[1][row_id]) == oracle[row_id][1]
-        else:
-            assert torch.equal(rows[row_id], init_rows(9, [row_id], 3)[0])
-            assert torch.equal(state[0][row_id], torch.full((3,), 0.5)) and int(state[1][row_id]) == 7
+    _check_store(again, oracle)
     assert again.state_rule == "demo"
     again.close()
+
+
+def _check_store(store, oracle):
+    every = torch.randperm(200)
+    rows, state = store.read(every)
+    for i, row_id in enumerate(every.tolist()):
+        if row_id in oracle:
+            assert torch.equal(rows[i], oracle[row_id][0])
+            assert torch.equal(state[0][i], oracle[row_id][0] * 2)
+            assert int(state[1][i]) == oracle[row_id][1]
+        else:
+            assert torch.equal(rows[i], init_rows(9, [row_id], 3)[0])
+            assert torch.equal(state[0][i], torch.full((3,), 0.5)) and int(state[1][i]) == 7
 
 
 def test_bad_paths(tmp_path):
@@ -171,7 +178,8 @@ def test_file_size_limit_gives_clear_error_then_refuses(tmp_path):
         store = DiskRowStore.open({str(tmp_path / "t")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
         try:
-            store.write_rows(torch.tensor([0, 99]), torch.zeros(2, 4))
+            store.write_rows(torch.tensor([0, 99]), torch.zeros(2, 4))  # into the log
+            store.flush()  # the log's rows to their places: row 99 lies past the limit
         except OSError as error:
             print("ERRNO", error.errno, error)
     """)

@@ -186,11 +186,11 @@ class DiskTableMixin:
         if found.new_ids.numel():
             order = torch.argsort(found.new_ids)
             new_ids, new_slots = found.new_ids[order], found.new_slots[order]
+            rows, states = self.store.read(new_ids, with_state=bool(state))
             with torch.no_grad():
-                self.weight[new_slots] = self.store.read_rows(new_ids)
-            if state:
-                for tensor, rows in zip(state, self.store.read_state(new_ids)):
-                    tensor[new_slots] = rows
+                self.weight[new_slots] = rows
+            for tensor, values in zip(state, states):
+                tensor[new_slots] = values
             self._dirty[new_slots] = False
             self._slot_id[new_slots] = new_ids
             self._faults += new_ids.numel()

@@ -54,7 +54,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import mmap
 import os
 import shutil
 from collections.abc import Sequence
@@ -66,6 +65,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from embtable.storage._disk_files import (
+    Bits,
+    CorruptFileError,
+    RowLog,
+    copy_sparse,
+    fsync_dir,
+    runs,
+    write_atomic,
+)
 
 __all__ = [
     "Disk",
@@ -81,6 +90,7 @@ FORMAT = "embtable-disk"
 VERSION = 1
 MANIFEST = "manifest.json"
 ROWS, ROW_BITS, STATE, STATE_BITS = "rows.bin", "rows.bits", "state.bin", "state.bits"
+LOG = "log.bin"
 _DATA_FILES = (ROWS, ROW_BITS, STATE, STATE_BITS)
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -97,6 +107,10 @@ _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _POLICIES = ("clock", "lru")
 #: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
 _PARALLEL_RUNS = 64
+#: Default bound of the write-back log (``DiskRowStore.max_log_bytes``).
+_MAX_LOG_BYTES = 2 << 30
+#: Records moved from the log to their home places per batch.
+_COMPACT_ROWS = 1 << 16
 
 
 class TableNotCleanError(RuntimeError):
@@ -104,7 +118,7 @@ class TableNotCleanError(RuntimeError):
     new values, so the directory refuses to open.  Restore the last checkpoint."""
 
 
-class CorruptTableError(ValueError):
+class CorruptTableError(CorruptFileError):
     """The manifest is missing, unreadable or inconsistent with the data files."""
 
 
@@ -252,54 +266,6 @@ def init_rows(
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic small-file writes and sparse copies
-# ---------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, target)
-    _fsync_dir(target.parent)
-
-
-def _copy_sparse(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` keeping its holes (SEEK_DATA / SEEK_HOLE), then fsync."""
-    size = source.stat().st_size
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        dst.truncate(size)
-        fd_in, fd_out, position = src.fileno(), dst.fileno(), 0
-        while position < size:
-            try:
-                start = os.lseek(fd_in, position, os.SEEK_DATA)
-            except OSError as error:
-                if error.errno == errno.ENXIO:  # only a hole remains
-                    break
-                raise
-            end = os.lseek(fd_in, start, os.SEEK_HOLE)
-            offset = start
-            while offset < end:
-                copied = os.copy_file_range(fd_in, fd_out, end - offset, offset, offset)
-                if copied == 0:
-                    break
-                offset += copied
-            position = end
-        dst.flush()
-        os.fsync(fd_out)
-
-
-# ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
 
@@ -318,49 +284,6 @@ class StateField:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": _DTYPE_NAMES[self.dtype], "row_shape": list(self.row_shape)}
-
-
-def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start indices and lengths of the runs of consecutive values of sorted ``ids``."""
-    if ids.size == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    cuts = np.flatnonzero(np.diff(ids) != 1) + 1
-    starts = np.concatenate(([0], cuts))
-    lengths = np.diff(np.concatenate((starts, [ids.size])))
-    return starts, lengths
-
-
-class _Bits:
-    """A bitmap file mapped in memory (one bit per row), advised MADV_RANDOM."""
-
-    def __init__(self, path: Path, num_rows: int, writable: bool) -> None:
-        self.path = path
-        size = (num_rows + 7) // 8
-        if path.stat().st_size != size:
-            raise CorruptTableError(
-                f"DiskRowStore: {path} has {path.stat().st_size} bytes, expected {size} "
-                f"(one bit for each of {num_rows} rows); the file is truncated or not this table's"
-            )
-        self._file = open(path, "r+b" if writable else "rb")
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        self._map = mmap.mmap(self._file.fileno(), size, access=access)
-        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            self._map.madvise(mmap.MADV_RANDOM)
-        self.bytes = np.frombuffer(self._map, dtype=np.uint8)
-
-    def test(self, ids: np.ndarray) -> np.ndarray:
-        return (self.bytes[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1 != 0
-
-    def set(self, ids: np.ndarray) -> None:
-        np.bitwise_or.at(self.bytes, ids >> 3, (np.uint8(1) << (ids & 7).astype(np.uint8)))
-
-    def sync(self) -> None:
-        self._map.flush()
-
-    def close(self) -> None:
-        self.bytes = None  # type: ignore[assignment]
-        self._map.close()
-        self._file.close()
 
 
 class DiskRowStore:
@@ -385,12 +308,17 @@ class DiskRowStore:
         self._io_threads = io_threads
         self._pool: ThreadPoolExecutor | None = None
         self._fds: dict[str, int] = {}
-        self._bits: dict[str, _Bits] = {}
+        self._bits: dict[str, Bits] = {}
         self.state_fields: list[StateField] = []
         self.state_row_bytes = 0
         self._fresh_state = b""
         self.rows_read = self.rows_written = self.rows_initialized = 0
         self.bytes_read = self.bytes_written = 0
+        #: the write-back log is moved to the rows' home places when it grows past this
+        self.max_log_bytes = _MAX_LOG_BYTES
+        self._log: RowLog | None = None
+        if not read_only and (path / LOG).exists():  # a clean table's log is stale (already moved)
+            (path / LOG).unlink()
         self._open_data(ROWS, ROW_BITS, self.row_bytes)
         if manifest.get("state"):
             self._load_state_layout(manifest["state"])
@@ -463,7 +391,7 @@ class DiskRowStore:
             target.mkdir(exist_ok=True)
             cls._make_sparse(target / ROWS, num_embeddings * row_bytes)
             cls._make_sparse(target / ROW_BITS, (num_embeddings + 7) // 8)
-            _write_atomic(target / MANIFEST, json.dumps(manifest, indent=1).encode())
+            write_atomic(target / MANIFEST, json.dumps(manifest, indent=1).encode())
         except OSError as error:
             raise type(error)(
                 error.errno,
@@ -599,7 +527,10 @@ class DiskRowStore:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         self._fds[name] = fd
-        self._bits[bits_name] = _Bits(self.path / bits_name, self.num_embeddings, not self.read_only)
+        try:
+            self._bits[bits_name] = Bits(self.path / bits_name, self.num_embeddings, not self.read_only)
+        except CorruptFileError as error:
+            raise CorruptTableError(str(error)) from None
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -664,6 +595,10 @@ class DiskRowStore:
         record = sum(field.row_bytes for field in fields)
         if len(fresh) != record:
             raise ValueError(f"{api}: fresh holds {len(fresh)} bytes, the layout needs {record}")
+        self._compact()  # logged records have the old layout
+        if self._log is not None:
+            self._log.close(remove=True)
+            self._log = None
         if record:
             self._begin_write()
             self._make_sparse(self.path / STATE, self.num_embeddings * record)
@@ -698,10 +633,10 @@ class DiskRowStore:
                 raise ValueError(f"{api}: ids must be distinct")
         return sorted_ids, order
 
-    def _io(self, name: str, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
-        """preadv / pwritev the records of sorted ``ids`` from / to ``buffer`` rows."""
-        fd = self._fds[name]
-        starts, lengths = _runs(ids)
+    def _io(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
+        """preadv / pwritev the records of sorted ``ids`` (record numbers) of ``fd`` from / to
+        ``buffer`` rows: one call per run of consecutive records, over ``io_threads`` threads."""
+        starts, lengths = runs(ids)
         view = memoryview(buffer).cast("B")
 
         def work(first: int, last: int) -> None:
@@ -712,8 +647,8 @@ class DiskRowStore:
                 if done != len(chunk):
                     raise OSError(
                         errno.EIO,
-                        f"DiskRowStore: short {'write' if write else 'read'} of {name} at byte "
-                        f"{offset} ({done} of {len(chunk)} bytes); the file is truncated",
+                        f"DiskRowStore: short {'write' if write else 'read'} in {str(self.path)!r} at "
+                        f"byte {offset} ({done} of {len(chunk)} bytes); a file is truncated",
                     )
 
         count = len(starts)
@@ -727,47 +662,71 @@ class DiskRowStore:
         for future in futures:
             future.result()
 
-    def read_rows(self, ids: Tensor) -> Tensor:
-        """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype), in the order of ``ids``.
+    def read(self, ids: Tensor, *, with_state: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype) and, ``with_state``, their
+        optimizer state (one ``[n, *row_shape]`` tensor per field), in the order of ``ids``.
 
-        Rows never written are the initializer's values; the others are read in one sorted
-        pass (one ``preadv`` per run of consecutive rows).
+        A row's latest record comes from the write-back log if it has one there, else from
+        its home place; rows never written are the initializer's values and fresh state.
+        Each file is read in one sorted pass (one ``preadv`` per run of consecutive records).
         """
-        sorted_ids, order = self._check_ids(ids, "DiskRowStore.read_rows")
-        out = torch.empty((len(sorted_ids), self.embedding_dim), dtype=self.dtype)
-        if len(sorted_ids):
-            written = self._bits[ROW_BITS].test(sorted_ids)
-            fresh = ~written
-            if fresh.any():
-                out[torch.from_numpy(fresh)] = self.init_rows(torch.from_numpy(sorted_ids[fresh]))
-                self.rows_initialized += int(fresh.sum())
-            if written.any():
-                picked = sorted_ids[written]
-                buffer = np.empty((len(picked), self.row_bytes), dtype=np.uint8)
-                self._io(ROWS, False, picked, buffer, self.row_bytes)
-                out[torch.from_numpy(written)] = torch.from_numpy(buffer).view(self.dtype).view(-1, self.embedding_dim)
-                self.rows_read += len(picked)
-                self.bytes_read += buffer.nbytes
-        result = torch.empty_like(out)
-        result[torch.from_numpy(order)] = out
-        return result
+        sorted_ids, order = self._check_ids(ids, "DiskRowStore.read")
+        n, row_bytes = len(sorted_ids), self.row_bytes
+        with_state = with_state and self.state_row_bytes > 0
+        rows = np.empty((n, row_bytes), dtype=np.uint8)
+        state = np.empty((n, self.state_row_bytes if with_state else 0), dtype=np.uint8)
+        in_log, positions = self._log.find(sorted_ids) if self._log else (np.zeros(n, dtype=bool), None)
+        if in_log.any():
+            records = self._log.read(positions)
+            rows[in_log] = records[:, :row_bytes]
+            if with_state:
+                state[in_log] = records[:, row_bytes:]
+            self.rows_read += len(records)
+            self.bytes_read += records.nbytes
+        home = ~in_log
+        if home.any():
+            home_ids = sorted_ids[home]
+            rows[home] = self._read_home(home_ids, ROWS, ROW_BITS, row_bytes, None)
+            if with_state:
+                state[home] = self._read_home(home_ids, STATE, STATE_BITS, self.state_row_bytes, self._fresh_state)
+        out_rows = torch.empty((n, self.embedding_dim), dtype=self.dtype)
+        out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
+        if not with_state:
+            return out_rows, []
+        unsorted = np.empty_like(state)
+        unsorted[order] = state
+        return out_rows, self._split_state(unsorted)
+
+    def _read_home(self, ids: np.ndarray, name: str, bits_name: str, record: int, fresh: bytes | None) -> np.ndarray:
+        """Home records of sorted ``ids``: written ones read, the others fresh (``fresh`` bytes,
+        or for rows the initializer)."""
+        out = np.empty((len(ids), record), dtype=np.uint8)
+        written = self._bits[bits_name].test(ids)
+        if (~written).any():
+            if fresh is None:
+                values = self.init_rows(torch.from_numpy(ids[~written]))
+                out[~written] = values.contiguous().view(torch.uint8).numpy().reshape(-1, record)
+                self.rows_initialized += int((~written).sum())
+            else:
+                out[~written] = np.frombuffer(fresh, dtype=np.uint8)
+        if written.any():
+            buffer = np.empty((int(written.sum()), record), dtype=np.uint8)
+            self._io(self._fds[name], False, ids[written], buffer, record)
+            out[written] = buffer
+            self.bytes_read += buffer.nbytes
+            if name == ROWS:
+                self.rows_read += len(buffer)
+        return out
+
+    def read_rows(self, ids: Tensor) -> Tensor:
+        """Rows ``ids`` only (see :meth:`read`)."""
+        return self.read(ids, with_state=False)[0]
 
     def read_state(self, ids: Tensor) -> list[Tensor]:
-        """The optimizer-state rows of ``ids``: one ``[n, *row_shape]`` tensor per field."""
-        sorted_ids, order = self._check_ids(ids, "DiskRowStore.read_state")
-        records = np.empty((len(sorted_ids), self.state_row_bytes), dtype=np.uint8)
-        if len(sorted_ids) and self.state_row_bytes:
-            written = self._bits[STATE_BITS].test(sorted_ids)
-            records[~written] = np.frombuffer(self._fresh_state, dtype=np.uint8)
-            if written.any():
-                picked = sorted_ids[written]
-                buffer = np.empty((len(picked), self.state_row_bytes), dtype=np.uint8)
-                self._io(STATE, False, picked, buffer, self.state_row_bytes)
-                records[written] = buffer
-                self.bytes_read += buffer.nbytes
-        unsorted = np.empty_like(records)
-        unsorted[order] = records
-        return self._split_state(unsorted)
+        """The optimizer state of rows ``ids`` only (see :meth:`read`)."""
+        if not self.state_row_bytes:
+            return []
+        return self.read(ids)[1]
 
     def _split_state(self, records: np.ndarray) -> list[Tensor]:
         fields, column = [], 0
@@ -778,8 +737,11 @@ class DiskRowStore:
         return fields
 
     def write_rows(self, ids: Tensor, rows: Tensor, state: Sequence[Tensor] | None = None) -> None:
-        """Write rows ``ids`` (and their optimizer state, one tensor per field) in one sorted
-        pass per file.
+        """Write rows ``ids`` and their optimizer state (one tensor per field).
+
+        With the state (or when the table stores none) the records are appended to the
+        write-back log in one sequential write; :meth:`flush` moves them to their home places
+        in sorted order.  Rows without their state go straight to their home places.
 
         Raises:
             OSError: read-only table; the disk is full or a file-size limit is reached (the
@@ -795,12 +757,12 @@ class DiskRowStore:
                 f"{api}: rows must be a [{len(sorted_ids)}, {self.embedding_dim}] {self.dtype} tensor, "
                 f"got {tuple(rows.shape)} {rows.dtype}"
             )
-        records = None
+        states = None
         if state is not None and self.state_row_bytes:
             if len(state) != len(self.state_fields):
                 raise ValueError(f"{api}: state has {len(state)} tensors, the table stores {len(self.state_fields)}")
             parts = [t.detach().contiguous().view(torch.uint8).reshape(len(sorted_ids), -1) for t in state]
-            records = torch.cat(parts, dim=1).numpy()[order] if parts else None
+            states = torch.cat(parts, dim=1).numpy()[order]
         if not len(sorted_ids):
             return
         try:
@@ -811,13 +773,14 @@ class DiskRowStore:
                 f"{api}: could not mark the table at {str(self.path)!r} as being written "
                 f"({error.strerror}); nothing was written, the table is as at its last flush",
             ) from None
-        buffer = np.ascontiguousarray(rows.detach().contiguous().view(torch.uint8).numpy()[order])
+        buffer = rows.detach().contiguous().view(torch.uint8).numpy()[order]
         try:
-            self._io(ROWS, True, sorted_ids, buffer, self.row_bytes)
-            self._bits[ROW_BITS].set(sorted_ids)
-            if records is not None:
-                self._io(STATE, True, sorted_ids, np.ascontiguousarray(records), self.state_row_bytes)
-                self._bits[STATE_BITS].set(sorted_ids)
+            if states is not None or not self.state_row_bytes:
+                records = buffer if states is None else np.concatenate([buffer, states], axis=1)
+                self._log_append(sorted_ids, records)
+            else:
+                self._compact()  # older records of these rows may sit in the log
+                self._write_home(sorted_ids, buffer, None)
         except OSError as error:
             raise type(error)(
                 error.errno,
@@ -826,12 +789,36 @@ class DiskRowStore:
                 "raise the file-size limit) and restore the last checkpoint",
             ) from None
         self.rows_written += len(sorted_ids)
-        self.bytes_written += buffer.nbytes + (records.nbytes if records is not None else 0)
+
+    def _log_append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
+        if self._log is None:
+            self._log = RowLog(self.path / LOG, self.row_bytes + self.state_row_bytes, self._io)
+        self._log.append(sorted_ids, records)
+        self.bytes_written += records.nbytes
+        if self._log.nbytes > self.max_log_bytes:
+            self._compact()
+
+    def _write_home(self, sorted_ids: np.ndarray, rows: np.ndarray, states: np.ndarray | None) -> None:
+        self._io(self._fds[ROWS], True, sorted_ids, np.ascontiguousarray(rows), self.row_bytes)
+        self._bits[ROW_BITS].set(sorted_ids)
+        self.bytes_written += rows.nbytes
+        if states is not None:
+            self._io(self._fds[STATE], True, sorted_ids, np.ascontiguousarray(states), self.state_row_bytes)
+            self._bits[STATE_BITS].set(sorted_ids)
+            self.bytes_written += states.nbytes
+
+    def _compact(self) -> None:
+        """Move every logged record to its home place (sorted by row), then empty the log."""
+        if not self._log:
+            return
+        for ids, records in self._log.drain(_COMPACT_ROWS):
+            states = records[:, self.row_bytes :] if self.state_row_bytes else None
+            self._write_home(ids, records[:, : self.row_bytes], states)
 
     # -- durability ----------------------------------------------------------------------------
 
     def _write_manifest(self) -> None:
-        _write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
     def _begin_write(self) -> None:
         if self.manifest["status"] != "writing":
@@ -843,6 +830,14 @@ class DiskRowStore:
         (recording ``table_step``, the optimizer's step count, when given)."""
         if self.read_only:
             return
+        try:
+            self._compact()
+        except OSError as error:
+            raise type(error)(
+                error.errno,
+                f"DiskRowStore.flush: moving the write-back log of {str(self.path)!r} to its rows "
+                f"failed: {error.strerror}; the table stays 'writing': restore the last checkpoint",
+            ) from None
         for bits in self._bits.values():
             bits.sync()
         for fd in self._fds.values():
@@ -878,6 +873,9 @@ class DiskRowStore:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._log is not None:
+            self._log.close(remove=self.status == "clean")
+            self._log = None
         for fd in self._fds.values():
             os.close(fd)
         for bits in self._bits.values():
@@ -887,7 +885,8 @@ class DiskRowStore:
 
     def disk_usage(self) -> int:
         """Bytes the table's files occupy on disk (allocated blocks; holes are free)."""
-        return sum((self.path / n).stat().st_blocks * 512 for n in _DATA_FILES if (self.path / n).exists())
+        names = (*_DATA_FILES, LOG)
+        return sum((self.path / n).stat().st_blocks * 512 for n in names if (self.path / n).exists())
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
@@ -905,9 +904,9 @@ def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) 
     try:
         for name in _DATA_FILES:
             if (source / name).exists():
-                _copy_sparse(source / name, temp / name)
+                copy_sparse(source / name, temp / name)
         copied = dict(manifest, status="clean", last_checkpoint=None)
-        _write_atomic(temp / MANIFEST, json.dumps(copied, indent=1).encode())
+        write_atomic(temp / MANIFEST, json.dumps(copied, indent=1).encode())
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -915,7 +914,7 @@ def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) 
             shutil.rmtree(old)
         else:
             os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)
         raise type(error)(error.errno, f"{api}: copying the table to {str(target)!r} failed: {error.strerror}") from None
@@ -938,4 +937,4 @@ def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     target = Path(path)
     copied = json.loads((target / MANIFEST).read_bytes())
     copied["last_checkpoint"] = str(source.absolute())
-    _write_atomic(target / MANIFEST, json.dumps(copied, indent=1).encode())
+    write_atomic(target / MANIFEST, json.dumps(copied, indent=1).encode())
