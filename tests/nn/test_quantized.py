@@ -29,7 +29,7 @@ def _table(seed: int, rows: int, dim: int) -> torch.Tensor:
 
 
 @compiled
-@pytest.mark.parametrize("fmt,dim", list(itertools.product(FORMATS, [3, 16, 64])))
+@pytest.mark.parametrize("fmt,dim", list(itertools.product(FORMATS, [3, 16, 24, 64])))
 def test_compiled_pooling_matches_reference(fmt, dim):
     weight = _table(0, 60, dim)
     packed = codecs.quantize_rows(weight, fmt)

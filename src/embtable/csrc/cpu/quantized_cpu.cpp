@@ -17,6 +17,10 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -34,7 +38,10 @@ constexpr int64_t kInt4 = 4;
 constexpr int64_t kInt2 = 5;
 constexpr int64_t kFp32 = 6;
 
-constexpr int64_t kPrefetchDistance = 16;  // ids ahead
+#ifndef EMBTABLE_Q_PREFETCH
+#define EMBTABLE_Q_PREFETCH 16
+#endif
+constexpr int64_t kPrefetchDistance = EMBTABLE_Q_PREFETCH;  // ids ahead
 constexpr int64_t kMaxDim = 4096;           // decode buffer (rows of larger dims use the reference)
 
 int64_t code_bytes(int64_t format, int64_t dim) {
@@ -61,10 +68,27 @@ int64_t row_bytes(int64_t format, int64_t dim) {
   return code_bytes(format, dim) + (format >= kInt8 && format <= kInt2 ? 4 : 0);
 }
 
+// Prefetch a packed row into L2: its cache lines, including the last one (a row of
+// D / 2 + 4 bytes at an arbitrary offset often straddles two lines).
+#ifndef EMBTABLE_Q_LOCALITY
+#define EMBTABLE_Q_LOCALITY 2
+#endif
+inline void prefetch_packed_row(const uint8_t* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) {
+    __builtin_prefetch(p + o, 0, EMBTABLE_Q_LOCALITY);
+    asm volatile("" : : "r"(p + o));
+  }
+  __builtin_prefetch(p + bytes - 1, 0, EMBTABLE_Q_LOCALITY);
+}
+
 inline float half_to_float(const uint8_t* p) {
   uint16_t bits;
   std::memcpy(&bits, p, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(bits);
+#else
   return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+#endif
 }
 
 // Row `r` decoded and added into `acc`: acc[d] += w * decode(r)[d] (for kAssign: acc[d] =
@@ -120,6 +144,141 @@ inline void accumulate_row(const uint8_t* __restrict__ r, int64_t dim, float w,
     }
   }
 }
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define EMBTABLE_QUANTIZED_AVX2 1
+// Elements 8k .. 8k + 7 of a stored row as floats: the values of a float format, the raw
+// integer codes (before scale and bias) of an integer format.  Needs dim % 8 == 0.
+template <int64_t kFormat>
+inline __m256 load8(const uint8_t* __restrict__ r, int64_t k) {
+  if constexpr (kFormat == kFp32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(r) + 8 * k);
+  } else if constexpr (kFormat == kFp16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16 * k)));
+  } else if constexpr (kFormat == kBf16) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16 * k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  } else if constexpr (kFormat == kInt8) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + 8 * k));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+  } else if constexpr (kFormat == kInt4) {
+    int32_t word;
+    std::memcpy(&word, r + 4 * k, 4);
+    const __m128i x = _mm_cvtsi32_si128(word);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(x, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(x, 4), mask);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));  // lo0 hi0 lo1 ..
+  } else {
+    uint16_t half;
+    std::memcpy(&half, r + 2 * k, 2);
+    const __m128i x = _mm_cvtsi32_si128(half);
+    const __m128i mask = _mm_set1_epi8(0x03);
+    const __m128i p0 = _mm_and_si128(x, mask);
+    const __m128i p1 = _mm_and_si128(_mm_srli_epi16(x, 2), mask);
+    const __m128i p2 = _mm_and_si128(_mm_srli_epi16(x, 4), mask);
+    const __m128i p3 = _mm_and_si128(_mm_srli_epi16(x, 6), mask);
+    const __m128i codes = _mm_unpacklo_epi16(_mm_unpacklo_epi8(p0, p1), _mm_unpacklo_epi8(p2, p3));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
+  }
+}
+
+// Elements 16k .. 16k + 15 of an int4 / int2 row as two vectors of codes (one load of the
+// 8 or 4 bytes that hold them).
+template <int64_t kFormat>
+inline void load16(const uint8_t* __restrict__ r, int64_t k, __m256& first, __m256& second) {
+  __m128i codes;
+  if constexpr (kFormat == kInt4) {
+    const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + 8 * k));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    codes = _mm_unpacklo_epi8(_mm_and_si128(x, mask), _mm_and_si128(_mm_srli_epi16(x, 4), mask));
+  } else {
+    int32_t word;
+    std::memcpy(&word, r + 4 * k, 4);
+    const __m128i x = _mm_cvtsi32_si128(word);
+    const __m128i mask = _mm_set1_epi8(0x03);
+    const __m128i p0 = _mm_and_si128(x, mask);
+    const __m128i p1 = _mm_and_si128(_mm_srli_epi16(x, 2), mask);
+    const __m128i p2 = _mm_and_si128(_mm_srli_epi16(x, 4), mask);
+    const __m128i p3 = _mm_and_si128(_mm_srli_epi16(x, 6), mask);
+    codes = _mm_unpacklo_epi16(_mm_unpacklo_epi8(p0, p1), _mm_unpacklo_epi8(p2, p3));
+  }
+  first = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
+  second = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8)));
+}
+
+// Sum / mean pooling of rows whose dim is a multiple of 8.  Per row, a weighted row adds
+// (w * scale) * q to the running sum and w * bias to one scalar that is added to every
+// element at the end (the bias of a row is the same for all its elements).  kD > 0: the
+// running sum stays in registers; kD == 0: it lives in the output row.
+template <int64_t kFormat, int64_t kD>
+int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64_t* O,
+                  const float* P, float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
+  constexpr bool kInteger = kFormat >= kInt8 && kFormat <= kInt2;
+  const int64_t D = kD > 0 ? kD : dim;
+  const int64_t blocks = D / 8;
+  const int64_t stride = row_bytes(kFormat, D);
+  const int64_t nbytes = code_bytes(kFormat, D);
+  const int64_t total = O[num_bags];
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+  for (int64_t b = 0; b < num_bags; ++b) {
+    constexpr int64_t kBlocks = kD > 0 ? kD / 8 : 1;
+    __m256 acc[kBlocks];
+    for (int64_t k = 0; k < kBlocks; ++k) acc[k] = _mm256_setzero_ps();
+    float* __restrict__ y = Y + b * D;
+    if constexpr (kD == 0) {
+      for (int64_t k = 0; k < blocks; ++k) _mm256_storeu_ps(y + 8 * k, _mm256_setzero_ps());
+    }
+    float bias_sum = 0.0f;
+    int64_t count = 0;
+    for (int64_t i = O[b]; i < O[b + 1]; ++i) {
+      if (i + kPrefetchDistance < total) {
+        const int64_t ahead = I[i + kPrefetchDistance];
+        if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) {
+          prefetch_packed_row(W + ahead * stride, stride);
+        }
+      }
+      const int64_t id = I[i];
+      if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
+        bad = 1;
+        continue;
+      }
+      if (id == padding_idx) continue;
+      const uint8_t* row = W + id * stride;
+      const float w = P != nullptr ? P[i] : 1.0f;
+      float factor = w;
+      if constexpr (kInteger) {
+        factor = w * half_to_float(row + nbytes);
+        bias_sum += w * half_to_float(row + nbytes + 2);
+      }
+      const __m256 f = _mm256_set1_ps(factor);
+      if constexpr (kD > 0 && kD % 16 == 0 && (kFormat == kInt4 || kFormat == kInt2)) {
+        for (int64_t k = 0; k < kBlocks / 2; ++k) {
+          __m256 first, second;
+          load16<kFormat>(row, k, first, second);
+          acc[2 * k] = _mm256_fmadd_ps(f, first, acc[2 * k]);
+          acc[2 * k + 1] = _mm256_fmadd_ps(f, second, acc[2 * k + 1]);
+        }
+      } else if constexpr (kD > 0) {
+        for (int64_t k = 0; k < kBlocks; ++k) acc[k] = _mm256_fmadd_ps(f, load8<kFormat>(row, k), acc[k]);
+      } else {
+        for (int64_t k = 0; k < blocks; ++k) {
+          _mm256_storeu_ps(y + 8 * k, _mm256_fmadd_ps(f, load8<kFormat>(row, k), _mm256_loadu_ps(y + 8 * k)));
+        }
+      }
+      ++count;
+    }
+    const __m256 shift = _mm256_set1_ps(bias_sum);
+    const __m256 divisor = _mm256_set1_ps(mean && count > 0 ? static_cast<float>(count) : 1.0f);
+    for (int64_t k = 0; k < blocks; ++k) {
+      const __m256 sum = kD > 0 ? acc[k] : _mm256_loadu_ps(y + 8 * k);
+      _mm256_storeu_ps(y + 8 * k, _mm256_div_ps(_mm256_add_ps(sum, shift), divisor));
+    }
+  }
+  return bad;
+}
+#endif
 
 void check_offsets(const int64_t* O, int64_t num_bounds, int64_t num_ids, const char* api) {
   bool ok = num_bounds == 0 || O[0] == 0;
@@ -189,6 +348,15 @@ int pool(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64
 template <int64_t kFormat>
 int pool_format(int64_t pooling, const uint8_t* W, int64_t V, int64_t dim, const int64_t* I,
                 const int64_t* O, const float* P, float* Y, int64_t num_bags, int64_t padding_idx) {
+#ifdef EMBTABLE_QUANTIZED_AVX2
+  if (pooling != kPoolMax && dim % 8 == 0) {
+    const bool mean = pooling == kPoolMean;
+    if (dim == 64) return pool_sum_avx2<kFormat, 64>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
+    if (dim == 128) return pool_sum_avx2<kFormat, 128>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
+    if (dim == 32) return pool_sum_avx2<kFormat, 32>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
+    return pool_sum_avx2<kFormat, 0>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
+  }
+#endif
   if (pooling == kPoolMax) return pool<kFormat, kPoolMax>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
   if (pooling == kPoolMean) return pool<kFormat, kPoolMean>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
   return pool<kFormat, kPoolSum>(W, V, dim, I, O, P, Y, num_bags, padding_idx);
@@ -215,7 +383,14 @@ at::Tensor quantized_pool_bags_cpu(const at::Tensor& packed_in, int64_t format, 
                 " values for ", ids.numel(), " ids");
     P = psw.data_ptr<float>();
   }
-  at::Tensor out = at::zeros({num_bags, dim}, packed.options().dtype(at::kFloat));
+#ifdef EMBTABLE_QUANTIZED_AVX2
+  const bool writes_all = pooling != kPoolMax && dim % 8 == 0;  // pool_sum_avx2 stores every row
+#else
+  const bool writes_all = false;
+#endif
+  const auto float_options = packed.options().dtype(at::kFloat);
+  at::Tensor out = writes_all && num_bags > 0 && dim > 0 ? at::empty({num_bags, dim}, float_options)
+                                                         : at::zeros({num_bags, dim}, float_options);
   if (num_bags == 0 || dim == 0) return out;
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t V = packed.size(0);
@@ -253,7 +428,21 @@ int gather(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, int64_t n
       bad = 1;
       continue;
     }
-    accumulate_row<kFormat, true>(W + id * stride, dim, 1.0f, Y + i * dim, codes);
+    const uint8_t* row = W + id * stride;
+#ifdef EMBTABLE_QUANTIZED_AVX2
+    if (dim % 8 == 0) {
+      constexpr bool kInteger = kFormat >= kInt8 && kFormat <= kInt2;
+      const int64_t nbytes = code_bytes(kFormat, dim);
+      const __m256 scale = _mm256_set1_ps(kInteger ? half_to_float(row + nbytes) : 1.0f);
+      const __m256 bias = _mm256_set1_ps(kInteger ? half_to_float(row + nbytes + 2) : 0.0f);
+      for (int64_t k = 0; k < dim / 8; ++k) {
+        // scale * q + bias rounded twice, as the reference decodes (no fused multiply-add)
+        _mm256_storeu_ps(Y + i * dim + 8 * k, _mm256_add_ps(_mm256_mul_ps(scale, load8<kFormat>(row, k)), bias));
+      }
+      continue;
+    }
+#endif
+    accumulate_row<kFormat, true>(row, dim, 1.0f, Y + i * dim, codes);
   }
   return bad;
 }
