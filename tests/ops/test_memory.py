@@ -1,0 +1,70 @@
+"""Memory placement (issue 11): EMBTABLE_HUGEPAGES, place_pages, huge_page_fraction.
+
+The oracle is the kernel's own account in /proc/self/smaps (AnonHugePages).  Tests that need
+transparent huge pages skip where the kernel has none or refuses the request.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import embtable
+from embtable.ops._memory import huge_page_fraction, hugepages_requested, place_pages
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = THP.read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1 : text.index("]")]
+
+
+needs_thp = pytest.mark.skipif(
+    sys.platform != "linux" or _thp_mode() in (None, "never"), reason="no transparent huge pages"
+)
+
+
+def test_hugepages_requested_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBTABLE_HUGEPAGES", raising=False)
+    assert hugepages_requested()
+    monkeypatch.setenv("EMBTABLE_HUGEPAGES", "0")
+    assert not hugepages_requested()
+    monkeypatch.setenv("EMBTABLE_HUGEPAGES", "1")
+    assert hugepages_requested()
+
+
+def test_place_pages_rejects_unknown_placement() -> None:
+    with pytest.raises(ValueError, match="place_pages: placement must be 'huge' or '4k', got 'big'"):
+        place_pages(torch.zeros(4), "big")
+
+
+def test_huge_page_fraction_of_small_and_empty_tensors() -> None:
+    assert huge_page_fraction(torch.zeros(0)) == 0.0
+    assert 0.0 <= huge_page_fraction(torch.zeros(16)) <= 1.0
+
+
+@needs_thp
+def test_place_pages_huge_then_fraction_is_high() -> None:
+    table = torch.ones(1 << 23)  # 32 MiB, touched on 4 KiB pages (or huge ones in 'always')
+    if not place_pages(table, "huge"):
+        pytest.skip("the kernel refused MADV_HUGEPAGE / MADV_COLLAPSE")
+    assert huge_page_fraction(table) > 0.85  # up to two partial 2 MiB ends stay small
+    assert torch.equal(table, torch.ones(1 << 23))  # contents unchanged
+
+
+@needs_thp
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="needs THP mode 'madvise'")
+def test_embtable_tables_follow_embtable_hugepages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBTABLE_HUGEPAGES", "0")
+    off = embtable.Embedding(1 << 17, 64)  # 32 MiB
+    assert huge_page_fraction(off.weight) < 0.05
+    monkeypatch.setenv("EMBTABLE_HUGEPAGES", "1")
+    on = embtable.Embedding(1 << 17, 64)
+    assert huge_page_fraction(on.weight) > 0.5  # a fragmented machine may refuse some
