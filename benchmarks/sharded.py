@@ -48,7 +48,13 @@ import torch.multiprocessing as mp
 
 import embtable
 from embtable import EmbeddingBagCollection, KeyedJagged, TableConfig
-from embtable.distributed import ShardedEmbeddingBagCollection, plan_sharding, shard
+from embtable.distributed import (
+    ShardedEmbeddingBagCollection,
+    ShardingPlan,
+    TableSharding,
+    plan_sharding,
+    shard,
+)
 from embtable.distributed.plan import ShardingType, state_bytes_per_row
 from embtable.testing import zipf_ids
 
@@ -150,6 +156,18 @@ def check_correct(rank: int, world: int) -> None:
         )
 
 
+def make_plan(tables: list[TableConfig], world: int, sharding: str) -> ShardingPlan:
+    """``plan_sharding``'s plan (``"auto"``), or every table sharded one way."""
+    if sharding == "auto":
+        return plan_sharding(tables, world, optimizer=RULE)
+    make = {
+        "row_wise": lambda t: TableSharding.row_wise(),
+        "column_wise": lambda t: TableSharding.column_wise(),
+        "table_wise": lambda t: TableSharding.table_wise(rank=int(t.name[1:]) % world),
+    }[sharding]
+    return ShardingPlan(world_size=world, tables={t.name: make(t) for t in tables})
+
+
 def sharded_worker(
     rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
 ) -> None:
@@ -162,7 +180,7 @@ def sharded_worker(
     tables = table_configs(args.rows_max)
     batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(4)]
     base_rss = current_rss()
-    plan = plan_sharding(tables, world, optimizer=RULE)
+    plan = make_plan(tables, world, args.sharding)
     torch.manual_seed(0)
     sharded = ShardedEmbeddingBagCollection(tables, plan)
     embtable.optim.fuse(sharded, RULE, lr=0.05)
