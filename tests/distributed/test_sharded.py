@@ -1,6 +1,6 @@
 """Sharded collections on 2 and 4 gloo processes (127.0.0.1) against the unsharded oracle.
 
-Three spawned groups share their start-up cost over many checks (see ``_workers.py``):
+Three spawned groups share their start-up cost over many checks (see ``_dist_workers.py``):
 2 ranks (every sharding type and pooling, rules and state dtypes, EmbeddingCollection, bad
 ids, an interrupted save, a checkpoint), 4 ranks (mixed plans, the 2-rank checkpoint
 resharded and resumed) and 2 ranks again (the 4-rank checkpoint; a rank dying mid-step).
@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # the children import _workers by name
+sys.path.insert(0, os.path.dirname(__file__))  # the children import _dist_workers by name
 
-import _harness  # noqa: E402
-import _workers  # noqa: E402
+import _dist_harness as _harness  # noqa: E402
+import _dist_workers as _workers  # noqa: E402
 
 from embtable import EmbeddingBagCollection  # noqa: E402
 from embtable.distributed.checkpoint import load_checkpoint, load_tables, load_unsharded  # noqa: E402

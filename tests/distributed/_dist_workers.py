@@ -1,4 +1,6 @@
-"""What each spawned rank runs in tests/distributed/test_sharded.py (importable by the children).
+"""What each spawned rank runs in tests/distributed/test_sharded.py.
+
+Importable by the children by name (``_dist_*``: apart from tests/adversarial/_harness.py).
 
 Every worker compares the sharded collection on its rank with an unsharded oracle built
 from the same seed and trained on the concatenated global batches (every rank's examples,
