@@ -320,9 +320,13 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     tables = table_configs(args.rows_max)
     batches = [global_batch(tables, args.batch, seed=s) for s in range(4)]
+    base_rss = current_rss()
     torch.manual_seed(0)
     collection = EmbeddingBagCollection(tables)
     embtable.optim.fuse(collection, RULE, lr=0.05)
+    table_bytes = sum(
+        t.num_embeddings * (DIM * 4 + state_bytes_per_row(RULE, DIM)) for t in tables
+    )
     walls, cpus, lookups, updates = [], [], [], []
     for step in range(args.warmup + args.steps):
         kjt = batches[step % len(batches)]
@@ -341,7 +345,23 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms": statistics.median(cpus) * 1e3,
         "lookup_ms": statistics.median(lookups) * 1e3,
         "update_ms": statistics.median(updates) * 1e3,
+        "peak_growth": peak_rss() - base_rss,
+        "shard_bytes": table_bytes,
     }
+
+
+def _single_worker(rank: int, args: argparse.Namespace, out_path: str) -> None:
+    with open(out_path, "w") as handle:
+        json.dump(run_single(args), handle)
+
+
+def run_single_process(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run_single` in a fresh process (its own peak RSS)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "single.json")
+        mp.spawn(_single_worker, args=(args, path), nprocs=1, join=True)
+        with open(path) as handle:
+            return json.load(handle)
 
 
 # ---------------------------------------------------------------------- scaling model (docs/distributed.md)
@@ -445,7 +465,7 @@ def main() -> None:
         args.rows_max, args.batch, args.steps, args.warmup, args.rounds = 10_000, 512, 3, 1, 1
     singles, shardeds, torchrecs = [], [], []
     for _ in range(args.rounds):
-        singles.append(run_single(args))
+        singles.append(run_single_process(args))
         shardeds.append(run_sharded(args, args.world))
         if args.torchrec:
             torchrecs.append(run_sharded(args, args.world, torchrec_worker))
@@ -474,7 +494,8 @@ def main() -> None:
     print("|" + "---|" * len(header))
     print(
         f"| 1 process | {one['wall_ms']:.1f} | {one['cpu_ms']:.1f} | {args.batch / one['wall_ms'] * 1e3:,.0f} | {one['lookup_ms']:.1f} | - | "
-        f"{one['update_ms']:.1f} | - | - | - | - | - | - |"
+        f"{one['update_ms']:.1f} | - | - | - | {one['peak_growth'] / 1e6:.0f} | "
+        f"{one['shard_bytes'] / 1e6:.0f} | {one['peak_growth'] / one['shard_bytes']:.2f} |"
     )
     for rank in range(args.world):
         rows = [s[rank] for s in shardeds]
