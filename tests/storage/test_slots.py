@@ -271,12 +271,15 @@ def test_opcheck():
     smap = SlotMap(16, "lfu", min_count=2)
     ids = torch.randint(0, 40, (30,))
     state = [t.clone() for t in smap._state]
+    utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(
-        torch.ops.embtable.slot_lookup.default, (ids, state, smap._config_ints()),
-        test_utils=("test_schema", "test_faketensor"),
+        torch.ops.embtable.slot_lookup.default, (ids, state, smap._config_ints()), test_utils=utils
     )
-    torch.library.opcheck(torch.ops.embtable.slot_find.default, (ids, smap._state[slots_mod._S["index"]]))
     torch.library.opcheck(
-        torch.ops.embtable.slot_table_build.default, (torch.tensor([5, 9]), torch.tensor([0, 1]), 8)
+        torch.ops.embtable.slot_find.default, (ids, smap._state[slots_mod._S["index"]]), test_utils=utils
     )
-    torch.library.opcheck(torch.ops.embtable.slot_init_rows.default, (ids, 4, 3, 0.5))
+    torch.library.opcheck(
+        torch.ops.embtable.slot_table_build.default, (torch.tensor([5, 9]), torch.tensor([0, 1]), 8),
+        test_utils=utils,
+    )
+    torch.library.opcheck(torch.ops.embtable.slot_init_rows.default, (ids, 4, 3, 0.5), test_utils=utils)
