@@ -50,9 +50,6 @@ def _check_weight(weight: Any, api: str) -> None:
         )
 
 
-_functorch = torch._C._functorch
-
-
 def _function_for(
     plain: type[torch.autograd.Function],
     with_jvp: type[torch.autograd.Function],
@@ -61,18 +58,17 @@ def _function_for(
 ) -> type[torch.autograd.Function] | None:
     """The autograd Function a lookup must run through, or ``None`` when none is needed.
 
-    ``with_jvp`` (the Function plus its ``jvp``) when forward-mode AD is active or a
-    ``torch.func`` transform wraps an input; ``plain`` when gradients are on for an input
-    (also under ``torch.compile``, which cannot trace a custom ``jvp``); else ``None``.
+    ``with_jvp`` (``setup_context``, ``vmap`` and ``jvp``) while a ``torch.func`` transform or
+    forward-mode AD is active; ``plain`` (no ``setup_context``, whose per-call argument
+    binding costs ~70 us) when gradients are on for an input, also under ``torch.compile``,
+    which cannot trace a custom ``jvp``; else ``None``.
     """
     grads = torch.is_grad_enabled() and (
         weight.requires_grad or any(t is not None and t.requires_grad for t in others)
     )
     if torch.compiler.is_compiling():
         return plain if grads else None
-    if forward_ad._current_level >= 0 or _functorch.is_functorch_wrapped_tensor(weight) or any(
-        t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in others
-    ):
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
         return with_jvp
     return plain if grads else None
 
@@ -107,12 +103,15 @@ def _embedding_grad(
 class _EmbeddingFunction(torch.autograd.Function):
     """Row gather whose backward reduces output-gradient rows into the weight's rows.
 
-    ``setup_context``, ``jvp`` and ``vmap`` make it work with forward-mode AD and the
-    ``torch.func`` transforms (``grad``, ``vmap(grad)``, ``jacrev``, ``jvp``).
+    The plain path (gradients on, no ``torch.func`` transform, no forward AD, and under
+    ``torch.compile``): a Function without ``setup_context``, because torch binds the
+    arguments of one that has it by signature on every call (~70 us).
+    :class:`_EmbeddingFunctionJvp` is the same Function for ``torch.func`` and forward AD.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
+        ctx: Any,
         weight: Tensor,
         flat_ids: Tensor,
         out_shape: tuple[int, ...],
@@ -120,13 +119,20 @@ class _EmbeddingFunction(torch.autograd.Function):
         scale_grad_by_freq: bool,
         sparse: bool,
     ) -> Tensor:
+        _EmbeddingFunction.save(ctx, weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse)
         return ops.gather_rows(weight, flat_ids).reshape(out_shape)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse = inputs
+    def save(
+        ctx: Any,
+        weight: Tensor,
+        flat_ids: Tensor,
+        out_shape: tuple[int, ...],
+        padding_idx: int | None,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> None:
         ctx.save_for_backward(flat_ids)
-        ctx.save_for_forward(flat_ids)
         ctx.num_rows = weight.shape[0]
         ctx.out_shape = out_shape
         ctx.padding_idx = padding_idx
@@ -142,6 +148,34 @@ class _EmbeddingFunction(torch.autograd.Function):
             ctx.num_rows, flat_ids, grad_output, ctx.padding_idx, ctx.scale_grad_by_freq, ctx.sparse
         )
         return grad_weight, None, None, None, None, None
+
+
+class _EmbeddingFunctionFunc(torch.autograd.Function):
+    """Row gather whose backward reduces output-gradient rows into the weight's rows.
+
+    ``setup_context`` and ``vmap`` make it work with the ``torch.func`` transforms (``grad``,
+    ``vmap(grad)``, ``jacrev``); :class:`_EmbeddingFunctionJvp` adds forward-mode AD.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        weight: Tensor,
+        flat_ids: Tensor,
+        out_shape: tuple[int, ...],
+        padding_idx: int | None,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> Tensor:
+        return ops.gather_rows(weight, flat_ids).reshape(out_shape)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _EmbeddingFunction.save(ctx, *inputs)
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return _EmbeddingFunction.backward(ctx, grad_output)
 
     @staticmethod
     def vmap(
@@ -172,7 +206,7 @@ class _EmbeddingFunction(torch.autograd.Function):
         return torch.stack(outs), 0
 
 
-class _EmbeddingFunctionJvp(_EmbeddingFunction):
+class _EmbeddingFunctionJvp(_EmbeddingFunctionFunc):
     """:class:`_EmbeddingFunction` with forward-mode AD (chosen only where it is needed:
     ``torch.compile`` cannot trace a custom ``jvp``)."""
 
@@ -490,9 +524,56 @@ class _EmbeddingBagFunction(torch.autograd.Function):
     """Pooled gather whose backward spreads each bag's output gradient over its rows.
 
     Returns ``(out, max_ids)``; ``max_ids`` (the winners of max pooling) is not
-    differentiable.  ``setup_context``, ``jvp`` and ``vmap`` make it work with forward-mode AD
-    and the ``torch.func`` transforms.
+    differentiable.  The plain path, without ``setup_context`` (see :class:`_EmbeddingFunction`);
+    :class:`_EmbeddingBagFunctionJvp` serves ``torch.func`` and forward AD.
     """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weight: Tensor,
+        per_sample_weights: Tensor | None,
+        ids: Tensor,
+        offsets: Tensor,
+        pooling: int,
+        padding_idx: int,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        inputs = (weight, per_sample_weights, ids, offsets, pooling, padding_idx, scale_grad_by_freq, sparse)
+        output = _EmbeddingBagFunctionFunc.forward(*inputs)
+        _EmbeddingBagFunction.save(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def save(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        weight, per_sample_weights, ids, offsets, pooling, padding_idx, scale_grad_by_freq, sparse = inputs
+        max_ids = output[1]
+        ctx.mark_non_differentiable(max_ids)
+        table = weight if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(ids, offsets, max_ids, per_sample_weights, table)
+        ctx.num_rows = weight.shape[0]
+        ctx.pooling = pooling
+        ctx.padding_idx = padding_idx
+        ctx.scale_grad_by_freq = scale_grad_by_freq
+        ctx.sparse = sparse
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _grad_max_ids: Any = None) -> tuple[Tensor | None, ...]:
+        ids, offsets, max_ids, per_sample_weights, table = ctx.saved_tensors
+        grad_weight = grad_per_sample_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = _bag_weight_grad(
+                grad_output, ids, offsets, per_sample_weights, max_ids, ctx.num_rows,
+                ctx.pooling, ctx.padding_idx, ctx.scale_grad_by_freq, ctx.sparse,
+            )
+        if ctx.needs_input_grad[1]:
+            grad_per_sample_weights = _bag_weights_grad(grad_output, table, ids, offsets, ctx.padding_idx)
+        return grad_weight, grad_per_sample_weights, None, None, None, None, None, None
+
+
+class _EmbeddingBagFunctionFunc(torch.autograd.Function):
+    """:class:`_EmbeddingBagFunction` with ``setup_context`` and ``vmap`` (``torch.func``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -513,30 +594,13 @@ class _EmbeddingBagFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        weight, per_sample_weights, ids, offsets, pooling, padding_idx, scale_grad_by_freq, sparse = inputs
-        max_ids = output[1]
-        ctx.mark_non_differentiable(max_ids)
-        table = weight if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(ids, offsets, max_ids, per_sample_weights, table)
-        ctx.save_for_forward(weight, per_sample_weights, ids, offsets, max_ids)
-        ctx.num_rows = weight.shape[0]
-        ctx.pooling = pooling
-        ctx.padding_idx = padding_idx
-        ctx.scale_grad_by_freq = scale_grad_by_freq
-        ctx.sparse = sparse
+        _EmbeddingBagFunction.save(ctx, inputs, output)
+        weight, per_sample_weights, ids, offsets = inputs[:4]
+        ctx.save_for_forward(weight, per_sample_weights, ids, offsets, output[1])
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _grad_max_ids: Any = None) -> tuple[Tensor | None, ...]:
-        ids, offsets, max_ids, per_sample_weights, table = ctx.saved_tensors
-        grad_weight = grad_per_sample_weights = None
-        if ctx.needs_input_grad[0]:
-            grad_weight = _bag_weight_grad(
-                grad_output, ids, offsets, per_sample_weights, max_ids, ctx.num_rows,
-                ctx.pooling, ctx.padding_idx, ctx.scale_grad_by_freq, ctx.sparse,
-            )
-        if ctx.needs_input_grad[1]:
-            grad_per_sample_weights = _bag_weights_grad(grad_output, table, ids, offsets, ctx.padding_idx)
-        return grad_weight, grad_per_sample_weights, None, None, None, None, None, None
+        return _EmbeddingBagFunction.backward(ctx, grad_output)
 
     @staticmethod
     def vmap(
@@ -586,7 +650,7 @@ class _EmbeddingBagFunction(torch.autograd.Function):
         return (torch.stack(outs), torch.stack(winners)), (0, 0)
 
 
-class _EmbeddingBagFunctionJvp(_EmbeddingBagFunction):
+class _EmbeddingBagFunctionJvp(_EmbeddingBagFunctionFunc):
     """:class:`_EmbeddingBagFunction` with forward-mode AD (see :class:`_EmbeddingFunctionJvp`)."""
 
     @staticmethod
@@ -793,12 +857,13 @@ def _compiled_bags(
 class _GroupedBagFunction(torch.autograd.Function):
     """Pooling of feature-major bags into ``[B, F * D]``; backward as :class:`_EmbeddingBagFunction`.
 
-    ``setup_context``, ``jvp`` and ``vmap`` (one call per example) make it work with
-    forward-mode AD and the ``torch.func`` transforms.
+    The plain path, without ``setup_context`` (see :class:`_EmbeddingFunction`);
+    :class:`_GroupedBagFunctionJvp` serves ``torch.func`` and forward AD.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
+        ctx: Any,
         weight: Tensor,
         per_sample_weights: Tensor | None,
         ids: Tensor,
@@ -807,14 +872,14 @@ class _GroupedBagFunction(torch.autograd.Function):
         padding_idx: int,
         num_features: int,
     ) -> Tensor:
+        _GroupedBagFunction.save(ctx, (weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features))
         return ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    def save(ctx: Any, inputs: tuple[Any, ...]) -> None:
         weight, per_sample_weights, ids, offsets, pooling, padding_idx, num_features = inputs
         table = weight if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(ids, offsets, per_sample_weights, table)
-        ctx.save_for_forward(weight, per_sample_weights, ids, offsets)
         ctx.meta = (weight.shape[0], pooling, padding_idx, num_features)
 
     @staticmethod
@@ -831,6 +896,32 @@ class _GroupedBagFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_per_sample_weights = _bag_weights_grad(grad, table, ids, offsets, padding_idx)
         return grad_weight, grad_per_sample_weights, None, None, None, None, None
+
+
+
+class _GroupedBagFunctionFunc(torch.autograd.Function):
+    """:class:`_GroupedBagFunction` with ``setup_context`` and ``vmap`` (``torch.func``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        weight: Tensor,
+        per_sample_weights: Tensor | None,
+        ids: Tensor,
+        offsets: Tensor,
+        pooling: int,
+        padding_idx: int,
+        num_features: int,
+    ) -> Tensor:
+        return ops.pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, num_features)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _GroupedBagFunction.save(ctx, inputs)
+        ctx.save_for_forward(*inputs[:4])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return _GroupedBagFunction.backward(ctx, grad_output)
 
     @staticmethod
     def vmap(
@@ -857,7 +948,7 @@ class _GroupedBagFunction(torch.autograd.Function):
         return torch.stack(outs), 0
 
 
-class _GroupedBagFunctionJvp(_GroupedBagFunction):
+class _GroupedBagFunctionJvp(_GroupedBagFunctionFunc):
     """:class:`_GroupedBagFunction` with forward-mode AD (see :class:`_EmbeddingFunctionJvp`)."""
 
     @staticmethod
