@@ -1,12 +1,23 @@
 """Benchmark: bags and collections against torch and FBGEMM, forward and forward+backward.
 
-(a) one bag table, V = 1,000,000, D = 64, B = 2048 bags of 20 ids (floor(V * u**3)):
-    embtable.EmbeddingBag vs torch.nn.EmbeddingBag, modes sum and mean.
+(a) one bag table, V = 1,000,000, D = 16, 32, 64, 128, 256, B = 2048 bags of 20 ids
+    (floor(V * u**3)): embtable.EmbeddingBag vs torch.nn.EmbeddingBag, modes sum, mean,
+    weighted sum (per_sample_weights) and max.
 (b) a DLRM-like collection: 26 tables of 10 .. 1,000,000 rows (log-uniformly spaced),
     D = 64, B = 2048, 1-20 ids per example and feature, sum pooling:
     embtable.EmbeddingBagCollection (one batched lookup) vs a loop of 26
     torch.nn.EmbeddingBag (+ torch.cat) vs FBGEMM's SplitTableBatchedEmbeddingBagsCodegen
     on CPU (when fbgemm_gpu imports).  All three produce the [B, 26 * 64] concatenation.
+
+Memory placement is equal for every contender (``benchmarks/_placement.py``): ``--placement
+4k`` keeps every table on 4 KiB pages, ``huge`` puts every contender's tables and state on
+2 MiB pages, ``both`` (default) runs the two settings one after the other; each table says
+what share of each contender's tables the kernel really backs with huge pages.
+
+Clock: with one thread (``--threads 1``), the CPU time of the timing thread
+(``time.thread_time``: every kernel runs on it, and time spent preempted on a loaded machine
+is left out); with more threads, wall time (``time.perf_counter``), which only means something
+on an idle machine.  ``--threads 1,2`` times both and adds the 1 -> 2 thread speed-ups.
 
 Every contender is first checked against torch (outputs, dense gradients, and the weights
 after one SGD step), then timed.  The contenders of one row are timed in turn, call after
@@ -20,13 +31,15 @@ collection fused with embtable.optim.fuse(..., "sgd") (the update happens in bac
 torch loop with sparse=True gradients + torch.optim.SGD, and FBGEMM with EXACT_SGD.
 
 Usage:
-    python benchmarks/bags.py            # the sizes above
+    python benchmarks/bags.py            # the sizes above, 4k and huge pages, one thread
+    python benchmarks/bags.py --threads 1,2 --placement huge --dims 64,128
     python benchmarks/bags.py --quick    # small sizes, a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +48,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+import _placement  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 import embtable
 from embtable.testing import zipf_ids
 
@@ -46,14 +60,20 @@ class Timing(NamedTuple):
     best: float  # ms, the fastest round
 
 
+def clock() -> Callable[[], float]:
+    """The timing thread's CPU time at one thread, wall time with more."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def interleaved_times(runners: dict[str, Runner], repeats: int, warmup: int = 2) -> dict[str, Timing]:
     """Median and best ms of each runner, timing the runners in turn (one call each per round)."""
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    now = clock()
     for round_index in range(warmup + repeats):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start = now()
             run()
-            elapsed = time.perf_counter() - start
+            elapsed = now() - start
             if round_index >= warmup:
                 samples[name].append(elapsed * 1e3)
     return {name: Timing(statistics.median(v), min(v)) for name, v in samples.items()}
@@ -63,10 +83,23 @@ def table_row(workload: str, phase: str, timing: dict[str, Timing]) -> tuple[str
     """One printed row: medians, median ratios, and the ratio of the best rounds vs torch."""
     ours, torch_ms, fb = timing["embtable"], timing["torch"], timing.get("fbgemm")
     return (
-        workload, phase, f"{torch_ms.median:.2f}", f"{ours.median:.2f}",
+        workload, phase, str(torch.get_num_threads()), f"{torch_ms.median:.2f}", f"{ours.median:.2f}",
         "-" if fb is None else f"{fb.median:.2f}", f"{ours.median / torch_ms.median:.2f}",
         "-" if fb is None else f"{ours.median / fb.median:.2f}", f"{ours.best / torch_ms.best:.2f}",
+        f"{torch_ms.best:.4f}", f"{ours.best:.4f}",  # not printed: for the thread speed-ups
     )
+
+
+def timed_rows(
+    workload: str, phases: list[tuple[str, dict[str, Runner], int]], threads: list[int]
+) -> list[tuple[str, ...]]:
+    """Time every phase at every thread count (same contenders, same memory)."""
+    rows = []
+    for count in threads:
+        torch.set_num_threads(count)
+        for phase, runners, repeats in phases:
+            rows.append(table_row(workload, phase, interleaved_times(runners, repeats)))
+    return rows
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, what: str, tol: float = 1e-4) -> None:
@@ -76,43 +109,64 @@ def close(actual: torch.Tensor, expected: torch.Tensor, what: str, tol: float = 
 # ---------------------------------------------------------------------- (a) one table
 
 
-def bench_single_table(args: argparse.Namespace, gen: torch.Generator) -> list[tuple[str, ...]]:
-    num_rows, dim, batch, per_bag = (args.rows_a, 64, args.batch, 20)
+def bench_single_table(
+    args: argparse.Namespace, gen: torch.Generator, placement: str
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    num_rows, batch, per_bag = (args.rows_a, args.batch, 20)
     ids = zipf_ids(num_rows, (batch * per_bag,), generator=gen)
     offsets = torch.arange(0, batch * per_bag, per_bag)
-    upstream = torch.randn(batch, dim, generator=gen)
-    weight = torch.randn(num_rows, dim, generator=gen)
-    rows = []
-    for mode in ("sum", "mean"):
-        theirs = torch.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode=mode)
-        ours = embtable.EmbeddingBag.from_pretrained(weight.clone(), freeze=False, mode=mode)
-        # correctness first
-        out_ours, out_theirs = ours(ids, offsets), theirs(ids, offsets)
-        close(out_ours, out_theirs, f"(a) {mode} forward")
-        out_ours.backward(upstream)
-        out_theirs.backward(upstream)
-        close(ours.weight.grad, theirs.weight.grad, f"(a) {mode} weight gradient")
+    sample_weights = torch.rand(batch * per_bag, generator=gen)
+    rows, notes = [], []
+    for dim in args.dims:
+        upstream = torch.randn(batch, dim, generator=gen)
+        weight = torch.randn(num_rows, dim, generator=gen)
+        for mode in args.modes:
+            torch_mode = "sum" if mode == "wsum" else mode
+            psw = sample_weights if mode == "wsum" else None
+            theirs = torch.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode=torch_mode)
+            ours = embtable.EmbeddingBag.from_pretrained(weight.clone(), freeze=False, mode=torch_mode)
+            # correctness first
+            out_ours = ours(ids, offsets, per_sample_weights=psw)
+            out_theirs = theirs(ids, offsets, per_sample_weights=psw)
+            close(out_ours, out_theirs, f"(a) D={dim} {mode} forward")
+            out_ours.backward(upstream)
+            out_theirs.backward(upstream)
+            close(ours.weight.grad, theirs.weight.grad, f"(a) D={dim} {mode} weight gradient")
+            ours.weight.grad = theirs.weight.grad = None
+            del out_ours, out_theirs
+            _placement.apply(placement)
+            tables = {"torch": [theirs.weight], "embtable": [ours.weight]}
+            wrong = _placement.unequal(tables, placement)
+            if wrong:
+                notes.append(f"(a) D={dim} {mode}: UNEQUAL placement ({', '.join(wrong)})")
+            if dim == args.dims[0] and mode == args.modes[0]:
+                notes.append("(a) " + _placement.describe(placement, tables, args.thp_system))
 
-        def forward(module: torch.nn.Module) -> Runner:
-            def run() -> None:
-                with torch.no_grad():
-                    module(ids, offsets)
+            def forward(module: torch.nn.Module, psw: torch.Tensor | None = psw) -> Runner:
+                def run() -> None:
+                    with torch.no_grad():
+                        module(ids, offsets, per_sample_weights=psw)
 
-            return run
+                return run
 
-        def train(module: torch.nn.Module) -> Runner:
-            def run() -> None:
-                module.weight.grad = None
-                module(ids, offsets).backward(upstream)
+            def train(
+                module: torch.nn.Module, psw: torch.Tensor | None = psw, upstream: torch.Tensor = upstream
+            ) -> Runner:
+                def run() -> None:
+                    module.weight.grad = None
+                    module(ids, offsets, per_sample_weights=psw).backward(upstream)
 
-            return run
+                return run
 
-        fwd = interleaved_times({"torch": forward(theirs), "embtable": forward(ours)}, args.repeats)
-        both = interleaved_times({"torch": train(theirs), "embtable": train(ours)}, args.repeats_bwd)
-        rows.append(table_row(f"(a) EmbeddingBag {mode}", "forward", fwd))
-        rows.append(table_row(f"(a) EmbeddingBag {mode}", "fwd+bwd", both))
-        del theirs, ours, out_ours, out_theirs
-    return rows
+            phases = [
+                ("forward", {"torch": forward(theirs), "embtable": forward(ours)}, args.repeats),
+                ("fwd+bwd", {"torch": train(theirs), "embtable": train(ours)}, args.repeats_bwd),
+            ]
+            rows += timed_rows(f"(a) D={dim} {mode}", phases, args.threads)
+            theirs.weight.grad = ours.weight.grad = None
+            del theirs, ours
+        del weight
+    return rows, notes
 
 
 # ---------------------------------------------------------------------- (b) 26 tables
@@ -169,7 +223,15 @@ def make_fbgemm(table_rows: list[int], dim: int, lr: float) -> tuple[torch.nn.Mo
     return module, f"FBGEMM: fbgemm_gpu {version} SplitTableBatchedEmbeddingBagsCodegen, CPU, fp32"
 
 
-def bench_collection(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[tuple[str, ...]], list[str]]:
+def big_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers of 1 MiB or more (its tables)."""
+    found = {id(t): t for t in [*module.parameters(), *module.buffers()] if t.nbytes >= 1 << 20}
+    return list(found.values())
+
+
+def bench_collection(
+    args: argparse.Namespace, gen: torch.Generator, placement: str
+) -> tuple[list[tuple[str, ...]], list[str]]:
     num_tables, dim, batch, lr = 26, 64, args.batch, 0.01
     table_rows = [int(round(r)) for r in np.logspace(1, np.log10(args.rows_b), num_tables)]
     tables = [
@@ -233,20 +295,31 @@ def bench_collection(args: argparse.Namespace, gen: torch.Generator) -> tuple[li
     forward = {"torch": forward_loop, "embtable": forward_ours, "grouped": forward_torch_grouped}
     if fbgemm is not None:
         forward["fbgemm"] = forward_fbgemm
-    timings = [("forward", interleaved_times(forward, args.repeats))]
-    timings.append(("fwd+bwd", interleaved_times({"torch": train_loop, "embtable": train_ours}, args.repeats_bwd)))
+    tables = {"torch": big_tensors(loop), "embtable": big_tensors(ours)}
+    if fbgemm is not None:
+        tables["fbgemm"] = big_tensors(fbgemm)
+    _placement.apply(placement)
+    wrong = _placement.unequal(tables, placement)
+    workload = "(b) 26-table collection"
+    phases = [("forward", forward, args.repeats),
+              ("fwd+bwd", {"torch": train_loop, "embtable": train_ours}, args.repeats_bwd)]
+    rows = timed_rows(workload, phases, args.threads)
+    grouped = {count: interleaved_times({"torch": forward_loop, "grouped": forward_torch_grouped}, args.repeats)
+               for count in args.threads if torch.set_num_threads(count) is None}
     ours.zero_grad(set_to_none=True)
     loop.zero_grad(set_to_none=True)
     step, step_note = sgd_steps(ours, loop, fbgemm, features, upstream, lr)
     if step:
-        timings.append(("SGD step", interleaved_times(step, args.repeats_bwd)))
-    rows = [table_row("(b) 26-table collection", phase, timing) for phase, timing in timings]
-    grouped = timings[0][1]["grouped"].median
+        _placement.apply(placement)
+        rows += timed_rows(workload, [("SGD step", step, args.repeats_bwd)], args.threads)
     notes = [
         f"(b) rows {table_rows[0]:,} .. {table_rows[-1]:,} (sum {sum(table_rows):,}), "
         f"{features.values().numel():,} ids; {note}",
-        f"(b) layout check: torch's own embedding_bag kernel on the collection's grouped ids takes "
-        f"{grouped:.2f} ms, {timings[0][1]['torch'].median / grouped:.2f}x faster than the torch loop",
+        "(b) " + _placement.describe(placement, tables, args.thp_system),
+        *([f"(b) UNEQUAL placement ({', '.join(wrong)})"] if wrong else []),
+        *(f"(b) layout check, {count} thread(s): torch's own embedding_bag kernel on the collection's grouped "
+          f"ids takes {g['grouped'].median:.2f} ms, {g['torch'].median / g['grouped'].median:.2f}x faster "
+          "than the torch loop" for count, g in grouped.items()),
         "(b) fwd+bwd: dense weight gradients (no FBGEMM: its CPU backward always applies its optimizer)",
         step_note,
     ]
@@ -298,40 +371,83 @@ def sgd_steps(
     )
 
 
+def speedups(rows: list[tuple[str, ...]]) -> list[str]:
+    """1 -> n thread speed-ups of torch and embtable for each workload and phase.
+
+    From the fastest round of each (the one least disturbed by other processes): on a loaded
+    machine the medians of a multi-threaded wall time measure the load, not the kernel.
+    """
+    by_key: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for row in rows:
+        by_key.setdefault((row[0], row[1]), {})[row[2]] = (float(row[-2]), float(row[-1]))
+    lines = []
+    for (workload, phase), per_threads in by_key.items():
+        if "1" not in per_threads or len(per_threads) < 2:
+            continue
+        t1, o1 = per_threads["1"]
+        for count, (tn, on) in per_threads.items():
+            if count != "1":
+                lines.append(f"| {workload} | {phase} | 1 -> {count} | {t1 / tn:.2f}x | {o1 / on:.2f}x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--repeats", type=int, default=41, help="timed rounds per forward row")
     parser.add_argument("--repeats-bwd", type=int, default=9, help="timed rounds per fwd+bwd row")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", default="1",
+                        help="comma-separated thread counts, e.g. 1,2 (CPU time at 1, wall time above)")
+    parser.add_argument("--dims", default="16,32,64,128,256", help="(a) embedding dims")
+    parser.add_argument("--modes", default="sum,mean,wsum,max", help="(a) modes (wsum: per_sample_weights)")
+    parser.add_argument("--workloads", default="a,b", help="a: one table, b: the collection")
+    _placement.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.dims = [int(d) for d in args.dims.split(",")]
+    args.modes = args.modes.split(",")
     args.rows_a, args.rows_b, args.batch = (
         (10_000, 10_000, 256) if args.quick else (1_000_000, 1_000_000, 2048)
     )
     if args.quick:
         args.repeats, args.repeats_bwd = 5, 3
-    gen = torch.Generator().manual_seed(0)
-    rows = bench_single_table(args, gen)
-    collection_rows, notes = bench_collection(args, gen)
-    rows += collection_rows
+    load = os.getloadavg()
     print(
-        f"torch {torch.__version__}, embtable {embtable.__version__}, threads {torch.get_num_threads()}, "
-        f"compiled kernels {embtable.ops.extension_available()}; B = {args.batch}, D = 64; "
-        f"(a) V = {args.rows_a:,}, 20 ids per bag"
+        f"torch {torch.__version__}, embtable {embtable.__version__}, threads {args.threads}, "
+        f"compiled kernels {embtable.ops.extension_available()}; B = {args.batch}; "
+        f"(a) V = {args.rows_a:,}, 20 ids per bag; (b) D = 64; "
+        f"load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs"
     )
-    for note in notes:
-        print(note)
     print(
-        "medians in ms; ratio = embtable / peer (< 1: embtable faster); best = ratio of the fastest "
-        "rounds; all outputs checked against torch"
+        "medians in ms (CPU time of the timing thread at 1 thread, wall time above); ratio = embtable / "
+        "peer (< 1: embtable faster); best = ratio of the fastest rounds; all outputs checked against torch"
     )
-    header = ("workload", "phase", "torch", "embtable", "fbgemm", "vs torch", "vs fbgemm", "best")
-    widths = (24, 8, 9, 9, 9, 9, 9, 6)
-    print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
-    for row in rows:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    header = ("workload", "phase", "thr", "torch", "embtable", "fbgemm", "vs torch", "vs fbgemm", "best")
+    widths = (24, 8, 3, 9, 9, 9, 9, 9, 6)
+    for placement in _placement.chosen(args):
+        gen = torch.Generator().manual_seed(0)
+        with _placement.setting(placement, args.thp_system):
+            rows, notes = [], []
+            if "a" in args.workloads:
+                rows, notes = bench_single_table(args, gen, placement)
+            if "b" in args.workloads:
+                collection_rows, collection_notes = bench_collection(args, gen, placement)
+                rows += collection_rows
+                notes += collection_notes
+        print(f"\n## placement {placement}")
+        for note in notes:
+            print(note)
+        print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+        for row in rows:
+            print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines = speedups(rows)
+        if lines:
+            print("\nthread scaling, fastest rounds (wall time at n threads vs thread CPU time at 1; "
+                  "only meaningful on an idle machine)")
+            print("| workload | phase | threads | torch speed-up | embtable speed-up |")
+            print("\n".join(lines))
+    load = os.getloadavg()
+    print(f"\nload average at end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 
 
 if __name__ == "__main__":
