@@ -204,3 +204,16 @@ def test_collections_grad_jacrev_jvp_functional_call(pooled: bool) -> None:
     else:  # torch's own jvp (a padding row's tangent is looked up like any row, as in torch)
         _, expected = jvp(theirs_out, (params,), (tangents,))
     torch.testing.assert_close(t_ours, expected, rtol=0, atol=0 if not pooled else 1e-6)
+
+
+def test_vmap_over_max_norm_equals_a_loop_of_torch_calls() -> None:
+    """torch raises under vmap here (no batching rule for its in-place renorm); embtable
+    renormalizes every referenced row once, which gives a loop's output and weight."""
+    ids = torch.randint(0, 10, (4, 3), generator=torch.Generator().manual_seed(0))
+    weight = torch.randn(10, 3, generator=torch.Generator().manual_seed(1)) * 5
+    theirs = weight.clone()
+    with pytest.raises(RuntimeError):
+        vmap(lambda i: F.embedding(i, theirs.clone(), max_norm=1.0))(ids)
+    out = vmap(lambda i: functional.embedding(i, weight, max_norm=1.0))(ids)
+    loop = torch.stack([F.embedding(i, theirs, max_norm=1.0) for i in ids])
+    assert torch.equal(out, loop) and torch.equal(weight, theirs)
