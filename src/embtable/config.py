@@ -115,6 +115,9 @@ class TableConfig:
             value, each admitted id gets its own row; ``num_embeddings`` is the capacity
             (the grouped weight holds one more row, the default row).  No ``padding_idx``
             (every id is a key; "no row" is the default row).  docs/dynamic.md.
+        hashed: the hashing trick: ids may be any int64 values, id ``x`` reads row
+            ``embtable.nn.hashed.hash_rows(x, num_embeddings)`` (distinct ids may share a
+            row).  Not with ``dynamic`` or ``padding_idx``.
 
     Raises:
         ValueError: a field is out of range or inconsistent; the message names the table.
@@ -145,6 +148,7 @@ class TableConfig:
     padding_idx: int | None = None
     storage: object | None = None
     dynamic: DynamicConfig | None = None
+    hashed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -177,6 +181,10 @@ class TableConfig:
                     f"first read; init must be 'normal' or 'uniform', got a callable"
                 )
 
+        if not isinstance(self.hashed, bool):
+            raise TypeError(f"{api}: hashed must be a bool, got {self.hashed!r}")
+        if self.hashed and (self.dynamic is not None or self.padding_idx is not None):
+            raise ValueError(f"{api}: a hashed table has no dynamic options and no padding_idx")
         if self.dynamic is not None:
             if not isinstance(self.dynamic, DynamicConfig):
                 raise TypeError(f"{api}: dynamic must be a DynamicConfig or None, got {self.dynamic!r}")

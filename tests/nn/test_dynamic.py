@@ -242,3 +242,17 @@ def test_table_config_dynamic_rejects_padding():
 
     with pytest.raises(ValueError, match="a dynamic table has no padding_idx"):
         TableConfig(name="u", num_embeddings=4, embedding_dim=2, padding_idx=0, dynamic=DynamicConfig())
+
+
+def test_hashed_table_in_a_collection():
+    from embtable import EmbeddingBagCollection, KeyedJagged, TableConfig
+    from embtable.nn.hashed import hash_rows
+
+    collection = EmbeddingBagCollection([TableConfig(name="q", num_embeddings=11, embedding_dim=3, hashed=True)])
+    ids = [[10**17, -4], [5]]
+    out = collection(KeyedJagged.from_dict({"q": ids}))
+    weight = collection.table_weight("q")
+    rows = hash_rows(torch.tensor([10**17, -4, 5]), 11)
+    torch.testing.assert_close(out.values(), torch.stack([weight[rows[:2]].sum(0), weight[rows[2]]]))
+    with pytest.raises(ValueError, match="a hashed table has no dynamic options"):
+        TableConfig(name="q", num_embeddings=11, embedding_dim=3, hashed=True, padding_idx=0)

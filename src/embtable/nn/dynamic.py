@@ -47,7 +47,7 @@ from embtable.config import DynamicConfig, TableConfig
 from embtable.functional import FUSED_ATTR
 from embtable.nn.bag import EmbeddingBag
 from embtable.nn.embedding import Embedding
-from embtable.nn.hashed import GOLDEN, mix64
+from embtable.nn.hashed import GOLDEN, hash_rows, mix64
 from embtable.storage.slots import SlotMap, _compiled_available
 
 __all__ = [
@@ -513,18 +513,20 @@ def plan_configs(tables: Sequence[TableConfig]) -> tuple[list[TableConfig], dict
 
 def remap_batch(collection: Any, features: Any) -> Any:
     """``features`` with every dynamic table's raw ids replaced by its rows (one SlotMap
-    call per table, all its features together); the batch itself when there is nothing
-    to remap.  Training collections admit and evict; in ``eval()`` ids are only looked up."""
+    call per table, all its features together) and every hashed table's ids by
+    ``hash_rows``; the batch itself when there is nothing to remap.  Training collections
+    admit and evict; in ``eval()`` ids are only looked up."""
     from embtable.jagged import KeyedJagged
 
-    states = getattr(collection, "dynamic_tables", None)
-    if not states or not isinstance(features, KeyedJagged):
+    states = getattr(collection, "dynamic_tables", None) or {}
+    hashed = [c.name for c in collection.tables if getattr(c, "hashed", False)]
+    if not (states or hashed) or not isinstance(features, KeyedJagged):
         return features
     index_of = {key: i for i, key in enumerate(features.keys())}
     starts = features.offset_per_key()
     values = features.values()
     new_values = None
-    for name, state in states.items():
+    for name in [*states, *hashed]:
         spans = [
             (starts[index_of[f]], starts[index_of[f] + 1])
             for f in collection.plan.configs[name].feature_names
@@ -533,9 +535,12 @@ def remap_batch(collection: Any, features: Any) -> Any:
         if not spans:
             continue
         ids = torch.cat([values[a:b] for a, b in spans])
-        place = collection.plan.tables[name]
-        weight = collection.grouped_weights[place.group]
-        rows = state.rows.remap(ids, weight, place.row_offset, collection.training)
+        if name in states:
+            place = collection.plan.tables[name]
+            weight = collection.grouped_weights[place.group]
+            rows = states[name].rows.remap(ids, weight, place.row_offset, collection.training)
+        else:
+            rows = hash_rows(ids, collection.plan.configs[name].num_embeddings)
         if new_values is None:
             new_values = values.clone()
         pos = 0
