@@ -127,3 +127,14 @@ def test_bad_files(tmp_path, model_path):
     plain = FastTextVectors(["a"], torch.ones(1, 2), ngrams=None)
     with pytest.raises(KeyError, match="no n-grams"):
         plain["b"]
+
+
+def test_unicode_errors_on_bin(tmp_path, model_path):
+    data = open(model_path, "rb").read()
+    assert data.count("café".encode() + b"\0") == 1
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(data.replace("café".encode() + b"\0", b"caf\xc3(\0"))  # not UTF-8
+    with pytest.raises(UnicodeDecodeError, match=r"bad\.bin, word \d+"):
+        Vectors.load_facebook_vectors(bad)
+    assert "caf\ufffd(" in Vectors.load_facebook_vectors(bad, unicode_errors="replace").tokens
+    assert "caf(" in Vectors.load_facebook_vectors(bad, unicode_errors="ignore").tokens
