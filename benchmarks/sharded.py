@@ -452,6 +452,12 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2, help="processes of the sharded contender")
     parser.add_argument("--scaling-plot", metavar="PNG", help="only write the scaling model's plot")
     parser.add_argument(
+        "--sharding",
+        default="auto",
+        choices=("auto", "row_wise", "column_wise", "table_wise"),
+        help="embtable's plan: plan_sharding's (auto) or every table one way",
+    )
+    parser.add_argument(
         "--torchrec", action="store_true", help="add TorchRec's DistributedModelParallel"
     )
     parser.add_argument(
