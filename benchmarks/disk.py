@@ -161,7 +161,7 @@ def child_train(args: dict) -> dict:
         table = embtable.EmbeddingBag(rows, DIM, mode="sum")
     embtable.optim.fuse(table, "rowwise_adagrad", lr=0.01)
     generator = torch.Generator().manual_seed(0)
-    times, updated, before = [], 0, None
+    times, updated, updated_all, before, first = [], 0, 0, None, write_bytes()
     for step in range(args["warmup"] + args["steps"]):
         ids, offsets = batch(kind, rows, generator)
         if step == args["warmup"]:
@@ -169,8 +169,10 @@ def child_train(args: dict) -> dict:
         start = time.perf_counter()
         table(ids, offsets).sum().backward()
         times.append(time.perf_counter() - start)
+        distinct = int(torch.unique(ids).numel())
+        updated_all += distinct
         if step >= args["warmup"]:
-            updated += int(torch.unique(ids).numel())
+            updated += distinct
     result = {"step_s": statistics.median(times[args["warmup"]:]), "rows_updated": updated / args["steps"]}
     if args["table"] == "disk":
         stats, dirtied = table.stats(), write_bytes() - before[1]  # (before the final flush)
@@ -186,8 +188,13 @@ def child_train(args: dict) -> dict:
             record_bytes=table.store.row_bytes + table.store.state_row_bytes,
         )
         start = time.perf_counter()
-        table.flush()
-        result["flush_s"] = time.perf_counter() - start
+        table.flush()  # moves the write-back log (all steps' evicted rows) to the rows' places
+        flush = time.perf_counter() - start
+        result.update(
+            flush_s=flush,
+            amortized_step_s=(sum(times) + flush) / len(times),  # every step, and the flush
+            page_bytes_per_updated_with_flush=(write_bytes() - first) / updated_all,
+        )
         table.store.close()
     result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["cgroup_peak_mib"] = (cgroup_peak(args.get("cgroup")) or 0) / 2**20
@@ -354,18 +361,19 @@ def main() -> None:
     print(f"disk random reads (1 row each, {rate['threads']} threads, cold file): {rate['rows_per_s']:,.0f} rows/s")
     print(
         "| ids | table | steps/s | step ratio vs RAM | hit rate | rows read/step | rows read/s | "
-        "rows written/step | bytes written/updated row (pages; logical) | row+state bytes | "
-        "peak cgroup MiB | peak RSS MiB |"
+        "rows written/step | bytes written/updated row (pages; logical; pages incl. flush) | "
+        "row+state bytes | flush s | steps/s incl. flush | peak cgroup MiB | peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for ids in ("skewed", "uniform"):
         ram, disk = results["ram", ids], results["disk", ids]
-        print(f"| {ids} | RAM | {1 / ram['step_s']:.2f} | 1.00 | - | - | - | - | - | - | - | {ram['maxrss_mib']:.0f} |")
+        print(f"| {ids} | RAM | {1 / ram['step_s']:.2f} | 1.00 | - | - | - | - | - | - | - | - | - | {ram['maxrss_mib']:.0f} |")
         print(
             f"| {ids} | disk | {1 / disk['step_s']:.2f} | {ram['step_s'] / disk['step_s']:.2f} | "
             f"{disk['hit_rate']:.3f} | {disk['rows_read']:,.0f} | {disk['rows_read'] / disk['step_s']:,.0f} | "
             f"{disk['rows_written']:,.0f} | {disk['page_bytes_per_updated']:.0f}; "
-            f"{disk['logical_bytes_per_updated']:.0f} | {disk['record_bytes']} | "
+            f"{disk['logical_bytes_per_updated']:.0f}; {disk['page_bytes_per_updated_with_flush']:.0f} | "
+            f"{disk['record_bytes']} | {disk['flush_s']:.1f} | {1 / disk['amortized_step_s']:.2f} | "
             f"{disk['cgroup_peak_mib']:.0f} | {disk['maxrss_mib']:.0f} |"
         )
     uniform = results["disk", "uniform"]
