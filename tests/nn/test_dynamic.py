@@ -11,6 +11,7 @@ import torch
 import embtable
 from embtable.config import DynamicConfig
 from embtable.nn.dynamic import DynamicEmbedding, DynamicEmbeddingBag, init_rows
+from embtable.storage.slots import _compiled_available
 
 
 def _batches(seed, steps, vocab, batch=6, width=4, offset=0):
@@ -178,12 +179,17 @@ def test_config_object_and_repr():
     assert table.weight.shape == (6, 3)
 
 
+@pytest.mark.skipif(not _compiled_available(), reason="embtable._C (slot ops) is not built")
 def test_init_rows_compiled_matches_reference_bit_for_bit():
     from embtable.nn.dynamic import init_rows_reference
 
     ids = torch.cat([torch.randint(-(2**63), 2**63 - 1, (200,)), torch.arange(-3, 3)])
     torch.testing.assert_close(init_rows(ids, 33, seed=5, std=0.3), init_rows_reference(ids, 33, seed=5, std=0.3),
                                rtol=0, atol=0)
+    table = torch.zeros(10, 33)
+    torch.ops.embtable.slot_init_rows_into(table, torch.tensor([4, 1]), ids[:2], 5, 0.3)
+    assert torch.equal(table[[4, 1]], init_rows_reference(ids[:2], 33, seed=5, std=0.3))
+    assert table[[0, 2, 3]].abs().sum() == 0
     rows = init_rows_reference(torch.arange(4000), 64)
     assert abs(float(rows.mean())) < 0.01 and abs(float(rows.std()) - 1) < 0.01
 

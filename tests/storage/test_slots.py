@@ -283,3 +283,7 @@ def test_opcheck():
         test_utils=utils,
     )
     torch.library.opcheck(torch.ops.embtable.slot_init_rows.default, (ids, 4, 3, 0.5), test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.embtable.slot_init_rows_into.default,
+        (torch.zeros(50, 4), torch.tensor([3, 7]), torch.tensor([10, -2]), 3, 0.5), test_utils=utils,
+    )

@@ -102,6 +102,14 @@ def init_rows_reference(
     return (centred * math.sqrt(3.0) * std).to(dtype)
 
 
+def _init_rows_into(rows: Tensor, slots: Tensor, ids: Tensor, seed: int, std: float) -> None:
+    """``rows[slots] = init_rows(ids)``: compiled in place for float32 CPU tables."""
+    if rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous() and _compiled_available():
+        torch.ops.embtable.slot_init_rows_into(rows, slots, ids, seed, float(std))
+    else:
+        rows[slots] = init_rows(ids.to(rows.device), rows.shape[1], seed=seed, std=std, dtype=rows.dtype)
+
+
 def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
     """Reset the fused-optimizer state of ``rows`` of ``weight`` to a fresh table's values."""
     optimizer = getattr(weight, FUSED_ATTR, None)
@@ -203,10 +211,7 @@ class DynamicRows:
             if result.new_ids.numel():
                 new_slots = result.new_slots.to(rows.device)
                 with torch.no_grad():
-                    rows[new_slots] = init_rows(
-                        result.new_ids.to(rows.device), rows.shape[1], seed=self.config.seed,
-                        std=self.init_std, dtype=rows.dtype,
-                    )
+                    _init_rows_into(rows, new_slots, result.new_ids, self.config.seed, self.init_std)
                 _reset_optimizer_rows(weight, new_slots + row_offset)
             self.slot_map.step()
         if self.config.default == "row":

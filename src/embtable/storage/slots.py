@@ -106,6 +106,10 @@ def _register_fakes() -> None:
     def _slot_init_rows_fake(ids, dim, seed, std):
         return ids.new_empty((ids.numel(), dim), dtype=torch.float32)
 
+    @torch.library.register_fake("embtable::slot_init_rows_into")
+    def _slot_init_rows_into_fake(weight, slots, ids, seed, std):
+        return None
+
     @torch.library.register_fake("embtable::slot_table_build")
     def _slot_table_build_fake(keys, values, size):
         return keys.new_empty((size, 2), dtype=torch.int64)

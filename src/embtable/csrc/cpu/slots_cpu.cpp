@@ -9,6 +9,7 @@
 //   slot_find(ids, index) -> slots                       (read-only, -1 where absent)
 //   slot_table_build(keys, values, size) -> table        (a [size, 2] (key, value) table)
 //   slot_init_rows(ids, dim, seed, std) -> rows           (float32 rows from (seed, id))
+//   slot_init_rows_into(weight, slots, ids, seed, std)    (the same rows, into weight[slots])
 //
 // Tables: `size` (a power of two) rows of (key, value) int64 pairs, linear probing, value -1
 // marks an empty row, deletion by backward shift (no tombstones).  The map's index holds
@@ -591,6 +592,20 @@ at::Tensor slot_table_build_cpu(const at::Tensor& keys_in, const at::Tensor& val
 // summed (Irwin-Hall: mean 2, variance 1/3), centred and scaled by sqrt(3) * std.  Every
 // operation is exact or one IEEE rounding in the same order as the PyTorch twin (the first
 // product is a power-of-two scaling), so both give the same bits.
+constexpr double kSqrt3 = 1.7320508075688772;
+
+// One row: `dim` entries of (seed, id)'s row into `o`.
+inline void init_row(float* o, int64_t id, uint64_t salt, int64_t dim, double std_dev) {
+  const uint64_t key = mix(static_cast<uint64_t>(id) ^ salt);
+  for (int64_t c = 0; c < dim; ++c) {
+    const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
+    const int64_t sum = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) +
+                                             ((z >> 32) & 0xFFFF) + (z >> 48));
+    const double centred = static_cast<double>(sum + 2) * (1.0 / 65536.0) - 2.0;
+    o[c] = static_cast<float>(centred * kSqrt3 * std_dev);
+  }
+}
+
 at::Tensor slot_init_rows_cpu(const at::Tensor& ids_in, int64_t dim, int64_t seed, double std_dev) {
   TORCH_CHECK(ids_in.scalar_type() == at::kLong, "init_rows: ids must be int64");
   TORCH_CHECK(dim >= 0, "init_rows: dim must be >= 0, got ", dim);
@@ -600,18 +615,32 @@ at::Tensor slot_init_rows_cpu(const at::Tensor& ids_in, int64_t dim, int64_t see
   at::Tensor out = at::empty({n, dim}, ids_t.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   const uint64_t salt = mix(static_cast<uint64_t>(seed));
-  constexpr double kSqrt3 = 1.7320508075688772;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t key = mix(static_cast<uint64_t>(ids[i]) ^ salt);
-    for (int64_t c = 0; c < dim; ++c) {
-      const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
-      const int64_t sum = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) +
-                                               ((z >> 32) & 0xFFFF) + (z >> 48));
-      const double centred = static_cast<double>(sum + 2) * (1.0 / 65536.0) - 2.0;
-      o[i * dim + c] = static_cast<float>(centred * kSqrt3 * std_dev);
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) init_row(o + i * dim, ids[i], salt, dim, std_dev);
   return out;
+}
+
+// In place: row slots[i] of the float32 table `weight` becomes ids[i]'s initial row (the
+// same values as slot_init_rows, written straight into the table, rows prefetched ahead).
+void slot_init_rows_into_cpu(const at::Tensor& weight, const at::Tensor& slots_in,
+                             const at::Tensor& ids_in, int64_t seed, double std_dev) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous(),
+              "init_rows: weight must be a contiguous 2-D float32 tensor");
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong && slots_in.scalar_type() == at::kLong &&
+                  ids_in.numel() == slots_in.numel(),
+              "init_rows: ids and slots must be int64 tensors of one length");
+  const at::Tensor ids_t = ids_in.contiguous(), slots_t = slots_in.contiguous();
+  const int64_t n = ids_t.numel(), rows = weight.size(0), dim = weight.size(1);
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+  const int64_t* slots = slots_t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(slots[i] >= 0 && slots[i] < rows, "init_rows: slot ", slots[i], " outside ", rows, " rows");
+  }
+  float* w = weight.data_ptr<float>();
+  const uint64_t salt = mix(static_cast<uint64_t>(seed));
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) __builtin_prefetch(w + slots[i + kAhead] * dim, 1, 1);
+    init_row(w + slots[i] * dim, ids[i], salt, dim, std_dev);
+  }
 }
 
 }  // namespace
@@ -624,6 +653,7 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
   m.def("slot_find(Tensor ids, Tensor index) -> Tensor");
   m.def("slot_table_build(Tensor keys, Tensor values, int size) -> Tensor");
   m.def("slot_init_rows(Tensor ids, int dim, int seed, float std) -> Tensor");
+  m.def("slot_init_rows_into(Tensor(a!) weight, Tensor slots, Tensor ids, int seed, float std) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
@@ -631,4 +661,5 @@ TORCH_LIBRARY_IMPL(embtable, CPU, m) {
   m.impl("slot_find", &embtable::slot_find_cpu);
   m.impl("slot_table_build", &embtable::slot_table_build_cpu);
   m.impl("slot_init_rows", &embtable::slot_init_rows_cpu);
+  m.impl("slot_init_rows_into", &embtable::slot_init_rows_into_cpu);
 }
