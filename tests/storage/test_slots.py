@@ -258,6 +258,15 @@ def test_load_state_dict_of_another_config_raises():
         SlotMap(4, "lfu").load_state_dict(smap.state_dict())
     with pytest.raises(KeyError, match="missing keys"):
         smap.load_state_dict({})
+    smap.lookup(torch.tensor([1, 2]))
+    bad = smap.state_dict()
+    bad["recency"] = torch.tensor([0, 0])
+    with pytest.raises(ValueError, match="recency must list each"):
+        SlotMap(4, "lru").load_state_dict(bad)
+    bad = smap.state_dict()
+    bad["slot_ids"][1] = bad["slot_ids"][0]
+    with pytest.raises(ValueError, match="live in two slots"):
+        SlotMap(4, "lru").load_state_dict(bad)
 
 
 def test_int32_ids_and_shape():

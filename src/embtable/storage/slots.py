@@ -422,8 +422,12 @@ class SlotMap:
             raise ValueError(f"{api}: meta must have {len(_CANONICAL_META)} entries, got {sd['meta'].numel()}")
         live = sd["live"].to(torch.bool)
         listed = self.policy in ("lru", "ttl")
-        if listed and sd["recency"].numel() != int(live.sum()):
-            raise ValueError(f"{api}: recency must list the {int(live.sum())} live slots, got {sd['recency'].numel()}")
+        live_slots = torch.nonzero(live).reshape(-1)
+        if listed and not torch.equal(torch.sort(sd["recency"].to(torch.int64)).values, live_slots):
+            raise ValueError(f"{api}: recency must list each of the {live_slots.numel()} live slots once")
+        live_ids = sd["slot_ids"][live_slots]
+        if torch.unique(live_ids).numel() != live_ids.numel():
+            raise ValueError(f"{api}: an id is live in two slots; the state is corrupt")
         if self._reference is not None:
             self._reference.load_state_dict(sd)
             return
