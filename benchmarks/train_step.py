@@ -23,14 +23,23 @@ divided by the machine's measured copy bandwidth.
 Correctness is checked first (small tables): fused SGD = torch sparse SGD, fused Adam with
 ``bias_correction="table"`` = SparseAdam, fused RowWiseAdagrad = FBGEMM's.
 
+Memory placement is equal for every configuration (``benchmarks/_placement.py``):
+``--placement 4k`` (every table and state on 4 KiB pages), ``huge`` (all on 2 MiB pages, put
+there after the warm-up steps, so lazily made optimizer state too) or ``both``; every table
+says the share of each configuration's table + state the kernel really backs with huge pages.
+``--threads 1,2`` runs each setting at each thread count: at one thread ``ms/step`` is the
+step's CPU time, above it wall time (meaningful on an idle machine only; the load average is
+printed with every table).
+
 ``--phases`` instead times the parts of one embtable step (forward and its gather kernel,
 backward and its fused update kernel, ``opt.step()``) while it alternates with its peer's
 step (bag: row-wise Adagrad vs FBGEMM; seq: Adam vs SparseAdam), and the Adam update kernel
 alone with float32, bfloat16 and int8_rowwise moments.
 
 Usage:
-    python benchmarks/train_step.py [--quick] [--reps 7] [--rounds 2] [--threads 1]
-    python benchmarks/train_step.py --phases [--reps 30]
+    python benchmarks/train_step.py [--quick] [--reps 7] [--rounds 2] [--threads 1,2]
+        [--placement 4k|huge|both]
+    python benchmarks/train_step.py --phases [--reps 30] [--placement huge]
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ import time
 import warnings
 
 import torch
+
+import _placement  # benchmarks/ is on sys.path when run as a script
 
 WORKLOADS = {
     "bag": {"V": 1_000_000, "D": 64, "B": 2048, "L": 20},
@@ -143,7 +154,7 @@ def build_step(config: str, workload: str, sizes: dict[str, int], ids, offsets, 
             module(*args).backward(grad)
             opt.step()
 
-        return step, module.weight
+        return step, (module, opt)
     if config.startswith("torch_"):
         sparse = "sparse" in config
         if bag:
@@ -165,7 +176,7 @@ def build_step(config: str, workload: str, sizes: dict[str, int], ids, offsets, 
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return step, module.weight
+        return step, (module, opt)
     if config.startswith("fbgemm_"):
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
@@ -192,11 +203,45 @@ def build_step(config: str, workload: str, sizes: dict[str, int], ids, offsets, 
         def step():
             tbe(ids, tbe_offsets).backward(grad_out)
 
-        return step, None
+        return step, (tbe,)
     raise ValueError(f"unknown config {config!r}")
 
 
-def worker(config: str, workload: str, sizes: dict[str, int], reps: int, threads: int) -> dict:
+def big_tensors(owners) -> list[torch.Tensor]:
+    """The tables and optimizer state (tensors of 1 MiB or more) of modules and optimizers."""
+    found: dict[int, torch.Tensor] = {}
+
+    def walk(value) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.nbytes >= 1 << 20:
+                found.setdefault(value.data_ptr(), value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    for owner in owners:
+        if isinstance(owner, torch.nn.Module):
+            walk(list(owner.parameters()) + list(owner.buffers()))
+        else:
+            walk(owner.state)
+    return list(found.values())
+
+
+def placed(placement: str, tables: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Place every big mapping, then the share of each configuration's tensors on huge pages."""
+    from embtable.ops._memory import huge_page_fraction
+
+    _placement.apply(placement)
+    return {
+        name: sum(huge_page_fraction(t) * t.nbytes for t in tensors) / max(sum(t.nbytes for t in tensors), 1)
+        for name, tensors in tables.items()
+    }
+
+
+def worker(config: str, workload: str, sizes: dict[str, int], reps: int, threads: int, placement: str) -> dict:
     torch.set_num_threads(threads)
     ids, offsets, grad_out = make_batch(workload, sizes)
     if config.startswith("et_"):
@@ -207,17 +252,19 @@ def worker(config: str, workload: str, sizes: dict[str, int], reps: int, threads
         import fbgemm_gpu  # noqa: F401
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # imports torch.optim's lazy deps
     baseline = rss_bytes()
-    step, _ = build_step(config, workload, sizes, ids, offsets, grad_out)
+    with _placement.setting(placement):
+        step, owners = build_step(config, workload, sizes, ids, offsets, grad_out)
     warm = 1 if config == "torch_dense_adam" else 3
     for _ in range(warm):
         step()
+    huge = placed(placement, {config: big_tensors(owners)})[config]
     wall, cpu = [], []
     for _ in range(reps if config != "torch_dense_adam" else min(reps, 3)):
         start, start_cpu = time.perf_counter(), time.thread_time()
         step()
         cpu.append(time.thread_time() - start_cpu)
         wall.append(time.perf_counter() - start)
-    return {"cpu": cpu, "wall": wall, "peak": max(peak_rss_bytes() - baseline, 0)}
+    return {"cpu": cpu, "wall": wall, "peak": max(peak_rss_bytes() - baseline, 0), "huge": huge}
 
 
 PAIRS = {
@@ -226,21 +273,27 @@ PAIRS = {
 }
 
 
-def paired_worker(first: str, second: str, workload: str, sizes: dict[str, int], reps: int, threads: int) -> dict:
+def paired_worker(
+    first: str, second: str, workload: str, sizes: dict[str, int], reps: int, threads: int, placement: str
+) -> dict:
     """Both configurations in one process, steps alternating, so that they share the load."""
     torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.perf_counter
     ids, offsets, grad_out = make_batch(workload, sizes)
-    steps = {c: build_step(c, workload, sizes, ids, offsets, grad_out)[0] for c in (first, second)}
+    with _placement.setting(placement):
+        built = {c: build_step(c, workload, sizes, ids, offsets, grad_out) for c in (first, second)}
+    steps = {c: step for c, (step, _) in built.items()}
     for step in steps.values():
         for _ in range(3):
             step()
+    huge = placed(placement, {c: big_tensors(owners) for c, (_, owners) in built.items()})
     cpu: dict[str, list[float]] = {c: [] for c in steps}
     for _ in range(reps):
         for config, step in steps.items():
-            start = time.thread_time()
+            start = clock()
             step()
-            cpu[config].append(time.thread_time() - start)
-    return {c: statistics.median(v) * 1e3 for c, v in cpu.items()}
+            cpu[config].append(clock() - start)
+    return {"ms": {c: statistics.median(v) * 1e3 for c, v in cpu.items()}, "huge": huge}
 
 
 # --------------------------------------------------------------------------- phases
@@ -260,7 +313,7 @@ def _timed(module, name: str, sink: list[float]):
     setattr(module, name, wrapper)
 
 
-def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int) -> dict:
+def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int, placement: str) -> dict:
     """Where an embtable step's time goes, next to its peer's step (steps alternating).
 
     Times (CPU, medians): the module forward and, inside it, the gather kernel; backward and,
@@ -273,14 +326,19 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int)
     torch.set_num_threads(threads)
     ids, offsets, grad_out = make_batch(workload, sizes)
     mine, peer = PHASE_PEERS[workload]
-    peer_step = build_step(peer, workload, sizes, ids, offsets, grad_out)[0]
     name, _ = ET_RULES[mine]
     V, D, B, L = sizes["V"], sizes["D"], sizes["B"], sizes["L"]
     bag = workload == "bag"
-    module = embtable.EmbeddingBag(V, D, mode="sum") if bag else embtable.Embedding(V, D)
+    with _placement.setting(placement):
+        peer_step, peer_owners = build_step(peer, workload, sizes, ids, offsets, grad_out)
+        module = embtable.EmbeddingBag(V, D, mode="sum") if bag else embtable.Embedding(V, D)
     args = (ids, offsets[:-1]) if bag else (ids.reshape(B, L),)
     grad = grad_out if bag else grad_out.reshape(B, L, D)
     opt = embtable.optim.fuse(module, name, lr=LR)
+    with _placement.setting(placement):
+        module(*args).backward(grad)  # makes the optimizer state (inside the setting)
+        peer_step()
+    huge = placed(placement, {mine: big_tensors((module, opt)), peer: big_tensors(peer_owners)})
     gather, update = [], []
     _timed(ops, "pool_bags" if bag else "gather_rows", gather)
     _timed(ops, "fused_update_rows", update)
@@ -300,6 +358,7 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int)
             for key, value in zip(times, (forward - start, backward - forward, stepped - backward, done - stepped)):
                 times[key].append(value)
     result = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    result.update({f"share on huge pages, {c}": v for c, v in huge.items()})
     result["gather kernel"] = statistics.median(gather[3:]) * 1e3
     result["update kernel"] = statistics.median(update[3:]) * 1e3
     # The update kernel alone, fused Adam with each moment storage (same batch, fresh state).
@@ -308,7 +367,9 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int)
     bounds = offsets if bag else torch.empty(0, dtype=torch.long)
     for state_dtype in ("float32", "bfloat16", "int8_rowwise"):
         adam = embtable.optim.FusedOptimizer([weight], "adam", lr=LR, state_dtype=state_dtype)
-        state = adam._state(weight, adam.param_groups[0])
+        with _placement.setting(placement):
+            state = adam._state(weight, adam.param_groups[0])
+        _placement.apply(placement)
         tensors = adam.rule.state_tensors(state, adam.param_groups[0])
         hparams = adam.rule.hparams(adam.param_groups[0], 1)
         kernel = []
@@ -398,65 +459,46 @@ def floor_bytes(config: str, workload: str, sizes: dict[str, int], unique: int) 
     return table + state + 2 * rows_out * D * 4 + B * L * 8
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10x smaller tables, fewer reps")
-    parser.add_argument("--reps", type=int, default=7, help="timed steps per configuration")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads (1: CPU time = the step's work, see above)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration")
-    parser.add_argument("--workloads", default="bag,seq")
-    parser.add_argument("--configs", default=",".join(c for c, _ in CONFIGS))
-    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "WORKLOAD"), help=argparse.SUPPRESS)
-    parser.add_argument("--paired-worker", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--phases", action="store_true",
-                        help="only time the parts of a step (forward, kernels, backward, step()) "
-                             "next to its peer, and the Adam update kernel per state dtype")
-    parser.add_argument("--phases-worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} CPUs"
+
+
+def run_worker(args: argparse.Namespace, flag: list[str], threads: int, placement: str) -> dict | str:
+    """One subprocess; its JSON result, or the error text."""
+    cmd = [sys.executable, __file__, *flag, "--reps", str(args.reps), "--threads", str(threads),
+           "--placement", placement] + (["--quick"] if args.quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_phases(args: argparse.Namespace, threads: int, placement: str) -> None:
+    for workload in args.workloads.split(","):
+        got = run_worker(args, ["--phases-worker", workload], threads, placement)
+        if isinstance(got, str):
+            print(f"{workload}: failed\n{got}")
+            continue
+        mine, peer = PHASE_PEERS[workload]
+        clock = "CPU-time" if threads == 1 else "wall-time"
+        print(f"\n## {workload}: {dict(CONFIGS)[mine]}, steps alternating with {dict(CONFIGS)[peer]} "
+              f"({args.reps} steps, {clock} medians, ms; placement {placement}, threads {threads}; {load()})")
+        for key, value in got.items():
+            print(f"| {key:38s} | {value:8.3f} |")
+
+
+def print_steps(args: argparse.Namespace, threads: int, placement: str, bandwidth: float, have_fbgemm: bool) -> None:
     sizes_of = QUICK if args.quick else WORKLOADS
-    if args.paired_worker:
-        first, second, workload = args.paired_worker
-        warnings.simplefilter("ignore")
-        print(json.dumps(paired_worker(first, second, workload, sizes_of[workload], args.reps, args.threads)))
-        return
-    if args.phases_worker:
-        warnings.simplefilter("ignore")
-        got = phases_worker(args.phases_worker, sizes_of[args.phases_worker], args.reps, args.threads)
-        print(json.dumps(got))
-        return
-    if args.phases:
-        for workload in args.workloads.split(","):
-            cmd = [sys.executable, __file__, "--phases-worker", workload, "--reps", str(args.reps),
-                   "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{workload}: failed\n{proc.stderr[-2000:]}")
-                continue
-            got = json.loads(proc.stdout.strip().splitlines()[-1])
-            mine, peer = PHASE_PEERS[workload]
-            print(f"\n## {workload}: {dict(CONFIGS)[mine]}, steps alternating with {dict(CONFIGS)[peer]} "
-                  f"({args.reps} steps, CPU-time medians, ms)")
-            for key, value in got.items():
-                print(f"| {key:38s} | {value:8.3f} |")
-        return
-    if args.worker:
-        config, workload = args.worker
-        warnings.simplefilter("ignore")
-        print(json.dumps(worker(config, workload, sizes_of[workload], args.reps, args.threads)))
-        return
-    check_correctness()
-    bandwidth = copy_bandwidth(args.threads)
-    have_fbgemm = subprocess.run(
-        [sys.executable, "-c", "import fbgemm_gpu"], capture_output=True
-    ).returncode == 0
+    clock = "cpu" if threads == 1 else "wall"
     for workload in args.workloads.split(","):
         sizes = sizes_of[workload]
         ids, _, _ = make_batch(workload, sizes)
         unique = int(torch.unique(ids).numel())
         V, D, B, L = sizes["V"], sizes["D"], sizes["B"], sizes["L"]
         print(f"\n## {workload}: V={V:,} D={D} batch {B}x{L} ({B * L:,} ids, {unique:,} distinct rows); "
-              f"threads={args.threads}; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+              f"threads={threads}; placement {placement} ({_placement.thp_mode()} THP mode, see "
+              f"benchmarks/_placement.py); copy bandwidth {bandwidth / 1e9:.1f} GB/s; {load()}")
         selected = [
             (config, label) for config, label in CONFIGS
             if config in args.configs.split(",")
@@ -465,30 +507,29 @@ def main() -> None:
         samples: dict[str, dict] = {}
         for round_ in range(args.rounds):  # alternate the order: load drifts during a run
             for config, label in selected if round_ % 2 == 0 else selected[::-1]:
-                cmd = [sys.executable, __file__, "--worker", config, workload, "--reps",
-                       str(args.reps), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(f"{label}: failed\n{proc.stderr[-2000:]}")
+                got = run_worker(args, ["--worker", config, workload], threads, placement)
+                if isinstance(got, str):
+                    print(f"{label}: failed\n{got}")
                     continue
-                got = json.loads(proc.stdout.strip().splitlines()[-1])
-                entry = samples.setdefault(config, {"cpu": [], "wall": [], "peak": 0})
+                entry = samples.setdefault(config, {"cpu": [], "wall": [], "peak": 0, "huge": []})
                 entry["cpu"] += got["cpu"]
                 entry["wall"] += got["wall"]
                 entry["peak"] = max(entry["peak"], got["peak"])
+                entry["huge"].append(got["huge"])
         results = {
             config: {
-                "ms": statistics.median(e["cpu"]) * 1e3,
+                "ms": statistics.median(e[clock]) * 1e3,
                 "wall_ms": statistics.median(e["wall"]) * 1e3,
                 "peak": e["peak"],
+                "huge": min(e["huge"]),
             }
             for config, e in samples.items()
         }
         table_bytes = V * D * 4
         sparse_adam = results.get("torch_sparse_adam", {}).get("ms")
         print(f"| {'config':34s} | {'ms/step':>8s} | {'wall ms':>8s} | {'SparseAdam/this':>15s} | {'this/FBGEMM':>11s} "
-              f"| {'peak MB':>8s} | {'peak/(table+state)':>18s} | {'floor ms':>8s} | {'x floor':>7s} |")
-        print("|" + "|".join("-" * (w + 2) for w in (34, 8, 8, 15, 11, 8, 18, 8, 7)) + "|")
+              f"| {'peak MB':>8s} | {'peak/(table+state)':>18s} | {'floor ms':>8s} | {'x floor':>7s} | {'huge':>5s} |")
+        print("|" + "|".join("-" * (w + 2) for w in (34, 8, 8, 15, 11, 8, 18, 8, 7, 5)) + "|")
         for config, label in CONFIGS:
             if config not in results:
                 continue
@@ -505,23 +546,77 @@ def main() -> None:
             vs_sparse_adam = f"{sparse_adam / r['ms']:.1f}x" if sparse_adam else "-"
             print(f"| {label:34s} | {r['ms']:8.2f} | {r['wall_ms']:8.2f} | {vs_sparse_adam:>15s} | {vs_fbgemm:>11s} "
                   f"| {r['peak'] / 2**20:8.0f} | {r['peak'] / needed:18.2f} | {floor_ms:8.2f} "
-                  f"| {r['ms'] / floor_ms:7.1f} |")
+                  f"| {r['ms'] / floor_ms:7.1f} | {100 * r['huge']:4.0f}% |")
         labels = dict(CONFIGS)
         pairs = [p for p in PAIRS[workload] if have_fbgemm or not p[1].startswith("fbgemm")]
+        pairs = [p for p in pairs if p[0] in args.configs.split(",") or p[1] in args.configs.split(",")]
         if pairs:
-            print(f"\nPaired (one process, steps alternating, {args.reps} each; CPU-time medians):")
-            print(f"| {'embtable':30s} | {'ms':>6s} | {'peer':32s} | {'ms':>6s} | {'embtable/peer':>13s} |")
-            print("|" + "|".join("-" * (w + 2) for w in (30, 6, 32, 6, 13)) + "|")
+            print(f"\nPaired (one process, steps alternating, {args.reps} each; {clock}-time medians; "
+                  f"huge = share of table + state on huge pages):")
+            print(f"| {'embtable':30s} | {'ms':>6s} | {'peer':32s} | {'ms':>6s} | {'embtable/peer':>13s} "
+                  f"| {'huge':>9s} |")
+            print("|" + "|".join("-" * (w + 2) for w in (30, 6, 32, 6, 13, 9)) + "|")
         for first, second in pairs:
-            cmd = [sys.executable, __file__, "--paired-worker", first, second, workload, "--reps",
-                   str(args.reps), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{first} vs {second}: failed\n{proc.stderr[-2000:]}")
+            got = run_worker(args, ["--paired-worker", first, second, workload], threads, placement)
+            if isinstance(got, str):
+                print(f"{first} vs {second}: failed\n{got}")
                 continue
-            got = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"| {labels[first]:30s} | {got[first]:6.2f} | {labels[second]:32s} | {got[second]:6.2f} "
-                  f"| {got[first] / got[second]:13.2f} |")
+            ms, huge = got["ms"], got["huge"]
+            print(f"| {labels[first]:30s} | {ms[first]:6.2f} | {labels[second]:32s} | {ms[second]:6.2f} "
+                  f"| {ms[first] / ms[second]:13.2f} | {100 * huge[first]:3.0f}/{100 * huge[second]:3.0f}% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x smaller tables, fewer reps")
+    parser.add_argument("--reps", type=int, default=7, help="timed steps per configuration")
+    parser.add_argument("--threads", default="1",
+                        help="intra-op thread counts, e.g. 1,2 (1: CPU time = the step's work, see above)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration")
+    parser.add_argument("--workloads", default="bag,seq")
+    parser.add_argument("--configs", default=",".join(c for c, _ in CONFIGS))
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "WORKLOAD"), help=argparse.SUPPRESS)
+    parser.add_argument("--paired-worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--phases", action="store_true",
+                        help="only time the parts of a step (forward, kernels, backward, step()) "
+                             "next to its peer, and the Adam update kernel per state dtype")
+    parser.add_argument("--phases-worker", help=argparse.SUPPRESS)
+    _placement.add_arguments(parser)
+    args = parser.parse_args()
+    sizes_of = QUICK if args.quick else WORKLOADS
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    if args.worker or args.paired_worker or args.phases_worker:
+        warnings.simplefilter("ignore")
+        threads, placement = thread_counts[0], args.placement
+        # one placement per worker process: embtable's lazily made state follows it too
+        os.environ["EMBTABLE_HUGEPAGES"] = "1" if placement == "huge" else "0"
+        if args.paired_worker:
+            first, second, workload = args.paired_worker
+            got = paired_worker(first, second, workload, sizes_of[workload], args.reps, threads, placement)
+        elif args.phases_worker:
+            got = phases_worker(args.phases_worker, sizes_of[args.phases_worker], args.reps, threads, placement)
+        else:
+            config, workload = args.worker
+            got = worker(config, workload, sizes_of[workload], args.reps, threads, placement)
+        print(json.dumps(got))
+        return
+    if args.thp_system:
+        parser.error("--thp-system is not supported here: every configuration runs in its own process "
+                     "and is placed with madvise (see benchmarks/_placement.py)")
+    if args.phases:
+        for placement in _placement.chosen(args):
+            for threads in thread_counts:
+                print_phases(args, threads, placement)
+        return
+    check_correctness()
+    have_fbgemm = subprocess.run(
+        [sys.executable, "-c", "import fbgemm_gpu"], capture_output=True
+    ).returncode == 0
+    for placement in _placement.chosen(args):
+        for threads in thread_counts:
+            bandwidth = copy_bandwidth(threads)
+            print_steps(args, threads, placement, bandwidth, have_fbgemm)
+    torch.set_num_threads(thread_counts[0])
 
 
 if __name__ == "__main__":
