@@ -156,6 +156,9 @@ def test_edge_rows():
         assert float((decoded[2] - rows[2]).abs().max()) <= 2e-8
     assert codecs.quantize_rows(torch.empty(0, 4), "int4").shape == (0, 6)
     assert codecs.quantize_rows(torch.empty(3, 0), "int8").shape == (3, 4)
+    packed = codecs.quantize_rows(torch.randn(5, 3), "int8")
+    one_row = codecs.dequantize_rows(packed[2:3], "int8", 3)  # a one-row slice of a wider table
+    assert torch.equal(one_row, codecs.dequantize_rows(packed, "int8", 3)[2:3])
 
 
 def test_errors():

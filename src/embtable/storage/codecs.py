@@ -339,7 +339,8 @@ def scale_bias(packed: Tensor, fmt: str | RowCodec, dim: int) -> tuple[Tensor, T
     if not spec.integer:
         raise ValueError(f"{api}: format {spec.name!r} has no scale and bias")
     cut = spec.code_bytes(dim)
-    header = packed[:, cut : cut + 4].contiguous().view(torch.float16).to(torch.float32)
+    header = packed[:, cut : cut + 4].clone(memory_format=torch.contiguous_format)
+    header = header.view(torch.float16).to(torch.float32)
     return header[:, 0].contiguous(), header[:, 1].contiguous()
 
 
@@ -440,7 +441,8 @@ def from_torch_prepacked(prepacked: Tensor, fmt: str | RowCodec, dim: int) -> Te
             f"{api}: expected embedding_bag_byte_prepack's uint8 [num_rows, {dim + 8}] for dim "
             f"{dim}, got dtype {prepacked.dtype} and shape {tuple(prepacked.shape)}"
         )
-    header = prepacked[:, dim:].contiguous().view(torch.float32).to(torch.float16)
+    header = prepacked[:, dim:].clone(memory_format=torch.contiguous_format)
+    header = header.view(torch.float32).to(torch.float16)
     return torch.cat([prepacked[:, :dim], header.view(torch.uint8)], 1)
 
 

@@ -609,6 +609,14 @@ class Vectors(GensimCalls):
         vocab, weight = read_native(path, mmap=mmap)
         return cls(vocab, weight)
 
+    def quantize(self, fmt: str = "int8", *, search: str = "minmax"):
+        """The vectors as row-wise codes (``"int8"``, ``"int4"``, ``"int2"``, ``"fp16"``,
+        ``"bf16"``) with neighbour and analogy queries on the codes: a
+        :class:`embtable.vectors.quantized.QuantizedVectors` sharing this vocabulary."""
+        from embtable.vectors.quantized import QuantizedVectors
+
+        return QuantizedVectors.from_vectors(self, fmt, search=search)
+
     def save(self, path: str | os.PathLike, format: str = "safetensors") -> None:
         """Write the native format: a folder with the table and ``vocab.json``.
 

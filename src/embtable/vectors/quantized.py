@@ -1,0 +1,313 @@
+r"""Quantized pretrained vectors: neighbour and analogy queries on the codes.
+
+:meth:`embtable.vectors.Vectors.quantize` stores a vocabulary's table as row-wise codes of
+:mod:`embtable.storage.codecs` (``"int8"`` by default; ``"int4"``, ``"int2"``, ``"fp16"``,
+``"bf16"`` too): ``dim + 4`` bytes a row for int8 instead of ``4 * dim``.  Queries never
+decode the table.  A row is ``x = s * (c - m) + b'`` with signed codes ``c - m``
+(``m = 2**(bits - 1)``, so int8 codes become int8 numbers) and ``b' = b + s * m``; a query
+``q`` (unit-normalized, as in :meth:`~embtable.vectors.Vectors.most_similar`) is quantized
+symmetrically to int8, ``q ~ a * p``, and
+
+    ``q . x ~ a * s * (p . (c - m)) + b' * sum(q)``
+
+takes one int8 x int8 -> int32 matrix product per block of rows (``torch._int_mm``), scaled
+per row; dividing by the decoded row's norm gives the cosine.  Float formats use a float
+product on a decoded block.  Results are the same rules as :class:`~embtable.vectors.Vectors`
+(3CosAdd, query tokens excluded); their agreement with the float32 vectors is measured by
+:meth:`topn_overlap` (``benchmarks/quantized_quality.py``: MiniLM top-10 overlap).
+
+:meth:`save` writes a folder (``vectors.quantized.safetensors``: the packed rows, row norms,
+format in its metadata; ``vocab.json``) that :meth:`load` opens by memory map.
+
+Example:
+    >>> import torch
+    >>> from embtable.vectors import Vectors
+    >>> _ = torch.manual_seed(0)
+    >>> vectors = Vectors([f"w{i}" for i in range(500)], torch.randn(500, 32))
+    >>> small = vectors.quantize("int8")
+    >>> small
+    QuantizedVectors(500 tokens, dim 32, format='int8', 36 bytes per row)
+    >>> [t for t, _ in small.most_similar("w7", topn=3)] == [t for t, _ in vectors.most_similar("w7", topn=3)]
+    True
+    >>> small.topn_overlap(vectors, ["w1", "w2", "w3"], topn=10) >= 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from embtable.nn.quantized import load_packed, save_packed
+from embtable.storage import codecs
+from embtable.vectors import query
+from embtable.vectors.vocab import Vocab
+
+__all__ = ["QuantizedVectors"]
+
+FORMAT = "embtable.quantized-vectors/1"
+_FILE = "vectors.quantized.safetensors"
+_ROWS_PER_BLOCK = 1 << 15
+
+
+class QuantizedVectors:
+    """Tokens bound to the rows of a quantized table, with cosine queries on the codes.
+
+    Build with :meth:`embtable.vectors.Vectors.quantize` or :meth:`from_vectors`; open a
+    saved folder with :meth:`load`.
+
+    Args:
+        vocab: a :class:`~embtable.vectors.vocab.Vocab` or the tokens in row order.
+        packed: ``uint8 [len(vocab), row_bytes]`` rows in format ``fmt``.
+        fmt: the row format.
+        dim: the vector size.
+        norms: the decoded rows' L2 norms (computed when not given).
+
+    Raises:
+        ValueError: sizes that do not match, an unknown format.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab | Sequence[str],
+        packed: Tensor,
+        fmt: str,
+        dim: int,
+        norms: Tensor | None = None,
+    ) -> None:
+        api = "QuantizedVectors"
+        spec = codecs.codec(fmt, api)
+        self.vocab = vocab if isinstance(vocab, Vocab) else Vocab(list(vocab))
+        expected = (len(self.vocab), spec.row_bytes(dim))
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != expected:
+            raise ValueError(
+                f"{api}: packed rows must be uint8 {expected} for {len(self.vocab)} tokens, format "
+                f"{spec.name!r} and dim {dim}; got {packed.dtype} {tuple(packed.shape)}"
+            )
+        self.format = spec.name
+        self.packed = packed
+        self.dim = dim
+        if spec.integer:
+            scale, bias = codecs.scale_bias(packed, spec, dim)
+            middle = float(1 << (spec.bits - 1))
+            self._scale, self._shift = scale, bias + scale * middle
+        if norms is None:
+            norms = torch.cat([
+                query.row_norms(self._decode(lo, lo + _ROWS_PER_BLOCK))
+                for lo in range(0, max(len(self.vocab), 1), _ROWS_PER_BLOCK)
+            ]) if len(self.vocab) else torch.ones(0)
+        self.norms = norms
+
+    @classmethod
+    def from_vectors(cls, vectors: Any, fmt: str = "int8", *, search: str = "minmax") -> QuantizedVectors:
+        """Quantize a :class:`~embtable.vectors.Vectors` (its vocabulary is shared)."""
+        packed = codecs.quantize_rows(vectors.weight.float(), fmt, search=search)
+        return cls(vectors.vocab, packed, fmt, vectors.dim)
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def tokens(self) -> list[str]:
+        """Tokens in row order."""
+        return self.vocab.tokens
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.vocab
+
+    def __getitem__(self, token: str) -> Tensor:
+        """The decoded float32 vector of ``token`` (``KeyError`` for an unknown token)."""
+        i = self.vocab[token]
+        return self._decode(i, i + 1)[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedVectors({len(self)} tokens, dim {self.dim}, format={self.format!r}, "
+            f"{self.packed.shape[1]} bytes per row)"
+        )
+
+    def nbytes(self) -> int:
+        """Bytes of the packed table (the per-row norms add 4 bytes a row in memory)."""
+        return self.packed.numel()
+
+    def dequantize(self) -> Tensor:
+        """The decoded float32 table."""
+        return self._decode(0, len(self))
+
+    def _decode(self, lo: int, hi: int) -> Tensor:
+        return codecs.dequantize_rows(self.packed[lo:hi], self.format, self.dim)
+
+    # ------------------------------------------------------------------ scores on the codes
+
+    def _signed_codes(self, lo: int, hi: int) -> Tensor:
+        """Rows ``lo .. hi - 1`` as centred int8 codes ``c - 2**(bits - 1)``."""
+        spec = codecs.codec(self.format)
+        codes = codecs.unpack_codes(self.packed[lo:hi], spec, self.dim)
+        if spec.bits == 8:
+            return (codes ^ 0x80).view(torch.int8)  # c - 128 in two's complement
+        return (codes.to(torch.int16) - (1 << (spec.bits - 1))).to(torch.int8)
+
+    def _block_dots(self, queries: Tensor, lo: int, hi: int) -> Tensor:
+        """``queries @ x_i`` for rows ``lo .. hi - 1``: ``[Q, hi - lo]`` float32."""
+        if not codecs.codec(self.format).integer:
+            return queries @ self._decode(lo, hi).T
+        top = queries.abs().amax(1, keepdim=True).clamp(min=1e-30)
+        step = top / 127.0
+        quantized = torch.round(queries / step).to(torch.int8)
+        codes = self._signed_codes(lo, hi)
+        rows = quantized.shape[0]
+        if rows <= 16:  # torch._int_mm wants more than 16 rows on some builds
+            quantized = torch.cat([quantized, quantized.new_zeros((17 - rows, self.dim))])
+        try:
+            dots = torch._int_mm(quantized, codes.T.contiguous())[:rows].float()
+        except RuntimeError:  # no int8 GEMM on this build: the same sums in float32
+            dots = quantized[:rows].float() @ codes.T.float()
+        dots *= step * self._scale[lo:hi]
+        dots += queries.sum(1, keepdim=True) * self._shift[lo:hi]
+        return dots
+
+    def top_scores(
+        self, queries: Tensor, exclude: Sequence[Sequence[int]], topn: int, restrict_vocab: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Best ``topn`` rows by cosine with each (unit) query, skipping ``exclude[q]``.
+
+        Returns ``(scores, ids)``, each ``(Q, k)``, best first.
+        """
+        rows = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
+        k = min(topn, rows)
+        queries = queries.float()
+        best_scores = best_ids = None
+        for lo in range(0, rows, _ROWS_PER_BLOCK):
+            hi = min(rows, lo + _ROWS_PER_BLOCK)
+            scores = self._block_dots(queries, lo, hi) / self.norms[lo:hi]
+            for r, ex in enumerate(exclude):
+                inside = [i - lo for i in ex if lo <= i < hi]
+                if inside:
+                    scores[r, inside] = float("-inf")
+            top, ids = scores.topk(min(k, hi - lo), dim=1)
+            ids += lo
+            if best_scores is not None:
+                top, order = torch.cat([best_scores, top], 1).topk(k, dim=1)
+                ids = torch.cat([best_ids, ids], 1).gather(1, order)
+            best_scores, best_ids = top, ids
+        if best_scores is None:
+            empty = torch.empty((queries.shape[0], 0))
+            return empty, empty.long()
+        return best_scores, best_ids
+
+    def _unit(self, ids: Sequence[int]) -> Tensor:
+        index = torch.tensor(list(ids), dtype=torch.long)
+        rows = codecs.dequantize_rows(self.packed.index_select(0, index), self.format, self.dim)
+        return rows / self.norms[index].unsqueeze(1)
+
+    def _results(self, scores: Tensor, ids: Tensor) -> list[list[tuple[str, float]]]:
+        tokens = self.tokens
+        return [
+            [(tokens[i], float(s)) for s, i in zip(row_scores, row_ids) if s != float("-inf")]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
+        ]
+
+    # ------------------------------------------------------------------ queries
+
+    def most_similar(
+        self,
+        positive: str | Sequence[str] | None = None,
+        negative: str | Sequence[str] | None = None,
+        topn: int = 10,
+        restrict_vocab: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """Tokens closest (cosine, on the codes) to the normalized mean of the unit
+        ``positive`` rows minus the unit ``negative`` rows; the query tokens are excluded.
+
+        Raises:
+            KeyError: an unknown token.
+            ValueError: no token given.
+        """
+        pos, neg = query.key_list(positive), query.key_list(negative)
+        if not pos and not neg:
+            raise ValueError("most_similar: give at least one positive or negative token")
+        ids = [self.vocab[t] for t in pos + neg]
+        unit = self._unit(ids)
+        signs = torch.tensor([1.0] * len(pos) + [-1.0] * len(neg)).unsqueeze(1)
+        mean = query.normalize_rows((unit * signs).sum(0, keepdim=True))
+        scores, top = self.top_scores(mean, [ids], topn, restrict_vocab)
+        return self._results(scores, top)[0]
+
+    def most_similar_batch(
+        self, tokens: Sequence[str], topn: int = 10, restrict_vocab: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`most_similar` of each token in ``tokens``, in one pass."""
+        ids = [self.vocab[t] for t in tokens]
+        scores, top = self.top_scores(self._unit(ids), [[i] for i in ids], topn, restrict_vocab)
+        return self._results(scores, top)
+
+    def analogies(
+        self, triples: Sequence[tuple[str, str, str]], topn: int = 1, restrict_vocab: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """For each ``(a, b, c)``: the tokens ``d`` with ``a : b = c : d`` (3CosAdd, as
+        :meth:`embtable.vectors.Vectors.analogies`), best first; ``a``, ``b``, ``c`` excluded."""
+        ids = [[self.vocab[t] for t in triple] for triple in triples]
+        if not ids:
+            return []
+        unit = self._unit([i for triple in ids for i in triple]).reshape(-1, 3, self.dim)
+        queries = query.normalize_rows(unit[:, 1] + unit[:, 2] - unit[:, 0])
+        scores, top = self.top_scores(queries, ids, topn, restrict_vocab)
+        return self._results(scores, top)
+
+    def topn_overlap(self, reference: Any, tokens: Sequence[str], topn: int = 10) -> float:
+        """Mean fraction of each token's ``topn`` neighbours (query excluded) that these codes
+        share with ``reference`` (a float :class:`~embtable.vectors.Vectors`)."""
+        mine = self.most_similar_batch(tokens, topn)
+        theirs = reference.most_similar_batch(list(tokens), topn)
+        shared = [len({t for t, _ in a} & {t for t, _ in b}) / max(len(b), 1) for a, b in zip(mine, theirs)]
+        return sum(shared) / max(len(shared), 1)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a folder: ``vectors.quantized.safetensors`` (packed rows and norms, written
+        atomically) and ``vocab.json`` (written last)."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_packed(
+            folder / _FILE, {"packed": self.packed, "norms": self.norms.float()},
+            {"format": FORMAT, "row_format": self.format, "dim": self.dim},
+        )
+        counts = None if self.vocab.counts is None else self.vocab.counts.tolist()
+        text = json.dumps({"format": "embtable.vectors/1", "tokens": self.tokens, "counts": counts})
+        temp = folder / "vocab.json.tmp"
+        with open(temp, "w", encoding="utf-8") as fout:
+            fout.write(text)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(temp, folder / "vocab.json")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True) -> QuantizedVectors:
+        """Open a folder written by :meth:`save` (``embtable convert --quantize``); the rows
+        are memory-mapped (copy-on-write) unless ``mmap=False``.
+
+        Raises:
+            FileNotFoundError: the folder has no quantized table or vocabulary.
+            ValueError: the files disagree.
+        """
+        folder = Path(path)
+        if not (folder / _FILE).is_file() or not (folder / "vocab.json").is_file():
+            raise FileNotFoundError(
+                f"QuantizedVectors.load: {os.fspath(path)} needs {_FILE} and vocab.json "
+                "(written by QuantizedVectors.save or `embtable convert --quantize`)"
+            )
+        tensors, meta = load_packed(folder / _FILE, mmap=mmap)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"QuantizedVectors.load: {os.fspath(path)} is not {FORMAT} ({meta.get('format')})")
+        words = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        vocab = Vocab(words["tokens"], words.get("counts"))
+        return cls(vocab, tensors["packed"], meta["row_format"], int(meta["dim"]), tensors["norms"])
