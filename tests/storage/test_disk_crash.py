@@ -102,7 +102,7 @@ def test_kill_during_training_leaves_checkpoint_or_clear_error(tmp_path):
     rng = random.Random(15)
     oracle = Oracle()
     outcomes = []
-    for attempt in range(3):
+    for attempt in range(2):
         work, checkpoints = tmp_path / f"work{attempt}", tmp_path / f"ckpt{attempt}"
         checkpoints.mkdir()
         _run_and_kill(work, checkpoints, delay=rng.uniform(0.3, 1.5))
