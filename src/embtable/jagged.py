@@ -1008,19 +1008,26 @@ def _cat(tensors: list[Tensor], like: Tensor) -> Tensor:
 # model input: its tensors are the leaves, keys and strides the (static) context.
 def _kj_flatten(batch: KeyedJagged) -> tuple[list[Tensor | None], tuple[Any, ...]]:
     children = [batch._values, batch._lengths, batch._weights]
-    return children, (tuple(batch._keys), batch._stride, batch._stride_per_key)
+    inverse = batch._inverse_indices
+    if inverse is not None:  # a fourth leaf only for batches that carry inverse indices
+        children.append(inverse[1])
+    inverse_keys = None if inverse is None else tuple(inverse[0])
+    return children, (tuple(batch._keys), batch._stride, batch._stride_per_key, inverse_keys)
 
 
 def _kj_flatten_with_keys(batch: KeyedJagged) -> tuple[list[tuple[Any, Tensor | None]], tuple[Any, ...]]:
     children, context = _kj_flatten(batch)
-    names = ("values", "lengths", "weights")
+    names = ("values", "lengths", "weights", "inverse_indices")
     return [(pytree.GetAttrKey(name), child) for name, child in zip(names, children)], context
 
 
 def _kj_unflatten(children: Sequence[Any], context: tuple[Any, ...]) -> KeyedJagged:
-    keys, stride, stride_per_key = context
-    values, lengths, weights = children
-    return KeyedJagged._trusted(list(keys), values, lengths, weights, stride, stride_per_key)
+    keys, stride, stride_per_key, inverse_keys = context
+    values, lengths, weights = children[:3]
+    batch = KeyedJagged._trusted(list(keys), values, lengths, weights, stride, stride_per_key)
+    if inverse_keys is not None:
+        batch._inverse_indices = (list(inverse_keys), children[3])
+    return batch
 
 
 pytree.register_pytree_node(

@@ -66,6 +66,15 @@ def test_keyed_jagged_pytree_round_trip() -> None:
         assert torch.equal(got, want)
 
 
+def test_keyed_jagged_pytree_keeps_inverse_indices() -> None:
+    inverse = (["a", "b"], torch.tensor([[0, 1], [1, 0]]))
+    kj = KeyedJagged(["a", "b"], torch.tensor([1, 2, 3, 4]), torch.tensor([1, 1, 1, 1]), inverse_indices=inverse)
+    leaves, spec = torch.utils._pytree.tree_flatten(kj)
+    assert len(leaves) == 4
+    back = torch.utils._pytree.tree_unflatten(leaves, spec)
+    assert back._inverse_indices[0] == ["a", "b"] and torch.equal(back._inverse_indices[1], inverse[1])
+
+
 @pytest.mark.parametrize("which", ["modules", "collections"])
 def test_compile_fullgraph_forward_and_backward(which: str) -> None:
     torch._dynamo.reset()
