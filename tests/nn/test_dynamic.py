@@ -262,3 +262,16 @@ def test_hashed_table_in_a_collection():
     torch.testing.assert_close(out.values(), torch.stack([weight[rows[:2]].sum(0), weight[rows[2]]]))
     with pytest.raises(ValueError, match="a hashed table has no dynamic options"):
         TableConfig(name="q", num_embeddings=11, embedding_dim=3, hashed=True, padding_idx=0)
+
+
+def test_dynamic_table_without_the_extension(monkeypatch):
+    from embtable.nn.dynamic import init_rows_reference
+    from embtable.ops import _compiled
+
+    monkeypatch.setitem(_compiled._STATE, "loaded", False)
+    table = DynamicEmbedding(3, 5, policy="clock")
+    assert not table.slot_map._compiled
+    out = table(torch.tensor([[8, 9], [9, 10**14]]))
+    torch.testing.assert_close(out[1, 1], init_rows_reference(torch.tensor([10**14]), 5)[0])
+    table(torch.tensor([11]))
+    assert table.stats()["evicted"] == 1 and len(table.slot_map) == 3
