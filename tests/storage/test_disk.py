@@ -98,6 +98,7 @@ def _check_store(store, oracle):
 
 
 def test_bad_paths(tmp_path):
+    assert embtable.storage.Disk is Disk  # the spelling
     with pytest.raises(FileNotFoundError, match="parent directory"):
         DiskRowStore.create(tmp_path / "missing" / "t", num_embeddings=4, embedding_dim=2)
     (tmp_path / "file").write_text("x")

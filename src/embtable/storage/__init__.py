@@ -18,12 +18,16 @@ from __future__ import annotations
 import importlib
 
 _SUBMODULES = ("codecs", "slots", "disk")
+#: Names re-exported from a submodule, imported on first use: ``embtable.storage.Disk``.
+_LAZY_NAMES = {"Disk": "disk"}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"embtable.storage.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"embtable.storage.{_LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module 'embtable.storage' has no attribute {name!r}")
 
 
-__all__ = list(_SUBMODULES)
+__all__ = [*_SUBMODULES, *_LAZY_NAMES]
