@@ -10,6 +10,7 @@ under the test's temporary folder.
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from typing import Any
@@ -339,10 +340,11 @@ def check_interrupted_save(rank: int, world: int, folder: str) -> None:
             handle.write(",".join(leftovers))
 
 
-def _fresh(world: int, variant: int, seed: int) -> Any:
+def _fresh(world: int, variant: int, seed: int, timeout: float | None = None) -> Any:
     torch.manual_seed(seed)
     reference = EmbeddingBagCollection(bag_tables())
-    sharded = shard(reference, mixed_plan(world, variant))
+    span = None if timeout is None else datetime.timedelta(seconds=timeout)
+    sharded = shard(reference, mixed_plan(world, variant), timeout=span)
     embtable.optim.fuse(sharded, "adam", lr=0.05)
     return sharded
 
@@ -386,17 +388,25 @@ def group_of_four(rank: int, world: int, folder: str) -> None:
         torch.save(final, os.path.join(folder, "four.pt"))
 
 
+HANG_S = 12.0
+TIMEOUT_S = 4.0
+
+
 def group_with_a_death(rank: int, world: int, folder: str) -> None:
-    """Load the 4-rank checkpoint on 2 ranks; then rank 1 dies mid-step and rank 0 must raise."""
+    """Load the 4-rank checkpoint on 2 ranks; then rank 1 hangs between forward and backward
+    (HANG_S, longer than the sharded group's timeout TIMEOUT_S) and dies: rank 0 must raise at the timeout, not
+    wait for the death."""
     sharded = _fresh(world, 2, seed=3)
     load_checkpoint(os.path.join(folder, "four"), sharded)
     expected = torch.load(os.path.join(folder, "four.pt"))
     for name, table in sharded.full_tables().items():
         torch.testing.assert_close(table, expected[name], rtol=0, atol=0)
+    hasty = _fresh(world, 2, seed=4, timeout=TIMEOUT_S)  # its own group, a short timeout
     local, _ = batches(bag_features(), 7, world, rank)
-    out = sharded(local)
+    out = hasty(local)
     if rank == 1:
-        os._exit(17)  # dies between forward and backward
+        time.sleep(HANG_S)  # hangs mid-step ...
+        os._exit(17)  # ... then dies
     start = time.monotonic()
     try:
         out.values().sum().backward()

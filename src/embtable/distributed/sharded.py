@@ -110,8 +110,8 @@ class _ShardedTables(Module):
                 f"covers static tables only (docs/distributed.md, Limits)"
             )
         plan.check(self.tables)
-        if process_group is None:
-            process_group = dist.new_group(timeout=timeout)
+        if process_group is None:  # (new_group's own default would be 30 minutes)
+            process_group = dist.new_group(timeout=timeout or _default_timeout())
         self.group = process_group
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
@@ -792,6 +792,15 @@ def shard(
         timeout=timeout,
         _source=collection,
     )
+
+
+def _default_timeout() -> datetime.timedelta | None:
+    """The default process group's timeout (``init_process_group(timeout=...)``), if readable."""
+    try:
+        device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+        return dist.GroupMember.WORLD._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError, ValueError):
+        return None
 
 
 def _cat(parts: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
