@@ -222,6 +222,24 @@ def _threads_keep_counts(rule: str) -> None:
         assert torch.equal(table.weight.detach(), expected)
 
 
+def _copied_optimizer(how: str) -> None:
+    """A deep-copied or pickled optimizer trains its own copy of the table and leaves the
+    original alone."""
+    import copy
+    import pickle
+
+    table, opt = _trained("adam", steps=1)
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    original = clone_state(dict(opt.state[table.weight]))
+    weight = twin.param_groups[0]["params"][0]
+    out = embtable.optim.fused_lookup(weight, torch.tensor([1, 4]), torch.empty(0, dtype=torch.long), twin)
+    (out**2).sum().backward()
+    assert twin.state[weight]["table_step"] == 2
+    assert twin.state[weight]["row_step"].tolist() == [0, 2, 1, 0, 2, 0]
+    assert torch.equal(opt.state[table.weight]["row_step"], original["row_step"])
+    assert opt.state[table.weight]["table_step"] == 1
+
+
 # ---------------------------------------------------------------- partial updates
 
 def _backward_bad_group(rule: str, key: str, value, first_step: bool) -> None:
@@ -281,6 +299,8 @@ for _saved in ("float32", "bfloat16", "int8_rowwise"):
         CASES.append(case("corruption", f"state_dtype_kept_{_saved}_to_{_configured}",
                           _state_dtype_kept, _saved, _configured))
 CASES.append(case("corruption", "load_does_not_alias", _load_does_not_alias))
+for _how in ("deepcopy", "pickle"):
+    CASES.append(case("corruption", f"copied_optimizer_{_how}", _copied_optimizer, _how))
 for _rule in ("sgd", "adam", "adagrad", "rowwise_adagrad"):
     CASES.append(case("corruption", f"threads_{_rule}", _threads_keep_counts, _rule, timeout=60))
 for _rule, _key, _value in [("adam", "lr", "abc"), ("adam", "betas", (0.9,)), ("adam", "betas", 0.9),

@@ -116,6 +116,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         count = len(self.param_groups)
         return f"FusedOptimizer({self.rule.name}, {count} table{'s' if count != 1 else ''}: {names})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param groups) plus the rule; locks are made on demand."""
+        return {**super().__getstate__(), "rule": self.rule}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """torch's, plus the weight -> group map (a copied or unpickled optimizer works)."""
+        super().__setstate__(state)
+        self._group_of = {id(w): g for g in self.param_groups for w in g["params"]}
+
     def _check_group(self, weight: Tensor, group: dict[str, Any]) -> None:
         """Validate ``group`` unless its options are those last validated for ``weight``."""
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in group.items() if k != "params"}
