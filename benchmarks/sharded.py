@@ -276,7 +276,7 @@ def torchrec_worker(
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints
         )
-        plan = planner.collective_plan(ebc, [sharder], dist.GroupMember.WORLD)
+        plan = planner.plan(ebc, [sharder])  # on every rank (the same plan): a refusal raises everywhere
         model = DistributedModelParallel(
             ebc, device=torch.device("cpu"), plan=plan, sharders=[sharder]
         )
