@@ -117,6 +117,20 @@ def test_bad_paths(tmp_path):
         DiskEmbedding(4, 2, storage=str(tmp_path))
 
 
+def test_one_writer_at_a_time(tmp_path):
+    first = DiskRowStore.create(tmp_path / "t", num_embeddings=8, embedding_dim=2)
+    with pytest.raises(BlockingIOError, match="already open for writing"):
+        DiskRowStore.open(tmp_path / "t")
+    reader = DiskRowStore.open(tmp_path / "t", read_only=True)  # readers do not lock
+    reader.close()
+    first.close()
+    DiskRowStore.open(tmp_path / "t").close()
+    del first
+    dropped = DiskRowStore.open(tmp_path / "t")
+    del dropped  # garbage collected: the lock goes with it
+    DiskRowStore.open(tmp_path / "t").close()
+
+
 def _table(path, rows=16):
     store = DiskRowStore.create(path, num_embeddings=rows, embedding_dim=4)
     store.write_rows(torch.tensor([1, 2]), torch.ones(2, 4))

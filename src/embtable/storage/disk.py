@@ -52,10 +52,12 @@ Example:
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, dataclass
@@ -317,8 +319,12 @@ class DiskRowStore:
         #: the write-back log is moved to the rows' home places when it grows past this
         self.max_log_bytes = _MAX_LOG_BYTES
         self._log: RowLog | None = None
-        if not read_only and (path / LOG).exists():  # a clean table's log is stale (already moved)
-            (path / LOG).unlink()
+        self._lock_fd: int | None = None
+        if not read_only:
+            self._lock_fd = _lock_writer(path)
+            self._unlock = weakref.finalize(self, os.close, self._lock_fd)  # also when dropped
+            if (path / LOG).exists():  # a clean table's log is stale (already moved)
+                (path / LOG).unlink()
         self._open_data(ROWS, ROW_BITS, self.row_bytes)
         if manifest.get("state"):
             self._load_state_layout(manifest["state"])
@@ -870,6 +876,9 @@ class DiskRowStore:
 
     def close(self) -> None:
         """Close the files (without flushing: call :meth:`flush` first to keep the writes)."""
+        if self._lock_fd is not None:
+            self._unlock()  # closes the lock file: releases the writer's lock
+            self._lock_fd = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -894,6 +903,22 @@ class DiskRowStore:
             f"DiskRowStore({str(self.path)!r}, {self.num_embeddings} x {self.embedding_dim} "
             f"{_DTYPE_NAMES[self.dtype]}, status={self.status!r}{mode})"
         )
+
+
+def _lock_writer(path: Path) -> int:
+    """An exclusive ``flock`` on ``path/.lock`` held while the table is open for writing (the
+    kernel drops it when the process dies); ``BlockingIOError`` if another writer holds it."""
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BlockingIOError(
+            errno.EWOULDBLOCK,
+            f"DiskRowStore: the table at {str(path)!r} is already open for writing (by this or "
+            "another process); close it first, or open it with read_only=True",
+        ) from None
+    return fd
 
 
 def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -> None:
