@@ -3,16 +3,18 @@ r"""Quantized pretrained vectors: neighbour and analogy queries on the codes.
 :meth:`embtable.vectors.Vectors.quantize` stores a vocabulary's table as row-wise codes of
 :mod:`embtable.storage.codecs` (``"int8"`` by default; ``"int4"``, ``"int2"``, ``"fp16"``,
 ``"bf16"`` too): ``dim + 4`` bytes a row for int8 instead of ``4 * dim``.  Queries never
-decode the table.  A row is ``x = s * (c - m) + b'`` with signed codes ``c - m``
-(``m = 2**(bits - 1)``, so int8 codes become int8 numbers) and ``b' = b + s * m``; a query
-``q`` (unit-normalized, as in :meth:`~embtable.vectors.Vectors.most_similar`) is quantized
-symmetrically to int8, ``q ~ a * p``, and
+decode the table.  A row is ``x = s * (c - m) + b'`` with centred codes ``c - m``
+(``m = 2**(bits - 1)``: int8 codes become int8 numbers) and ``b' = b + s * m``; for a unit
+query ``q`` (as in :meth:`~embtable.vectors.Vectors.most_similar`)
 
-    ``q . x ~ a * s * (p . (c - m)) + b' * sum(q)``
+    ``q . x = s * (q . (c - m)) + b' * sum(q)``
 
-takes one int8 x int8 -> int32 matrix product per block of rows (``torch._int_mm``), scaled
-per row; dividing by the decoded row's norm gives the cosine.  Float formats use a float
-product on a decoded block.  Results are the same rules as :class:`~embtable.vectors.Vectors`
+so one matrix product of the queries with a block of codes, scaled per row, gives the dot
+products; dividing by the decoded rows' norms gives the cosines.  The codes are widened to
+float32 once per block of 32,768 rows for that product: on this project's CPUs torch's int8
+GEMM (``torch._int_mm``, which would also need the query rounded to int8) measured slower
+than the float32 one at one thread.  Float formats use their values as the
+"codes" (scale 1, bias 0).  Results are the same rules as :class:`~embtable.vectors.Vectors`
 (3CosAdd, query tokens excluded); their agreement with the float32 vectors is measured by
 :meth:`topn_overlap` (``benchmarks/quantized_quality.py``: MiniLM top-10 overlap).
 
@@ -54,6 +56,7 @@ __all__ = ["QuantizedVectors"]
 FORMAT = "embtable.quantized-vectors/1"
 _FILE = "vectors.quantized.safetensors"
 _ROWS_PER_BLOCK = 1 << 15
+_QUERY_CHUNK = 256
 
 
 class QuantizedVectors:
@@ -155,23 +158,19 @@ class QuantizedVectors:
             return (codes ^ 0x80).view(torch.int8)  # c - 128 in two's complement
         return (codes.to(torch.int16) - (1 << (spec.bits - 1))).to(torch.int8)
 
-    def _block_dots(self, queries: Tensor, lo: int, hi: int) -> Tensor:
-        """``queries @ x_i`` for rows ``lo .. hi - 1``: ``[Q, hi - lo]`` float32."""
+    def _block_codes(self, lo: int, hi: int) -> Tensor:
+        """Rows ``lo .. hi - 1`` as float32 ``[D, hi - lo]``: the centred codes of an integer
+        format (exact small integers), the values of a float format."""
         if not codecs.codec(self.format).integer:
-            return queries @ self._decode(lo, hi).T
-        top = queries.abs().amax(1, keepdim=True).clamp(min=1e-30)
-        step = top / 127.0
-        quantized = torch.round(queries / step).to(torch.int8)
-        codes = self._signed_codes(lo, hi)
-        rows = quantized.shape[0]
-        if rows <= 16:  # torch._int_mm wants more than 16 rows on some builds
-            quantized = torch.cat([quantized, quantized.new_zeros((17 - rows, self.dim))])
-        try:
-            dots = torch._int_mm(quantized, codes.T.contiguous())[:rows].float()
-        except RuntimeError:  # no int8 GEMM on this build: the same sums in float32
-            dots = quantized[:rows].float() @ codes.T.float()
-        dots *= step * self._scale[lo:hi]
-        dots += queries.sum(1, keepdim=True) * self._shift[lo:hi]
+            return self._decode(lo, hi).T
+        return self._signed_codes(lo, hi).T.float()
+
+    def _block_dots(self, queries: Tensor, codes: Tensor, lo: int, hi: int) -> Tensor:
+        """``queries @ x_i`` for rows ``lo .. hi - 1`` from their codes: ``[Q, hi - lo]``."""
+        dots = queries @ codes
+        if codecs.codec(self.format).integer:
+            dots *= self._scale[lo:hi]
+            dots += queries.sum(1, keepdim=True) * self._shift[lo:hi]
         return dots
 
     def top_scores(
@@ -179,29 +178,34 @@ class QuantizedVectors:
     ) -> tuple[Tensor, Tensor]:
         """Best ``topn`` rows by cosine with each (unit) query, skipping ``exclude[q]``.
 
+        Rows go in blocks of 32,768 whose codes are widened once; queries in chunks of 256.
         Returns ``(scores, ids)``, each ``(Q, k)``, best first.
         """
         rows = len(self) if restrict_vocab is None else min(restrict_vocab, len(self))
         k = min(topn, rows)
         queries = queries.float()
-        best_scores = best_ids = None
+        chunks = [(a, min(a + _QUERY_CHUNK, queries.shape[0])) for a in range(0, queries.shape[0], _QUERY_CHUNK)]
+        best: list[tuple[Tensor, Tensor] | None] = [None] * len(chunks)
         for lo in range(0, rows, _ROWS_PER_BLOCK):
             hi = min(rows, lo + _ROWS_PER_BLOCK)
-            scores = self._block_dots(queries, lo, hi) / self.norms[lo:hi]
-            for r, ex in enumerate(exclude):
-                inside = [i - lo for i in ex if lo <= i < hi]
-                if inside:
-                    scores[r, inside] = float("-inf")
-            top, ids = scores.topk(min(k, hi - lo), dim=1)
-            ids += lo
-            if best_scores is not None:
-                top, order = torch.cat([best_scores, top], 1).topk(k, dim=1)
-                ids = torch.cat([best_ids, ids], 1).gather(1, order)
-            best_scores, best_ids = top, ids
-        if best_scores is None:
+            codes = self._block_codes(lo, hi)
+            inverse = 1.0 / self.norms[lo:hi]
+            for c, (a, b) in enumerate(chunks):
+                scores = self._block_dots(queries[a:b], codes, lo, hi) * inverse
+                for r, ex in enumerate(exclude[a:b]):
+                    inside = [i - lo for i in ex if lo <= i < hi]
+                    if inside:
+                        scores[r, inside] = float("-inf")
+                top, ids = scores.topk(min(k, hi - lo), dim=1)
+                ids += lo
+                if best[c] is not None:
+                    top, order = torch.cat([best[c][0], top], 1).topk(k, dim=1)
+                    ids = torch.cat([best[c][1], ids], 1).gather(1, order)
+                best[c] = (top, ids)
+        if not chunks or best[0] is None:
             empty = torch.empty((queries.shape[0], 0))
             return empty, empty.long()
-        return best_scores, best_ids
+        return torch.cat([b[0] for b in best]), torch.cat([b[1] for b in best])
 
     def _unit(self, ids: Sequence[int]) -> Tensor:
         index = torch.tensor(list(ids), dtype=torch.long)
