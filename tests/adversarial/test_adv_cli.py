@@ -209,7 +209,41 @@ def _diverged_run_keeps_model(lr: str) -> None:
     raise Exit(f"{code}: {err.strip()}")
 
 
+def _checkpoint_failed_save(how: str) -> None:
+    """A save that fails (bad metadata, or killed before the weights are renamed) leaves the
+    previous checkpoint loading exactly as before, without temporary files."""
+    from embtable.models import MatrixFactorization
+    from embtable.models.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = _tmp() / "ckpt"
+    torch.manual_seed(0)
+    old = MatrixFactorization(4, 5, 3)
+    save_checkpoint(folder, old, {"run": 1})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    torch.manual_seed(1)
+    new = MatrixFactorization(4, 5, 3)
+    real = os.replace
+    try:
+        if how == "bad_meta":
+            save_checkpoint(folder, new, {"run": object()})
+        else:
+            def replace(*args, **kwargs):
+                raise KeyboardInterrupt("killed")
+
+            os.replace = replace
+            save_checkpoint(folder, new, {"run": 2})
+    except (TypeError, KeyboardInterrupt):
+        pass
+    finally:
+        os.replace = real
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    model, meta = load_checkpoint(folder)
+    assert meta["run"] == 1 and torch.equal(model.item_vectors.weight, old.item_vectors.weight)
+
+
 CASES: CaseList = []
+for _how in ("bad_meta", "killed_before_rename"):
+    CASES.append(case("loss", f"checkpoint_failed_save_{_how}", _checkpoint_failed_save, _how))
 for _command in ("info", "neighbors", "convert"):
     CASES.append(case("crash", f"fifo_{_command}", _fifo, _command, timeout=30, expect=Exit,
                       match=r"^1: embtable \w+: error: .*not a regular file"))

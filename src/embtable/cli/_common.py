@@ -44,7 +44,12 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", le
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write ``data`` as indented JSON, atomically (beside, synced, renamed)."""
+    from embtable.vectors._atomic import atomic_write
+
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    with atomic_write(path) as out:
+        out.write(text.encode("utf-8"))
 
 
 def positive_int(text: str) -> int:

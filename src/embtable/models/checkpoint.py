@@ -34,8 +34,13 @@ CONFIG = "config.json"
 def save_checkpoint(
     folder: str | os.PathLike[str], model: MatrixFactorization, meta: dict[str, Any] | None = None
 ) -> None:
-    """Write ``model`` (and JSON-serializable ``meta``) into ``folder`` (created if needed)."""
-    from safetensors.torch import save_file
+    """Write ``model`` (and JSON-serializable ``meta``) into ``folder`` (created if needed).
+
+    Each file is written atomically (``embtable.vectors._atomic.atomic_write``): a killed save
+    never leaves a torn file; the weights are replaced before ``config.json``."""
+    from safetensors.torch import save
+
+    from embtable.vectors._atomic import atomic_write
 
     name = type(model).__name__
     if name not in _CLASSES:
@@ -43,9 +48,12 @@ def save_checkpoint(
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path / WEIGHTS))
     config = {**(meta or {}), "model": {"class": name, "kwargs": model.init_kwargs()}}
-    (path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(config, indent=2) + "\n"  # (serialized first: a bad meta writes nothing)
+    with atomic_write(path / WEIGHTS) as out:  # each file whole: written beside, synced, renamed
+        out.write(save(state))
+    with atomic_write(path / CONFIG) as out:
+        out.write(text.encode("utf-8"))
 
 
 def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[MatrixFactorization, dict[str, Any]]:
