@@ -177,21 +177,21 @@ def _movielens_repeated(kind: str, position: str) -> None:
     load_movielens(folder)
 
 
+def _bad_rating_folder(value: str) -> Path:
+    """A MovieLens folder whose only fault is the rating ``value`` on line 6 of u.data."""
+    lines = [f"{u}\t{i}\t3\t88000000{i}" for u in range(1, 13) for i in range(1, 10)]
+    lines[5] = f"1\t7\t{value}\t880000007"
+    return _movielens(_tmp() / "ml", rating_lines=lines)
+
+
 def _movielens_bad_rating(value: str) -> None:
     from embtable.data.movielens import load_movielens
 
-    folder = _tmp() / "ml"
-    lines = [f"{u}\t{i}\t3\t88000000{i}" for u in range(1, 13) for i in range(1, 10)]
-    lines[5] = f"1\t7\t{value}\t880000007"
-    _movielens(folder, rating_lines=lines)
-    load_movielens(folder)
+    load_movielens(_bad_rating_folder(value))
 
 
 def _movielens_cli_rating(value: str) -> None:
-    folder = _tmp() / "ml"
-    lines = [f"{u}\t{i}\t3\t88000000{i}" for u in range(1, 13) for i in range(1, 10)]
-    lines[5] = f"1\t7\t{value}\t880000007"
-    _movielens(folder, rating_lines=lines)
+    folder = _bad_rating_folder(value)
     _fails_cleanly(["train", "movielens", "--data", folder, "--out", folder.parent / "out", "--epochs", "1"])
 
 

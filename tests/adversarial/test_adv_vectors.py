@@ -247,32 +247,27 @@ def _sigkill_mid_save(delays: tuple[float, ...]) -> None:
             assert back.weight.eq(back.weight[0, 0]).all(), f"{fmt}: rows from two saves mixed"
 
 
+#: kind -> (save into path, load path, the file to cut inside path)
+_FORMATS = {
+    "word2vec": (lambda v, p: v.save_word2vec_format(p), lambda p: Vectors.load_word2vec_format(p), ""),
+    "binary": (lambda v, p: v.save_word2vec_format(p, binary=True),
+               lambda p: Vectors.load_word2vec_format(p, binary=True), ""),
+    "glove": (lambda v, p: v.save_glove(p), lambda p: Vectors.load_glove(p), ""),
+    "native": (lambda v, p: v.save(p), lambda p: Vectors.load(p), "vectors.safetensors"),
+}
+
+
 def _truncated(kind: str, cut: int) -> None:
-    folder = _tmp()
-    vectors = _small(6, 4)
-    path = folder / "v"
-    if kind == "word2vec":
-        vectors.save_word2vec_format(path)
-    elif kind == "binary":
-        vectors.save_word2vec_format(path, binary=True)
-    elif kind == "glove":
-        vectors.save_glove(path)
-    else:
-        vectors.save(path)
-        path = path / "vectors.safetensors"
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) - cut])
+    save, load, inner = _FORMATS[kind]
+    path = _tmp() / "v"
+    save(_small(6, 4), path)
+    file = path / inner if inner else path
+    raw = file.read_bytes()
+    file.write_bytes(raw[: len(raw) - cut])
     with warnings.catch_warnings():
         if kind in ("word2vec", "glove") and cut < 20:  # cut inside the last line's numbers
             warnings.simplefilter("error")  # the warning is the only sign
-        if kind == "word2vec":
-            Vectors.load_word2vec_format(path)
-        elif kind == "binary":
-            Vectors.load_word2vec_format(path, binary=True)
-        elif kind == "glove":
-            Vectors.load_glove(path)
-        else:
-            Vectors.load(path.parent)
+        load(path)
 
 
 # ---------------------------------------------------------------- clear errors
