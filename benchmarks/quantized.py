@@ -17,8 +17,10 @@ column: relative RMS error of the pooled output, ||out - fp32|| / ||fp32||), and
 with the same bytes decoded by the peer (FBGEMM must agree to 1e-5).  Then the contenders are
 timed in turn, one call each per round (so load changes hit them alike), at one thread
 (``torch.set_num_threads(1)``), by thread CPU time (``time.thread_time``); the table shows
-medians and ratios to fp32 torch measured in the same run.  All tables are in ordinary
-(4 KiB) pages, for every contender.
+medians and ratios to fp32 torch measured in the same run.  Memory placement is equal for
+every contender (``benchmarks/_placement.py``): ``--placement 4k`` (every table on 4 KiB
+pages), ``huge`` (every table collapsed into 2 MiB pages) or ``both`` (the default: 4k, then
+huge, on the same tables); the shares of huge pages actually obtained are printed.
 
 Usage:
     python benchmarks/quantized.py            # the sizes above (about 4 minutes, 3 GB RAM)
@@ -28,13 +30,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _placement  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 import embtable
 from embtable.nn.quantized import QuantizedEmbeddingBag, QuantizedEmbeddingBagCollection
 from embtable.storage import codecs
@@ -123,9 +129,15 @@ def single_table(args: argparse.Namespace, dim: int, make_tbe) -> list[tuple]:
             assert gap <= 1e-5 * float(ours.abs().max()) + 1e-6, f"FBGEMM {fmt} disagrees with embtable by {gap}"
             row = codecs.to_fbgemm(tables[fmt], fmt, dim).shape[1]
             info[name] = (row, codecs.relative_rms(exact, out))
-    times = thread_times(runners, args.repeats)
-    base = times["fp32 torch"]
-    return [(dim, name, times[name], times[name] / base, *info[name]) for name in runners]
+    rows = []
+    for placement in _placement.chosen(args):
+        _placement.apply(placement)
+        shares = _placement.describe(placement, {"fp32": [weight], **{f: [t] for f, t in tables.items()}})
+        print(f"  D={dim}: {shares}")
+        times = thread_times(runners, args.repeats)
+        base = times["fp32 torch"]
+        rows += [(dim, f"{name} [{placement}]", times[name], times[name] / base, *info[name]) for name in runners]
+    return rows
 
 
 def collection(args: argparse.Namespace, make_tbe) -> list[tuple]:
@@ -152,9 +164,14 @@ def collection(args: argparse.Namespace, make_tbe) -> list[tuple]:
         runners["FBGEMM int8 TBE"] = lambda: tbe(ids_tbe, offsets_tbe)
         gap = float((runners["FBGEMM int8 TBE"]() - runners["embtable int8 collection"]()).abs().max())
         assert gap <= 1e-5, f"FBGEMM collection disagrees with embtable by {gap}"
-    times = thread_times(runners, args.repeats)
-    base = times["embtable int8 collection"]
-    return [(dim, name, times[name], times[name] / base, dim + 4, float("nan")) for name in runners]
+    rows = []
+    for placement in _placement.chosen(args):
+        _placement.apply(placement)
+        times = thread_times(runners, args.repeats)
+        base = times["embtable int8 collection"]
+        rows += [(dim, f"{name} [{placement}]", times[name], times[name] / base, dim + 4, float("nan"))
+                 for name in runners]
+    return rows
 
 
 def main() -> None:
@@ -165,22 +182,23 @@ def main() -> None:
     parser.add_argument("--bag", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    _placement.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.rows, args.dims, args.batch, args.repeats = 20_000, [64], 256, 5
     torch.set_num_threads(1)
     make_tbe = fbgemm_modules()
     print(f"torch {torch.__version__}, embtable {embtable.__version__}, FBGEMM "
-          f"{getattr(make_tbe, 'version', 'absent')}; 1 thread, thread CPU time, 4 KiB pages for all")
+          f"{getattr(make_tbe, 'version', 'absent')}; 1 thread, thread CPU time; machine shared with other jobs")
     print(f"(a) V={args.rows:,}, B={args.batch} bags x {args.bag} skewed ids, sum, N(0, 0.1) rows")
-    header = f"{'D':>4}  {'contender':<26}{'ms':>8}{'vs fp32':>9}{'B/row':>7}{'rel. error':>12}"
+    header = f"{'D':>4}  {'contender':<33}{'ms':>8}{'vs fp32':>9}{'B/row':>7}{'rel. error':>12}"
     print(header)
     for dim in args.dims:
         for row in single_table(args, dim, make_tbe):
-            print(f"{row[0]:>4}  {row[1]:<26}{row[2]:>8.3f}{row[3]:>8.2f}x{row[4]:>7}{row[5]:>12.2e}")
+            print(f"{row[0]:>4}  {row[1]:<33}{row[2]:>8.3f}{row[3]:>8.2f}x{row[4]:>7}{row[5]:>12.2e}")
     print(f"(b) 26 tables, 10..{args.rows:,} rows, D=64, B={args.batch}, 1-20 ids per feature, int8")
     for row in collection(args, make_tbe):
-        print(f"{row[0]:>4}  {row[1]:<26}{row[2]:>8.3f}{row[3]:>8.2f}x{row[4]:>7}")
+        print(f"{row[0]:>4}  {row[1]:<33}{row[2]:>8.3f}{row[3]:>8.2f}x{row[4]:>7}")
 
 
 if __name__ == "__main__":

@@ -197,8 +197,9 @@ def test_interop_with_fbgemm_intnbit_tbe(fmt):
 # ---------------------------------------------------------------------- collections
 
 
-def _bag_tables():
-    return [
+def _bag_tables(two_padding_rows: bool = False):
+    shop = [TableConfig(name="shop", num_embeddings=10, embedding_dim=8, padding_idx=2)]
+    return (shop if two_padding_rows else []) + [
         TableConfig(name="item", num_embeddings=200, embedding_dim=8, padding_idx=0,
                     feature_names=["item", "history"]),
         TableConfig(name="brand", num_embeddings=30, embedding_dim=8, pooling="mean", padding_idx=1),
@@ -208,6 +209,7 @@ def _bag_tables():
 
 def _batch():
     return KeyedJagged.from_dict({
+        "shop": [[2, 3], [2], []],
         "item": [[5], [0], [199]],
         "history": [[1, 0, 3], [], [4, 4]],
         "brand": [[1, 2], [1], [29, 3, 1]],
@@ -215,23 +217,25 @@ def _batch():
     })
 
 
+@pytest.mark.parametrize("two_padding_rows", [False, True])  # compiled bucketing / general path
 @pytest.mark.parametrize("formats", ["int8", "int2", {"item": "int4", "brand": "bf16"}])
-def test_bag_collection_equals_float_collection_on_decoded_rows(formats):
+def test_bag_collection_equals_float_collection_on_decoded_rows(formats, two_padding_rows):
     torch.manual_seed(0)
-    floats = EmbeddingBagCollection(_bag_tables())
+    floats = EmbeddingBagCollection(_bag_tables(two_padding_rows))
     quant = q.QuantizedEmbeddingBagCollection.from_float(floats, formats)
-    oracle = EmbeddingBagCollection(_bag_tables())
+    oracle = EmbeddingBagCollection(_bag_tables(two_padding_rows))
     with torch.no_grad():
-        for config in _bag_tables():
+        for config in _bag_tables(two_padding_rows):
             oracle.table_weight(config.name).copy_(quant.dequantize(config.name))
     got, expected = quant(_batch()), oracle(_batch())
     assert got.keys() == expected.keys()
     torch.testing.assert_close(got.values(), expected.values(), rtol=1e-6, atol=1e-6)
     if isinstance(formats, dict):
-        assert quant.formats == {"item": "int4", "brand": "bf16", "city": "fp32"}
+        assert quant.formats["item"] == "int4" and quant.formats["city"] == "fp32"
         assert torch.equal(quant.dequantize("city"), floats.table_weight("city").detach())
     with pytest.raises(IndexError, match="feature 'brand'"):
-        quant(KeyedJagged.from_dict({**{k: [[1]] * 3 for k in ["item", "history", "city"]}, "brand": [[30], [], []]}))
+        quant(KeyedJagged.from_dict({**{k: [[1]] * 3 for k in ["shop", "item", "history", "city"]},
+                                     "brand": [[30], [], []]}))
 
 
 def test_weighted_bag_collection_and_state_dict():

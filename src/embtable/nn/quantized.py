@@ -49,7 +49,12 @@ from torch.nn import Module
 from embtable import functional, ops
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
-from embtable.nn.collection import EmbeddingBagCollection, EmbeddingCollection, _strides
+from embtable.nn.collection import (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+    _bucket_slices,
+    _strides,
+)
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.ops import _reference
 from embtable.storage import codecs
@@ -541,6 +546,12 @@ class _QuantizedCollection(Module):
         api = type(self).__name__
         extra = {"is_weighted": is_weighted} if self._pooled else {}
         self._float_class(tables, device="meta", **extra)  # the float collection's validation
+        dynamic = [c.name for c in tables if getattr(c, "dynamic", None) is not None]
+        if dynamic:
+            raise ValueError(
+                f"{api}: table {dynamic[0]!r} is dynamic (its ids go through a SlotMap); quantize "
+                f"static tables only, or export the dynamic table's rows first"
+            )
         self.tables = tuple(tables)
         self.is_weighted = is_weighted
         self.formats = _table_formats(self.tables, formats, api)
@@ -694,6 +705,9 @@ class QuantizedEmbeddingBagCollection(_QuantizedCollection):
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
         """Pool every feature; see :meth:`embtable.EmbeddingBagCollection.forward`."""
+        fast = self._compiled_forward(features)
+        if fast is not None:
+            return fast
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
         strides = _strides(features)
         pooled: dict[str, Tensor] = {}
@@ -710,6 +724,45 @@ class QuantizedEmbeddingBagCollection(_QuantizedCollection):
             else:  # a batch size per feature
                 per_feature = out.split([strides[f] for f in bucket.features])
             pooled.update(zip(bucket.features, per_feature))
+        return PooledEmbeddings(self.feature_names, [pooled[f] for f in self.feature_names])
+
+
+    def _compiled_forward(self, features: KeyedJagged) -> PooledEmbeddings | None:
+        """:meth:`forward` with ``embtable::bucket_ids`` (check and shift a bucket's ids and
+        build its offsets in one pass) in front of the pooling kernel, as the float
+        collection's compiled path; ``None`` (the general path, which words any error) for
+        variable batch sizes, several padding rows in a bucket, or an invalid batch."""
+        if not (isinstance(features, KeyedJagged) and ops.extension_available()):
+            return None
+        if features.variable_stride_per_key() or features.device.type != "cpu":
+            return None
+        weighted = self.is_weighted and features.weights() is not None
+        if self.is_weighted and not weighted:
+            return None
+        index_of = {key: i for i, key in enumerate(features.keys())}
+        if any(f not in index_of for f in self.feature_names):
+            return None
+        batch = features.stride()
+        pooled: dict[str, Tensor] = {}
+        for fmt, part in self._parts.items():
+            for bucket, consts in zip(part.plan.buckets, part._bucket_consts):
+                if len(bucket.padding_rows) > 1 or (weighted and bucket.pooling != PoolingMode.SUM):
+                    return None
+                positions = [index_of[f] for f in bucket.features]
+                values, lengths, per_value = _bucket_slices(features, positions, batch)
+                try:
+                    ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
+                except RuntimeError as error:
+                    if "embtable::bucket_ids" not in str(error):
+                        raise
+                    return None  # an id outside its table: the general path names it
+                group = part.plan.groups[bucket.group]
+                pad = bucket.padding_rows[0] if bucket.padding_rows else -1
+                out = pool_packed(
+                    self._packed(fmt, bucket.group), fmt, group.embedding_dim, ids, offsets,
+                    per_value.to(torch.float32) if weighted else None, _POOL_CODES[bucket.pooling], pad,
+                ).to(group.dtype)
+                pooled.update(zip(bucket.features, out.view(len(bucket.features), batch, -1).unbind(0)))
         return PooledEmbeddings(self.feature_names, [pooled[f] for f in self.feature_names])
 
 
