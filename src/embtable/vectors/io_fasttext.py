@@ -169,6 +169,20 @@ def read_facebook_bin(
         data.close()
 
 
+def _check_output_matrix(path: str, data: bytes, pos: int, new_format: bool) -> None:
+    """The output matrix after the input one must be whole too (a cut file is refused even
+    where the rows read are complete: it is not the file that was written)."""
+    if new_format:
+        if pos >= len(data):
+            raise _fail(path, "the file ends after the input matrix (truncated?)")
+        if data[pos]:
+            return  # a quantized output matrix: its size is not checked here
+        pos += 1
+    rows, dim = struct.unpack_from("<2q", data, pos)
+    if rows < 0 or dim < 0 or pos + 16 + 4 * rows * dim != len(data):
+        raise _fail(path, f"the file ends inside the {rows} x {dim} output matrix (truncated?)")
+
+
 def _parse(path, data, encoding, unicode_errors):
     magic, version = struct.unpack_from("<2i", data, 0)
     new_format = magic == _MAGIC
@@ -192,6 +206,8 @@ def _parse(path, data, encoding, unicode_errors):
         pos += 8
     if not 0 <= nwords <= vocab_size or values["dim"] <= 0 or values["bucket"] < 0:
         raise _fail(path, "not a fastText .bin model (bad header)")
+    if vocab_size * 10 > len(data) - pos:  # a word takes >= 10 bytes: refused before allocating
+        raise _fail(path, f"the header announces {vocab_size} words, more than the file holds (truncated?)")
     words, counts = [], np.empty(nwords, dtype=np.int64)
     for i in range(vocab_size):
         end = data.find(b"\0", pos)
@@ -211,6 +227,8 @@ def _parse(path, data, encoding, unicode_errors):
             words.append(word)
             counts[i] = count
     pos += 8 * max(prune, 0)
+    if pos + (1 if new_format else 0) + 16 > len(data):
+        raise _fail(path, "the file ends before the input matrix (truncated?)")
     if new_format:
         if data[pos]:
             raise _fail(path, "a quantized model (.ftz) is not supported; use the .bin")
@@ -225,6 +243,7 @@ def _parse(path, data, encoding, unicode_errors):
         )
     if pos + 4 * rows * dim > len(data):
         raise _fail(path, f"the file ends inside the {rows} x {dim} input matrix (truncated?)")
+    _check_output_matrix(path, data, pos + 4 * rows * dim, new_format)
     matrix = np.memmap(path, dtype=np.float32, mode="c", offset=pos, shape=(rows, dim))
     args = FastTextArgs(**values)
     return args, words, counts, np.array(matrix[:nwords]), matrix[nwords:]
