@@ -53,6 +53,7 @@ from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 __all__ = ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection", "shard"]
 
 _OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT = 0, 1, 2, 3, 4
+_MASK_SHARDS = 8  # row shards up to which ids are split by masks (else by a stable sort)
 
 
 class _Route(NamedTuple):
@@ -376,19 +377,19 @@ class _ShardedTables(Module):
             bag = torch.repeat_interleave(torch.arange(batch, device=ids.device), lens)
             key = owner * batch + bag
             per_shard = torch.bincount(key, minlength=len(shards) * batch).view(len(shards), batch)
-            order = torch.argsort(owner, stable=True)
-            starts_of = torch.tensor(
-                [s.row_offset for s in shards], dtype=torch.int64, device=ids.device
-            )
-            local_ids = ids[order] - starts_of[owner[order]]
-            totals = per_shard.sum(1).tolist()
-            id_parts = local_ids.split(totals)
-            w_parts = w[order].split(totals) if w is not None else [None] * len(shards)
-            for k in range(len(shards)):
-                pieces[(name, k)] = (id_parts[k], per_shard[k], w_parts[k])
-            real = key if pad is None else key[ids != pad]
-            counts = torch.bincount(real, minlength=len(shards) * batch).view(len(shards), batch)
-            extra[name] = (counts, order)
+            if len(shards) <= _MASK_SHARDS:  # a few masks beat a stable sort of the owners
+                picks = [torch.nonzero(owner == k).squeeze(1) for k in range(len(shards))]
+            else:
+                order = torch.argsort(owner, stable=True)
+                picks = list(order.split(per_shard.sum(1).tolist()))
+            for k, pick in enumerate(picks):
+                part = ids[pick] - shards[k].row_offset if shards[k].row_offset else ids[pick]
+                pieces[(name, k)] = (part, per_shard[k], None if w is None else w[pick])
+            counts = per_shard
+            if pad is not None:
+                counts = torch.bincount(key[ids != pad], minlength=len(shards) * batch)
+                counts = counts.view(len(shards), batch)
+            extra[name] = (counts, picks)
         return {"pieces": pieces, "extra": extra}
 
     def _exchange_ids(
@@ -618,10 +619,10 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         pooling = self._configs[table].pooling
         counts = extra[0]  # [shards, B] non-padding ids per bag per shard
         if pooling is PoolingMode.SUM:
-            return torch.stack(parts).sum(0)
+            return _sum(parts)
         if pooling is PoolingMode.MEAN:
             total = counts.sum(0).clamp(min=1).to(parts[0].dtype).unsqueeze(1)
-            return torch.stack(parts).sum(0) / total
+            return _sum(parts) / total
         stacked = torch.stack(parts)
         present = (counts > 0).unsqueeze(2)
         masked = torch.where(present, stacked, torch.full_like(stacked, float("-inf")))
@@ -705,7 +706,7 @@ class ShardedEmbeddingCollection(_ShardedTables):
             elif kind is ShardingType.COLUMN_WISE:
                 rows = torch.cat(parts, 1)
             else:
-                order = split["extra"][name][1]
+                order = torch.cat(split["extra"][name][1])
                 inverse = torch.empty_like(order)
                 inverse[order] = torch.arange(order.numel(), device=order.device)
                 rows = torch.cat(parts)[inverse]
@@ -792,6 +793,16 @@ def shard(
         timeout=timeout,
         _source=collection,
     )
+
+
+def _sum(parts: list[Tensor]) -> Tensor:
+    """The sum of row-wise partial results (no copy for one shard)."""
+    if len(parts) == 1:
+        return parts[0]
+    total = parts[0] + parts[1]
+    for part in parts[2:]:
+        total = total + part
+    return total
 
 
 def _default_timeout() -> datetime.timedelta | None:
