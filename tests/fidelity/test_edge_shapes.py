@@ -106,3 +106,26 @@ def test_meta_tensors_give_torchs_shapes() -> None:
     ids = torch.empty(2, 6, dtype=torch.long, device=meta)
     assert table(ids).device.type == "meta" and table(ids).shape == (2, 6, 8)
     assert bag(ids).shape == (2, 8)
+
+
+def test_collections_on_meta_give_shapes_from_a_real_batch() -> None:
+    """Collections built on the meta device (as TorchRec users do before planning) pool a
+    CPU batch into meta outputs of the shapes a CPU collection gives."""
+    from embtable import EmbeddingBagCollection, EmbeddingCollection, KeyedJagged, TableConfig
+
+    tables = [
+        TableConfig(name="a", num_embeddings=20, embedding_dim=4),
+        TableConfig(name="b", num_embeddings=30, embedding_dim=8, pooling="max", padding_idx=0),
+    ]
+    batch = KeyedJagged.from_dict({"a": [[1, 2], [3]], "b": [[4], [5, 6, 7]]})
+    for cls, pooling in ((EmbeddingBagCollection, None), (EmbeddingCollection, "none")):
+        configs = tables if pooling is None else [
+            TableConfig(name=t.name, num_embeddings=t.num_embeddings, embedding_dim=t.embedding_dim, pooling="none")
+            for t in tables
+        ]
+        meta, real = cls(configs, device="meta"), cls(configs)
+        got, want = meta(batch), real(batch)
+        for key in ("a", "b"):
+            g = got[key] if pooling is None else got[key].values
+            w = want[key] if pooling is None else want[key].values
+            assert g.device.type == "meta" and g.shape == w.shape

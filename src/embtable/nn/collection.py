@@ -241,7 +241,7 @@ class _GroupedTables(Module):
                 f"weights; give KeyedJagged(..., weights=...) or use is_weighted=False"
             )
         device = self.grouped_weights[0].device
-        if features.device != device:
+        if features.device != device and device.type != "meta":  # meta tables: shapes from a real batch
             raise ValueError(
                 f"{api}: the batch is on {features.device} but the tables on {device}; "
                 f"move it with features.to({str(device)!r})"
