@@ -98,7 +98,7 @@ def _current_table(folder: Path) -> str | None:
     """The table file the folder's manifest points at (``None``: no readable manifest)."""
     try:
         meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(meta, dict) and isinstance(meta.get("table"), str):
         return meta["table"]
