@@ -107,7 +107,7 @@ def run_cases(module_file: str, cases: list[Case]) -> dict[str, dict[str, Any]]:
     outcomes: dict[str, dict[str, Any]] = {}
     timeouts = {c.name: c.timeout for c in cases}
     pending = [c.name for c in cases]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # (a crash prints its stack)
     while pending:
         with tempfile.NamedTemporaryFile("r", suffix=".jsonl", delete=False) as handle:
             log = handle.name
