@@ -212,9 +212,9 @@ inline void load16(const uint8_t* __restrict__ r, int64_t k, __m256& first, __m2
 // (w * scale) * q to the running sum and w * bias to one scalar that is added to every
 // element at the end (the bias of a row is the same for all its elements).  kD > 0: the
 // running sum stays in registers; kD == 0: it lives in the output row.
-template <int64_t kFormat, int64_t kD>
-int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64_t* O,
-                  const float* P, float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
+template <int64_t kFormat, int64_t kD, bool kWeighted>
+int pool_sum_avx2_impl(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64_t* O,
+                       const float* P, float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
   constexpr bool kInteger = kFormat >= kInt8 && kFormat <= kInt2;
   const int64_t D = kD > 0 ? kD : dim;
   const int64_t blocks = D / 8;
@@ -247,7 +247,7 @@ int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, co
       }
       if (id == padding_idx) continue;
       const uint8_t* row = W + id * stride;
-      const float w = P != nullptr ? P[i] : 1.0f;
+      const float w = kWeighted ? P[i] : 1.0f;
       float factor = w;
       if constexpr (kInteger) {
         factor = w * half_to_float(row + nbytes);
@@ -278,6 +278,13 @@ int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, co
     }
   }
   return bad;
+}
+
+template <int64_t kFormat, int64_t kD>
+int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, const int64_t* O,
+                  const float* P, float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
+  if (P != nullptr) return pool_sum_avx2_impl<kFormat, kD, true>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
+  return pool_sum_avx2_impl<kFormat, kD, false>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
 }
 #endif
 
