@@ -21,7 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embtable
-from embtable.nn.disk import DiskEmbedding, DiskEmbeddingBag, DiskEmbeddingBagCollection
+from embtable.nn.disk import (
+    DiskEmbedding,
+    DiskEmbeddingBag,
+    DiskEmbeddingBagCollection,
+    DiskEmbeddingCollection,
+)
 from embtable.storage.disk import (
     CorruptTableError,
     Disk,
@@ -330,7 +335,8 @@ def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
     configs = [
         embtable.TableConfig(name="a", num_embeddings=30, embedding_dim=4, pooling="mean", feature_names=["a1", "a2"]),
         embtable.TableConfig(
-            name="b", num_embeddings=50, embedding_dim=4, padding_idx=0, storage=Disk(tmp_path / "b", cache_rows=12)
+            name="b", num_embeddings=50, embedding_dim=4, padding_idx=0, feature_names=["b", "b2"],
+            storage=Disk(tmp_path / "b", cache_rows=24),
         ),
         embtable.TableConfig(
             name="c", num_embeddings=20, embedding_dim=3, pooling="max", init="uniform",
@@ -349,7 +355,9 @@ def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
         return [torch.randint(0, rows, (int(n),), generator=generator).tolist() for n in torch.randint(0, 4, (3,), generator=generator)]
 
     for _ in range(5):
-        batch = embtable.KeyedJagged.from_dict({"a1": bags(30), "a2": bags(30), "b": bags(50), "c": bags(20)})
+        batch = embtable.KeyedJagged.from_dict(
+            {"a1": bags(30), "a2": bags(30), "b": bags(50), "b2": bags(50), "c": bags(20)}
+        )
         outs = [collection(batch).values() for collection in (mixed, ram)]
         assert torch.equal(outs[0], outs[1])
         for out in outs:
@@ -358,3 +366,34 @@ def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
         assert torch.equal(mixed.state_dict()[key], value), key
     with pytest.raises(TypeError, match="storage must be None or an embtable.storage.disk.Disk"):
         embtable.TableConfig(name="x", num_embeddings=3, embedding_dim=2, storage="/tmp/x")
+
+
+def test_unpooled_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
+    configs = [
+        embtable.TableConfig(name="w", num_embeddings=30, embedding_dim=4, pooling="none", padding_idx=0),
+        embtable.TableConfig(
+            name="d", num_embeddings=40, embedding_dim=4, pooling="none", feature_names=["d1", "d2"],
+            storage=Disk(tmp_path / "d", cache_rows=12),
+        ),
+    ]
+    mixed = DiskEmbeddingCollection(configs)
+    ram = embtable.EmbeddingCollection([dataclasses.replace(c, storage=None) for c in configs])
+    ram.load_state_dict(mixed.state_dict())
+    assert list(mixed.state_dict()) == ["embeddings.w.weight", "embeddings.d.weight"]
+    embtable.optim.fuse(mixed, "adam", lr=0.1)
+    embtable.optim.fuse(ram, "adam", lr=0.1)
+    generator = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        batch = embtable.KeyedJagged.from_dict({
+            f: [torch.randint(0, 30, (2,), generator=generator).tolist() for _ in range(2)] for f in ("w", "d1", "d2")
+        })
+        outs = [collection(batch) for collection in (mixed, ram)]
+        for feature in ("w", "d1", "d2"):
+            assert torch.equal(outs[0][feature].values, outs[1][feature].values)
+            assert torch.equal(outs[0][feature].lengths, outs[1][feature].lengths)
+        for out in outs:
+            sum(out[f].values.pow(2).sum() for f in ("w", "d1", "d2")).backward()
+    for key, value in ram.state_dict().items():
+        assert torch.equal(mixed.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="use 'none'"):
+        DiskEmbeddingCollection([dataclasses.replace(configs[1], pooling="mean")])

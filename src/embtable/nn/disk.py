@@ -52,13 +52,19 @@ from embtable.config import PoolingMode, TableConfig
 from embtable.functional import FUSED_ATTR
 from embtable.jagged import KeyedJagged
 from embtable.nn.bag import EmbeddingBag
-from embtable.nn.collection import EmbeddingBagCollection
+from embtable.nn.collection import EmbeddingBagCollection, EmbeddingCollection
 from embtable.nn.embedding import Embedding, check_table_shape
 from embtable.nn.grouping import plan_groups
-from embtable.nn.outputs import PooledEmbeddings
+from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.storage.disk import Disk, DiskRowStore, StateField
 
-__all__ = ["DiskEmbedding", "DiskEmbeddingBag", "DiskEmbeddingBagCollection", "DiskTableMixin"]
+__all__ = [
+    "DiskEmbedding",
+    "DiskEmbeddingBag",
+    "DiskEmbeddingBagCollection",
+    "DiskEmbeddingCollection",
+    "DiskTableMixin",
+]
 
 #: Rows per chunk when a whole table is exported or imported.
 _CHUNK_ROWS = 1 << 16
@@ -503,7 +509,89 @@ class DiskEmbeddingBag(DiskTableMixin, EmbeddingBag):
         return super().extra_repr() + ", " + self._disk_repr()
 
 
-class DiskEmbeddingBagCollection(Module):
+class _DiskCollection(Module):
+    """Disk tables (one module each) beside an inner in-RAM collection of the other tables."""
+
+    _pooled: bool
+    _state_key: str
+
+    def __init__(self, tables: list[TableConfig], is_weighted: bool = False) -> None:
+        super().__init__()
+        api = type(self).__name__
+        tables = list(tables)
+        plan_groups(tables, pooled=self._pooled, api=api)  # names, features, types: all tables
+        ram = [config for config in tables if config.storage is None]
+        disk = [config for config in tables if config.storage is not None]
+        for config in disk:
+            if self._pooled and config.pooling is PoolingMode.NONE:
+                raise ValueError(f"{api}: table {config.name!r} has pooling='none'; use 'sum', 'mean' or 'max'")
+            if not self._pooled and config.pooling in (PoolingMode.MEAN, PoolingMode.MAX):
+                raise ValueError(f"{api}: table {config.name!r} pools ({config.pooling.value!r}); use 'none'")
+        self.tables = tuple(tables)
+        self.feature_names = [feature for config in tables for feature in config.feature_names]
+        self.embedding_dims = [config.embedding_dim for config in tables for _ in config.feature_names]
+        self._is_weighted = is_weighted
+        if not ram:
+            self.ram = None
+        elif self._pooled:
+            self.ram = EmbeddingBagCollection(ram, is_weighted=is_weighted)
+        else:
+            self.ram = EmbeddingCollection(ram)
+        self.add_module(self._state_key, ModuleDict({config.name: self._disk_table(config) for config in disk}))
+        self._register_state_dict_hook(_flatten_ram_keys)
+        self._register_load_state_dict_pre_hook(_nest_ram_keys, with_module=True)
+
+    def _disk_table(self, config: TableConfig) -> Module:
+        options = {
+            "padding_idx": config.padding_idx, "storage": config.storage, "init": config.init,
+            "init_std": config.init_std, "init_bound": config.init_bound, "dtype": config.dtype,
+        }
+        if self._pooled:
+            return DiskEmbeddingBag(
+                config.num_embeddings, config.embedding_dim, mode=config.pooling.value,
+                include_last_offset=True, **options,
+            )
+        return DiskEmbedding(config.num_embeddings, config.embedding_dim, **options)
+
+    @property
+    def _disk(self) -> ModuleDict:
+        return getattr(self, self._state_key)
+
+    def _lookups(self, features: KeyedJagged) -> tuple[Any, dict[str, Any]]:
+        """The inner collection's result and ``{disk table: its features' Jagged parts}``."""
+        api = type(self).__name__
+        inner = self.ram(features) if self.ram is not None else None
+        parts = {}
+        for config in self.tables:
+            if config.storage is None:
+                continue
+            for feature in config.feature_names:
+                if feature not in features:
+                    raise KeyError(f"{api}: the batch has no feature {feature!r} (table {config.name!r})")
+            parts[config.name] = [features[feature] for feature in config.feature_names]
+        return inner, parts
+
+    def flush(self) -> None:
+        """Flush every disk table (:meth:`DiskTableMixin.flush`)."""
+        for table in self._disk.values():
+            table.flush()
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> dict[str, str]:
+        """Checkpoint every disk table to ``path/<table>`` (``path`` is created); the RAM
+        tables go through ``state_dict`` as usual.  Returns ``{table: its checkpoint}``."""
+        os.makedirs(path, exist_ok=True)
+        return {name: table.checkpoint(os.path.join(path, name)) for name, table in self._disk.items()}
+
+    def close(self) -> None:
+        """Close every disk table (:meth:`DiskTableMixin.close`: flush, then close)."""
+        for table in self._disk.values():
+            table.close()
+
+    def extra_repr(self) -> str:
+        return f"{len(self.tables)} tables, {len(self._disk)} on disk"
+
+
+class DiskEmbeddingBagCollection(_DiskCollection):
     r"""An :class:`embtable.EmbeddingBagCollection` whose tables configured with
     ``storage=Disk(...)`` live on disk (one :class:`DiskEmbeddingBag` each) while the others
     stay in RAM (one inner ``EmbeddingBagCollection``, grouped as usual).
@@ -540,91 +628,78 @@ class DiskEmbeddingBagCollection(Module):
         ['embedding_bags.country.weight']
     """
 
-    def __init__(self, tables: list[TableConfig], is_weighted: bool = False) -> None:
-        super().__init__()
-        api = type(self).__name__
-        tables = list(tables)
-        plan_groups(tables, pooled=True, api=api)  # names, features and types, over all tables
-        ram = [config for config in tables if config.storage is None]
-        disk = [config for config in tables if config.storage is not None]
-        for config in disk:
-            if config.pooling is PoolingMode.NONE:
-                raise ValueError(f"{api}: table {config.name!r} has pooling='none'; use 'sum', 'mean' or 'max'")
-        self.tables = tuple(tables)
-        self.feature_names = [feature for config in tables for feature in config.feature_names]
-        self.embedding_dims = [config.embedding_dim for config in tables for _ in config.feature_names]
-        self._is_weighted = is_weighted
-        self.ram = EmbeddingBagCollection(ram, is_weighted=is_weighted) if ram else None
-        self.embedding_bags = ModuleDict({
-            config.name: DiskEmbeddingBag(
-                config.num_embeddings,
-                config.embedding_dim,
-                mode=config.pooling.value,
-                include_last_offset=True,
-                padding_idx=config.padding_idx,
-                storage=config.storage,
-                init=config.init,
-                init_std=config.init_std,
-                init_bound=config.init_bound,
-                dtype=config.dtype,
-            )
-            for config in disk
-        })
-        self._register_state_dict_hook(_flatten_ram_keys)
-        self._register_load_state_dict_pre_hook(_nest_ram_keys, with_module=True)
+    _pooled = True
+    _state_key = "embedding_bags"
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
         """Pool every feature of ``features`` (see :class:`embtable.EmbeddingBagCollection`)."""
         api = type(self).__name__
-        pooled = self.ram(features) if self.ram is not None else None
+        pooled, parts = self._lookups(features)
         tensors = []
         for config in self.tables:
-            for feature in config.feature_names:
-                if config.storage is None:
-                    tensors.append(pooled[feature])
-                    continue
-                if feature not in features:
-                    raise KeyError(f"{api}: the batch has no feature {feature!r} (table {config.name!r})")
-                part = features[feature]
-                weights = None
-                if self._is_weighted and config.pooling is PoolingMode.SUM:
-                    if part.weights is None:
-                        raise ValueError(f"{api}: is_weighted=True needs per-value weights in the batch")
-                    weights = part.weights.to(config.dtype)
-                tensors.append(self.embedding_bags[config.name](part.values, part.offsets, weights))
+            if config.storage is None:
+                tensors.extend(pooled[feature] for feature in config.feature_names)
+                continue
+            # one lookup for all features of the table (one fused step, as the RAM collection)
+            group = parts[config.name]
+            values = torch.cat([part.values for part in group])
+            lengths = torch.cat([part.lengths for part in group])
+            offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+            weights = None
+            if self._is_weighted and config.pooling is PoolingMode.SUM:
+                if any(part.weights is None for part in group):
+                    raise ValueError(f"{api}: is_weighted=True needs per-value weights in the batch")
+                weights = torch.cat([part.weights for part in group]).to(config.dtype)
+            out = self._disk[config.name](values, offsets, weights)
+            tensors.extend(out.split([len(part.lengths) for part in group]))
         return PooledEmbeddings(self.feature_names, tensors)
 
-    def _disk_tables(self) -> list[DiskEmbeddingBag]:
-        return list(self.embedding_bags.values())  # type: ignore[arg-type]
 
-    def flush(self) -> None:
-        """:meth:`DiskEmbeddingBag.flush` every disk table."""
-        for table in self._disk_tables():
-            table.flush()
+class DiskEmbeddingCollection(_DiskCollection):
+    r"""An :class:`embtable.EmbeddingCollection` (no pooling: one row per id) whose tables
+    configured with ``storage=Disk(...)`` live on disk (one :class:`DiskEmbedding` each);
+    the same batches, :class:`~embtable.nn.outputs.JaggedEmbeddings` results and
+    ``state_dict`` keys (``embeddings.<table>.weight``) as an all-RAM collection.
 
-    def checkpoint(self, path: str | os.PathLike[str]) -> dict[str, str]:
-        """Checkpoint every disk table to ``path/<table>`` (``path`` is created); the RAM
-        tables go through ``state_dict`` as usual.  Returns ``{table: its checkpoint}``."""
-        os.makedirs(path, exist_ok=True)
-        return {name: table.checkpoint(os.path.join(path, name)) for name, table in self.embedding_bags.items()}
+    Example:
+        >>> import tempfile, torch
+        >>> from embtable import KeyedJagged, TableConfig
+        >>> from embtable.nn.disk import DiskEmbeddingCollection
+        >>> from embtable.storage.disk import Disk
+        >>> collection = DiskEmbeddingCollection([
+        ...     TableConfig(name="words", num_embeddings=10**5, embedding_dim=4, pooling="none",
+        ...                 storage=Disk(tempfile.mkdtemp() + "/words", cache_rows=64)),
+        ... ])
+        >>> collection(KeyedJagged.from_dict({"words": [[1, 2, 3], [4]]}))["words"].values.shape
+        torch.Size([4, 4])
+    """
 
-    def close(self) -> None:
-        """:meth:`DiskEmbeddingBag.close` every disk table."""
-        for table in self._disk_tables():
-            table.close()
+    _pooled = False
+    _state_key = "embeddings"
 
-    def extra_repr(self) -> str:
-        return f"{len(self.tables)} tables, {len(self.embedding_bags)} on disk"
+    def forward(self, features: KeyedJagged) -> JaggedEmbeddings:
+        """Look up every id of every feature (see :class:`embtable.EmbeddingCollection`)."""
+        found, parts = self._lookups(features)
+        rows = []
+        for config in self.tables:
+            if config.storage is None:
+                rows.extend(found[feature] for feature in config.feature_names)
+                continue
+            group = parts[config.name]  # one lookup for all features of the table
+            out = self._disk[config.name](torch.cat([part.values for part in group]))
+            pieces = out.split([part.values.numel() for part in group])
+            rows.extend(JaggedRows(piece, part.lengths) for piece, part in zip(pieces, group))
+        return JaggedEmbeddings(self.feature_names, rows)
 
 
 def _flatten_ram_keys(module: Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """``ram.embedding_bags.<t>.weight`` -> ``embedding_bags.<t>.weight``, tables in config order."""
-    tables = {}
+    """``ram.<key>.<t>.weight`` -> ``<key>.<t>.weight``, tables in config order."""
+    tables, key = {}, module._state_key
     for config in module.tables:
-        for place in ("ram.embedding_bags.", "embedding_bags."):
-            key = f"{prefix}{place}{config.name}.weight"
-            if key in state_dict:
-                tables[f"{prefix}embedding_bags.{config.name}.weight"] = state_dict.pop(key)
+        for place in (f"ram.{key}.", f"{key}."):
+            name = f"{prefix}{place}{config.name}.weight"
+            if name in state_dict:
+                tables[f"{prefix}{key}.{config.name}.weight"] = state_dict.pop(name)
     state_dict.update(tables)
 
 
@@ -632,6 +707,6 @@ def _nest_ram_keys(module: Module, state_dict: dict[str, Any], prefix: str, *arg
     if module.ram is None:
         return
     for config in module.ram.tables:
-        key = f"{prefix}embedding_bags.{config.name}.weight"
+        key = f"{prefix}{module._state_key}.{config.name}.weight"
         if key in state_dict:
-            state_dict[f"{prefix}ram.embedding_bags.{config.name}.weight"] = state_dict.pop(key)
+            state_dict[f"{prefix}ram.{module._state_key}.{config.name}.weight"] = state_dict.pop(key)
