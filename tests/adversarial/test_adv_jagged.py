@@ -88,7 +88,65 @@ def valid_wide_lengths() -> None:
     assert rows.to_padded().shape == (3, 6, 2)
 
 
+#: (name, constructor call, expected error type, message pattern): each names the argument.
+BAD_BATCHES = [
+    ("keys_string", lambda: KeyedJagged("a", torch.arange(2), torch.tensor([2])), TypeError, "keys must be a sequence"),
+    ("keys_repeated", lambda: KeyedJagged(["a", "a"], torch.arange(2), torch.tensor([1, 1])), ValueError, "distinct"),
+    ("keys_int", lambda: KeyedJagged([1], torch.arange(2), torch.tensor([2])), TypeError, "keys must be strings"),
+    ("values_float", lambda: KeyedJagged(["a"], torch.arange(2.0), torch.tensor([2])), TypeError, "values"),
+    ("values_2d", lambda: KeyedJagged(["a"], torch.arange(2).view(1, 2), torch.tensor([2])), ValueError, "values must be 1-D"),
+    ("lengths_float", lambda: KeyedJagged(["a"], torch.arange(2), torch.tensor([2.0])), TypeError, "lengths"),
+    ("lengths_list", lambda: KeyedJagged(["a"], torch.arange(2), [2]), TypeError, "lengths"),
+    ("lengths_2d", lambda: KeyedJagged(["a"], torch.arange(2), torch.tensor([[2]])), ValueError, "lengths must be 1-D"),
+    ("lengths_not_multiple", lambda: KeyedJagged(["a", "b"], torch.arange(3), torch.tensor([1, 1, 1])), ValueError,
+     "lengths has 3 entries"),
+    ("weights_shape", lambda: KeyedJagged(["a"], torch.arange(2), torch.tensor([2]), weights=torch.ones(3)), ValueError,
+     "weights"),
+    ("weights_int", lambda: KeyedJagged(["a"], torch.arange(2), torch.tensor([2]), weights=torch.ones(2).long()),
+     TypeError, "weights"),
+    ("offsets_start", lambda: KeyedJagged(["a"], torch.arange(2), offsets=torch.tensor([1, 2])), ValueError,
+     "offsets must start at 0"),
+    ("neither", lambda: KeyedJagged(["a"], torch.arange(2)), ValueError, "exactly one of lengths and offsets"),
+    ("from_dict_float", lambda: KeyedJagged.from_dict({"a": [[1.5]]}), TypeError, "ids must be integers"),
+    ("from_dict_batches", lambda: KeyedJagged.from_dict({"a": [[1]], "b": [[1], [2]]}), ValueError,
+     "same number of examples"),
+    ("from_dict_string", lambda: KeyedJagged.from_dict({"a": "x"}), TypeError, "ids\\['a'\\]"),
+    ("from_padded_float", lambda: KeyedJagged.from_padded({"a": torch.ones(3, 2)}, 0), TypeError, "padded"),
+]
+
+
+def bad_batch(index: int) -> None:
+    BAD_BATCHES[index][1]()
+
+
+def fused_lookup_error_leaves_state(rule: str, bad_id: int, pooled: bool) -> None:
+    """An id outside its table: the error names it; weights and fused state are unchanged."""
+    from _harness import clone_state, raises, unchanged
+
+    torch.manual_seed(0)
+    config = TableConfig(name="t", num_embeddings=10, embedding_dim=4, feature_names=["a", "b"],
+                         pooling="sum" if pooled else "none")
+    module = (embtable.EmbeddingBagCollection if pooled else embtable.EmbeddingCollection)([config])
+    opt = embtable.optim.fuse(module, rule, lr=0.1)
+    good = KeyedJagged.from_dict({"a": [[1, 2], [3]], "b": [[4], []]})
+    out = module(good)
+    (out.values() if pooled else out["a"].values).sum().backward()
+    bad = KeyedJagged.from_dict({"a": [[1, bad_id], [3]], "b": [[4], []]})
+    snap = lambda: (clone_state(dict(module.named_parameters())),  # noqa: E731
+                    clone_state({i: dict(s) for i, s in enumerate(opt.state.values())}))
+    with unchanged(snap):
+        raise raises(IndexError, module, bad)
+
+
 CASES: CaseList = [case("corruption", "valid_wide_lengths", valid_wide_lengths)]
+for _i, (_name, _call, _exc, _match) in enumerate(BAD_BATCHES):
+    CASES.append(case("error", f"batch_{_name}", bad_batch, _i, expect=_exc, match=_match))
+for _rule in ("sgd", "adam", "rowwise_adagrad"):
+    for _bad in (10, -1, 2**40):
+        for _pooled in (True, False):
+            CASES.append(case("loss", f"fused_lookup_error_{_rule}_{_bad}_{'pooled' if _pooled else 'jagged'}",
+                              fused_lookup_error_leaves_state, _rule, _bad, _pooled, expect=IndexError,
+                              match=str(_bad)))
 for _name, _lengths, _count in BAD_LENGTHS:
     CASES += [
         case("crash", f"kj_lengths_{_name}", keyed_jagged_refuses, _lengths, _count, "int64",
