@@ -397,3 +397,20 @@ def test_unpooled_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
         assert torch.equal(mixed.state_dict()[key], value), key
     with pytest.raises(ValueError, match="use 'none'"):
         DiskEmbeddingCollection([dataclasses.replace(configs[1], pooling="mean")])
+
+
+def test_failed_read_leaves_the_table_refusing(tmp_path, monkeypatch):
+    table = DiskEmbedding(40, 2, storage=Disk(tmp_path / "t", cache_rows=4))
+    table(torch.tensor([1, 2]))
+
+    def failing_read(*args, **kwargs):
+        raise OSError(errno.EIO, "simulated read error")
+
+    monkeypatch.setattr(table.store, "read", failing_read)
+    with pytest.raises(OSError, match="simulated"):
+        table(torch.tensor([3, 4]))
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="unusable after a failed read or write"):
+        table(torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="unusable"):
+        table.flush()

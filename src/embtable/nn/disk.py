@@ -134,6 +134,7 @@ class DiskTableMixin:
         self._slot_id = torch.full((capacity + 1,), -1, dtype=torch.int64)
         self._faults = 0  # slots (re)assigned so far: a backward checks its slots are still its rows
         self._bound: tuple[int, str] | None = None  # (id of the fused optimizer, its rule)
+        self._broken = ""  # set when an I/O error left the cache out of step with the slot map
 
     # -- the optimizer state of the cached slots ------------------------------------------
 
@@ -186,20 +187,30 @@ class DiskTableMixin:
         flat = ids.reshape(-1).to(torch.int64)
         keep = None if self.padding_idx is None else flat != self.padding_idx
         wanted = flat if keep is None else flat[keep]
+        if self._broken:
+            raise RuntimeError(f"{api}: {self._broken}")
         found = self._slot_map.lookup(wanted)
-        _, state = self._optimizer_state()
-        self._write_back(found.evicted_ids, found.evicted_slots, state)
-        if found.new_ids.numel():
-            order = torch.argsort(found.new_ids)
-            new_ids, new_slots = found.new_ids[order], found.new_slots[order]
-            rows, states = self.store.read(new_ids, with_state=bool(state))
-            with torch.no_grad():
-                self.weight[new_slots] = rows
-            for tensor, values in zip(state, states):
-                tensor[new_slots] = values
-            self._dirty[new_slots] = False
-            self._slot_id[new_slots] = new_ids
-            self._faults += new_ids.numel()
+        try:
+            _, state = self._optimizer_state()
+            self._write_back(found.evicted_ids, found.evicted_slots, state)
+            if found.new_ids.numel():
+                order = torch.argsort(found.new_ids)
+                new_ids, new_slots = found.new_ids[order], found.new_slots[order]
+                rows, states = self.store.read(new_ids, with_state=bool(state))
+                with torch.no_grad():
+                    self.weight[new_slots] = rows
+                for tensor, values in zip(state, states):
+                    tensor[new_slots] = values
+                self._dirty[new_slots] = False
+                self._slot_id[new_slots] = new_ids
+                self._faults += new_ids.numel()
+        except BaseException as error:  # the slot map has moved on: the cache no longer matches it
+            self._broken = (
+                f"the row cache of {self.storage.path!r} is unusable after a failed read or write "
+                f"({type(error).__name__}: {error}); reopen the table (its files are as at the last "
+                "flush, or refuse to open)"
+            )
+            raise
         if keep is None:
             slots = found.slots
         else:
@@ -248,6 +259,8 @@ class DiskTableMixin:
         a complete, clean table (:meth:`embtable.storage.disk.DiskRowStore.flush`)."""
         if self.store.read_only:
             return
+        if self._broken:
+            raise RuntimeError(f"{type(self).__name__}.flush: {self._broken}")
         handle, state = self._optimizer_state()
         dirty = torch.nonzero(self._dirty[: self._pad_slot]).flatten()
         for chunk in dirty.split(_CHUNK_ROWS):  # bounded temporary memory
