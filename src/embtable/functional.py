@@ -101,6 +101,10 @@ def embedding(
         IndexError: an id is negative or ``>= num_embeddings`` (nothing is renormalized).
         ValueError: ``weight`` is not 2-D, or ``padding_idx`` is outside the table.
 
+        Where torch raises ``RuntimeError`` / ``IndexError`` for the same input, the error is
+        also an instance of that class (:mod:`embtable.errors`); ``padding_idx`` outside the
+        table, which torch only ``assert``s, is a plain ``ValueError``.
+
     Example:
         >>> import torch
         >>> from embtable import functional
@@ -340,6 +344,9 @@ def embedding_bag(
             ``per_sample_weights`` of the wrong shape or with a mode other than ``"sum"``,
             a 1-D input without offsets, a 2-D input with offsets.  All checks run before
             ``max_norm`` touches ``weight``.
+
+        Where torch raises ``RuntimeError`` / ``NotImplementedError`` for the same input, the
+        error is also an instance of that class (:mod:`embtable.errors`).
 
     Example:
         >>> import torch
