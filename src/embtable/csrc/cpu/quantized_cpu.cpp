@@ -271,10 +271,17 @@ int pool_sum_avx2_impl(const uint8_t* W, int64_t V, int64_t dim, const int64_t* 
       ++count;
     }
     const __m256 shift = _mm256_set1_ps(bias_sum);
-    const __m256 divisor = _mm256_set1_ps(mean && count > 0 ? static_cast<float>(count) : 1.0f);
-    for (int64_t k = 0; k < blocks; ++k) {
-      const __m256 sum = kD > 0 ? acc[k] : _mm256_loadu_ps(y + 8 * k);
-      _mm256_storeu_ps(y + 8 * k, _mm256_div_ps(_mm256_add_ps(sum, shift), divisor));
+    if (mean && count > 1) {  // a division only where it changes something (it is slow)
+      const __m256 divisor = _mm256_set1_ps(static_cast<float>(count));
+      for (int64_t k = 0; k < blocks; ++k) {
+        const __m256 sum = kD > 0 ? acc[k] : _mm256_loadu_ps(y + 8 * k);
+        _mm256_storeu_ps(y + 8 * k, _mm256_div_ps(_mm256_add_ps(sum, shift), divisor));
+      }
+    } else {
+      for (int64_t k = 0; k < blocks; ++k) {
+        const __m256 sum = kD > 0 ? acc[k] : _mm256_loadu_ps(y + 8 * k);
+        _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(sum, shift));
+      }
     }
   }
   return bad;
