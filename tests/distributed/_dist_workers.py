@@ -265,6 +265,30 @@ def check_bad_ids(rank: int, world: int) -> None:
         assert torch.equal(before[name], after[name]), name
 
 
+def check_constructor_init(rank: int, world: int) -> None:
+    """Built directly, shards differ across ranks from equal seeds, replicas are equal, and the
+    caller's RNG state is untouched."""
+    from embtable.distributed import ShardedEmbeddingBagCollection
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    tables = [
+        TableConfig(name="r", num_embeddings=8, embedding_dim=2),
+        TableConfig(name="p", num_embeddings=3, embedding_dim=2),
+    ]
+    plan = ShardingPlan(
+        world_size=world, tables={"r": TableSharding.row_wise(), "p": TableSharding.data_parallel()}
+    )
+    sharded = ShardedEmbeddingBagCollection(tables, plan)
+    assert torch.equal(before, torch.get_rng_state())
+    full = sharded.full_tables()
+    assert not torch.equal(full["r"][:4], full["r"][4:]), full["r"]
+    mine = sharded.replicas.table_weight("p").detach()
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(gathered, mine)
+    assert all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 # ---------------------------------------------------------------------- spawned groups
 
 
@@ -295,6 +319,7 @@ def group_of_two(rank: int, world: int, folder: str) -> None:
         ),
     )
     check_bad_ids(rank, world)
+    check_constructor_init(rank, world)
     checkpoint_source(rank, world, folder)
     check_interrupted_save(rank, world, folder)
 

@@ -133,8 +133,17 @@ class _ShardedTables(Module):
         local = [self._local_config(c) for c in self.tables]
         local = [c for c in local if c is not None]
         replicas = [c for c in self.tables if self._kind[c.name] is ShardingType.DATA_PARALLEL]
-        self.local = self._collection(local, device=device) if local else None
-        self.replicas = self._collection(replicas, device=device) if replicas else None
+        # Shards are initialized from a stream of their own per rank (equal seeds on every
+        # rank must not give equal row blocks), and the caller's RNG state is left as it was.
+        devices = (
+            [torch.device(device)]
+            if device is not None and torch.device(device).type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(torch.initial_seed() + 7919 * (self.rank + 1))
+            self.local = self._collection(local, device=device) if local else None
+            self.replicas = self._collection(replicas, device=device) if replicas else None
         self._dp_features = [
             f
             for f in self.feature_names
