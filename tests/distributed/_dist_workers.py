@@ -112,8 +112,8 @@ def bag_features(with_bad_mean: bool = False) -> dict[str, int]:
 def mixed_plan(world: int, variant: int) -> ShardingPlan:
     """Mixed plans: each variant has row-wise (some with uneven boundaries), table-wise,
     column-wise and data-parallel tables in another arrangement.  Max pooling (table ``c``)
-    is row- or column-wise only in variants trained with rules that are exact there (see
-    docs/distributed.md, "Exactness")."""
+    is column-wise only in the variant trained with plain SGD (column-wise max pooling with
+    momentum rules is a documented departure: docs/distributed.md, "Exactness")."""
     if variant == 0:
         cuts = [0, 7, 40] if world == 2 else [0, 3, 10, 20, 40]
         return ShardingPlan(
@@ -299,7 +299,7 @@ def group_of_two(rank: int, world: int, folder: str) -> None:
         rank, world, mixed_plan(world, 1), "rowwise_adagrad", {"lr": 0.1}, weighted=True
     )
     train_and_compare(
-        rank, world, mixed_plan(world, 3), "adam", {"lr": 0.05, "state_dtype": "int8_rowwise"}
+        rank, world, mixed_plan(world, 1), "adam", {"lr": 0.05, "state_dtype": "int8_rowwise"}
     )
     train_and_compare(rank, world, mixed_plan(world, 2), "sgd", {"lr": 0.1})
     check_sequences(
@@ -382,15 +382,9 @@ def _step(sharded: Any, step: int, world: int, rank: int) -> None:
 
 def group_of_four(rank: int, world: int, folder: str) -> None:
     """Mixed plans at world 4; the 2-rank checkpoint loaded on another plan resumes exactly."""
-    train_and_compare(rank, world, mixed_plan(world, 0), "adam", {"lr": 0.05})
+    train_and_compare(rank, world, mixed_plan(world, 1), "adam", {"lr": 0.05})  # row-wise max
     train_and_compare(
-        rank,
-        world,
-        mixed_plan(world, 1),
-        "adagrad",
-        {"lr": 0.1, "state_dtype": "int8_rowwise"},
-        steps=3,
-        weighted=True,
+        rank, world, mixed_plan(world, 0), "adagrad", {"lr": 0.1}, steps=3, weighted=True
     )
     sharded = _fresh(world, 3, seed=9)  # other weights, other plan
     load_checkpoint(os.path.join(folder, "two"), sharded)

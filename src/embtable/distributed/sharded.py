@@ -42,13 +42,16 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Module
 
+from embtable import ops
 from embtable.config import PoolingMode, TableConfig
 from embtable.distributed._comm import CommStats, all_to_all, differentiable_all_to_all, own_part
 from embtable.distributed.plan import Shard, ShardingPlan, ShardingType
+from embtable.functional import FUSED_ATTR
 from embtable.jagged import KeyedJagged
 from embtable.nn.collection import EmbeddingBagCollection, EmbeddingCollection
 from embtable.nn.grouping import plan_groups
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
+from embtable.ops._fused_reference import POOL_NONE as _POOL_NONE
 
 __all__ = ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection", "shard"]
 
@@ -130,8 +133,18 @@ class _ShardedTables(Module):
         self._kind = {c.name: plan.tables[c.name].sharding_type for c in self.tables}
         self._shards = {c.name: plan.shards(c.name, c) for c in self.tables}
         self.routes = [self._routes_of(r) for r in range(self.world_size)]
-        local = [self._local_config(c) for c in self.tables]
-        local = [c for c in local if c is not None]
+        # row-wise max tables get their own collection: their lookup marks the rows that won
+        # the whole bag, not only the shard's maximum (see _ExactMax)
+        self._exact_max = {
+            c.name
+            for c in self.tables
+            if self._pooled
+            and c.pooling is PoolingMode.MAX
+            and self._kind[c.name] is ShardingType.ROW_WISE
+        }
+        local_all = [self._local_config(c) for c in self.tables]
+        local = [c for c in local_all if c is not None and c.name not in self._exact_max]
+        local_max = [c for c in local_all if c is not None and c.name in self._exact_max]
         replicas = [c for c in self.tables if self._kind[c.name] is ShardingType.DATA_PARALLEL]
         # Shards are initialized from a stream of their own per rank (equal seeds on every
         # rank must not give equal row blocks), and the caller's RNG state is left as it was.
@@ -143,6 +156,7 @@ class _ShardedTables(Module):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(torch.initial_seed() + 7919 * (self.rank + 1))
             self.local = self._collection(local, device=device) if local else None
+            self.local_max = self._collection(local_max, device=device) if local_max else None
             self.replicas = self._collection(replicas, device=device) if replicas else None
         self._dp_features = [
             f
@@ -222,7 +236,7 @@ class _ShardedTables(Module):
                     shard.row_offset : shard.row_offset + shard.num_rows,
                     shard.col_offset : shard.col_offset + shard.num_cols,
                 ]
-                self.local.table_weight(config.name).copy_(part)
+                self.holder_of(config.name).table_weight(config.name).copy_(part)
 
     # ------------------------------------------------------------------ tables
 
@@ -234,19 +248,16 @@ class _ShardedTables(Module):
             shard = self.local_shard(config.name)
             if shard is None:
                 continue
-            holder = (
-                self.replicas
-                if self._kind[config.name] is ShardingType.DATA_PARALLEL
-                else self.local
-            )
-            out[config.name] = (shard, holder.table_weight(config.name))
+            out[config.name] = (shard, self.holder_of(config.name).table_weight(config.name))
         return out
 
     def holder_of(self, table: str) -> Module | None:
         """The local collection holding this rank's shard of ``table`` (``None`` if none)."""
         if self._kind[table] is ShardingType.DATA_PARALLEL:
             return self.replicas
-        return self.local if self.local_shard(table) is not None else None
+        if self.local_shard(table) is None:
+            return None
+        return self.local_max if table in self._exact_max else self.local
 
     @torch.no_grad()
     def full_tables(self) -> dict[str, Tensor]:
@@ -269,14 +280,16 @@ class _ShardedTables(Module):
                 full[
                     shard.row_offset : shard.row_offset + shard.num_rows,
                     shard.col_offset : shard.col_offset + shard.num_cols,
-                ] = self.local.table_weight(config.name)
+                ] = self.holder_of(config.name).table_weight(config.name)
             dist.all_reduce(full, group=self.group)
             out[config.name] = full
         return out
 
     def _device(self) -> torch.device:
-        holder = self.local if self.local is not None else self.replicas
-        return holder.grouped_weights[0].device if holder is not None else torch.device("cpu")
+        for holder in (self.local, self.local_max, self.replicas):
+            if holder is not None:
+                return holder.grouped_weights[0].device
+        return torch.device("cpu")
 
     # ------------------------------------------------------------------ agreement
 
@@ -575,7 +588,7 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         world = self.world_size
         widths = [sum(r.shard.num_cols for r in routes) for routes in self.routes]
         if kjt is not None:
-            looked = self.local(kjt).values()  # [world * B, sum of local widths]
+            looked = self._lookup(kjt)  # [world * B, sum of local widths]
             send = looked.reshape(-1)
         else:
             send = torch.zeros(0, device=self._device(), requires_grad=True)
@@ -632,11 +645,26 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         if pooling is PoolingMode.MEAN:
             total = counts.sum(0).clamp(min=1).to(parts[0].dtype).unsqueeze(1)
             return _sum(parts) / total
-        stacked = torch.stack(parts)
-        present = (counts > 0).unsqueeze(2)
-        masked = torch.where(present, stacked, torch.full_like(stacked, float("-inf")))
-        best = masked.max(0).values
-        return torch.where(present.any(0), best, torch.zeros_like(best))
+        return _MaxCombine.apply(torch.stack(parts), counts > 0)
+
+    def _lookup(self, kjt: KeyedJagged) -> Tensor:
+        """Pool the received bags of every local feature: ``[world * B, sum of local widths]``
+        in the order of this rank's routes."""
+        if self.local_max is None:
+            return self.local(kjt).values()
+        pooled: dict[str, Tensor] = {}
+        if self.local is not None:
+            main = self.local(kjt.select(self.local.feature_names))
+            pooled.update((f, main[f]) for f in main.keys())
+        sub = kjt.select(self.local_max.feature_names)
+        bags = sub.stride()
+        for bucket, lookup in zip(self.local_max.plan.buckets, self.local_max.bucket_inputs(sub)):
+            weight = self.local_max.grouped_weights[bucket.group]
+            pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+            out = _ExactMax.apply(weight, lookup.ids, lookup.offsets, pad)
+            per_feature = out.view(len(bucket.features), bags, out.shape[1]).unbind(0)
+            pooled.update(zip(bucket.features, per_feature))
+        return torch.cat([pooled[r.feature] for r in self.routes[self.rank]], 1)
 
     def _replicated(self, features: KeyedJagged, batch: int, weighted: bool) -> dict[str, Tensor]:
         kjt, _ = self._gather_replicated(features, batch, weighted)
@@ -802,6 +830,62 @@ def shard(
         timeout=timeout,
         _source=collection,
     )
+
+
+class _MaxCombine(torch.autograd.Function):
+    """The maximum over row shards of their partial maxima (shards without ids in a bag left
+    out; 0 for a bag without ids).  Backward gives each cell's gradient to the winning shard
+    and NaN to the others: a shard's :class:`_ExactMax` then knows which of its local maxima
+    won the bag (a zero gradient could not say so)."""
+
+    @staticmethod
+    def forward(ctx: Any, stacked: Tensor, present: Tensor) -> Tensor:  # type: ignore[override]
+        mask = present.unsqueeze(2)
+        masked = torch.where(mask, stacked, torch.full_like(stacked, float("-inf")))
+        best, winner = masked.max(0)  # the first maximum: the lowest shard wins ties
+        ctx.save_for_backward(winner)
+        ctx.shape = stacked.shape
+        return torch.where(mask.any(0), best, torch.zeros_like(best))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (winner,) = ctx.saved_tensors
+        out = grad.new_full(ctx.shape, float("nan"))
+        out.scatter_(0, winner.unsqueeze(0), grad.unsqueeze(0))
+        return out, None
+
+
+class _ExactMax(torch.autograd.Function):
+    """Max pooling of a row shard whose backward updates only the rows that won their bag
+    across all shards: cells whose gradient is NaN (lost to another shard, see
+    :class:`_MaxCombine`) touch no row, so lazy rules (Adam, momentum) step exactly the rows
+    one process would.  Fused weights are updated in place; others get a dense gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, ids: Tensor, offsets: Tensor, pad: int) -> Tensor:  # type: ignore[override]
+        out, max_ids = ops.pool_bags(weight.detach(), ids, offsets, None, ops.POOL_MAX, pad)
+        ctx.save_for_backward(max_ids, offsets)
+        ctx.weight = weight
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        max_ids, offsets = ctx.saved_tensors
+        weight = ctx.weight
+        valid = (max_ids >= 0) & ~torch.isnan(grad)
+        winners = max_ids[valid]
+        columns = torch.arange(grad.shape[1], device=grad.device).expand_as(max_ids)[valid]
+        values = grad[valid]
+        optimizer = getattr(weight, FUSED_ATTR, None)
+        if optimizer is None:
+            dense = torch.zeros_like(weight)
+            dense.index_put_((winners, columns), values, accumulate=True)
+            return dense, None, None, None
+        rows, inverse = torch.unique(winners, sorted=True, return_inverse=True)
+        row_grad = grad.new_zeros((rows.numel(), grad.shape[1]))
+        row_grad.index_put_((inverse, columns), values, accumulate=True)
+        optimizer.apply_update(weight, rows, offsets, row_grad, None, _POOL_NONE, -1, False)
+        return None, None, None, None
 
 
 def _sum(parts: list[Tensor]) -> Tensor:
