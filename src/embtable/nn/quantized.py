@@ -57,6 +57,7 @@ from embtable.nn.collection import (
 )
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.ops import _reference
+from embtable.ops._memory import empty_table
 from embtable.storage import codecs
 
 __all__ = [
@@ -290,9 +291,10 @@ class _QuantizedTable(Module):
     # -- conversions
 
     def _load_rows(self, rows: Tensor, search: str) -> None:
-        self.packed_weight = codecs.quantize_rows(rows.detach().cpu(), self.format, search=search).to(
-            self.packed_weight.device
-        )
+        packed = codecs.quantize_rows(rows.detach().cpu(), self.format, search=search)
+        # rows are read at random: big tables go on huge pages, as embtable's float tables do
+        target = empty_table(tuple(packed.shape), torch.uint8, self.packed_weight.device)
+        self.packed_weight = target.copy_(packed)
 
     def dequantize(self) -> Tensor:
         """The decoded table ``[num_embeddings, embedding_dim]`` in the output dtype."""
@@ -567,7 +569,7 @@ class _QuantizedCollection(Module):
                 size = codecs.row_bytes(fmt, group.embedding_dim)
                 self.register_buffer(
                     f"packed_{fmt}_{group.index}",
-                    torch.zeros((group.num_rows, size), dtype=torch.uint8, device=device),
+                    empty_table((group.num_rows, size), torch.uint8, device).zero_(),
                     persistent=False,
                 )
 
