@@ -13,6 +13,7 @@ Backwards: inside ``vmap`` the vmap-able twins of :mod:`embtable.ops` (``*_batch
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -200,7 +201,12 @@ def _bag_weight_grad(
     16-bit accumulation for half tables, else :func:`embtable.ops.pool_bags_backward`."""
     args = (grad_output, ids, offsets, per_sample_weights, max_ids, num_rows, pooling, padding_idx)
     if ops.batched(grad_output, ids, offsets, per_sample_weights, max_ids):
-        return ops.pool_bags_backward_batchable(*args, scale_grad_by_freq)
+        if not ops.batched(offsets):
+            return ops.pool_bags_backward_batchable(*args, scale_grad_by_freq)
+        with warnings.catch_warnings():  # batched offsets (a collection's stack of examples):
+            # searchsorted copies vmap's strided physical tensors, and says so once
+            warnings.filterwarnings("ignore", "torch.searchsorted", UserWarning)
+            return ops.pool_bags_backward_batchable(*args, scale_grad_by_freq)
     if not sparse and ops.is_half(grad_output.dtype):
         return ops.pool_bags_backward_half(*args, scale_grad_by_freq)
     return ops.pool_bags_backward(*args, scale_grad_by_freq, sparse)

@@ -179,6 +179,10 @@ class KeyedJagged:
         self._inverse_indices = inverse
 
     _inverse_indices: tuple[list[str], Tensor] | None = None
+    # Ids per key known without reading ``lengths``: set on one example of a
+    # :class:`embtable.func.KeyedJaggedStack` inside ``torch.func.vmap`` (where the batched
+    # lengths cannot become Python numbers); carried by the pytree context.
+    _static_length_per_key: tuple[int, ...] | None = None
 
     def _set(
         self,
@@ -302,8 +306,11 @@ class KeyedJagged:
 
     @cached_property
     def _length_per_key(self) -> tuple[int, ...]:
+        if self._static_length_per_key is not None:
+            return self._static_length_per_key
         if not self._keys:
             return ()
+        _check_not_vmapped(self._lengths)
         if self._stride_per_key is not None:
             cells = torch.repeat_interleave(
                 torch.arange(len(self._keys), device=self._lengths.device),
@@ -998,6 +1005,18 @@ def _flatten(
     return values.to(dtype), torch.tensor(lengths, dtype=torch.int64)
 
 
+def _check_not_vmapped(lengths: Tensor) -> None:
+    """Refuse batched ``lengths`` (inside ``torch.func.vmap``) whose ids per key are unknown."""
+    from embtable import ops
+
+    if ops.batched(lengths):
+        raise ValueError(
+            "KeyedJagged: its lengths are batched by torch.func.vmap, so its ids per key are "
+            "not Python numbers; vmap over an embtable.func.KeyedJaggedStack (every example "
+            "with the same ids per key) instead of building the batch inside vmap"
+        )
+
+
 def _cat(tensors: list[Tensor], like: Tensor) -> Tensor:
     if not tensors:
         return like.new_empty(0)
@@ -1012,7 +1031,8 @@ def _kj_flatten(batch: KeyedJagged) -> tuple[list[Tensor | None], tuple[Any, ...
     if inverse is not None:  # a fourth leaf only for batches that carry inverse indices
         children.append(inverse[1])
     inverse_keys = None if inverse is None else tuple(inverse[0])
-    return children, (tuple(batch._keys), batch._stride, batch._stride_per_key, inverse_keys)
+    static = batch._static_length_per_key
+    return children, (tuple(batch._keys), batch._stride, batch._stride_per_key, inverse_keys, static)
 
 
 def _kj_flatten_with_keys(batch: KeyedJagged) -> tuple[list[tuple[Any, Tensor | None]], tuple[Any, ...]]:
@@ -1022,9 +1042,11 @@ def _kj_flatten_with_keys(batch: KeyedJagged) -> tuple[list[tuple[Any, Tensor | 
 
 
 def _kj_unflatten(children: Sequence[Any], context: tuple[Any, ...]) -> KeyedJagged:
-    keys, stride, stride_per_key, inverse_keys = context
+    keys, stride, stride_per_key, inverse_keys = context[:4]
     values, lengths, weights = children[:3]
     batch = KeyedJagged._trusted(list(keys), values, lengths, weights, stride, stride_per_key)
+    if len(context) > 4 and context[4] is not None:
+        batch._static_length_per_key = context[4]
     if inverse_keys is not None:
         batch._inverse_indices = (list(inverse_keys), children[3])
     return batch

@@ -283,9 +283,16 @@ class _GroupedTables(Module):
         padding_rows = bucket.padding_rows
         padding_idx = padding_rows[0] if len(padding_rows) == 1 else None
         if len(padding_rows) > 1 and self._pooled:
-            ids, lengths, weights = _drop_rows(ids, lengths, weights, consts["padding_rows"])
-        offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
+            if ops.batched(ids):  # inside vmap (shapes stay): every padding id becomes the first
+                ids = torch.where(_is_any(ids, consts["padding_rows"]), padding_rows[0], ids)
+                padding_idx = padding_rows[0]
+            else:
+                ids, lengths, weights = _drop_rows(ids, lengths, weights, consts["padding_rows"])
+        if ops.batched(lengths):  # inside vmap: no out= (no batching rule for it)
+            offsets = torch.cat([lengths.new_zeros(1, dtype=torch.int64), lengths.cumsum(0, dtype=torch.int64)])
+        else:
+            offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
+            torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
         if weights is not None:
             weights = weights.to(self.grouped_weights[bucket.group].dtype)
         return BucketInput(ids, offsets, weights, padding_idx, counts)
@@ -489,6 +496,8 @@ class EmbeddingBagCollection(_GroupedTables):
         """
         if not (isinstance(features, KeyedJagged) and ops.extension_available()):
             return None
+        if ops.batched(features.values(), features.lengths(), features.weights()):
+            return None  # inside vmap: bucket_ids has no batching rule
         if features.variable_stride_per_key():
             return None
         if self._is_weighted and features.weights() is None:
@@ -644,7 +653,7 @@ class EmbeddingCollection(_GroupedTables):
                 lookup.ids, self.grouped_weights[bucket.group], padding_idx=lookup.padding_idx
             )
             if len(bucket.padding_rows) > 1:
-                padding = torch.isin(lookup.ids, consts["padding_rows"].to(lookup.ids.device))
+                padding = _is_any(lookup.ids, consts["padding_rows"])
                 rows = torch.where(padding.unsqueeze(1), rows.detach(), rows)
             lengths = torch.diff(lookup.offsets)
             per_feature = _strides(features)
@@ -725,9 +734,10 @@ def _shift_ids(
     """
     row_offsets, num_rows = consts["row_offsets"], consts["num_rows"]
     bounds, pieces, start = [], [], 0
+    checked = ops.plain(ids)  # inside vmap: every example's ids, [*batch, N]
     for count in counts:
         if count:
-            low, high = torch.aminmax(ids[start : start + count])
+            low, high = torch.aminmax(checked[..., start : start + count])
             bounds += [low, high]
         pieces.append((start, start + count))
         start += count
@@ -755,6 +765,15 @@ def _shift_ids(
         if offset and hi > lo:
             shifted[lo:hi] += offset
     return shifted
+
+
+def _is_any(ids: Tensor, rows: Tensor) -> Tensor:
+    """``torch.isin(ids, rows)``; inside vmap (which has no batching rule for ``isin``) as a
+    comparison with each of the few ``rows``."""
+    rows = rows.to(ids.device)
+    if not ops.batched(ids):
+        return torch.isin(ids, rows)
+    return (ids.unsqueeze(-1) == rows).any(-1)
 
 
 def _drop_rows(
