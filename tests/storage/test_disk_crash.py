@@ -92,6 +92,8 @@ def _run_and_kill(work: Path, checkpoints: Path, delay: float) -> None:
     try:
         line = child.stdout.readline()
         assert line.startswith("ready"), line + child.stderr.read()
+        line = child.stdout.readline()  # the first checkpoint exists: kill at a random moment after
+        assert line.startswith("checkpoint"), line + child.stderr.read()
         time.sleep(delay)
     finally:
         child.send_signal(signal.SIGKILL)
@@ -101,15 +103,11 @@ def _run_and_kill(work: Path, checkpoints: Path, delay: float) -> None:
 def test_kill_during_training_leaves_checkpoint_or_clear_error(tmp_path):
     rng = random.Random(15)
     oracle = Oracle()
-    outcomes = []
     for attempt in range(2):
         work, checkpoints = tmp_path / f"work{attempt}", tmp_path / f"ckpt{attempt}"
         checkpoints.mkdir()
-        _run_and_kill(work, checkpoints, delay=rng.uniform(0.3, 1.5))
+        _run_and_kill(work, checkpoints, delay=rng.uniform(0.0, 1.2))
         complete = sorted(p for p in checkpoints.iterdir() if p.name.startswith("step_"))
-        if not complete:
-            outcomes.append("no checkpoint yet")
-            continue
         newest = complete[-1]
         step = int(newest.name.split("_")[1])
         fresh = Oracle() if step < oracle.step else oracle
@@ -121,11 +119,9 @@ def test_kill_during_training_leaves_checkpoint_or_clear_error(tmp_path):
             own, own_step = _weights(work)
         except TableNotCleanError as error:
             assert "restore the last checkpoint" in str(error)
-            outcomes.append("refused")
         else:  # killed between a flush and the next write: exactly the last flush
             assert own_step >= step
             assert torch.equal(own, Oracle().at(own_step))
-            outcomes.append("clean")
         resumed = tmp_path / f"resumed{attempt}"
         restore(newest, resumed)
         table = DiskEmbeddingBag(ROWS, DIM, mode="sum", storage=Disk(resumed, cache_rows=CACHE, seed=1))
@@ -135,7 +131,6 @@ def test_kill_during_training_leaves_checkpoint_or_clear_error(tmp_path):
             table(ids, offsets).pow(2).sum().backward()
         assert torch.equal(table.export_weight(), oracle.at(step + 3))
         table.close()
-    assert any(o in ("refused", "clean") for o in outcomes), outcomes
 
 
 def test_kill_during_checkpoint_copy_keeps_previous(tmp_path):
