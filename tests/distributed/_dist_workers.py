@@ -407,7 +407,7 @@ def group_of_four(rank: int, world: int, folder: str) -> None:
         torch.save(final, os.path.join(folder, "four.pt"))
 
 
-HANG_S = 12.0
+HANG_S = 10.0
 TIMEOUT_S = 4.0
 
 
@@ -422,6 +422,7 @@ def group_with_a_death(rank: int, world: int, folder: str) -> None:
         torch.testing.assert_close(table, expected[name], rtol=0, atol=0)
     hasty = _fresh(world, 2, seed=4, timeout=TIMEOUT_S)  # its own group, a short timeout
     local, _ = batches(bag_features(), 7, world, rank)
+    torch.distributed.barrier()  # (default group, long timeout) both ranks start the step together
     out = hasty(local)
     if rank == 1:
         time.sleep(HANG_S)  # hangs mid-step ...
