@@ -49,10 +49,10 @@ struct OutLayout {
 
 // Sum / mean pooling for a row size known at compile time: the bag's running sum stays in
 // registers and is stored once per bag.  Ids outside [0, V) are skipped and reported (bad).
-template <int64_t kD>
-int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O, const float* P,
-                   float* Y, const OutLayout& layout, int64_t num_bags, int64_t padding_idx,
-                   bool mean) {
+template <int64_t kD, bool kWeighted>
+int pool_sum_fixed_impl(const float* W, int64_t V, const int64_t* I, const int64_t* O,
+                        const float* P, float* Y, const OutLayout& layout, int64_t num_bags,
+                        int64_t padding_idx, bool mean) {
   const int64_t total = O[num_bags];
   constexpr int64_t ahead = kD <= 32 ? kShortRowPrefetchDistance : kPrefetchDistance;
   int bad = 0;
@@ -70,7 +70,7 @@ int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O
       }
       if (id == padding_idx) continue;
       const float* __restrict__ w = W + id * kD;
-      if (P != nullptr) {
+      if constexpr (kWeighted) {
         const float c = P[i];
         for (int64_t d = 0; d < kD; ++d) acc[d] += c * w[d];
       } else {
@@ -87,6 +87,16 @@ int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O
     }
   }
   return bad;
+}
+
+// The weighted and unweighted loops compiled apart: no per-id branch in the hot loop.
+template <int64_t kD>
+int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O, const float* P,
+                   float* Y, const OutLayout& layout, int64_t num_bags, int64_t padding_idx,
+                   bool mean) {
+  return P != nullptr
+             ? pool_sum_fixed_impl<kD, true>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean)
+             : pool_sum_fixed_impl<kD, false>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
 }
 
 // Bag boundaries must start at 0, never decrease and end within the ids: checked before any
