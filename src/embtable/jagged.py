@@ -912,6 +912,7 @@ def _check_multiple(count: int, num_keys: int, name: str, api: str, extra: int =
 
 
 def _check_lengths_values(lengths: Tensor, num_values: int, api: str) -> None:
+    _check_not_vmapped(lengths)
     if lengths.numel() == 0:
         total = 0
     else:
@@ -937,6 +938,7 @@ def _check_lengths_values(lengths: Tensor, num_values: int, api: str) -> None:
 
 
 def _check_offsets_values(offsets: Tensor, num_values: int, api: str) -> None:
+    _check_not_vmapped(offsets)
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
         raise ValueError(f"{api}: offsets must start at 0, got offsets[0] = {first}")
