@@ -221,6 +221,7 @@ int pool_sum_avx2_impl(const uint8_t* W, int64_t V, int64_t dim, const int64_t* 
   const int64_t stride = row_bytes(kFormat, D);
   const int64_t nbytes = code_bytes(kFormat, D);
   const int64_t total = O[num_bags];
+  const int64_t last = std::max<int64_t>(total - 1, 0);
   int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad)
   for (int64_t b = 0; b < num_bags; ++b) {
@@ -234,11 +235,12 @@ int pool_sum_avx2_impl(const uint8_t* W, int64_t V, int64_t dim, const int64_t* 
     float bias_sum = 0.0f;
     int64_t count = 0;
     for (int64_t i = O[b]; i < O[b + 1]; ++i) {
-      if (i + kPrefetchDistance < total) {
-        const int64_t ahead = I[i + kPrefetchDistance];
-        if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) {
-          prefetch_packed_row(W + ahead * stride, stride);
-        }
+      {
+        // the row 24 ids ahead (the last id near the end); an id outside the table is
+        // clamped to row 0 for the prefetch only (it is reported below when reached)
+        const int64_t ahead = I[std::min(i + kPrefetchDistance, last)];
+        const int64_t safe = static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V) ? ahead : 0;
+        prefetch_packed_row(W + safe * stride, stride);
       }
       const int64_t id = I[i];
       if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
@@ -250,8 +252,11 @@ int pool_sum_avx2_impl(const uint8_t* W, int64_t V, int64_t dim, const int64_t* 
       const float w = kWeighted ? P[i] : 1.0f;
       float factor = w;
       if constexpr (kInteger) {
-        factor = w * half_to_float(row + nbytes);
-        bias_sum += w * half_to_float(row + nbytes + 2);
+        int32_t header;
+        std::memcpy(&header, row + nbytes, 4);
+        const __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(header));  // scale, bias
+        factor = w * _mm_cvtss_f32(sb);
+        bias_sum += w * _mm_cvtss_f32(_mm_movehdup_ps(sb));
       }
       const __m256 f = _mm256_set1_ps(factor);
       if constexpr (kD > 0 && kD % 16 == 0 && (kFormat == kInt4 || kFormat == kInt2)) {
