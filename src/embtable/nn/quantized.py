@@ -55,6 +55,7 @@ from embtable.nn.collection import (
     _bucket_slices,
     _strides,
 )
+from embtable.nn.embedding import check_table_shape
 from embtable.nn.outputs import JaggedEmbeddings, JaggedRows, PooledEmbeddings
 from embtable.ops import _reference
 from embtable.ops._memory import empty_table
@@ -277,8 +278,6 @@ class _QuantizedTable(Module):
         device: torch.device | str | None,
     ) -> None:
         api = type(self).__name__
-        from embtable.nn.embedding import check_table_shape
-
         check_table_shape(num_embeddings, embedding_dim, api)
         self.format = _check_format(fmt, api)
         self.dtype = _check_dtype(dtype, api)
