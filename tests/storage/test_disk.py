@@ -414,3 +414,14 @@ def test_failed_read_leaves_the_table_refusing(tmp_path, monkeypatch):
         table(torch.tensor([1]))
     with pytest.raises(RuntimeError, match="unusable"):
         table.flush()
+
+
+@pytest.mark.parametrize("kind", ["EmbeddingBagCollection", "EmbeddingCollection"])
+def test_plain_collections_refuse_disk_tables(kind: str, tmp_path) -> None:
+    """A plain collection must not quietly build a RAM table for a config that asks for disk."""
+    pooling = "sum" if kind == "EmbeddingBagCollection" else "none"
+    config = embtable.TableConfig(name="user", num_embeddings=100, embedding_dim=4, pooling=pooling,
+                                  storage=Disk(tmp_path / "user", cache_rows=8))  # fmt: skip
+    with pytest.raises(ValueError, match=f"embtable.nn.disk.Disk{kind}"):
+        getattr(embtable, kind)([config])
+    assert not (tmp_path / "user").exists()

@@ -91,6 +91,11 @@ class _GroupedTables(Module):
         self.tables = tuple(self.plan.configs.values())
         for config in self.tables:
             self._check_pooling(config, api)
+            if config.storage is not None:  # a disk table would silently become a RAM table
+                raise ValueError(
+                    f"{api}: table {config.name!r} has storage={config.storage!r}; tables on disk "
+                    f"are served by embtable.nn.disk.Disk{api} (docs/storage.md)"
+                )
         self.feature_names = list(self.plan.features)
         self.embedding_dims = [place.embedding_dim for place in self.plan.features.values()]
         for group in self.plan.groups:
@@ -215,6 +220,25 @@ class _GroupedTables(Module):
                         unexpected_keys.append(key)
 
     # ------------------------------------------------------------------ lookups
+
+    def _remap(self, features: Any) -> Any:
+        """``features`` with dynamic / hashed tables' ids replaced by rows (docs/dynamic.md).
+
+        Inside ``torch.func.vmap`` (one example of a :class:`embtable.func.KeyedJaggedStack`)
+        hashed ids are remapped per example; dynamic tables, whose lookups admit ids into a
+        shared slot map, are refused.
+        """
+        static = getattr(features, "_static_length_per_key", None)
+        if static is not None and getattr(self, "dynamic_tables", None):
+            raise ValueError(
+                f"{type(self).__name__}: torch.func.vmap over a collection with dynamic tables "
+                f"({list(self.dynamic_tables)}) is not supported: their lookups admit ids into one "
+                f"shared slot map; use a loop of single-example gradients"
+            )
+        remapped = _dynamic.remap_batch(self, features)
+        if static is not None and remapped is not features:
+            remapped._static_length_per_key = static  # same lengths, new ids
+        return remapped
 
     def bucket_inputs(self, features: KeyedJagged) -> list[BucketInput]:
         """The pooled-call inputs of every bucket of ``plan.buckets`` for the batch ``features``.
@@ -454,7 +478,7 @@ class EmbeddingBagCollection(_GroupedTables):
         expanded to ``[B, D]`` by ``inverse_indices`` (row ``b`` is pooled row
         ``inverse[f][b]``), as TorchRec's collection does.
         """
-        features = _dynamic.remap_batch(self, _as_keyed_jagged(features))
+        features = self._remap(_as_keyed_jagged(features))
         result = self._pool(features)
         inverse = features.inverse_indices_or_none() if isinstance(features, KeyedJagged) else None
         return result if inverse is None else _expand_rows(result, inverse, type(self).__name__)
@@ -643,7 +667,7 @@ class EmbeddingCollection(_GroupedTables):
 
     def forward(self, features: KeyedJagged) -> JaggedEmbeddings:
         """Look up every id of every feature; see the class docstring for shapes."""
-        features = _dynamic.remap_batch(self, _as_keyed_jagged(features))
+        features = self._remap(_as_keyed_jagged(features))
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
         found: dict[str, JaggedRows] = {}
         for bucket, consts, lookup in zip(
