@@ -56,8 +56,9 @@ def test_native_open_maps_instead_of_reading(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "memmap", spy)
     opened = Vectors.load(tmp_path / "big")
     assert mapped == ["c"]  # one copy-on-write map, no read of the table
-    assert opened.vocab._index is None  # the token index is built lazily
-    assert opened.vocab["t4999"] == 4999
+    index = opened.vocab._index  # built once, by the open's duplicate check, then kept
+    assert index is not None and len(index) == 5_000
+    assert opened.vocab["t4999"] == 4999 and opened.vocab._index is index
 
 
 def test_native_errors(tmp_path, small):

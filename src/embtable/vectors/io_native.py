@@ -87,6 +87,8 @@ def write_native(
             (folder / stale).unlink(missing_ok=True)
 
 
+_UNREAD = object()  # (``_current_table``: the manifest is still to be read)
+
 #: The two file names a table of each format alternates between (see the module docstring).
 _TABLE_NAMES = {
     "safetensors": ("vectors.safetensors", "vectors-1.safetensors"),
@@ -94,14 +96,19 @@ _TABLE_NAMES = {
 }
 
 
-def _current_table(folder: Path) -> str | None:
-    """The table file the folder's manifest points at (``None``: no readable manifest)."""
-    try:
-        meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if isinstance(meta, dict) and isinstance(meta.get("table"), str):
-        return meta["table"]
+def _current_table(folder: Path, named: Any = _UNREAD) -> str | None:
+    """The table file the folder's manifest points at (``None``: no readable manifest).
+
+    ``named``: the manifest's ``"table"`` entry when the caller has read it already (the
+    manifest is then not parsed again)."""
+    if named is _UNREAD:
+        try:
+            meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        named = meta.get("table") if isinstance(meta, dict) else None
+    if isinstance(named, str):
+        return named
     for name in ("vectors.safetensors", "vectors.npy"):
         if (folder / name).is_file():
             return name
@@ -214,8 +221,8 @@ def read_native(path: str | os.PathLike, mmap: bool = True) -> tuple[Vocab, Tens
             f"Vectors.load: {os.fspath(path)} has no vocab.json; is it a folder written by "
             "Vectors.save? (for word2vec/GloVe files use load_word2vec_format / load_glove)"
         )
-    vocab = _read_vocab(vocab_file)
-    table = _table_file(folder, vocab_file)
+    vocab, named = _read_vocab(vocab_file)
+    table = _table_file(folder, vocab_file, named)
     if table.suffix == ".safetensors":
         weight = mmap_safetensor(table, "weight")
     else:
@@ -238,7 +245,13 @@ def read_native(path: str | os.PathLike, mmap: bool = True) -> tuple[Vocab, Tens
     return vocab, weight
 
 
-def _read_vocab(vocab_file: Path) -> Vocab:
+def _read_vocab(vocab_file: Path) -> tuple[Vocab, Any]:
+    """The checked vocabulary of ``vocab_file`` and the manifest's ``"table"`` entry.
+
+    Each check runs once, in C-level passes where possible (token types through
+    ``map(type, ...)``, distinctness through the token -> row dictionary, which the returned
+    :class:`Vocab` keeps as its index), so a trusted ``Vectors`` built from it checks nothing
+    again."""
     where = f"Vectors.load: {vocab_file}"
     try:
         meta = json.loads(vocab_file.read_text(encoding="utf-8"))
@@ -248,20 +261,21 @@ def _read_vocab(vocab_file: Path) -> Vocab:
         got = type(meta.get("tokens")).__name__ if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f'{where}: expected {{"tokens": [strings], ...}}, got tokens of type {got}')
     tokens = meta["tokens"]
-    bad = next((i for i, t in enumerate(tokens) if type(t) is not str), None)
-    if bad is not None:
+    if not set(map(type, tokens)) <= {str}:
+        bad = next(i for i, t in enumerate(tokens) if type(t) is not str)
         raise ValueError(f"{where}: token {bad} is {tokens[bad]!r:.80}, not a string")
     counts = meta.get("counts")
     if counts is not None:
-        if not isinstance(counts, list) or len(counts) != len(tokens) or not all(
-            type(c) is int for c in counts
+        if not isinstance(counts, list) or len(counts) != len(tokens) or not (
+            set(map(type, counts)) <= {int}
         ):
             raise ValueError(f"{where}: counts must be null or one integer per token")
-        if any(not -(2**63) <= c < 2**63 for c in counts):
+        if counts and not (-(2**63) <= min(counts) and max(counts) < 2**63):
             raise ValueError(f"{where}: counts must fit in int64")
-    if len(set(tokens)) != len(tokens):  # (a set: the token index itself stays lazy)
+    index = dict(zip(tokens, range(len(tokens))))  # built once: the check and the Vocab's index
+    if len(index) != len(tokens):
         raise ValueError(f"{where}: token {_first_duplicate(tokens)!r} appears more than once")
-    return Vocab(tokens, counts)
+    return Vocab._checked_tokens(tokens, index, counts), meta.get("table")
 
 
 def _first_duplicate(tokens: list[str]) -> str | None:
@@ -273,8 +287,9 @@ def _first_duplicate(tokens: list[str]) -> str | None:
     return None
 
 
-def _table_file(folder: Path, vocab_file: Path) -> Path:
-    meta_table = _current_table(folder)
+def _table_file(folder: Path, vocab_file: Path, named: Any) -> Path:
+    """The table file of a folder whose manifest's ``"table"`` entry is ``named``."""
+    meta_table = _current_table(folder, named)
     names = {n for pair in _TABLE_NAMES.values() for n in pair}
     if meta_table is not None and meta_table not in names:
         raise ValueError(f"Vectors.load: {vocab_file} names the table {meta_table!r:.80}, expected one of {sorted(names)}")

@@ -35,12 +35,18 @@ __all__ = ["Vectors"]
 Key = str | tuple[str, float] | Tensor | np.ndarray
 
 
-def _check_tokens(tokens: list[str]) -> None:
-    """``TypeError`` for a token that is not a string, ``ValueError`` for a repeated one."""
-    bad = next((i for i, t in enumerate(tokens) if type(t) is not str), None)
-    if bad is not None:
+def _check_tokens(vocab: Vocab) -> None:
+    """``TypeError`` for a token that is not a string, ``ValueError`` for a repeated one.
+
+    A vocabulary a loader has checked already (``Vocab._checked``) is not checked again; else
+    distinctness is read off the vocabulary's index (built here once, then kept for lookups)."""
+    if vocab._checked:
+        return
+    tokens = vocab.tokens
+    if not set(map(type, tokens)) <= {str}:
+        bad = next(i for i, t in enumerate(tokens) if type(t) is not str)
         raise TypeError(f"Vectors: tokens must be strings, got {tokens[bad]!r:.80} at row {bad}")
-    if len(set(tokens)) != len(tokens):
+    if len(vocab.index) != len(tokens):
         seen: set[str] = set()
         duplicate = next(t for t in tokens if t in seen or seen.add(t))
         raise ValueError(
@@ -108,7 +114,7 @@ class Vectors(GensimCalls):
         if isinstance(vocab, (str, bytes)):
             raise TypeError(f"Vectors: vocab must be a list of tokens, got the string {vocab!r:.80}")
         vocab = vocab if isinstance(vocab, Vocab) else Vocab(vocab, counts)
-        _check_tokens(vocab.tokens)
+        _check_tokens(vocab)
         if len(vocab) != weight.shape[0]:
             raise ValueError(
                 f"Vectors: the vocabulary has {len(vocab)} tokens but the table has "

@@ -45,6 +45,21 @@ class Vocab:
                 )
         self.counts: np.ndarray | None = counts
         self._index: dict[str, int] | None = None
+        self._checked = False  # True: the tokens are known distinct strings (see below)
+
+    @classmethod
+    def _checked_tokens(
+        cls, tokens: list[str], index: dict[str, int], counts: Sequence[int] | None = None
+    ) -> Vocab:
+        """A vocabulary whose tokens the caller has checked (distinct ``str``), with the
+        token -> row dictionary it built doing so (private: the loaders' trusted path).
+
+        ``Vectors`` does not check such a vocabulary again and the lazy index is not
+        rebuilt: a native open checks and indexes its tokens once."""
+        vocab = cls(tokens, counts)
+        vocab._index = index
+        vocab._checked = True
+        return vocab
 
     @property
     def index(self) -> dict[str, int]:
