@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call, grad, vmap
 
-from embtable import EmbeddingBagCollection, EmbeddingCollection, KeyedJagged, TableConfig
+from embtable import (
+    DynamicConfig,
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+    KeyedJagged,
+    TableConfig,
+)
 from embtable.func import KeyedJaggedStack
 
 BAG_TABLES = [
@@ -172,3 +178,12 @@ def test_errors_name_the_reason() -> None:
     stack = KeyedJaggedStack.from_batch(KeyedJagged.from_dict({"a": [[1], [7]]}))
     with pytest.raises(IndexError, match="feature 'a' holds id 7, outside table 'a' of 4 rows"):
         vmap(lambda b: collection(b).values())(stack)
+
+
+def test_hashed_tables_vmap_and_dynamic_tables_are_refused() -> None:
+    batch = KeyedJagged.from_dict({"a": [[1, 2], [3, 4], [5, 123456789]]})
+    hashed = EmbeddingBagCollection([TableConfig(name="a", num_embeddings=10, embedding_dim=4, hashed=True)])
+    _per_example(hashed, KeyedJaggedStack.from_batch(batch), lambda r: r.values())
+    dynamic = EmbeddingBagCollection([TableConfig(name="a", num_embeddings=10, embedding_dim=4, dynamic=DynamicConfig())])
+    with pytest.raises(ValueError, match="dynamic tables \\(\\['a'\\]\\) is not supported"):
+        vmap(lambda b: dynamic(b).values())(KeyedJaggedStack.from_batch(batch))

@@ -229,7 +229,7 @@ class _GroupedTables(Module):
         shared slot map, are refused.
         """
         static = getattr(features, "_static_length_per_key", None)
-        if static is not None and getattr(self, "dynamic_tables", None):
+        if getattr(self, "dynamic_tables", None) and isinstance(features, KeyedJagged) and ops.batched(features.values()):
             raise ValueError(
                 f"{type(self).__name__}: torch.func.vmap over a collection with dynamic tables "
                 f"({list(self.dynamic_tables)}) is not supported: their lookups admit ids into one "
