@@ -24,6 +24,10 @@ after one SGD step), then timed.  The contenders of one row are timed in turn, c
 call, so that load changes on a shared machine hit them alike; the table shows medians (ms)
 and ratios measured in the same run.
 
+Rows of (a): "kernel" is the pooling op alone, without the modules' Python
+(``torch.nn.functional.embedding_bag`` vs ``torch.ops.embtable.pool_bags`` on the same ids and
+weights); "forward" the modules under ``no_grad``; "fwd+bwd" with dense weight gradients.
+
 Rows of (b): "forward" (no autograd); "fwd+bwd" with dense weight gradients, as
 torch.nn.EmbeddingBag gives by default (FBGEMM has no such mode on CPU: its backward always
 applies its optimizer); "SGD step": one training step of the tables, i.e. embtable's
@@ -39,6 +43,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -116,6 +121,7 @@ def bench_single_table(
     ids = zipf_ids(num_rows, (batch * per_bag,), generator=gen)
     offsets = torch.arange(0, batch * per_bag, per_bag)
     sample_weights = torch.rand(batch * per_bag, generator=gen)
+    bounds = torch.cat([offsets, torch.tensor([ids.numel()])])  # with the last offset
     rows, notes = [], []
     for dim in args.dims:
         upstream = torch.randn(batch, dim, generator=gen)
@@ -158,7 +164,17 @@ def bench_single_table(
 
                 return run
 
+            pooling = {"sum": 1, "wsum": 1, "mean": 2, "max": 3}[mode]
+            kernel_theirs = functools.partial(
+                torch.nn.functional.embedding_bag, ids, weight, bounds, mode=torch_mode,
+                per_sample_weights=psw, include_last_offset=True,
+            )
+            kernel_ours = functools.partial(
+                torch.ops.embtable.pool_bags, ours.weight.detach(), ids, bounds, psw, pooling, -1
+            )
+
             phases = [
+                ("kernel", {"torch": kernel_theirs, "embtable": kernel_ours}, args.repeats),
                 ("forward", {"torch": forward(theirs), "embtable": forward(ours)}, args.repeats),
                 ("fwd+bwd", {"torch": train(theirs), "embtable": train(ours)}, args.repeats_bwd),
             ]
