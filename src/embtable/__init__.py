@@ -12,7 +12,7 @@ Example:
     torch.Size([1, 3, 16])
 """
 
-from embtable import functional, optim
+from embtable import func, functional, optim
 from embtable.config import DynamicConfig, PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
 from embtable.nn import (
@@ -49,6 +49,7 @@ __all__ = [
     "KeyedJagged",
     "PoolingMode",
     "TableConfig",
+    "func",
     "functional",
     "optim",
     "quantize",
