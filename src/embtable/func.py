@@ -156,7 +156,7 @@ class KeyedJaggedStack:
         starts = batch.offset_per_key()
 
         def per_example_blocks(flat: Tensor) -> Tensor:
-            blocks = [flat[starts[f] : starts[f + 1]].reshape(size, -1) for f in range(len(keys))]
+            blocks = [flat[starts[f] : starts[f + 1]].reshape(size, per_example[f]) for f in range(len(keys))]
             return torch.cat(blocks, dim=1) if blocks else flat.new_zeros((size, 0))
 
         weights = batch.weights()

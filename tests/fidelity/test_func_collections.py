@@ -157,6 +157,8 @@ def test_pytree_node_and_examples() -> None:
     assert isinstance(one, KeyedJagged) and one.length_per_key() == [2, 1]
     assert torch.equal(one.values(), stack.example(1).values())
     assert stack.example(1).to_dict()["a"].values.tolist() == [3, 4]
+    empty = KeyedJaggedStack.from_batch(KeyedJagged.from_dict({"a": [[], []], "b": [[5], [6]]}))
+    assert empty.values().tolist() == [[5], [6]] and empty.length_per_key() == [0, 1]
 
 
 def test_errors_name_the_reason() -> None:
