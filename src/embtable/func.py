@@ -234,6 +234,13 @@ def _unflatten(children: Sequence[Any], context: tuple[Any, ...]) -> KeyedJagged
     values, lengths = children[0], children[1]
     weights = children[2] if len(children) > 2 else None
     if isinstance(values, Tensor) and values.dim() == 1:  # one example (inside vmap)
+        expected = (sum(length_per_key),), (len(keys) * stride,)
+        if (tuple(values.shape), tuple(lengths.shape)) != expected:
+            raise ValueError(
+                f"{_API}: one example needs values of shape {expected[0]} and lengths of shape "
+                f"{expected[1]}, got {tuple(values.shape)} and {tuple(lengths.shape)}; vmap over "
+                f"the stack's leading (example) dimension: in_dims=0"
+            )
         batch = KeyedJagged._trusted(list(keys), values, lengths, weights, stride)
         batch._static_length_per_key = tuple(length_per_key)
         return batch

@@ -176,6 +176,10 @@ def test_errors_name_the_reason() -> None:
     # a batch built inside vmap from batched lengths: the ids per key are unknown
     with pytest.raises(ValueError, match="KeyedJaggedStack"):
         vmap(lambda v, n: collection(KeyedJagged(["a"], v, n)).values())(torch.ones(2, 2, dtype=torch.long), torch.full((2, 1), 2))
+    # vmap over another dimension of the stack than its examples
+    stack = KeyedJaggedStack.from_batch(KeyedJagged.from_dict({"a": [[1], [2], [3]], "b": [[0], [1], [2]]}))
+    with pytest.raises(ValueError, match="in_dims=0"):
+        vmap(lambda b: b.values(), in_dims=1)(stack)
     # an id outside its table in one example is named, as outside vmap
     stack = KeyedJaggedStack.from_batch(KeyedJagged.from_dict({"a": [[1], [7]]}))
     with pytest.raises(IndexError, match="feature 'a' holds id 7, outside table 'a' of 4 rows"):
