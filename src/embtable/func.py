@@ -91,9 +91,12 @@ class KeyedJaggedStack:
                 raise TypeError(f"{_API}: examples[{i}] is a {type(example).__name__}, not a KeyedJagged")
             _check_plain(example, f"examples[{i}]")
         first = examples[0]
-        shape = (first.keys(), first.stride(), first.length_per_key(), first.weights() is not None, first.device)
+        def layout(e: KeyedJagged) -> tuple[Any, ...]:
+            return e.keys(), e.stride(), e.length_per_key(), e.weights() is not None, e.device
+
+        shape = layout(first)
         for i, example in enumerate(examples[1:], 1):
-            other = (example.keys(), example.stride(), example.length_per_key(), example.weights() is not None, example.device)
+            other = layout(example)
             for name, a, b in zip(("keys", "stride", "ids per key", "weighted", "device"), shape, other):
                 if a != b:
                     raise ValueError(
@@ -206,7 +209,9 @@ class KeyedJaggedStack:
         if not isinstance(index, int) or not -size <= index < size:
             raise IndexError(f"{_API}.example: index {index!r} is outside the {size} examples")
         weights = None if self._weights is None else self._weights[index]
-        return KeyedJagged(self._keys, self._values[index], self._lengths[index], weights=weights, stride=self._stride)
+        return KeyedJagged(
+            self._keys, self._values[index], self._lengths[index], weights=weights, stride=self._stride
+        )
 
     def __repr__(self) -> str:
         return (
@@ -217,7 +222,9 @@ class KeyedJaggedStack:
 
 def _check_plain(batch: KeyedJagged, name: str, api: str = _API) -> None:
     if batch.variable_stride_per_key():
-        raise ValueError(f"{api}: {name} has a batch size per feature (stride_per_key); vmap needs one stride")
+        raise ValueError(
+            f"{api}: {name} has a batch size per feature (stride_per_key); vmap needs one stride"
+        )
     if batch.inverse_indices_or_none() is not None:
         raise ValueError(f"{api}: {name} carries inverse indices; expand the batch first")
 

@@ -229,7 +229,8 @@ class _GroupedTables(Module):
         shared slot map, are refused.
         """
         static = getattr(features, "_static_length_per_key", None)
-        if getattr(self, "dynamic_tables", None) and isinstance(features, KeyedJagged) and ops.batched(features.values()):
+        vmapped = isinstance(features, KeyedJagged) and ops.batched(features.values())
+        if vmapped and getattr(self, "dynamic_tables", None):
             raise ValueError(
                 f"{type(self).__name__}: torch.func.vmap over a collection with dynamic tables "
                 f"({list(self.dynamic_tables)}) is not supported: their lookups admit ids into one "
@@ -313,7 +314,8 @@ class _GroupedTables(Module):
             else:
                 ids, lengths, weights = _drop_rows(ids, lengths, weights, consts["padding_rows"])
         if ops.batched(lengths):  # inside vmap: no out= (no batching rule for it)
-            offsets = torch.cat([lengths.new_zeros(1, dtype=torch.int64), lengths.cumsum(0, dtype=torch.int64)])
+            starts = lengths.cumsum(0, dtype=torch.int64)
+            offsets = torch.cat([starts.new_zeros(1), starts])
         else:
             offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
             torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
