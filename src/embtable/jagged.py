@@ -28,7 +28,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from embtable.ops import check_id_dtype
+from embtable.ops import batched, check_id_dtype
 
 __all__ = ["Jagged", "KeyedJagged"]
 
@@ -55,6 +55,11 @@ class Jagged(NamedTuple):
 
 
 def _complete_cumsum(lengths: Tensor) -> Tensor:
+    """``[0, cumsum(lengths)...]`` as int64 (inside ``torch.func.vmap`` without ``out=``,
+    which has no batching rule)."""
+    if batched(lengths):
+        starts = lengths.cumsum(0, dtype=torch.int64)
+        return torch.cat([starts.new_zeros(1), starts])
     offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
     return offsets
@@ -1009,9 +1014,7 @@ def _flatten(
 
 def _check_not_vmapped(lengths: Tensor) -> None:
     """Refuse batched ``lengths`` (inside ``torch.func.vmap``) whose ids per key are unknown."""
-    from embtable import ops
-
-    if ops.batched(lengths):
+    if batched(lengths):
         raise ValueError(
             "KeyedJagged: its lengths are batched by torch.func.vmap, so its ids per key are "
             "not Python numbers; vmap over an embtable.func.KeyedJaggedStack (every example "

@@ -157,6 +157,10 @@ def test_pytree_node_and_examples() -> None:
     assert isinstance(one, KeyedJagged) and one.length_per_key() == [2, 1]
     assert torch.equal(one.values(), stack.example(1).values())
     assert stack.example(1).to_dict()["a"].values.tolist() == [3, 4]
+    # inside vmap each example is a KeyedJagged whose accessors work
+    two = KeyedJaggedStack([KeyedJagged.from_dict({"a": [[1, 2], [3]]}), KeyedJagged.from_dict({"a": [[4], [5, 6]]})])
+    assert vmap(lambda b: b.offsets())(two).tolist() == [[0, 2, 3], [0, 1, 3]]
+    assert vmap(lambda b: b["a"].lengths)(two).tolist() == [[2, 1], [1, 2]]
     empty = KeyedJaggedStack.from_batch(KeyedJagged.from_dict({"a": [[], []], "b": [[5], [6]]}))
     assert empty.values().tolist() == [[5], [6]] and empty.length_per_key() == [0, 1]
 

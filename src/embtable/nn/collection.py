@@ -37,7 +37,7 @@ from torch.nn import Module, ModuleDict, Parameter
 
 from embtable import functional, ops
 from embtable.config import PoolingMode, TableConfig
-from embtable.jagged import KeyedJagged
+from embtable.jagged import KeyedJagged, _complete_cumsum
 from embtable.nn import dynamic as _dynamic
 from embtable.nn._torchrec import as_keyed_jagged as _as_keyed_jagged
 from embtable.nn._torchrec import collection_to_torchrec, module_device, tables_from_torchrec
@@ -313,12 +313,7 @@ class _GroupedTables(Module):
                 padding_idx = padding_rows[0]
             else:
                 ids, lengths, weights = _drop_rows(ids, lengths, weights, consts["padding_rows"])
-        if ops.batched(lengths):  # inside vmap: no out= (no batching rule for it)
-            starts = lengths.cumsum(0, dtype=torch.int64)
-            offsets = torch.cat([starts.new_zeros(1), starts])
-        else:
-            offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
-            torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
+        offsets = _complete_cumsum(lengths)  # (vmap-able)
         if weights is not None:
             weights = weights.to(self.grouped_weights[bucket.group].dtype)
         return BucketInput(ids, offsets, weights, padding_idx, counts)
