@@ -352,7 +352,9 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
             f"training diverged (test RMSE {test_rmse}, or non-finite weights); nothing was "
             f"written to {out}; lower --lr"
         )
-    save_checkpoint(out, model, summary)
+    # The folder's manifest, config.json, is written last (by save_checkpoint): the model pair
+    # (config.json + model.safetensors) is atomic as a whole; items/ and summary.json come first.
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     genres = data.item_genres
     vectors = Vectors(data.item_labels(), item_vectors(model, data))
@@ -362,6 +364,7 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
         "item_genres": [[g for g in row if g < data.genre_padding] for row in genres.tolist()],
         "rating_counts": torch.bincount(data.items, minlength=data.num_items).tolist(),
     })  # fmt: skip
+    save_checkpoint(out, model, summary)
     log(f"saved the model to {out}/ (model.safetensors, config.json) and the item table to "
         f"{out}/items/ (embtable vectors: `embtable neighbors {out} \"Toy Story\"`)")  # fmt: skip
     return summary
