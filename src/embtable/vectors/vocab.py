@@ -15,9 +15,10 @@ _SUGGEST_POOL = 20000  # tokens scanned for "did you mean" suggestions
 class Vocab:
     """An ordered vocabulary: ``tokens[i]`` is the token of row ``i``.
 
-    The token -> id dictionary is built on first use, so opening a large
-    vocabulary costs only reading its list (this keeps native loads O(1) in
-    the table size apart from the token list itself).
+    The token -> id dictionary is built once: on first use, or by a loader that
+    checks the tokens with it (the native loader does: its duplicate check *is* the
+    index, handed over, so an open costs reading the list and one dictionary, and
+    the first lookup nothing more).
 
     Args:
         tokens: the tokens in row order; they must be distinct strings.
