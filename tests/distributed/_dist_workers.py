@@ -186,7 +186,7 @@ def train_and_compare(
 ) -> Any:
     """Forward outputs every step and all tables after ``steps`` equal the global-batch oracle."""
     torch.manual_seed(0)
-    reference = EmbeddingBagCollection(bag_tables(weighted))
+    reference = EmbeddingBagCollection(bag_tables(weighted), is_weighted=weighted)
     sharded = shard(reference, plan)
     ref_opt = embtable.optim.fuse(reference, rule, **options)
     embtable.optim.fuse(sharded, rule, **options)

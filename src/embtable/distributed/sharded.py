@@ -55,7 +55,7 @@ from embtable.ops._fused_reference import POOL_NONE as _POOL_NONE
 
 __all__ = ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection", "shard"]
 
-_OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT = 0, 1, 2, 3, 4
+_OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT, _NO_WEIGHTS = 0, 1, 2, 3, 4, 5
 _MASK_SHARDS = 8  # row shards up to which ids are split by masks (else by a stable sort)
 
 
@@ -93,10 +93,14 @@ class _ShardedTables(Module):
         process_group: Any = None,
         device: torch.device | str | None = None,
         timeout: datetime.timedelta | None = None,
+        is_weighted: bool = False,
         _source: Module | None = None,
     ) -> None:
         super().__init__()
         api = type(self).__name__
+        # TorchRec's meaning, as the unsharded collection: weights are used only when True
+        self._is_weighted = bool(is_weighted) and self._pooled
+        kinds = {"is_weighted": self._is_weighted} if self._pooled else {}
         if not dist.is_available() or not dist.is_initialized():
             raise ShardedValueError(
                 f"{api}: torch.distributed is not initialized; call "
@@ -155,9 +159,11 @@ class _ShardedTables(Module):
         )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(torch.initial_seed() + 7919 * (self.rank + 1))
-            self.local = self._collection(local, device=device) if local else None
-            self.local_max = self._collection(local_max, device=device) if local_max else None
-            self.replicas = self._collection(replicas, device=device) if replicas else None
+            self.local = self._collection(local, device=device, **kinds) if local else None
+            self.local_max = (
+                self._collection(local_max, device=device, **kinds) if local_max else None
+            )
+            self.replicas = self._collection(replicas, device=device, **kinds) if replicas else None
         self._dp_features = [
             f
             for f in self.feature_names
@@ -310,12 +316,20 @@ class _ShardedTables(Module):
             where = f"{api}: rank {rank}'s batch"
             suffix = "; no rank looked up or updated anything"
             if code == _NOT_KJT:
-                raise ShardedValueError(f"{where} is not a KeyedJagged{suffix}")
+                raise ShardedValueError(
+                    f"{where} is not a KeyedJagged with one batch size for every feature "
+                    f"(a batch size per feature is not sharded yet){suffix}"
+                )
             name = self.feature_names[feature]
             table = self._table_of[name]
             if code == _MISSING:
                 raise ShardedValueError(
                     f"{where} has no feature {name!r} (read from table {table!r}){suffix}"
+                )
+            if code == _NO_WEIGHTS:
+                raise ShardedValueError(
+                    f"{where} has no weights, but the collection is weighted (is_weighted=True); "
+                    f"give KeyedJagged(..., weights=...) or use is_weighted=False{suffix}"
                 )
             if code == _BAD_WEIGHTS:
                 raise ShardedValueError(
@@ -344,7 +358,11 @@ class _ShardedTables(Module):
         if not isinstance(features, KeyedJagged):
             return [_NOT_KJT, 0, 0, 0, 0, 0]
         batch = features.stride()
-        weighted = features.weights() is not None
+        if features.variable_stride_per_key():
+            return [_NOT_KJT, 0, 0, batch, 0, 0]
+        weighted = self._is_weighted and features.weights() is not None
+        if self._is_weighted and not weighted:
+            return [_NO_WEIGHTS, 0, 0, batch, 0, 0]
         index_of = {k: i for i, k in enumerate(features.keys())}
         starts = features.offset_per_key()
         bounds, order = [], []
@@ -565,6 +583,8 @@ class ShardedEmbeddingBagCollection(_ShardedTables):
         device: where to allocate the shards (CUDA tensors need the NCCL backend).
         timeout: the timeout of the new group's collectives (``None``: the default group's);
             a rank that dies or hangs makes the others raise after at most this long.
+        is_weighted: as the unsharded collection's (TorchRec's meaning): per-value weights of
+            a batch are used only when ``True`` (and then required); :func:`shard` copies it.
 
     Attributes:
         local: the :class:`~embtable.EmbeddingBagCollection` of this rank's shards (``None``
@@ -828,6 +848,7 @@ def shard(
         process_group=process_group,
         device=device,
         timeout=timeout,
+        is_weighted=bool(getattr(collection, "_is_weighted", False)),
         _source=collection,
     )
 
