@@ -173,6 +173,9 @@ def _broken(kind: str) -> None:
     config = json.loads((folder / "config.json").read_text())
     if kind == "weights_missing":
         (folder / "model.safetensors").unlink()
+    elif kind == "legacy_weights_missing":
+        del config["weights"]
+        (folder / "model.safetensors").unlink()
     elif kind == "weights_of_another_save":  # the mix an in-place save killed between files made
         shutil.copy(other / "model.safetensors", folder / "model.safetensors")
     elif kind == "weights_truncated":
@@ -251,6 +254,7 @@ for _back in range(1, 6):
     CASES.append(case("loss", f"train_killed_{_back}_steps_from_the_end", _train_killed_at, _back, timeout=120))
 for _kind, _match in (
     ("weights_missing", r"checkpoint folder .*ckpt is incomplete: config.json names the weights model.safetensors"),
+    ("legacy_weights_missing", r"checkpoint folder .*ckpt is incomplete: it has config.json but no model.safetensors"),
     ("weights_of_another_save", r"model.safetensors is corrupt or not the weights config.json names: .*folder .*ckpt"),
     ("weights_truncated", r"model.safetensors is corrupt or not the weights config.json names: .*folder .*ckpt"),
     ("manifest_names_missing_next", r"checkpoint folder .*ckpt is incomplete: .*model-next.safetensors, which is missing"),

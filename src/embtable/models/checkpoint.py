@@ -58,6 +58,9 @@ def save_checkpoint(
     manifest: the weights' name, size and SHA-256) replaces the old one, then the weights are
     renamed to ``model.safetensors`` and the manifest rewritten under that name.  A kill or an error at any step leaves the old checkpoint or the new one.
 
+    ``config.json`` holds ``meta`` plus two entries of its own, which replace keys of the same
+    name in ``meta``: ``"model"`` (class and constructor arguments) and ``"weights"``.
+
     Raises:
         TypeError: ``model`` is not a supported class, or ``meta`` is not JSON-serializable
             (nothing is written then).
@@ -124,7 +127,12 @@ def _weights_file(path: Path, config: dict[str, Any]) -> tuple[Path, dict[str, A
         ValueError: a malformed ``"weights"`` entry, or the file it names is missing.
     """
     entry = config.get("weights")
-    if entry is None:
+    if entry is None:  # a save from before the manifest named its weights
+        if not (path / WEIGHTS).is_file():
+            raise ValueError(
+                f"load_checkpoint: the checkpoint folder {path} is incomplete: it has {CONFIG} "
+                f"but no {WEIGHTS}"
+            )
         return path / WEIGHTS, None
     if (
         not isinstance(entry, dict)
