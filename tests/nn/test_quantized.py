@@ -29,7 +29,7 @@ def _table(seed: int, rows: int, dim: int) -> torch.Tensor:
 
 
 @compiled
-@pytest.mark.parametrize("fmt,dim", list(itertools.product(FORMATS, [3, 16, 24, 64])))
+@pytest.mark.parametrize("fmt,dim", list(itertools.product(FORMATS, [3, 16, 24, 32, 64, 128])))
 def test_compiled_pooling_matches_reference(fmt, dim):
     weight = _table(0, 60, dim)
     packed = codecs.quantize_rows(weight, fmt)
@@ -58,6 +58,38 @@ def test_opcheck(fmt):
     )
     torch.library.opcheck(torch.ops.embtable.quantized_pool_bags.default, (packed, code, 8, ids, offsets, None, 3, 5))
     torch.library.opcheck(torch.ops.embtable.quantized_gather_rows.default, (packed, code, 8, ids))
+
+
+@compiled
+@pytest.mark.parametrize("fmt", ["fp16", "int8", "int4", "int2"])
+def test_module_fast_path_matches_reference(fmt):
+    # the module's O(1)-check path into the kernel (1-D / 2-D ids, int32 / int64, CSR offsets,
+    # weights, padding) against the decoded-rows reference
+    dim = 64
+    weight = _table(5, 40, dim)
+    gen = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 40, (30,), generator=gen)
+    offsets = torch.tensor([0, 4, 4, 17])
+    psw = torch.rand(30, generator=gen)
+    for mode, last, pad, dtype, weighted in itertools.product(
+        ("sum", "mean"), (False, True), (None, int(ids[2])), (torch.int64, torch.int32), (False, True)
+    ):
+        if weighted and mode != "sum":
+            continue
+        bag = q.QuantizedEmbeddingBag(40, dim, mode, include_last_offset=last, padding_idx=pad, fmt=fmt)
+        bag.packed_weight = codecs.quantize_rows(weight, fmt)
+        offs = torch.cat([offsets, torch.tensor([30])]) if last else offsets
+        weights = psw if weighted else None
+        got = bag(ids.to(dtype), offs.to(dtype), weights)
+        bounds = torch.cat([offsets, torch.tensor([30])])
+        expected = q.pool_packed(
+            bag.packed_weight, fmt, dim, ids, bounds, weights, q._POOL[mode], -1 if pad is None else pad, reference=True
+        )
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    bag = q.QuantizedEmbeddingBag(40, dim, "sum", fmt=fmt)
+    bag.packed_weight = codecs.quantize_rows(weight, fmt)
+    expected = q.pool_packed(bag.packed_weight, fmt, dim, ids[:28], torch.arange(0, 29, 7), None, 1, -1, reference=True)
+    torch.testing.assert_close(bag(ids[:28].reshape(4, 7)), expected, rtol=1e-6, atol=1e-5)
 
 
 @compiled

@@ -161,6 +161,10 @@ def quantized_embedding_bag(
     The same validation runs (ids, offsets, ``per_sample_weights`` of dtype ``dtype``).
     """
     api = "QuantizedEmbeddingBag"
+    fast = _compiled_bag(input, packed, fmt, dim, offsets, mode, per_sample_weights, include_last_offset,
+                         padding_idx, dtype)
+    if fast is not None:
+        return fast
     shape = torch.empty((packed.shape[0], dim), dtype=dtype, device="meta")
     weights, ids, bounds, pooling, pad = functional.prepare_bags(
         input, shape, offsets, None, 2.0, False, mode, per_sample_weights,
@@ -168,6 +172,84 @@ def quantized_embedding_bag(
     )
     out = pool_packed(packed, fmt, dim, ids, bounds, weights, pooling, pad)
     return out.to(dtype)
+
+
+_ID_DTYPES = (torch.int32, torch.int64)
+
+
+def _compiled_bag(
+    input: Any,
+    packed: Tensor,
+    fmt: str,
+    dim: int,
+    offsets: Any,
+    mode: Any,
+    per_sample_weights: Any,
+    include_last_offset: bool,
+    padding_idx: int | None,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """:func:`quantized_embedding_bag` on the compiled kernel with O(1) checks in Python, or ``None``.
+
+    As :func:`embtable.functional.embedding_bag`'s fast path: float32 output, CPU tensors,
+    the extension loaded.  The O(n) checks (offsets start at 0, never decrease, stay within
+    the input; ids within the table) run inside the kernel while it pools (it writes only its
+    output); when it reports a problem this returns ``None`` and the general path names it.
+    """
+    if not (
+        dtype == torch.float32
+        and isinstance(input, Tensor)
+        and input.dtype in _ID_DTYPES
+        and input.device.type == "cpu"
+        and mode in _POOL
+        and fmt in codecs.FORMATS
+        and _compiled(packed, dim)
+        and not ops.batched(input, offsets, per_sample_weights)
+    ):
+        return None
+    if per_sample_weights is not None and not (
+        isinstance(per_sample_weights, Tensor)
+        and mode == "sum"
+        and per_sample_weights.shape == input.shape
+        and per_sample_weights.dtype == torch.float32
+    ):
+        return None
+    num_ids = input.numel()
+    if input.dim() == 1:
+        if not (
+            isinstance(offsets, Tensor)
+            and offsets.dim() == 1
+            and offsets.dtype in _ID_DTYPES
+            and offsets.device.type == "cpu"
+            and offsets.numel() >= (2 if include_last_offset else 1)
+        ):
+            return None
+        if include_last_offset:
+            if int(offsets[-1]) != num_ids:  # the last bag is cut at the input's end: general path
+                return None
+            bounds = offsets
+        else:
+            bounds = torch.cat([offsets, offsets.new_full((1,), num_ids)])
+        ids = input
+    elif input.dim() == 2 and offsets is None and input.shape[1] > 0:
+        ids = input.reshape(-1)
+        bounds = torch.arange(0, num_ids + 1, input.shape[1])
+    else:
+        return None
+    if padding_idx is None:
+        pad = -1
+    elif isinstance(padding_idx, int) and 0 <= padding_idx < packed.shape[0]:
+        pad = padding_idx
+    else:
+        return None  # negative or out of range: the general path normalizes or names it
+    weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+    code = codecs.codec(fmt).code
+    try:
+        return torch.ops.embtable.quantized_pool_bags(packed, code, dim, ids, bounds, weights, _POOL[mode], pad)
+    except RuntimeError as error:
+        if "quantized_pool_bags" not in str(error):
+            raise
+        return None  # bad ids or offsets: the general path names them
 
 
 def quantized_embedding(

@@ -300,6 +300,161 @@ int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, co
 }
 #endif
 
+#if defined(__AVX512F__)
+#define EMBTABLE_QUANTIZED_AVX512 1
+// Elements 16k .. 16k + 15 of a stored row as floats (values of a float format, raw codes of
+// an integer format).  Needs dim % 16 == 0.
+template <int64_t kFormat>
+inline __m512 load16_512(const uint8_t* __restrict__ r, int64_t k) {
+  if constexpr (kFormat == kFp32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(r) + 16 * k);
+  } else if constexpr (kFormat == kFp16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32 * k)));
+  } else if constexpr (kFormat == kBf16) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32 * k)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  } else if constexpr (kFormat == kInt8) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 16 * k))));
+  } else if constexpr (kFormat == kInt4) {
+    const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + 8 * k));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(x, mask), _mm_and_si128(_mm_srli_epi16(x, 4), mask));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes));  // lo0 hi0 lo1 hi1 ..
+  } else {
+    int32_t word;
+    std::memcpy(&word, r + 4 * k, 4);
+    const __m128i x = _mm_cvtsi32_si128(word);
+    const __m128i mask = _mm_set1_epi8(0x03);
+    const __m128i p0 = _mm_and_si128(x, mask);
+    const __m128i p1 = _mm_and_si128(_mm_srli_epi16(x, 2), mask);
+    const __m128i p2 = _mm_and_si128(_mm_srli_epi16(x, 4), mask);
+    const __m128i p3 = _mm_and_si128(_mm_srli_epi16(x, 6), mask);
+    const __m128i codes = _mm_unpacklo_epi16(_mm_unpacklo_epi8(p0, p1), _mm_unpacklo_epi8(p2, p3));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes));
+  }
+}
+
+// Code planes back to element order, in place: acc[kPerByte * g + j] lane i holds element
+// 16 * kPerByte * g + kPerByte * i + j; afterwards acc[k] holds elements 16k .. 16k + 15.
+template <int64_t kPerByte>
+inline void interleave_planes(__m512* acc, int64_t blocks) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t g = 0; g < blocks / kPerByte; ++g) {
+    __m512* a = acc + kPerByte * g;
+    if constexpr (kPerByte == 2) {
+      const __m512 first = _mm512_permutex2var_ps(a[0], lo, a[1]);
+      const __m512 second = _mm512_permutex2var_ps(a[0], hi, a[1]);
+      a[0] = first;
+      a[1] = second;
+    } else {
+      // pairs (plane 0, plane 1) and (plane 2, plane 3), then the pairs interleaved as 64-bit lanes
+      const __m512d p_lo = _mm512_castps_pd(_mm512_permutex2var_ps(a[0], lo, a[1]));
+      const __m512d p_hi = _mm512_castps_pd(_mm512_permutex2var_ps(a[0], hi, a[1]));
+      const __m512d q_lo = _mm512_castps_pd(_mm512_permutex2var_ps(a[2], lo, a[3]));
+      const __m512d q_hi = _mm512_castps_pd(_mm512_permutex2var_ps(a[2], hi, a[3]));
+      const __m512i first = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+      const __m512i second = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+      a[0] = _mm512_castpd_ps(_mm512_permutex2var_pd(p_lo, first, q_lo));
+      a[1] = _mm512_castpd_ps(_mm512_permutex2var_pd(p_lo, second, q_lo));
+      a[2] = _mm512_castpd_ps(_mm512_permutex2var_pd(p_hi, first, q_hi));
+      a[3] = _mm512_castpd_ps(_mm512_permutex2var_pd(p_hi, second, q_hi));
+    }
+  }
+}
+
+// pool_sum_avx2_impl with 16-wide registers for dims kD = 32, 64, 128: the running sum of a
+// bag stays in kD / 16 zmm registers (no spills at D = 128), and the row stride is a
+// compile-time constant.  Same arithmetic per element: acc += (w * scale) * q, plus the
+// bag's summed w * bias once at the end.
+template <int64_t kFormat, int64_t kD, bool kWeighted>
+int pool_sum_avx512_impl(const uint8_t* W, int64_t V, const int64_t* I, const int64_t* O, const float* P,
+                         float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
+  constexpr bool kInteger = kFormat >= kInt8 && kFormat <= kInt2;
+  constexpr int64_t kBlocks = kD / 16;
+  constexpr int64_t kCodeBytes = kFormat == kFp32 ? 4 * kD
+                                 : (kFormat == kFp16 || kFormat == kBf16) ? 2 * kD
+                                 : kFormat == kInt8 ? kD
+                                 : kFormat == kInt4 ? kD / 2
+                                                    : kD / 4;
+  constexpr int64_t kStride = kCodeBytes + (kInteger ? 4 : 0);
+  // int4 / int2 rows whose codes fill whole 16-byte groups decode by code planes
+  constexpr int64_t kPerByte = kFormat == kInt4 ? 2 : kFormat == kInt2 ? 4 : 1;
+  constexpr int64_t kBits = 8 / kPerByte;
+  constexpr bool kSplit = kPerByte > 1 && kCodeBytes % 16 == 0;
+  const int64_t total = O[num_bags];
+  const int64_t last = std::max<int64_t>(total - 1, 0);
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+  for (int64_t b = 0; b < num_bags; ++b) {
+    __m512 acc[kBlocks];
+    for (int64_t k = 0; k < kBlocks; ++k) acc[k] = _mm512_setzero_ps();
+    float bias_sum = 0.0f;
+    int64_t count = 0;
+    for (int64_t i = O[b]; i < O[b + 1]; ++i) {
+      {
+        // the row kPrefetchDistance ids ahead (clamped to the last id; an id outside the
+        // table is clamped to row 0 for the prefetch only: it is reported when reached)
+        const int64_t ahead = I[std::min(i + kPrefetchDistance, last)];
+        const int64_t safe = static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V) ? ahead : 0;
+        const uint8_t* p = W + safe * kStride;
+        for (int64_t o = 0; o < kStride; o += 64) __builtin_prefetch(p + o, 0, EMBTABLE_Q_LOCALITY);
+        if constexpr (kStride % 64 != 0) __builtin_prefetch(p + kStride - 1, 0, EMBTABLE_Q_LOCALITY);
+      }
+      const int64_t id = I[i];
+      if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
+        bad = 1;
+        continue;
+      }
+      if (id == padding_idx) continue;
+      const uint8_t* row = W + id * kStride;
+      const float w = kWeighted ? P[i] : 1.0f;
+      float factor = w;
+      if constexpr (kInteger) {
+        int32_t header;
+        std::memcpy(&header, row + kCodeBytes, 4);
+        const __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(header));  // scale, bias
+        factor = w * _mm_cvtss_f32(sb);
+        bias_sum += w * _mm_cvtss_f32(_mm_movehdup_ps(sb));
+      }
+      const __m512 f = _mm512_set1_ps(factor);
+      if constexpr (kSplit) {
+        // 16 bytes at a time, one byte per lane: lane i of code plane j holds element
+        // kPerByte * i + j of the group (planes are interleaved back once per bag, below)
+        for (int64_t g = 0; g < kBlocks / kPerByte; ++g) {
+          const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * g)));
+          for (int64_t j = 0; j < kPerByte; ++j) {
+            __m512i plane = j == 0 ? bytes : _mm512_srli_epi32(bytes, static_cast<unsigned>(j * kBits));
+            if (j + 1 < kPerByte) plane = _mm512_and_si512(plane, _mm512_set1_epi32((1 << kBits) - 1));
+            acc[kPerByte * g + j] = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(plane), acc[kPerByte * g + j]);
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < kBlocks; ++k) acc[k] = _mm512_fmadd_ps(f, load16_512<kFormat>(row, k), acc[k]);
+      }
+      ++count;
+    }
+    if constexpr (kSplit) interleave_planes<kPerByte>(acc, kBlocks);
+    float* __restrict__ y = Y + b * kD;
+    const __m512 shift = _mm512_set1_ps(bias_sum);
+    if (mean && count > 1) {  // a division only where it changes something (it is slow)
+      const __m512 divisor = _mm512_set1_ps(static_cast<float>(count));
+      for (int64_t k = 0; k < kBlocks; ++k) _mm512_storeu_ps(y + 16 * k, _mm512_div_ps(_mm512_add_ps(acc[k], shift), divisor));
+    } else {
+      for (int64_t k = 0; k < kBlocks; ++k) _mm512_storeu_ps(y + 16 * k, _mm512_add_ps(acc[k], shift));
+    }
+  }
+  return bad;
+}
+
+template <int64_t kFormat, int64_t kD>
+int pool_sum_avx512(const uint8_t* W, int64_t V, const int64_t* I, const int64_t* O, const float* P,
+                    float* Y, int64_t num_bags, int64_t padding_idx, bool mean) {
+  if (P != nullptr) return pool_sum_avx512_impl<kFormat, kD, true>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
+  return pool_sum_avx512_impl<kFormat, kD, false>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
+}
+#endif
+
 void check_offsets(const int64_t* O, int64_t num_bounds, int64_t num_ids, const char* api) {
   bool ok = num_bounds == 0 || O[0] == 0;
   for (int64_t b = 0; ok && b + 1 < num_bounds; ++b) ok = O[b] <= O[b + 1];
@@ -371,6 +526,11 @@ int pool_format(int64_t pooling, const uint8_t* W, int64_t V, int64_t dim, const
 #ifdef EMBTABLE_QUANTIZED_AVX2
   if (pooling != kPoolMax && dim % 8 == 0) {
     const bool mean = pooling == kPoolMean;
+#ifdef EMBTABLE_QUANTIZED_AVX512
+    if (dim == 64) return pool_sum_avx512<kFormat, 64>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
+    if (dim == 128) return pool_sum_avx512<kFormat, 128>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
+    if (dim == 32) return pool_sum_avx512<kFormat, 32>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
+#endif
     if (dim == 64) return pool_sum_avx2<kFormat, 64>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
     if (dim == 128) return pool_sum_avx2<kFormat, 128>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
     if (dim == 32) return pool_sum_avx2<kFormat, 32>(W, V, dim, I, O, P, Y, num_bags, padding_idx, mean);
