@@ -9,6 +9,7 @@ fault is known.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -25,7 +26,9 @@ from _harness import CaseList, case, verdict
 
 
 def _tmp() -> Path:
-    return Path(tempfile.mkdtemp(prefix="adv-ckpt-"))
+    folder = Path(tempfile.mkdtemp(prefix="adv-ckpt-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # (the child's exit cleans up)
+    return folder
 
 
 def _model(seed: int):
