@@ -99,9 +99,10 @@ def _register_fakes() -> None:
 def _compiled(packed: Tensor, dim: int) -> bool:
     if packed.device.type != "cpu" or dim > _MAX_COMPILED_DIM or not ops.extension_available():
         return False
-    if not hasattr(torch.ops.embtable, "quantized_pool_bags"):
-        return False  # an extension built before this kernel existed
-    _register_fakes()
+    if not _FAKES["done"]:
+        if not hasattr(torch.ops.embtable, "quantized_pool_bags"):
+            return False  # an extension built before this kernel existed
+        _register_fakes()
     return True
 
 
@@ -245,7 +246,7 @@ def _compiled_bag(
     weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
     code = codecs.codec(fmt).code
     try:
-        return torch.ops.embtable.quantized_pool_bags(packed, code, dim, ids, bounds, weights, _POOL[mode], pad)
+        return torch.ops.embtable.quantized_pool_bags.default(packed, code, dim, ids, bounds, weights, _POOL[mode], pad)
     except RuntimeError as error:
         if "quantized_pool_bags" not in str(error):
             raise

@@ -7,7 +7,12 @@
 //   embtable::quantized_gather_rows(packed, format, dim, ids) -> float32 [len(ids), dim]
 //
 // An element decodes to scale * q + bias in float32; a weighted sum adds (w * scale) * q +
-// w * bias per element, so a bag never forms its decoded rows.  The pure-PyTorch twins are
+// w * bias per element, so a bag never forms its decoded rows.  Sum / mean pooling at
+// D = 32, 64, 128 runs 16-wide (AVX-512, where the build has it): the running sum in
+// registers, the bias summed once per bag, and int4 / int2 codes decoded by code planes
+// (one byte per lane, a shift and a mask per plane; the planes are interleaved back into
+// element order once per bag).  Other dims multiple of 8 run 8-wide (AVX2); the rest and
+// max pooling run the scalar loop.  The pure-PyTorch twins are
 // embtable.storage.codecs.dequantize_rows followed by embtable.ops._reference.pool_bags
 // (see embtable/nn/quantized.py); both agree to 1e-6 relative.  The ops register themselves
 // here (TORCH_LIBRARY_FRAGMENT); their fake kernels are registered from embtable/nn/quantized.py.
@@ -302,6 +307,10 @@ int pool_sum_avx2(const uint8_t* W, int64_t V, int64_t dim, const int64_t* I, co
 
 #if defined(__AVX512F__)
 #define EMBTABLE_QUANTIZED_AVX512 1
+// GCC 12's avx512fintrin.h fills unused lanes from a self-initialized variable, which
+// -Wmaybe-uninitialized reports at every inlined use: a false positive
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // Elements 16k .. 16k + 15 of a stored row as floats (values of a float format, raw codes of
 // an integer format).  Needs dim % 16 == 0.
 template <int64_t kFormat>
@@ -389,17 +398,21 @@ int pool_sum_avx512_impl(const uint8_t* W, int64_t V, const int64_t* I, const in
   for (int64_t b = 0; b < num_bags; ++b) {
     __m512 acc[kBlocks];
     for (int64_t k = 0; k < kBlocks; ++k) acc[k] = _mm512_setzero_ps();
-    float bias_sum = 0.0f;
+    __m128 biases = _mm_setzero_ps();
     int64_t count = 0;
     for (int64_t i = O[b]; i < O[b + 1]; ++i) {
       {
-        // the row kPrefetchDistance ids ahead (clamped to the last id; an id outside the
-        // table is clamped to row 0 for the prefetch only: it is reported when reached)
-        const int64_t ahead = I[std::min(i + kPrefetchDistance, last)];
-        const int64_t safe = static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V) ? ahead : 0;
-        const uint8_t* p = W + safe * kStride;
-        for (int64_t o = 0; o < kStride; o += 64) __builtin_prefetch(p + o, 0, EMBTABLE_Q_LOCALITY);
-        if constexpr (kStride % 64 != 0) __builtin_prefetch(p + kStride - 1, 0, EMBTABLE_Q_LOCALITY);
+        // the row kPrefetchDistance ids ahead (clamped to the last id).  The address is
+        // formed as an integer and never dereferenced: a prefetch does not fault, so an id
+        // outside the table needs no check here (it is reported when reached)
+        const uint64_t ahead = static_cast<uint64_t>(I[std::min(i + kPrefetchDistance, last)]);
+        const uintptr_t p = reinterpret_cast<uintptr_t>(W) + ahead * static_cast<uint64_t>(kStride);
+        for (int64_t o = 0; o < kStride; o += 64) {
+          __builtin_prefetch(reinterpret_cast<const void*>(p + o), 0, EMBTABLE_Q_LOCALITY);
+        }
+        if constexpr (kStride % 64 != 0) {
+          __builtin_prefetch(reinterpret_cast<const void*>(p + kStride - 1), 0, EMBTABLE_Q_LOCALITY);
+        }
       }
       const int64_t id = I[i];
       if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
@@ -408,16 +421,17 @@ int pool_sum_avx512_impl(const uint8_t* W, int64_t V, const int64_t* I, const in
       }
       if (id == padding_idx) continue;
       const uint8_t* row = W + id * kStride;
-      const float w = kWeighted ? P[i] : 1.0f;
-      float factor = w;
+      __m512 f;
       if constexpr (kInteger) {
         int32_t header;
         std::memcpy(&header, row + kCodeBytes, 4);
-        const __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(header));  // scale, bias
-        factor = w * _mm_cvtss_f32(sb);
-        bias_sum += w * _mm_cvtss_f32(_mm_movehdup_ps(sb));
+        __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(header));  // scale, bias (lanes 0, 1)
+        if constexpr (kWeighted) sb = _mm_mul_ps(_mm_set1_ps(P[i]), sb);  // w * scale, w * bias
+        biases = _mm_add_ps(biases, sb);  // lane 1: the bag's sum of w * bias
+        f = _mm512_broadcastss_ps(sb);
+      } else {
+        f = _mm512_set1_ps(kWeighted ? P[i] : 1.0f);
       }
-      const __m512 f = _mm512_set1_ps(factor);
       if constexpr (kSplit) {
         // 16 bytes at a time, one byte per lane: lane i of code plane j holds element
         // kPerByte * i + j of the group (planes are interleaved back once per bag, below)
@@ -436,7 +450,7 @@ int pool_sum_avx512_impl(const uint8_t* W, int64_t V, const int64_t* I, const in
     }
     if constexpr (kSplit) interleave_planes<kPerByte>(acc, kBlocks);
     float* __restrict__ y = Y + b * kD;
-    const __m512 shift = _mm512_set1_ps(bias_sum);
+    const __m512 shift = _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(biases)));
     if (mean && count > 1) {  // a division only where it changes something (it is slow)
       const __m512 divisor = _mm512_set1_ps(static_cast<float>(count));
       for (int64_t k = 0; k < kBlocks; ++k) _mm512_storeu_ps(y + 16 * k, _mm512_div_ps(_mm512_add_ps(acc[k], shift), divisor));
@@ -453,6 +467,7 @@ int pool_sum_avx512(const uint8_t* W, int64_t V, const int64_t* I, const int64_t
   if (P != nullptr) return pool_sum_avx512_impl<kFormat, kD, true>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
   return pool_sum_avx512_impl<kFormat, kD, false>(W, V, I, O, P, Y, num_bags, padding_idx, mean);
 }
+#pragma GCC diagnostic pop
 #endif
 
 void check_offsets(const int64_t* O, int64_t num_bounds, int64_t num_ids, const char* api) {
