@@ -93,10 +93,15 @@ def test_module_fast_path_matches_reference(fmt):
 
 
 @compiled
-def test_compiled_kernel_refuses_bad_ids():
-    packed = codecs.quantize_rows(_table(3, 4, 8), "int8")
-    with pytest.raises(RuntimeError, match="outside the table"):
-        torch.ops.embtable.quantized_pool_bags(packed, 3, 8, torch.tensor([9]), torch.tensor([0, 1]), None, 1, -1)
+@pytest.mark.parametrize("fmt,dim", [("int8", 8), ("int8", 64), ("int2", 64)])  # 8- and 16-wide loops
+def test_compiled_kernel_refuses_bad_ids(fmt, dim):
+    packed = codecs.quantize_rows(_table(3, 4, dim), fmt)
+    code = codecs.codec(fmt).code
+    for bad in (9, -1):
+        with pytest.raises(RuntimeError, match="outside the table"):
+            torch.ops.embtable.quantized_pool_bags(
+                packed, code, dim, torch.tensor([1, bad, 2]), torch.tensor([0, 2, 3]), None, 1, -1
+            )
 
 
 # ---------------------------------------------------------------------- single tables
