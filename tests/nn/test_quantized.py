@@ -57,6 +57,13 @@ def test_opcheck(fmt):
         torch.ops.embtable.quantized_pool_bags.default, (packed, code, 8, ids, offsets, torch.rand(4), 1, -1)
     )
     torch.library.opcheck(torch.ops.embtable.quantized_pool_bags.default, (packed, code, 8, ids, offsets, None, 3, 5))
+    starts = offsets[:-1]  # include_last_offset=False: the last bag ends at len(ids)
+    torch.library.opcheck(torch.ops.embtable.quantized_pool_bags.default, (packed, code, 8, ids, starts, None, 1, -1, False))
+    torch.testing.assert_close(
+        torch.ops.embtable.quantized_pool_bags(packed, code, 8, ids, starts, None, 2, -1, False),
+        q.pool_packed(packed, fmt, 8, ids, offsets, None, 2, -1, reference=True),
+        rtol=1e-6, atol=1e-6,
+    )
     torch.library.opcheck(torch.ops.embtable.quantized_gather_rows.default, (packed, code, 8, ids))
 
 

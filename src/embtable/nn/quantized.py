@@ -88,8 +88,9 @@ def _register_fakes() -> None:
     _FAKES["done"] = True
 
     @torch.library.register_fake("embtable::quantized_pool_bags")
-    def _pool_fake(packed, format, dim, ids, offsets, per_sample_weights, pooling, padding_idx):
-        return packed.new_empty((max(offsets.shape[0] - 1, 0), dim), dtype=torch.float32)
+    def _pool_fake(packed, format, dim, ids, offsets, per_sample_weights, pooling, padding_idx, include_last_offset=True):
+        num_bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+        return packed.new_empty((max(num_bags, 0), dim), dtype=torch.float32)
 
     @torch.library.register_fake("embtable::quantized_gather_rows")
     def _gather_fake(packed, format, dim, ids):
@@ -225,16 +226,13 @@ def _compiled_bag(
             and offsets.numel() >= (2 if include_last_offset else 1)
         ):
             return None
-        if include_last_offset:
-            if int(offsets[-1]) != num_ids:  # the last bag is cut at the input's end: general path
-                return None
-            bounds = offsets
-        else:
-            bounds = torch.cat([offsets, offsets.new_full((1,), num_ids)])
+        if include_last_offset and int(offsets[-1]) != num_ids:
+            return None  # the last bag is cut at the input's end: the general path
+        bounds, last = offsets, include_last_offset  # without it, the kernel ends the last bag
         ids = input
     elif input.dim() == 2 and offsets is None and input.shape[1] > 0:
         ids = input.reshape(-1)
-        bounds = torch.arange(0, num_ids + 1, input.shape[1])
+        bounds, last = torch.arange(0, num_ids + 1, input.shape[1]), True
     else:
         return None
     if padding_idx is None:
@@ -246,7 +244,9 @@ def _compiled_bag(
     weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
     code = codecs.codec(fmt).code
     try:
-        return torch.ops.embtable.quantized_pool_bags.default(packed, code, dim, ids, bounds, weights, _POOL[mode], pad)
+        return torch.ops.embtable.quantized_pool_bags.default(
+            packed, code, dim, ids, bounds, weights, _POOL[mode], pad, last
+        )
     except RuntimeError as error:
         if "quantized_pool_bags" not in str(error):
             raise

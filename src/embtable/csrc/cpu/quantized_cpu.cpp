@@ -3,7 +3,9 @@
 // followed by an fp16 scale and an fp16 bias: FBGEMM's fused layout) while pooling them.
 //
 //   embtable::quantized_pool_bags(packed, format, dim, ids, offsets, per_sample_weights,
-//                                 pooling, padding_idx) -> float32 [num_bags, dim]
+//                                 pooling, padding_idx, include_last_offset=True)
+//       -> float32 [num_bags, dim]  (offsets: num_bags + 1 boundaries, or with
+//          include_last_offset=False the num_bags starts, the last bag ending at len(ids))
 //   embtable::quantized_gather_rows(packed, format, dim, ids) -> float32 [len(ids), dim]
 //
 // An element decodes to scale * q + bias in float32; a weighted sum adds (w * scale) * q +
@@ -560,14 +562,15 @@ int pool_format(int64_t pooling, const uint8_t* W, int64_t V, int64_t dim, const
 at::Tensor quantized_pool_bags_cpu(const at::Tensor& packed_in, int64_t format, int64_t dim,
                                    const at::Tensor& ids_in, const at::Tensor& offsets_in,
                                    const std::optional<at::Tensor>& per_sample_weights,
-                                   int64_t pooling, int64_t padding_idx) {
+                                   int64_t pooling, int64_t padding_idx, bool include_last_offset) {
   const char* api = "quantized_pool_bags";
   TORCH_CHECK(pooling == kPoolSum || pooling == kPoolMean || pooling == kPoolMax, api,
               ": pooling must be 1 (sum), 2 (mean) or 3 (max), got ", pooling);
   const at::Tensor packed = check_packed(packed_in, format, dim, api);
   const at::Tensor ids = ids_in.to(at::kLong).contiguous();
   const at::Tensor offsets = offsets_in.to(at::kLong).contiguous();
-  const int64_t num_bags = std::max<int64_t>(offsets.numel() - 1, 0);
+  // include_last_offset=false: offsets hold the B bag starts, the last bag ends at len(ids)
+  const int64_t num_bags = include_last_offset ? std::max<int64_t>(offsets.numel() - 1, 0) : offsets.numel();
   const int64_t* O = offsets.data_ptr<int64_t>();
   check_offsets(O, offsets.numel(), ids.numel(), api);
   const float* P = nullptr;
@@ -587,6 +590,15 @@ at::Tensor quantized_pool_bags_cpu(const at::Tensor& packed_in, int64_t format, 
   at::Tensor out = writes_all && num_bags > 0 && dim > 0 ? at::empty({num_bags, dim}, float_options)
                                                          : at::zeros({num_bags, dim}, float_options);
   if (num_bags == 0 || dim == 0) return out;
+  at::Tensor bounds;  // B + 1 boundaries, allocated after the output (which then reuses the
+                      // memory a caller just freed, still in cache, as it would without them)
+  if (!include_last_offset) {
+    bounds = at::empty({num_bags + 1}, offsets.options());
+    int64_t* B = bounds.data_ptr<int64_t>();
+    std::memcpy(B, O, num_bags * sizeof(int64_t));
+    B[num_bags] = ids.numel();
+    O = B;
+  }
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t V = packed.size(0);
   const int64_t* I = ids.data_ptr<int64_t>();
@@ -675,7 +687,7 @@ at::Tensor quantized_gather_rows_cpu(const at::Tensor& packed_in, int64_t format
 TORCH_LIBRARY_FRAGMENT(embtable, m) {
   m.def(
       "quantized_pool_bags(Tensor packed, int format, int dim, Tensor ids, Tensor offsets, "
-      "Tensor? per_sample_weights, int pooling, int padding_idx) -> Tensor");
+      "Tensor? per_sample_weights, int pooling, int padding_idx, bool include_last_offset=True) -> Tensor");
   m.def("quantized_gather_rows(Tensor packed, int format, int dim, Tensor ids) -> Tensor");
 }
 
