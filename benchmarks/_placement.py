@@ -62,7 +62,9 @@ def thp_mode() -> str:
     try:
         with open(THP_ENABLED) as f:
             text = f.read()
-        return text[text.index("[") + 1 : text.index("]")]
+        if "[" in text:  # sysfs marks the active mode: "always [madvise] never"
+            return text[text.index("[") + 1 : text.index("]")]
+        return text.strip() or "unavailable"
     except (OSError, ValueError):
         return "unavailable"
 

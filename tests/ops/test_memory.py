@@ -68,3 +68,34 @@ def test_embtable_tables_follow_embtable_hugepages(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("EMBTABLE_HUGEPAGES", "1")
     on = embtable.Embedding(1 << 17, 64)
     assert huge_page_fraction(on.weight) > 0.5  # a fragmented machine may refuse some
+
+
+def _placement_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "_placement.py"
+    spec = importlib.util.spec_from_file_location("_placement_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_setting_switches_and_restores(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = _placement_module()
+    fake = tmp_path / "enabled"
+    fake.write_text("always [madvise] never\n")
+    monkeypatch.setattr(placement, "THP_ENABLED", str(fake))
+    monkeypatch.setattr(placement.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("EMBTABLE_HUGEPAGES", "1")
+    with placement.setting("4k", system=True):
+        assert fake.read_text() == "never"
+        assert not hugepages_requested()
+    assert fake.read_text() == "madvise"  # the old mode, restored
+    assert hugepages_requested()
+    with pytest.raises(RuntimeError, match="boom"), placement.setting("huge", system=True):
+        assert fake.read_text() == "always"
+        raise RuntimeError("boom")
+    assert fake.read_text() == "madvise"  # restored after an error too
+    with pytest.raises(ValueError, match="placement must be one of"):
+        with placement.setting("big"):
+            pass
