@@ -396,6 +396,39 @@ def embedding_bag(
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
+def fast_bag_layout(
+    input: Tensor, offsets: Any, per_sample_weights: Any, mode: Any, include_last_offset: bool
+) -> tuple[Tensor, Tensor, bool] | None:
+    """``(ids, bounds, bounds_end_the_last_bag)`` of a bag call a compiled kernel can take after
+    O(1) checks (1-D ids with 1-D offsets, or 2-D ids of fixed-length bags; weights only for
+    ``"sum"``), or ``None`` where the general path must run.  Shared by the float and the
+    quantized fast paths.  ``bounds`` are the offsets as given; when the third value is
+    ``False`` the last bag runs to the end of ``ids``."""
+    if per_sample_weights is not None and not (
+        isinstance(per_sample_weights, Tensor)
+        and mode == "sum"
+        and per_sample_weights.shape == input.shape
+        and per_sample_weights.dtype == torch.float32
+    ):
+        return None
+    num_ids = input.numel()
+    if input.dim() == 1:
+        if not (
+            isinstance(offsets, Tensor)
+            and offsets.dim() == 1
+            and offsets.dtype in _ID_DTYPES
+            and offsets.device.type == "cpu"
+            and offsets.numel() >= (2 if include_last_offset else 1)
+        ):
+            return None
+        if include_last_offset and int(offsets[-1]) != num_ids:
+            return None  # the last bag is cut at the input's end: the general path
+        return input, offsets, include_last_offset
+    if input.dim() == 2 and offsets is None and input.shape[1] > 0:
+        return input.reshape(-1), torch.arange(0, num_ids + 1, input.shape[1], device=input.device), True
+    return None
+
+
 def _compiled_bags(
     input: Any,
     weight: Any,
@@ -431,36 +464,12 @@ def _compiled_bags(
         and not ops.batched(input, offsets, per_sample_weights, weight)
     ):
         return None
-    if per_sample_weights is not None and not (
-        isinstance(per_sample_weights, Tensor)
-        and mode == "sum"
-        and per_sample_weights.shape == input.shape
-        and per_sample_weights.dtype == torch.float32
-    ):
+    layout = fast_bag_layout(input, offsets, per_sample_weights, mode, include_last_offset)
+    if layout is None:
         return None
-    num_ids = input.numel()
-    if input.dim() == 1:
-        if not (
-            isinstance(offsets, Tensor)
-            and offsets.dim() == 1
-            and offsets.dtype in _ID_DTYPES
-            and offsets.device.type == "cpu"
-            and offsets.numel() >= (2 if include_last_offset else 1)
-        ):
-            return None
-        if include_last_offset:
-            if int(offsets[-1]) != num_ids:  # the last bag is cut at the input's end: slow path
-                return None
-            bounds = offsets
-        else:
-            bounds = torch.cat([offsets, offsets.new_full((1,), num_ids)])  # num_ids may be symbolic
-        ids = input
-    elif input.dim() == 2 and offsets is None and input.shape[1] > 0:
-        length = input.shape[1]
-        ids = input.reshape(-1)
-        bounds = torch.arange(0, num_ids + 1, length, device=input.device)
-    else:
-        return None
+    ids, bounds, last = layout
+    if not last:
+        bounds = torch.cat([bounds, bounds.new_full((1,), input.numel())])  # numel may be symbolic
     mode = check_bag_mode(mode, scale_grad_by_freq, api)
     pooling = _POOLING[mode]
     row = ops.normalize_padding_idx(padding_idx, weight.shape[0], api, EmbeddingValueError)

@@ -209,32 +209,10 @@ def _compiled_bag(
         and not ops.batched(input, offsets, per_sample_weights)
     ):
         return None
-    if per_sample_weights is not None and not (
-        isinstance(per_sample_weights, Tensor)
-        and mode == "sum"
-        and per_sample_weights.shape == input.shape
-        and per_sample_weights.dtype == torch.float32
-    ):
+    layout = functional.fast_bag_layout(input, offsets, per_sample_weights, mode, include_last_offset)
+    if layout is None:
         return None
-    num_ids = input.numel()
-    if input.dim() == 1:
-        if not (
-            isinstance(offsets, Tensor)
-            and offsets.dim() == 1
-            and offsets.dtype in _ID_DTYPES
-            and offsets.device.type == "cpu"
-            and offsets.numel() >= (2 if include_last_offset else 1)
-        ):
-            return None
-        if include_last_offset and int(offsets[-1]) != num_ids:
-            return None  # the last bag is cut at the input's end: the general path
-        bounds, last = offsets, include_last_offset  # without it, the kernel ends the last bag
-        ids = input
-    elif input.dim() == 2 and offsets is None and input.shape[1] > 0:
-        ids = input.reshape(-1)
-        bounds, last = torch.arange(0, num_ids + 1, input.shape[1]), True
-    else:
-        return None
+    ids, bounds, last = layout  # without `last`, the kernel ends the last bag at the input's end
     if padding_idx is None:
         pad = -1
     elif isinstance(padding_idx, int) and 0 <= padding_idx < packed.shape[0]:
