@@ -77,3 +77,27 @@ def test_errors():
         small.most_similar()
     with pytest.raises(ValueError, match="uint8"):
         QuantizedVectors(["a", "b"], torch.zeros(2, 5, dtype=torch.uint8), "int8", 8)
+
+
+def test_a_save_that_dies_before_its_manifest_leaves_the_old_vectors(tmp_path, monkeypatch):
+    """The rows of a new save never pair with the old vocab.json, whatever step fails."""
+    from embtable.vectors import quantized as module
+
+    old = _clustered(50, 8).quantize("int8")
+    new = _clustered(50, 8, seed=1).quantize("int8")  # same tokens and size: a mix would load
+    old.save(tmp_path / "q")
+    new.save(tmp_path / "q")  # a second save switches to the other rows file
+    old.save(tmp_path / "q")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["vectors.quantized.safetensors", "vocab.json"]
+
+    def die(*_args, **_kwargs):
+        raise OSError("killed before the manifest")
+
+    monkeypatch.setattr(module, "atomic_write_bytes", die)
+    with pytest.raises(OSError, match="killed"):
+        new.save(tmp_path / "q")
+    loaded = QuantizedVectors.load(tmp_path / "q")
+    assert torch.equal(loaded.packed, old.packed) and not torch.equal(old.packed, new.packed)
+    monkeypatch.undo()
+    new.save(tmp_path / "q")  # the next save after the failed one completes normally
+    assert torch.equal(QuantizedVectors.load(tmp_path / "q").packed, new.packed)

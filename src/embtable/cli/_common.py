@@ -45,7 +45,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", le
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (beside, synced, renamed)."""
-    from embtable.vectors._atomic import atomic_write
+    from embtable._atomic import atomic_write
 
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     with atomic_write(path) as out:

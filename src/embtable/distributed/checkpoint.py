@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
 
+from embtable._atomic import atomic_write_bytes, fsync_dir
 from embtable.distributed.plan import Shard, ShardingType
 from embtable.distributed.sharded import _ShardedTables
 
@@ -230,33 +231,16 @@ def save_checkpoint(
             "pooled": sharded._pooled,
             "optimizer": optimizer,
         }
-        _write_atomic(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1))
+        atomic_write_bytes(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1).encode())
         old = None
         if os.path.exists(path):
             old = f"{path}.old-{token[0]}"
             os.replace(path, old)
         os.replace(partial, path)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier(group=sharded.group)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save
 
-    from embtable.vectors._atomic import atomic_write, fsync_dir
+    from embtable._atomic import atomic_write, fsync_dir
 
     name = type(model).__name__
     if name not in _CLASSES:
@@ -104,7 +104,7 @@ def _current_weights(path: Path) -> str:
     A manifest left naming ``model-next.safetensors`` after that file was renamed (a save
     stopped between steps 3 and 4) is first rewritten naming ``model.safetensors``, so that
     the new weights never land under the name the current manifest uses."""
-    from embtable.vectors._atomic import atomic_write
+    from embtable._atomic import atomic_write
 
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))

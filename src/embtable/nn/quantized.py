@@ -38,7 +38,6 @@ import json
 import os
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from embtable import functional, ops
+from embtable._atomic import atomic_write
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged
 from embtable.nn.collection import (
@@ -259,16 +259,11 @@ def save_packed(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: d
         arrays.append(array)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    target = Path(path)
-    temp = target.with_name(target.name + ".tmp")
-    with open(temp, "wb") as fout:
+    with atomic_write(path) as fout:
         fout.write(struct.pack("<Q", len(raw)))
         fout.write(raw)
         for array in arrays:
             fout.write(memoryview(array).cast("B"))
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(temp, target)
 
 
 def load_packed(path: str | os.PathLike, *, mmap: bool = True) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -11,29 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Bits", "RowLog", "copy_sparse", "fsync_dir", "runs", "write_atomic"]
+__all__ = ["Bits", "RowLog", "copy_sparse", "runs"]
 
 
 class CorruptFileError(ValueError):
     """A data file whose size does not match the manifest (raised as the store's error)."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, target)
-    fsync_dir(target.parent)
 
 
 def copy_sparse(source: Path, target: Path) -> None:

@@ -68,15 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from embtable.storage._disk_files import (
-    Bits,
-    CorruptFileError,
-    RowLog,
-    copy_sparse,
-    fsync_dir,
-    runs,
-    write_atomic,
-)
+from embtable._atomic import atomic_write_bytes, fsync_dir
+from embtable.storage._disk_files import Bits, CorruptFileError, RowLog, copy_sparse, runs
 from embtable.storage._disk_spec import Disk, init_rows
 
 __all__ = [
@@ -260,7 +253,7 @@ class DiskRowStore:
             target.mkdir(exist_ok=True)
             cls._make_sparse(target / ROWS, num_embeddings * row_bytes)
             cls._make_sparse(target / ROW_BITS, (num_embeddings + 7) // 8)
-            write_atomic(target / MANIFEST, json.dumps(manifest, indent=1).encode())
+            atomic_write_bytes(target / MANIFEST, json.dumps(manifest, indent=1).encode())
         except OSError as error:
             raise type(error)(
                 error.errno,
@@ -687,7 +680,7 @@ class DiskRowStore:
     # -- durability ----------------------------------------------------------------------------
 
     def _write_manifest(self) -> None:
-        write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
     def _begin_write(self) -> None:
         if self.manifest["status"] != "writing":
@@ -794,7 +787,7 @@ def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) 
             if (source / name).exists():
                 copy_sparse(source / name, temp / name)
         copied = dict(manifest, status="clean", last_checkpoint=None)
-        write_atomic(temp / MANIFEST, json.dumps(copied, indent=1).encode())
+        atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -825,4 +818,4 @@ def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     target = Path(path)
     copied = json.loads((target / MANIFEST).read_bytes())
     copied["last_checkpoint"] = str(source.absolute())
-    write_atomic(target / MANIFEST, json.dumps(copied, indent=1).encode())
+    atomic_write_bytes(target / MANIFEST, json.dumps(copied, indent=1).encode())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from embtable.vectors._atomic import atomic_write
+from embtable._atomic import atomic_write
 from embtable.vectors.vocab import Vocab
 
 __all__ = ["read_native", "write_native"]

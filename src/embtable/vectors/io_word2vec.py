@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embtable.vectors._atomic import atomic_write
+from embtable._atomic import atomic_write
 from embtable.vectors._errors import BadLines, check_errors
 from embtable.vectors._progress import progress_bar
 from embtable.vectors._textparse import read_text_vectors
@@ -251,7 +251,7 @@ def write_word2vec(
 
     Text values are written with ``precision`` significant digits (``None``: 9, which
     reads back to the same float32).  Binary files are written as gensim writes them
-    (no newline after each vector).  The write is atomic (``_atomic.atomic_write``): a
+    (no newline after each vector).  The write is atomic (``embtable._atomic.atomic_write``): a
     failed or killed save leaves the previous file as it was.
 
     Raises:

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from embtable._atomic import atomic_write_bytes
 from embtable.nn.quantized import load_packed, save_packed
 from embtable.storage import codecs
 from embtable.vectors import query
@@ -54,7 +56,19 @@ from embtable.vectors.vocab import Vocab
 __all__ = ["QuantizedVectors"]
 
 FORMAT = "embtable.quantized-vectors/1"
-_FILE = "vectors.quantized.safetensors"
+# The rows file: a save writes the name the current vocab.json does not use (see save).
+_FILES = ("vectors.quantized.safetensors", "vectors.quantized.next.safetensors")
+
+
+def _rows_file(folder: Path) -> str | None:
+    """The rows file ``folder/vocab.json`` names (folders from before the manifest named it:
+    the first name); ``None`` without a readable vocab.json, or naming something else."""
+    try:
+        manifest = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = manifest.get("table", _FILES[0]) if isinstance(manifest, dict) else None
+    return name if name in _FILES else None
 _ROWS_PER_BLOCK = 1 << 15
 _QUERY_CHUNK = 256
 
@@ -277,22 +291,27 @@ class QuantizedVectors:
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a folder: ``vectors.quantized.safetensors`` (packed rows and norms, written
-        atomically) and ``vocab.json`` (written last)."""
+        """Write a folder: the packed rows and norms, then ``vocab.json`` (the manifest, naming
+        the rows file) last.
+
+        The rows go under the file name the current ``vocab.json`` does not use, so a save
+        killed at any moment leaves the folder opening as the old vectors or the new ones,
+        never new rows under old tokens; the unused file is removed at the end.
+        """
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
+        current = _rows_file(folder)
+        name = _FILES[1] if current == _FILES[0] else _FILES[0]
         save_packed(
-            folder / _FILE, {"packed": self.packed, "norms": self.norms.float()},
+            folder / name, {"packed": self.packed, "norms": self.norms.float()},
             {"format": FORMAT, "row_format": self.format, "dim": self.dim},
         )
         counts = None if self.vocab.counts is None else self.vocab.counts.tolist()
-        text = json.dumps({"format": "embtable.vectors/1", "tokens": self.tokens, "counts": counts})
-        temp = folder / "vocab.json.tmp"
-        with open(temp, "w", encoding="utf-8") as fout:
-            fout.write(text)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(temp, folder / "vocab.json")
+        manifest = {"format": "embtable.vectors/1", "tokens": self.tokens, "counts": counts,
+                    "table": name}  # fmt: skip
+        atomic_write_bytes(folder / "vocab.json", json.dumps(manifest).encode())
+        with contextlib.suppress(FileNotFoundError):
+            (folder / (_FILES[1] if name == _FILES[0] else _FILES[0])).unlink()
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True) -> QuantizedVectors:
@@ -304,12 +323,14 @@ class QuantizedVectors:
             ValueError: the files disagree.
         """
         folder = Path(path)
-        if not (folder / _FILE).is_file() or not (folder / "vocab.json").is_file():
+        name = _rows_file(folder)
+        if name is None or not (folder / name).is_file():
             raise FileNotFoundError(
-                f"QuantizedVectors.load: {os.fspath(path)} needs {_FILE} and vocab.json "
-                "(written by QuantizedVectors.save or `embtable convert --quantize`)"
+                f"QuantizedVectors.load: {os.fspath(path)} needs vocab.json and the rows file it "
+                f"names ({name or _FILES[0]}) (written by QuantizedVectors.save or "
+                "`embtable convert --quantize`)"
             )
-        tensors, meta = load_packed(folder / _FILE, mmap=mmap)
+        tensors, meta = load_packed(folder / name, mmap=mmap)
         if meta.get("format") != FORMAT:
             raise ValueError(f"QuantizedVectors.load: {os.fspath(path)} is not {FORMAT} ({meta.get('format')})")
         words = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))

@@ -1,12 +1,14 @@
 """Atomic file writes: a file is written beside its target, synced, then renamed over it.
 
 A reader (or a process killed half way through a save) sees either the old file, intact, or
-the new one, complete: never a prefix.  Used by every vector saver (word2vec, GloVe, the
-native folder, whose ``vocab.json`` is the manifest written last).
+the new one, complete: never a prefix.  The one implementation every saver uses (vectors,
+model checkpoints, quantized tables, disk-table and sharded-checkpoint manifests, plans, the
+CLI's JSON files); a multi-file artifact writes its manifest last through it.  Imports nothing
+from embtable, so every layer may use it.
 
 Example:
     >>> import os, tempfile
-    >>> from embtable.vectors._atomic import atomic_write
+    >>> from embtable._atomic import atomic_write
     >>> folder = tempfile.mkdtemp()
     >>> with atomic_write(os.path.join(folder, "a.txt")) as out:
     ...     _ = out.write(b"complete")
@@ -22,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
 
 
 @contextlib.contextmanager
@@ -48,6 +50,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     fsync_dir(folder)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (:func:`atomic_write` in one call)."""
+    with atomic_write(path) as out:
+        out.write(data)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
