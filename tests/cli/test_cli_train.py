@@ -11,17 +11,6 @@ import torch
 from embtable.cli.main import main
 
 
-@pytest.fixture(scope="module")
-def movielens():
-    pytest.importorskip("safetensors")
-    from embtable.data.movielens import MovieLensError, load_movielens
-
-    try:
-        return load_movielens()
-    except MovieLensError as err:
-        pytest.skip(f"MovieLens-100K unavailable: {err}")
-
-
 def test_short_training_run_beats_the_global_mean(movielens, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("EMBTABLE_NO_PROGRESS", "1")
     out = tmp_path / "ml"

@@ -5,20 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from embtable.cli.main import main
-
-
-@pytest.fixture(scope="module")
-def movielens():
-    from embtable.data.movielens import MovieLensError, load_movielens
-
-    try:
-        return load_movielens()
-    except MovieLensError as err:
-        pytest.skip(f"MovieLens-100K unavailable: {err}")
 
 
 def test_two_processes_beat_the_global_mean(movielens, tmp_path: Path, capsys) -> None:

@@ -117,16 +117,6 @@ def test_mae_is_the_mean_absolute_error() -> None:
         mae(torch.zeros(2), torch.zeros(3))
 
 
-@pytest.fixture(scope="module")
-def movielens():
-    pytest.importorskip("safetensors")
-    from embtable.data.movielens import MovieLensError, load_movielens
-
-    try:
-        return load_movielens()
-    except MovieLensError as err:
-        pytest.skip(f"MovieLens-100K unavailable: {err}")
-
 
 def test_the_test_part_influences_nothing(movielens, monkeypatch) -> None:
     """Train twice, the second time with the test ratings replaced by noise: the histories
