@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -28,11 +27,26 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from embtable.ops import batched, check_id_dtype
+from embtable import _jagged_convert, _jagged_reshape
+from embtable._jagged_checks import (
+    check_counts_tensor,
+    check_ids_tensor,
+    check_inverse_rows,
+    check_lengths_values,
+    check_multiple,
+    check_not_vmapped,
+    check_offsets_values,
+    check_weights,
+    checked_inverse,
+    checked_keys,
+    checked_stride,
+    checked_stride_per_key,
+    empty_as_ids,
+)
+from embtable._jagged_reshape import cat
+from embtable.ops import batched
 
 __all__ = ["Jagged", "KeyedJagged"]
-
-_ID_DTYPES = (torch.int32, torch.int64)
 
 
 class Jagged(NamedTuple):
@@ -149,35 +163,35 @@ class KeyedJagged:
         validate: bool = True,
     ) -> None:
         api = "KeyedJagged"
-        keys = _checked_keys(keys, api)
-        values = _empty_as_ids(values)
-        _check_ids_tensor(values, api)
+        keys = checked_keys(keys, api)
+        values = empty_as_ids(values)
+        check_ids_tensor(values, api)
         if (lengths is None) == (offsets is None):
             raise ValueError(f"{api}: give exactly one of lengths and offsets")
         if offsets is not None and isinstance(offsets, Tensor) and offsets.numel() == 0:
             offsets, lengths = None, values.new_zeros(0, dtype=torch.int64)  # TorchRec's empty batch
-        per_key = _checked_stride_per_key(stride_per_key, len(keys), api)
+        per_key = checked_stride_per_key(stride_per_key, len(keys), api)
         if lengths is not None:
-            lengths = _empty_as_ids(lengths)
-            _check_counts_tensor(lengths, "lengths", values, api)
+            lengths = empty_as_ids(lengths)
+            check_counts_tensor(lengths, "lengths", values, api)
             if per_key is None:
-                _check_multiple(lengths.numel(), len(keys), "lengths", api)
+                check_multiple(lengths.numel(), len(keys), "lengths", api)
             if validate:
-                _check_lengths_values(lengths, values.numel(), api)
+                check_lengths_values(lengths, values.numel(), api)
         else:
-            _check_counts_tensor(offsets, "offsets", values, api)
+            check_counts_tensor(offsets, "offsets", values, api)
             if per_key is None:
-                _check_multiple(offsets.numel() - 1, len(keys), "offsets", api, extra=1)
+                check_multiple(offsets.numel() - 1, len(keys), "offsets", api, extra=1)
             if validate:
-                _check_offsets_values(offsets, values.numel(), api)
+                check_offsets_values(offsets, values.numel(), api)
             lengths = torch.diff(offsets)
-        inverse = _checked_inverse(inverse_indices, values, api)
+        inverse = checked_inverse(inverse_indices, values, api)
         if inverse is not None and stride is None:
             stride = inverse[1].shape[1]
-        stride = _checked_stride(stride, per_key, lengths.numel(), len(keys), api)
+        stride = checked_stride(stride, per_key, lengths.numel(), len(keys), api)
         if inverse is not None:
-            _check_inverse_rows(inverse, keys, per_key or (stride,) * len(keys), stride, validate, api)
-        _check_weights(weights, values, api)
+            check_inverse_rows(inverse, keys, per_key or (stride,) * len(keys), stride, validate, api)
+        check_weights(weights, values, api)
         if offsets is not None:
             self.__dict__["_offsets"] = offsets.to(torch.int64)
         self._set(keys, values, lengths, weights, stride, per_key)
@@ -315,7 +329,7 @@ class KeyedJagged:
             return self._static_length_per_key
         if not self._keys:
             return ()
-        _check_not_vmapped(self._lengths)
+        check_not_vmapped(self._lengths)
         if self._stride_per_key is not None:
             cells = torch.repeat_interleave(
                 torch.arange(len(self._keys), device=self._lengths.device),
@@ -387,14 +401,14 @@ class KeyedJagged:
     def _gather(self, indices: list[int]) -> KeyedJagged:
         """The blocks of keys ``indices`` (repeats allowed), in that order."""
         parts = [self._part(i) for i in indices]
-        weights = None if self._weights is None else _cat([p.weights for p in parts], self._weights)
+        weights = None if self._weights is None else cat([p.weights for p in parts], self._weights)
         per_key = None
         if self._stride_per_key is not None:
             per_key = tuple(self._stride_per_key[i] for i in indices)
         return KeyedJagged._trusted(
             [self._keys[i] for i in indices],
-            _cat([p.values for p in parts], self._values),
-            _cat([p.lengths for p in parts], self._lengths),
+            cat([p.values for p in parts], self._values),
+            cat([p.lengths for p in parts], self._lengths),
             weights,
             self._stride,
             per_key,
@@ -452,17 +466,7 @@ class KeyedJagged:
             >>> moved.keys(), moved.values(), moved.lengths()
             (['b', 'a', 'b'], tensor([4, 1, 2, 3, 4]), tensor([1, 0, 1, 2, 1, 0]))
         """
-        indices = indices.tolist() if isinstance(indices, Tensor) else list(indices)
-        for position, index in enumerate(indices):
-            if isinstance(index, bool) or not hasattr(index, "__index__"):
-                raise TypeError(f"KeyedJagged.permute: indices must be ints, got {index!r}")
-            index = indices[position] = operator.index(index)
-            if not 0 <= index < len(self._keys):
-                raise IndexError(
-                    f"KeyedJagged.permute: index {index} is outside the {len(self._keys)} keys "
-                    f"{self._keys} (expected 0 .. {len(self._keys) - 1})"
-                )
-        return self._gather(indices)
+        return _jagged_reshape.permute(self, indices)
 
     def split(self, segments: Sequence[int]) -> list[KeyedJagged]:
         """Consecutive groups of keys: ``segments[i]`` keys each (TorchRec's ``split``).
@@ -483,44 +487,7 @@ class KeyedJagged:
             >>> batch.split([0, 3])[0].stride()
             2
         """
-        segments = list(segments)
-        for segment in segments:
-            if isinstance(segment, bool) or not isinstance(segment, int) or segment < 0:
-                raise ValueError(f"KeyedJagged.split: segments must be ints >= 0, got {segment!r}")
-        if sum(segments) > len(self._keys):
-            raise ValueError(
-                f"KeyedJagged.split: segments {segments} add up to {sum(segments)} keys, but the "
-                f"batch has {len(self._keys)}"
-            )
-        parts, start = [], 0
-        starts, cells = self._offset_per_key, self.lengths_offset_per_key()
-        for segment in segments:
-            end = start + segment
-            if segment == len(self._keys):
-                parts.append(self)
-            elif segment == 0:  # as TorchRec: empty tensors, int32 lengths, the stride kept
-                empty = self._values.new_zeros(0)
-                per_key = () if self._stride_per_key is not None else None
-                weights = None if self._weights is None else self._weights.new_zeros(0)
-                lengths = self._lengths.new_zeros(0, dtype=torch.int32)
-                parts.append(KeyedJagged._trusted([], empty, lengths, weights, self._stride, per_key))
-            else:
-                lo, hi = starts[start], starts[end]
-                per_key = None
-                if self._stride_per_key is not None:
-                    per_key = self._stride_per_key[start:end]
-                parts.append(
-                    KeyedJagged._trusted(
-                        self._keys[start:end],
-                        self._values[lo:hi],
-                        self._lengths[cells[start] : cells[end]],
-                        None if self._weights is None else self._weights[lo:hi],
-                        self._stride,
-                        per_key,
-                    )
-                )
-            start = end
-        return parts
+        return _jagged_reshape.split(KeyedJagged, self, segments)
 
     @staticmethod
     def concat(batches: Sequence[KeyedJagged]) -> KeyedJagged:
@@ -540,50 +507,7 @@ class KeyedJagged:
             >>> both.keys(), both.values(), both.lengths()
             (['a', 'b'], tensor([1, 2, 3, 4]), tensor([1, 1, 2, 0]))
         """
-        api = "KeyedJagged.concat"
-        batches = list(batches)
-        if not batches:
-            raise ValueError(f"{api}: batches must hold at least one KeyedJagged, got none")
-        for batch in batches:
-            if not isinstance(batch, KeyedJagged):
-                raise TypeError(f"{api}: batches must be KeyedJagged, got {type(batch).__name__}")
-        first = batches[0]
-        weighted = [b.weights() is not None for b in batches]
-        if any(weighted) and not all(weighted):
-            raise ValueError(
-                f"{api}: cannot concatenate weighted and unweighted batches (weighted: {weighted})"
-            )
-        variable = [b.variable_stride_per_key() for b in batches]
-        strides = [b.stride() for b in batches]
-        if any(variable) and not all(variable):
-            raise ValueError(
-                f"{api}: cannot mix batches with and without a batch size per key "
-                f"(variable: {variable})"
-            )
-        if not any(variable) and len(set(strides)) > 1:
-            raise ValueError(f"{api}: every batch must have one batch size, got strides {strides}")
-        devices = {str(b.device) for b in batches}
-        if len(devices) > 1:
-            raise ValueError(f"{api}: every batch must be on one device, got {sorted(devices)}")
-        inverse = [b.inverse_indices_or_none() for b in batches]
-        if any(i is not None for i in inverse) and not all(i is not None for i in inverse):
-            raise ValueError(f"{api}: cannot mix batches with and without inverse_indices")
-        per_key = None
-        if all(variable):
-            per_key = tuple(s for b in batches for s in b.stride_per_key())
-        joined = KeyedJagged._trusted(
-            [k for b in batches for k in b.keys()],
-            _cat([b.values() for b in batches], first.values()),
-            _cat([b.lengths() for b in batches], first.lengths()),
-            _cat([b.weights() for b in batches], first.weights()) if all(weighted) else None,
-            max(strides),
-            per_key,
-        )
-        if inverse[0] is not None:
-            joined._inverse_indices = (
-                [k for i in inverse for k in i[0]], torch.cat([i[1] for i in inverse])
-            )
-        return joined
+        return _jagged_reshape.concat(KeyedJagged, batches)
 
     @property
     def device(self) -> torch.device:
@@ -627,24 +551,7 @@ class KeyedJagged:
             >>> batch.weights()
             tensor([0.5000, 1.0000, 2.0000])
         """
-        api = "KeyedJagged.from_dict"
-        if not isinstance(ids, Mapping):
-            raise TypeError(f"{api}: ids must be a mapping {{key: list of lists}}, got {type(ids).__name__}")
-        keys = list(ids)
-        values, lengths = _flatten(ids, torch.int64, api, "ids")
-        flat_weights = None
-        if weights is not None:
-            if not isinstance(weights, Mapping) or list(weights) != keys:
-                got = list(weights) if isinstance(weights, Mapping) else type(weights).__name__
-                raise ValueError(f"{api}: weights must have the keys {keys} in that order, got {got}")
-            flat_weights, weight_lengths = _flatten(weights, torch.float32, api, "weights")
-            if not torch.equal(weight_lengths, lengths):
-                raise ValueError(
-                    f"{api}: weights must give one float per id, but their per-example "
-                    f"counts differ from those of the ids"
-                )
-            flat_weights = flat_weights.to(device)
-        return cls(keys, values.to(device), lengths.to(device), weights=flat_weights)
+        return _jagged_convert.from_dict(cls, ids, weights, device)
 
     @classmethod
     def from_padded(
@@ -670,24 +577,7 @@ class KeyedJagged:
             >>> batch["words"]
             Jagged(values=tensor([4, 9, 5]), lengths=tensor([2, 1]), weights=None)
         """
-        api = "KeyedJagged.from_padded"
-        if not isinstance(padded, Mapping):
-            raise TypeError(f"{api}: padded must be a mapping {{key: [B, L] tensor}}, got {type(padded).__name__}")
-        for key, tensor in padded.items():
-            _check_ids_tensor(tensor, api, name=f"padded[{key!r}]", dims=2)
-        _common_batch({key: tensor.shape[0] for key, tensor in padded.items()}, api)
-        values, lengths = [], []
-        for tensor in padded.values():
-            keep = tensor != pad_value
-            values.append(tensor[keep].to(torch.int64))
-            lengths.append(keep.sum(1))
-        empty = torch.empty(0, dtype=torch.int64)
-        return cls(
-            list(padded),
-            _cat(values, empty).to(device),
-            _cat(lengths, empty).to(device),
-            validate=False,
-        )
+        return _jagged_convert.from_padded(cls, padded, pad_value, device)
 
     @classmethod
     def from_torchrec(cls, kjt: Any) -> KeyedJagged:
@@ -700,19 +590,7 @@ class KeyedJagged:
             TypeError: ``kjt`` is not a ``KeyedJaggedTensor``.
             ValueError: its parts are inconsistent (see the constructor).
         """
-        api = "KeyedJagged.from_torchrec"
-        keyed_jagged_tensor = _torchrec_class(api)
-        if not isinstance(kjt, keyed_jagged_tensor):
-            raise TypeError(f"{api}: expected a torchrec KeyedJaggedTensor, got {type(kjt).__name__}")
-        keys = kjt.keys()
-        if len(set(keys)) != len(keys):  # TorchRec's permute / concat repeat keys
-            return cls.concat([_torchrec_key(cls, kjt, i) for i in range(len(keys))])
-        inverse = kjt.inverse_indices_or_none()
-        if kjt.variable_stride_per_key():
-            return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
-                       stride_per_key=kjt.stride_per_key(), inverse_indices=inverse)
-        return cls(keys, kjt.values(), kjt.lengths(), weights=kjt.weights_or_none(),
-                   stride=kjt.stride(), inverse_indices=inverse)
+        return _jagged_convert.from_torchrec(cls, kjt)
 
     def to_torchrec(self) -> Any:
         """This batch as TorchRec's ``KeyedJaggedTensor`` (sharing the tensors).
@@ -720,312 +598,7 @@ class KeyedJagged:
         Raises:
             ImportError: torchrec is not installed.
         """
-        keyed_jagged_tensor = _torchrec_class("KeyedJagged.to_torchrec")
-        per_rank = None
-        if self._stride_per_key is not None:
-            per_rank = [[count] for count in self._stride_per_key]
-        return keyed_jagged_tensor(
-            keys=self.keys(),
-            values=self._values,
-            lengths=self._lengths,
-            weights=self._weights,
-            stride=self.stride(),
-            stride_per_key_per_rank=per_rank,
-            inverse_indices=self.inverse_indices_or_none(),
-        )
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _torchrec_class(api: str) -> type:
-    try:
-        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-    except ImportError as error:
-        raise ImportError(
-            f"{api}: torchrec is not importable ({error}); install it with `pip install torchrec`"
-        ) from None
-    return KeyedJaggedTensor
-
-
-def _torchrec_key(cls: type, kjt: Any, index: int) -> Any:
-    """Key ``index`` of a ``KeyedJaggedTensor`` as a one-key batch (keys may repeat there)."""
-    starts, cells = kjt.offset_per_key(), kjt.lengths_offset_per_key()
-    weights = kjt.weights_or_none()
-    lo, hi = starts[index], starts[index + 1]
-    per_key = [kjt.stride_per_key()[index]] if kjt.variable_stride_per_key() else None
-    return cls(
-        [kjt.keys()[index]],
-        kjt.values()[lo:hi],
-        kjt.lengths()[cells[index] : cells[index + 1]],
-        weights=None if weights is None else weights[lo:hi],
-        stride=None if per_key else kjt.stride(),
-        stride_per_key=per_key,
-    )
-
-
-def _checked_keys(keys: Sequence[str], api: str) -> list[str]:
-    if isinstance(keys, str):
-        raise TypeError(f"{api}: keys must be a sequence of strings, got the string {keys!r}; write [{keys!r}]")
-    keys = list(keys)
-    for key in keys:
-        if not isinstance(key, str):
-            raise TypeError(f"{api}: keys must be strings, got {key!r}")
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise ValueError(f"{api}: keys must be distinct, got {duplicates} more than once")
-    return keys
-
-
-def _empty_as_ids(tensor: Any) -> Any:
-    """An empty 1-D tensor of a non-integer dtype (``torch.tensor([])``) as int64, as TorchRec allows."""
-    if (
-        isinstance(tensor, Tensor)
-        and tensor.numel() == 0
-        and tensor.dim() == 1
-        and tensor.dtype not in _ID_DTYPES
-    ):
-        return tensor.new_zeros(0, dtype=torch.int64)
-    return tensor
-
-
-def _checked_stride_per_key(stride_per_key: Any, num_keys: int, api: str) -> tuple[int, ...] | None:
-    if stride_per_key is None:
-        return None
-    if isinstance(stride_per_key, Tensor):
-        stride_per_key = stride_per_key.tolist()
-    if isinstance(stride_per_key, (str, bytes)) or not isinstance(stride_per_key, Sequence):
-        raise TypeError(
-            f"{api}: stride_per_key must be a list of ints, got {type(stride_per_key).__name__}"
-        )
-    per_key = tuple(stride_per_key)
-    for count in per_key:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"{api}: stride_per_key must hold ints >= 0, got {count!r}")
-    if len(per_key) != num_keys:
-        raise ValueError(
-            f"{api}: stride_per_key has {len(per_key)} entries, expected one per key ({num_keys})"
-        )
-    return per_key
-
-
-def _checked_inverse(inverse: Any, values: Tensor, api: str) -> tuple[list[str], Tensor] | None:
-    if inverse is None:
-        return None
-    if not isinstance(inverse, (tuple, list)) or len(inverse) != 2:
-        raise TypeError(
-            f"{api}: inverse_indices must be a pair (keys, [K, B] int tensor), got "
-            f"{type(inverse).__name__}"
-        )
-    keys = _checked_keys(inverse[0], f"{api} inverse_indices")
-    rows = inverse[1]
-    if not isinstance(rows, Tensor) or rows.dtype not in _ID_DTYPES:
-        got = rows.dtype if isinstance(rows, Tensor) else type(rows).__name__
-        raise TypeError(f"{api}: inverse_indices[1] must be an int64 or int32 tensor, got {got}")
-    if rows.dim() != 2 or rows.shape[0] != len(keys):
-        raise ValueError(
-            f"{api}: inverse_indices[1] must have shape [{len(keys)}, B] (one row per key of "
-            f"inverse_indices[0]), got {tuple(rows.shape)}"
-        )
-    if rows.device != values.device:
-        raise ValueError(f"{api}: inverse_indices is on {rows.device} but values on {values.device}")
-    return keys, rows
-
-
-def _check_inverse_rows(
-    inverse: tuple[list[str], Tensor],
-    keys: list[str],
-    per_key: Sequence[int],
-    stride: int,
-    validate: bool,
-    api: str,
-) -> None:
-    names, rows = inverse
-    if rows.shape[1] != stride:
-        raise ValueError(
-            f"{api}: inverse_indices[1] has {rows.shape[1]} columns, expected the batch size "
-            f"stride={stride}"
-        )
-    if not validate or rows.numel() == 0:
-        return
-    examples = dict(zip(keys, per_key))
-    for name, row in zip(names, rows):
-        if name not in examples:
-            continue
-        low, high = int(row.min()), int(row.max())
-        if low < 0 or high >= examples[name]:
-            raise ValueError(
-                f"{api}: inverse_indices for {name!r} holds {low if low < 0 else high}, but the "
-                f"feature has {examples[name]} examples (valid: 0..{examples[name] - 1})"
-            )
-
-
-def _checked_stride(
-    stride: Any, per_key: tuple[int, ...] | None, num_lengths: int, num_keys: int, api: str
-) -> int:
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 0):
-        raise ValueError(f"{api}: stride must be an int >= 0, got {stride!r}")
-    if per_key is not None:
-        if sum(per_key) != num_lengths:
-            raise ValueError(
-                f"{api}: lengths has {num_lengths} entries, expected sum(stride_per_key) = "
-                f"{sum(per_key)} (one per example of each key)"
-            )
-        derived = max(per_key, default=0)
-        if stride is not None and stride < derived:
-            raise ValueError(
-                f"{api}: stride={stride} is smaller than the largest of stride_per_key {list(per_key)}"
-            )
-        return derived if stride is None else stride
-    derived = num_lengths // num_keys if num_keys else 0
-    if stride is None or not num_keys:
-        return derived if stride is None else stride
-    if stride != derived:
-        raise ValueError(
-            f"{api}: stride={stride} but lengths has {num_lengths} entries for {num_keys} keys, "
-            f"i.e. a batch of {derived}"
-        )
-    return stride
-
-
-def _check_ids_tensor(values: Any, api: str, name: str = "values", dims: int = 1) -> None:
-    check_id_dtype(values, api, name)
-    if values.dim() != dims:
-        raise ValueError(f"{api}: {name} must be {dims}-D, got shape {tuple(values.shape)}")
-
-
-def _check_counts_tensor(counts: Any, name: str, values: Tensor, api: str) -> None:
-    if not isinstance(counts, Tensor) or counts.dtype not in _ID_DTYPES:
-        got = counts.dtype if isinstance(counts, Tensor) else type(counts).__name__
-        raise TypeError(f"{api}: {name} must be an int64 or int32 tensor, got {got}")
-    if counts.dim() != 1:
-        raise ValueError(f"{api}: {name} must be 1-D, got shape {tuple(counts.shape)}")
-    if counts.device != values.device:
-        raise ValueError(
-            f"{api}: {name} is on {counts.device} but values on {values.device}; move both "
-            f"to one device"
-        )
-
-
-def _check_multiple(count: int, num_keys: int, name: str, api: str, extra: int = 0) -> None:
-    if count < 0 or (num_keys == 0 and count != 0) or (num_keys and count % num_keys):
-        plus = f" + {extra}" if extra else ""
-        raise ValueError(
-            f"{api}: {name} has {count + extra} entries, expected num_keys * batch_size{plus} "
-            f"with {num_keys} keys"
-        )
-
-
-def _check_lengths_values(lengths: Tensor, num_values: int, api: str) -> None:
-    _check_not_vmapped(lengths)
-    if lengths.numel() == 0:
-        total = 0
-    else:
-        low = int(lengths.min())
-        if low < 0:
-            position = int(torch.nonzero(lengths < 0)[0])
-            raise ValueError(f"{api}: lengths must be >= 0, got lengths[{position}] = {low}")
-        high = int(lengths.max())
-        if high > num_values:  # (checked first: a sum of huge counts could wrap int64)
-            position = int(torch.argmax(lengths))
-            raise ValueError(
-                f"{api}: lengths[{position}] = {high} exceeds the {num_values} ids of values; "
-                f"lengths[f * B + b] must count the ids of feature f in example b"
-            )
-        # sums over chunks of at most 2**62 // high counts cannot wrap int64
-        chunk = max(1, 2**62 // max(high, 1))
-        total = sum(int(part.sum(dtype=torch.int64)) for part in lengths.split(chunk))
-    if total != num_values:
-        raise ValueError(
-            f"{api}: lengths sum to {total} but values holds {num_values} ids; "
-            f"lengths[f * B + b] must count the ids of feature f in example b"
-        )
-
-
-def _check_offsets_values(offsets: Tensor, num_values: int, api: str) -> None:
-    _check_not_vmapped(offsets)
-    first, last = int(offsets[0]), int(offsets[-1])
-    if first != 0:
-        raise ValueError(f"{api}: offsets must start at 0, got offsets[0] = {first}")
-    falls = offsets[1:] < offsets[:-1]  # (compared, not subtracted: a difference can wrap)
-    if falls.numel() and bool(falls.any()):
-        position = int(torch.nonzero(falls)[0])
-        raise ValueError(
-            f"{api}: offsets must be non-decreasing, got offsets[{position}] = "
-            f"{int(offsets[position])} > offsets[{position + 1}] = {int(offsets[position + 1])}"
-        )
-    if last != num_values:
-        raise ValueError(
-            f"{api}: offsets must end at len(values) = {num_values}, got offsets[-1] = {last}"
-        )
-
-
-def _check_weights(weights: Any, values: Tensor, api: str) -> None:
-    if weights is None:
-        return
-    if not isinstance(weights, Tensor) or not weights.dtype.is_floating_point:
-        got = weights.dtype if isinstance(weights, Tensor) else type(weights).__name__
-        raise TypeError(f"{api}: weights must be a floating tensor, got {got}")
-    if weights.shape != values.shape:
-        raise ValueError(
-            f"{api}: weights must have the shape of values {tuple(values.shape)}, one weight "
-            f"per id, got {tuple(weights.shape)}"
-        )
-    if weights.device != values.device:
-        raise ValueError(f"{api}: weights is on {weights.device} but values on {values.device}")
-
-
-def _common_batch(batch_per_key: dict[str, int], api: str) -> int:
-    sizes = set(batch_per_key.values())
-    if len(sizes) > 1:
-        raise ValueError(
-            f"{api}: every feature must have the same number of examples, got {batch_per_key}"
-        )
-    return sizes.pop() if sizes else 0
-
-
-def _flatten(
-    nested: Mapping[str, Sequence[Sequence[Any] | Tensor]], dtype: torch.dtype, api: str, name: str
-) -> tuple[Tensor, Tensor]:
-    flat: list[Any] = []
-    lengths: list[int] = []
-    for key, examples in nested.items():
-        if isinstance(examples, (str, Tensor)) or not isinstance(examples, Sequence):
-            raise TypeError(
-                f"{api}: {name}[{key!r}] must be a list with one list of values per example, "
-                f"got {type(examples).__name__}"
-            )
-    _common_batch({key: len(examples) for key, examples in nested.items()}, api)
-    for examples in nested.values():
-        for example in examples:
-            items = example.tolist() if isinstance(example, Tensor) else example
-            if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-                raise TypeError(
-                    f"{api}: {name} must hold one list of values per example, "
-                    f"got an entry {example!r}"
-                )
-            flat.extend(items)
-            lengths.append(len(items))
-    values = torch.tensor(flat) if flat else torch.empty(0, dtype=dtype)
-    if dtype == torch.int64 and (values.dtype.is_floating_point or values.dtype == torch.bool):
-        raise TypeError(f"{api}: ids must be integers, got values of dtype {values.dtype}")
-    return values.to(dtype), torch.tensor(lengths, dtype=torch.int64)
-
-
-def _check_not_vmapped(lengths: Tensor) -> None:
-    """Refuse batched ``lengths`` (inside ``torch.func.vmap``) whose ids per key are unknown."""
-    if batched(lengths):
-        raise ValueError(
-            "KeyedJagged: its lengths are batched by torch.func.vmap, so its ids per key are "
-            "not Python numbers; vmap over an embtable.func.KeyedJaggedStack (every example "
-            "with the same ids per key) instead of building the batch inside vmap"
-        )
-
-
-def _cat(tensors: list[Tensor], like: Tensor) -> Tensor:
-    if not tensors:
-        return like.new_empty(0)
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        return _jagged_convert.to_torchrec(self)
 
 
 # A pytree node, so that torch.export / torch.compile / torch.func take a KeyedJagged as a
