@@ -27,6 +27,7 @@ from embtable.nn.disk import (
     DiskEmbeddingBagCollection,
     DiskEmbeddingCollection,
 )
+from embtable.storage._disk_log import log_files
 from embtable.storage.disk import (
     CorruptTableError,
     Disk,
@@ -78,11 +79,17 @@ def test_store_matches_dict_of_rows(tmp_path_factory, batches):
         for i, row_id in enumerate(batch):
             oracle[row_id] = (rows[i], int(state[1][i]))
     _check_store(store, oracle)  # rows still in the write-back log (newest record wins)
-    assert (path / "log.bin").exists()
-    store.flush()  # the log's records go to their rows' places
-    assert len(store._log) == 0
+    store.flush(compact=False)  # the log is durable: named by the manifest, rows untouched
     store.close()
-    assert not (path / "log.bin").exists()
+    assert [p.name for p in log_files(path)] == ["log.000001.bin", "log.000001.ids"]
+    assert not (path / "rows.bits").read_bytes().strip(b"\0")  # nothing written home yet
+    again = DiskRowStore.open(path, read_only=True)  # reads the logged rows from the log
+    _check_store(again, oracle)
+    again.close()
+    again = DiskRowStore.open(path)
+    again.flush(compact=True)  # the newest records go to their rows' places, the log is dropped
+    assert again._log is None and again.compactions == 1 and not log_files(path)
+    again.close()
     again = DiskRowStore.open(path, read_only=True)
     _check_store(again, oracle)
     assert again.state_rule == "demo"
@@ -187,27 +194,36 @@ def test_read_only(tmp_path):
     assert caught.value.errno == errno.EROFS
 
 
-def test_file_size_limit_gives_clear_error_then_refuses(tmp_path):
-    """A full disk, played by RLIMIT_FSIZE: the write raises a clear OSError and the table,
-    left 'writing', refuses to open (never a mix of old and new rows)."""
-    _table(tmp_path / "t", rows=100)  # 1600 bytes of rows; the manifest fits under the limit
+def test_file_size_limit_gives_clear_errors_and_keeps_the_last_flush(tmp_path):
+    """A full disk, played by RLIMIT_FSIZE: a failed log append and a failed compaction each
+    raise a clear OSError, and the table reopens exactly at its last flush (never a mix)."""
+    _table(tmp_path / "t", rows=100)  # 1600 bytes of rows; rows 1 and 2 are ones (in the log)
     script = textwrap.dedent(f"""
         import resource, signal, torch
         from embtable.storage.disk import DiskRowStore
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         store = DiskRowStore.open({str(tmp_path / "t")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
-        try:
-            store.write_rows(torch.tensor([0, 99]), torch.zeros(2, 4))  # into the log
-            store.flush()  # the log's rows to their places: row 99 lies past the limit
+        try:  # 1,600 bytes of log: past the limit
+            store.write_rows(torch.arange(100), torch.full((100, 4), 5.0))
+        except OSError as error:
+            print("ERRNO", error.errno, error)
+        try:  # into the log (fits), flushed, then moved home: row 99 lies past the limit
+            store.write_rows(torch.tensor([0, 99]), torch.full((2, 4), 7.0))
+            store.flush(compact=True)
         except OSError as error:
             print("ERRNO", error.errno, error)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert f"ERRNO {errno.EFBIG}" in done.stdout, done.stdout + done.stderr
-    assert "restore the last checkpoint" in done.stdout
-    with pytest.raises(TableNotCleanError):
-        DiskRowStore.open(tmp_path / "t")
+    errors = [line for line in done.stdout.splitlines() if line.startswith(f"ERRNO {errno.EFBIG}")]
+    assert len(errors) == 2, done.stdout + done.stderr
+    assert "as at its last flush" in errors[0] and "stays at this flush" in errors[1]
+    expected = init_rows(0, torch.arange(100), 4)  # no 5.0 anywhere: the failed append is ignored
+    expected[1:3] = 1.0
+    expected[[0, 99]] = 7.0  # flushed (in the log) before the failed move
+    store = DiskRowStore.open(tmp_path / "t")
+    assert torch.equal(store.read_rows(torch.arange(100)), expected)
+    store.close()
 
 
 # ----------------------------------------------------------------------------- the modules

@@ -10,6 +10,8 @@ step; and training resumed from the newest checkpoint continues exactly as the o
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
 import subprocess
@@ -38,6 +40,7 @@ CHILD = textwrap.dedent(
     work, checkpoints = sys.argv[1], sys.argv[2]
     table = DiskEmbeddingBag(ROWS, DIM, mode="sum", storage=Disk(work, cache_rows=CACHE, seed=1))
     opt = embtable.optim.fuse(table, "adam", **OPTIONS)
+    table.store.compact_ratio = 0.1  # some checkpoints keep the log, others move it home
     print("ready", flush=True)
     for step in range(1, 10**6):
         ids, offsets = batch(step)
@@ -145,3 +148,116 @@ def test_kill_during_checkpoint_copy_keeps_previous(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         DiskRowStore.open(tmp_path / ".ckpt.tmp-999")
     table.close()
+
+
+# ------------------------------------------------------------ kills at chosen points of the log
+
+STORE_ROWS, STORE_DIM = 400, 8
+
+
+def _store_batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``count`` batches of (distinct ids, rows, one float of state per row)."""
+    generator = torch.Generator().manual_seed(4)
+    out = []
+    for _ in range(count):
+        ids = torch.randperm(STORE_ROWS, generator=generator)[:120]
+        out.append((ids, torch.randn(120, STORE_DIM, generator=generator), torch.rand(120, generator=generator)))
+    return out
+
+
+def _store_oracle(batches, flushes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and state after the first ``flushes`` flushes (two batches each)."""
+    rows, state = init_rows(4, torch.arange(STORE_ROWS), STORE_DIM), torch.zeros(STORE_ROWS)
+    for ids, values, states in batches[: 2 * flushes]:
+        rows[ids], state[ids] = values, states
+    return rows, state
+
+
+def _die_on(calls: int, action=None):
+    """A wrapper that, on its ``calls``-th call, runs ``action`` (if any) and kills the process."""
+    count = [0]
+
+    def wrap(function):
+        def inner(*args, **kwargs):
+            count[0] += 1
+            if count[0] == calls:
+                if action is not None:
+                    action(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return function(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+@pytest.mark.parametrize(
+    "point, survives",
+    [
+        ("mid-log-append", 4),  # half of an append after flush 4 (a new segment after the move)
+        ("mid-compaction", 3),  # the move of flush 3: some records home, the log still named
+        ("before-compacted-manifest", 3),  # all records home, the manifest still names the log
+        ("before-flush-manifest", 4),  # flush 5's log is synced, its manifest not yet written
+    ],
+)
+def test_kill_at_log_states_reopens_at_last_flush(tmp_path, point, survives):
+    """A store flushed every two batches, moving its log home at flush 3 only, is killed
+    (SIGKILL, in a forked child) at one point of the log's life; the directory then opens at
+    exactly the last completed flush, and keeps working from there."""
+    from embtable.storage import _disk_log, disk
+
+    batches = _store_batches(12)
+    path = tmp_path / "t"
+    pid = os.fork()
+    if pid == 0:  # the child: train the store until the planted kill
+        try:
+            store = DiskRowStore.create(path, num_embeddings=STORE_ROWS, embedding_dim=STORE_DIM, seed=4, io_threads=1)
+            store.bind_state("demo", [disk.StateField("s", torch.float32, ())], bytes(4))
+            disk._COMPACT_ROWS = 50  # the move of ~400 rows takes several writes
+            if point == "mid-log-append":
+                half = lambda fd, data, offset: os.pwrite(fd, data[: len(data) // 2], offset)  # noqa: E731
+                _disk_log._full_write = _die_on(2 * 8 + 1, half)(_disk_log._full_write)  # 2 files x 8 batches
+            elif point == "mid-compaction":
+                store._write_home = _die_on(3)(store._write_home)
+            elif point == "before-compacted-manifest":
+                disk.atomic_write_bytes = _die_on(3 + 1)(disk.atomic_write_bytes)  # after flush 3's first
+            else:
+                disk.atomic_write_bytes = _die_on(5 + 1)(disk.atomic_write_bytes)  # flushes 1-5 + the move's
+            for number, (ids, rows, state) in enumerate(batches, 1):
+                store.write_rows(ids, rows, [state])
+                if number % 2 == 0:
+                    store.flush(table_step=number // 2, compact=number == 6)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(3)  # the kill did not happen
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child exited: {status}"
+    manifest = json.loads((path / "manifest.json").read_text())  # the planted state was reached
+    home = int.from_bytes((path / "rows.bits").read_bytes(), "little").bit_count()
+    logged = manifest["log"] and (path / f"log.{manifest['log']['segment']:06d}.ids").stat().st_size // 8
+    expect = {
+        "mid-log-append": manifest["log"] and (path / f"log.{manifest['log']['segment']:06d}.bin").stat().st_size
+        > manifest["log"]["records"] * (4 * STORE_DIM + 4),  # a torn record tail, no ids for it
+        "mid-compaction": logged and 0 < home < STORE_ROWS,  # some of the log's rows home
+        "before-compacted-manifest": logged and home > 300,  # all the log's rows home
+        "before-flush-manifest": logged and logged > manifest["log"]["records"],
+    }
+    assert expect[point], (manifest, home, logged)
+    store = DiskRowStore.open(path)  # never refuses: the log's unflushed part is cut off
+    assert store.table_step == survives
+    rows, state = store.read(torch.arange(STORE_ROWS))
+    expected_rows, expected_state = _store_oracle(batches, survives)
+    assert torch.equal(rows, expected_rows) and torch.equal(state[0], expected_state)
+    ids, values, states = batches[-1]  # keeps working: one more batch, flushed and moved home
+    store.write_rows(ids, values, [states])
+    store.flush(compact=True)
+    store.close()
+    store = DiskRowStore.open(path, read_only=True)
+    expected_rows[ids], expected_state[ids] = values, states
+    rows, state = store.read(torch.arange(STORE_ROWS))
+    assert torch.equal(rows, expected_rows) and torch.equal(state[0], expected_state)
+    assert store.manifest["log"] is None
+    store.close()

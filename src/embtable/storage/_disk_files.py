@@ -1,17 +1,16 @@
-"""File helpers of the disk row store: atomic writes, sparse copies, bitmaps, the
-write-back log.  Private to :mod:`embtable.storage.disk`."""
+"""File helpers of the disk row store: sparse copies, bitmaps, runs of rows.  Private to
+:mod:`embtable.storage.disk` (the write-back log is in :mod:`embtable.storage._disk_log`)."""
 
 from __future__ import annotations
 
 import errno
 import mmap
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Bits", "RowLog", "copy_sparse", "runs"]
+__all__ = ["Bits", "CorruptFileError", "copy_sparse", "runs"]
 
 
 class CorruptFileError(ValueError):
@@ -85,88 +84,3 @@ class Bits:
         self._map.close()
         self._file.close()
 
-
-
-
-#: ``io(fd, write, positions, buffer, record)``: pread / pwrite the records at sorted
-#: ``positions`` (record numbers) from / to the rows of ``buffer``.
-RecordIO = Callable[[int, bool, np.ndarray, np.ndarray, int], None]
-
-
-class RowLog:
-    """Append-only log of whole records (row + optimizer state) written back since the last
-    flush: one sequential write per batch instead of one read-modify-write of a 4 KiB page
-    per row.  An in-RAM index (sorted ids and their record numbers, newest wins) finds a
-    row's latest record; :meth:`drain` hands the records back in id order so that the store
-    can write them to their home places, after which the log is empty.
-    """
-
-    def __init__(self, path: Path, record: int, io: RecordIO) -> None:
-        self.path, self.record, self._io = path, record, io
-        self.fd: int | None = None
-        self.count = 0  # records appended (the file's length in records)
-        self.ids = np.empty(0, np.int64)
-        self.pos = np.empty(0, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def nbytes(self) -> int:
-        return self.count * self.record
-
-    def append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
-        """Append ``records`` (``[n, record]`` uint8, rows of ``sorted_ids``) in one write."""
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
-        view, offset = memoryview(np.ascontiguousarray(records)).cast("B"), self.count * self.record
-        while len(view):
-            done = os.pwrite(self.fd, view, offset)
-            view, offset = view[done:], offset + done
-        positions = np.arange(self.count, self.count + len(sorted_ids), dtype=np.int64)
-        self.count += len(sorted_ids)
-        ids, pos = self.ids, self.pos
-        if len(ids):  # drop the older records of rewritten ids
-            at = np.searchsorted(ids, sorted_ids)
-            inside = at < len(ids)
-            stale = at[inside][ids[at[inside]] == sorted_ids[inside]]
-            if len(stale):
-                keep = np.ones(len(ids), dtype=bool)
-                keep[stale] = False
-                ids, pos = ids[keep], pos[keep]
-        where = np.searchsorted(ids, sorted_ids)
-        self.ids = np.insert(ids, where, sorted_ids)
-        self.pos = np.insert(pos, where, positions)
-
-    def find(self, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(in_log, positions)``: which of ``sorted_ids`` have a record, and its number."""
-        if not len(self.ids):
-            return np.zeros(len(sorted_ids), dtype=bool), np.empty(0, np.int64)
-        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
-        found = self.ids[at] == sorted_ids
-        return found, self.pos[at[found]]
-
-    def read(self, positions: np.ndarray) -> np.ndarray:
-        """The records at ``positions`` (any order), ``[n, record]`` uint8, in that order."""
-        order = np.argsort(positions, kind="stable")
-        buffer = np.empty((len(positions), self.record), dtype=np.uint8)
-        self._io(self.fd, False, positions[order], buffer, self.record)
-        out = np.empty_like(buffer)
-        out[order] = buffer
-        return out
-
-    def drain(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(sorted ids, their records)`` in chunks of ``chunk`` ids; then empties the log."""
-        for first in range(0, len(self.ids), chunk):
-            yield self.ids[first : first + chunk], self.read(self.pos[first : first + chunk])
-        self.ids, self.pos, self.count = np.empty(0, np.int64), np.empty(0, np.int64), 0
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-
-    def close(self, remove: bool) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if remove and self.path.exists():
-            self.path.unlink()

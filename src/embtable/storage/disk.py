@@ -8,6 +8,8 @@ A disk-backed table is a directory::
     rows.bits       one bit per row: set once the row has been written
     state.bin       one optimizer-state record per row (created when an optimizer is bound)
     state.bits      one bit per row: set once the row's state has been written
+    log.<n>.bin     the write-back log: whole records (row + state) appended in batches
+    log.<n>.ids     the row number of each logged record (int64)
 
 A row never written costs no disk (a hole of the sparse files) and reads as the table's
 initializer evaluated at ``(seed, row)`` (:func:`init_rows`), so a table of a billion rows
@@ -17,14 +19,23 @@ Reads and writes go through :class:`DiskRowStore` in batches of ids sorted by ro
 files are opened with ``POSIX_FADV_RANDOM`` (no read-ahead) and the bitmaps, which are
 mapped, with ``MADV_RANDOM``.
 
-Durability: the first write after a clean point flips the manifest to ``"writing"``
-(atomically, before any row changes), :meth:`DiskRowStore.flush` fsyncs the files and
-writes ``"clean"``; :meth:`DiskRowStore.checkpoint` flushes and copies the directory
-(holes preserved) to a new directory whose manifest is written last and which appears by
-one rename.  A directory found ``"writing"`` (its process died between a write and the
-next flush) refuses to open with :class:`TableNotCleanError` naming the last checkpoint:
-rows are never silently a mix of old and new values.  :func:`restore` copies a
-checkpoint back.
+Durability: written rows (with their state) are appended to the write-back log, which
+is part of the table: :meth:`DiskRowStore.flush` fsyncs the log and then writes the
+manifest naming the log segment and its length, so records appended after a flush (or
+half-appended when the process was killed) are ignored when the table is reopened, and
+the rows and state files are not touched between flushes.  A row's newest logged record
+is its value (an in-RAM index finds it).  Once the log outgrows the pages its records
+would dirty at home (``compact_ratio``), a flush moves the newest records to their home
+places in row order (each page written once), fsyncs them and writes a manifest without
+the log last: a process killed during that move leaves the previous manifest, whose log
+still shadows every row being moved.  Writes that go straight home (rows without their
+state, a log past ``max_log_bytes`` between flushes) first flip the manifest to
+``"writing"``; a directory found ``"writing"`` refuses to open with
+:class:`TableNotCleanError` naming the last checkpoint.  So a killed process leaves the
+table at its last flush or refusing to open, never a silent mix of old and new rows.
+:meth:`DiskRowStore.checkpoint` flushes and copies the directory (holes kept) to a new
+directory whose manifest is written last and which appears by one rename;
+:func:`restore` copies a checkpoint back.
 
 The table-level object users pass around is the :class:`Disk` spec
 (``storage=embtable.storage.disk.Disk(path, cache_rows=...)``); the modules that use it,
@@ -52,15 +63,11 @@ Example:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
-import math
 import os
-import shutil
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +75,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from embtable._atomic import atomic_write_bytes, fsync_dir
-from embtable.storage._disk_files import Bits, CorruptFileError, RowLog, copy_sparse, runs
+from embtable._atomic import atomic_write_bytes
+from embtable.storage._disk_files import Bits, CorruptFileError, runs
+from embtable.storage._disk_log import (
+    CorruptLogError,
+    RowLog,
+    log_files,
+    pages_touched,
+)
+from embtable.storage._disk_manifest import (
+    _DATA_FILES,
+    _DTYPE_NAMES,
+    _DTYPES,
+    FORMAT,
+    MANIFEST,
+    ROW_BITS,
+    ROWS,
+    STATE,
+    STATE_BITS,
+    VERSION,
+    CorruptTableError,
+    StateField,
+    TableNotCleanError,
+    _dtype_name,
+    copy_table,
+    lock_writer,
+    read_manifest,
+    state_fields,
+)
 from embtable.storage._disk_spec import Disk, init_rows
 
 __all__ = [
@@ -82,66 +115,20 @@ __all__ = [
     "restore",
 ]
 
-FORMAT = "embtable-disk"
-VERSION = 1
-MANIFEST = "manifest.json"
-ROWS, ROW_BITS, STATE, STATE_BITS = "rows.bin", "rows.bits", "state.bin", "state.bits"
-LOG = "log.bin"
-_DATA_FILES = (ROWS, ROW_BITS, STATE, STATE_BITS)
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "int32": torch.int32,
-    "int64": torch.int64,
-}
-_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 #: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
 _PARALLEL_RUNS = 64
-#: Default bound of the write-back log (``DiskRowStore.max_log_bytes``).
-_MAX_LOG_BYTES = 2 << 30
+#: Default hard bound of the write-back log between flushes (``DiskRowStore.max_log_bytes``).
+_MAX_LOG_BYTES = 8 << 30
+#: Default ``DiskRowStore.compact_ratio``: a flush moves the log home once the log's bytes
+#: reach this multiple of the bytes that moving it would write (whole pages).
+_COMPACT_RATIO = 2.0
 #: Records moved from the log to their home places per batch.
 _COMPACT_ROWS = 1 << 16
-
-
-class TableNotCleanError(RuntimeError):
-    """The table's process stopped between a write and the next flush: rows may mix old and
-    new values, so the directory refuses to open.  Restore the last checkpoint."""
-
-
-class CorruptTableError(CorruptFileError):
-    """The manifest is missing, unreadable or inconsistent with the data files."""
-
-
-def _dtype_name(dtype: torch.dtype, api: str) -> str:
-    if dtype not in _DTYPE_NAMES:
-        raise TypeError(f"{api}: dtype must be one of {sorted(_DTYPES)}, got {dtype}")
-    return _DTYPE_NAMES[dtype]
 
 
 # ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StateField:
-    """One optimizer-state tensor of a disk table: its name, dtype and per-row shape."""
-
-    name: str
-    dtype: torch.dtype
-    row_shape: tuple[int, ...]
-
-    @property
-    def row_bytes(self) -> int:
-        return math.prod(self.row_shape) * torch.empty((), dtype=self.dtype).element_size()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": _DTYPE_NAMES[self.dtype], "row_shape": list(self.row_shape)}
 
 
 class DiskRowStore:
@@ -172,18 +159,43 @@ class DiskRowStore:
         self._fresh_state = b""
         self.rows_read = self.rows_written = self.rows_initialized = 0
         self.bytes_read = self.bytes_written = 0
-        #: the write-back log is moved to the rows' home places when it grows past this
+        #: a flush moves the log to the rows' home places once the log's bytes reach this
+        #: multiple of the page bytes the move writes (amortised writes per logged record
+        #: at most ``(1 + 1 / compact_ratio)`` records)
+        self.compact_ratio = _COMPACT_RATIO
+        #: hard bound of the log: past it, a write moves the log home at once (the table
+        #: is then ``"writing"`` until the next flush)
         self.max_log_bytes = _MAX_LOG_BYTES
+        self.compactions = 0
         self._log: RowLog | None = None
         self._lock_fd: int | None = None
         if not read_only:
-            self._lock_fd = _lock_writer(path)
+            self._lock_fd = lock_writer(path)
             self._unlock = weakref.finalize(self, os.close, self._lock_fd)  # also when dropped
-            if (path / LOG).exists():  # a clean table's log is stale (already moved)
-                (path / LOG).unlink()
         self._open_data(ROWS, ROW_BITS, self.row_bytes)
         if manifest.get("state"):
             self._load_state_layout(manifest["state"])
+        self._open_log()
+
+    def _open_log(self) -> None:
+        """Load the log segment the manifest names; when writable, delete other segments'
+        files (a killed compaction's or a never-flushed segment's leftovers)."""
+        entry = self.manifest.get("log")
+        if not self.read_only:
+            keep = None if entry is None else f"log.{entry['segment']:06d}."
+            for file in log_files(self.path):
+                if keep is None or not file.name.startswith(keep):
+                    file.unlink()
+        if entry is None:
+            return
+        try:
+            self._log = RowLog(
+                self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._io,
+                records=entry["records"], writable=not self.read_only,
+            )
+        except CorruptLogError as error:
+            self.close()
+            raise CorruptTableError(str(error)) from None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -247,6 +259,8 @@ class DiskRowStore:
             "status": "clean",
             "generation": 0,
             "last_checkpoint": None,
+            "log": None,
+            "log_serial": 0,
         }
         row_bytes = embedding_dim * torch.empty((), dtype=dtype).element_size()
         try:
@@ -292,7 +306,7 @@ class DiskRowStore:
                 f"{api}: {str(target)!r} has no {MANIFEST}; it is not a disk table (or its "
                 "creation was interrupted before the manifest was written)"
             )
-        manifest = cls._read_manifest(manifest_path, api)
+        manifest = read_manifest(manifest_path, api)
         if manifest["status"] != "clean":
             last = manifest.get("last_checkpoint")
             hint = f"restore the last checkpoint ({last!r}) with embtable.storage.disk.restore" if last else (
@@ -345,32 +359,6 @@ class DiskRowStore:
             target, num_embeddings=num_embeddings, embedding_dim=embedding_dim, dtype=dtype,
             io_threads=io_threads, **create_options,
         )
-
-    @staticmethod
-    def _read_manifest(path: Path, api: str) -> dict[str, Any]:
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CorruptTableError(f"{api}: {str(path)!r} is not valid JSON ({error})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise CorruptTableError(f"{api}: {str(path)!r} is not an {FORMAT} manifest")
-        if manifest.get("version") != VERSION:
-            raise CorruptTableError(
-                f"{api}: {str(path)!r} has format version {manifest.get('version')!r}; this "
-                f"embtable reads version {VERSION}"
-            )
-        required = {
-            "num_embeddings": int, "embedding_dim": int, "dtype": str, "init": str, "seed": int,
-            "status": str, "generation": int, "table_step": int,
-        }
-        for key, kind in required.items():
-            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-                raise CorruptTableError(
-                    f"{api}: {str(path)!r} lacks a valid {key!r} (got {manifest.get(key)!r})"
-                )
-        if manifest["dtype"] not in _DTYPES or manifest["num_embeddings"] < 1 or manifest["embedding_dim"] < 1:
-            raise CorruptTableError(f"{api}: {str(path)!r} describes an invalid table shape or dtype")
-        return manifest
 
     def _open_data(self, name: str, bits_name: str, record_bytes: int) -> None:
         path = self.path / name
@@ -457,21 +445,16 @@ class DiskRowStore:
         record = sum(field.row_bytes for field in fields)
         if len(fresh) != record:
             raise ValueError(f"{api}: fresh holds {len(fresh)} bytes, the layout needs {record}")
-        self._compact()  # logged records have the old layout
-        if self._log is not None:
-            self._log.close(remove=True)
-            self._log = None
         if record:
             self._begin_write()
+            self._compact_now()  # logged records have the old layout
             self._make_sparse(self.path / STATE, self.num_embeddings * record)
             self._make_sparse(self.path / STATE_BITS, (self.num_embeddings + 7) // 8)
         self.manifest["state"] = layout
         self._load_state_layout(layout)
 
     def _load_state_layout(self, layout: dict[str, Any]) -> None:
-        self.state_fields = [
-            StateField(f["name"], _DTYPES[f["dtype"]], tuple(f["row_shape"])) for f in layout["fields"]
-        ]
+        self.state_fields = state_fields(layout)
         self.state_row_bytes = sum(field.row_bytes for field in self.state_fields)
         self._fresh_state = bytes.fromhex(layout["fresh"])
         if self.state_row_bytes and STATE not in self._fds:
@@ -602,12 +585,14 @@ class DiskRowStore:
         """Write rows ``ids`` and their optimizer state (one tensor per field).
 
         With the state (or when the table stores none) the records are appended to the
-        write-back log in one sequential write; :meth:`flush` moves them to their home places
-        in sorted order.  Rows without their state go straight to their home places.
+        write-back log in one sequential write (durable at the next :meth:`flush`; until
+        then a reopened table ignores them).  Rows without their state go straight to their
+        home places: the table is ``"writing"`` until the next flush.
 
         Raises:
-            OSError: read-only table; the disk is full or a file-size limit is reached (the
-                table stays ``"writing"`` and will refuse to open until restored).
+            OSError: read-only table; the disk is full or a file-size limit is reached (a
+                failed log append leaves the table as at its last flush; a failed home
+                write leaves it ``"writing"``: it refuses to open until restored).
             ValueError / TypeError: shapes or dtypes that do not match the table.
         """
         api = "DiskRowStore.write_rows"
@@ -627,38 +612,45 @@ class DiskRowStore:
             states = torch.cat(parts, dim=1).numpy()[order]
         if not len(sorted_ids):
             return
-        try:
-            self._begin_write()
-        except OSError as error:
-            raise type(error)(
-                error.errno,
-                f"{api}: could not mark the table at {str(self.path)!r} as being written "
-                f"({error.strerror}); nothing was written, the table is as at its last flush",
-            ) from None
         buffer = rows.detach().contiguous().view(torch.uint8).numpy()[order]
+        logged = states is not None or not self.state_row_bytes
+        if not logged or (self._log is not None and self._log.nbytes > self.max_log_bytes):
+            try:
+                self._begin_write()
+            except OSError as error:
+                raise type(error)(
+                    error.errno,
+                    f"{api}: could not mark the table at {str(self.path)!r} as being written "
+                    f"({error.strerror}); nothing was written, the table is as at its last flush",
+                ) from None
         try:
-            if states is not None or not self.state_row_bytes:
+            if logged:
+                if self._log is not None and self._log.nbytes > self.max_log_bytes:
+                    self._compact_now()
                 records = buffer if states is None else np.concatenate([buffer, states], axis=1)
                 self._log_append(sorted_ids, records)
             else:
-                self._compact()  # older records of these rows may sit in the log
+                self._compact_now()  # older records of these rows may sit in the log
                 self._write_home(sorted_ids, buffer, None)
         except OSError as error:
+            state = (
+                "the table is left in status 'writing' and will refuse to open: free space (or "
+                "raise the file-size limit) and restore the last checkpoint"
+                if self.status == "writing"
+                else "the table's files are as at its last flush (the log's partial tail is ignored)"
+            )
             raise type(error)(
                 error.errno,
-                f"{api}: writing {len(sorted_ids)} rows to {str(self.path)!r} failed: {error.strerror}; "
-                "the table is left in status 'writing' and will refuse to open: free space (or "
-                "raise the file-size limit) and restore the last checkpoint",
+                f"{api}: writing {len(sorted_ids)} rows to {str(self.path)!r} failed: {error.strerror}; {state}",
             ) from None
         self.rows_written += len(sorted_ids)
 
     def _log_append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
         if self._log is None:
-            self._log = RowLog(self.path / LOG, self.row_bytes + self.state_row_bytes, self._io)
+            self.manifest["log_serial"] = self.manifest.get("log_serial", 0) + 1
+            self._log = RowLog(self.path, self.manifest["log_serial"], self.row_bytes + self.state_row_bytes, self._io)
         self._log.append(sorted_ids, records)
-        self.bytes_written += records.nbytes
-        if self._log.nbytes > self.max_log_bytes:
-            self._compact()
+        self.bytes_written += records.nbytes + 8 * len(sorted_ids)
 
     def _write_home(self, sorted_ids: np.ndarray, rows: np.ndarray, states: np.ndarray | None) -> None:
         self._io(self._fds[ROWS], True, sorted_ids, np.ascontiguousarray(rows), self.row_bytes)
@@ -669,17 +661,56 @@ class DiskRowStore:
             self._bits[STATE_BITS].set(sorted_ids)
             self.bytes_written += states.nbytes
 
-    def _compact(self) -> None:
-        """Move every logged record to its home place (sorted by row), then empty the log."""
-        if not self._log:
+    def _move_log_home(self) -> None:
+        """Write every logged row's newest record to its home place (sorted by row, each page
+        once) and fsync the home files; the log itself is left for the caller to drop."""
+        if self._log is None:
             return
-        for ids, records in self._log.drain(_COMPACT_ROWS):
+        for ids, records in self._log.newest(_COMPACT_ROWS):
             states = records[:, self.row_bytes :] if self.state_row_bytes else None
             self._write_home(ids, records[:, : self.row_bytes], states)
+        self._sync_home()
+        self.compactions += 1
+
+    def _drop_log(self) -> None:
+        if self._log is not None:
+            self._log.close(remove=True)
+            self._log = None
+
+    def _compact_now(self) -> None:
+        """Move the log home between flushes (the table must be ``"writing"`` already)."""
+        if self._log is not None:
+            self._move_log_home()
+            self.manifest["log"] = None
+            self._drop_log()
+
+    def _sync_home(self) -> None:
+        for bits in self._bits.values():
+            bits.sync()
+        for fd in self._fds.values():
+            os.fsync(fd)
+
+    def compaction_bytes(self) -> int:
+        """Bytes (whole 4 KiB pages of the rows, state and bitmap files) that moving the
+        write-back log to its rows' home places would write now."""
+        if not self._log:
+            return 0
+        ids = self._log.ids
+        return 4096 * (
+            pages_touched(ids, self.row_bytes) + pages_touched(ids, self.state_row_bytes)
+            + pages_touched(ids >> 3, 1) * (2 if self.state_row_bytes else 1)
+        )
+
+    def _should_compact(self) -> bool:
+        log = self._log
+        if log is None or not len(log):
+            return False
+        return log.nbytes > self.max_log_bytes or log.nbytes >= self.compact_ratio * self.compaction_bytes()
 
     # -- durability ----------------------------------------------------------------------------
 
     def _write_manifest(self) -> None:
+        self.manifest["version"] = VERSION
         atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
     def _begin_write(self) -> None:
@@ -687,28 +718,51 @@ class DiskRowStore:
             self.manifest["status"] = "writing"
             self._write_manifest()
 
-    def flush(self, *, table_step: int | None = None) -> None:
-        """Make the on-disk table complete: fsync the data, then write a ``"clean"`` manifest
-        (recording ``table_step``, the optimizer's step count, when given)."""
+    def flush(self, *, table_step: int | None = None, compact: bool | None = None) -> None:
+        """Make the on-disk table complete: fsync the write-back log (and any home writes),
+        then write a ``"clean"`` manifest naming the log and its length (and ``table_step``,
+        the optimizer's step count, when given).
+
+        Then, if ``compact`` (``None``: when the log's bytes reach ``compact_ratio`` times
+        the page bytes the move writes, or ``max_log_bytes``), move the log's newest records
+        to their home places in row order, fsync them and write a manifest without the log
+        (a kill during the move leaves the first manifest, whose log shadows those rows).
+
+        Raises:
+            OSError: the disk is full or a file cannot be written (the table is then as at
+                its previous flush, or refuses to open if it was ``"writing"``).
+        """
         if self.read_only:
             return
+        api = "DiskRowStore.flush"
         try:
-            self._compact()
+            if self._log is not None:
+                self.manifest["log"] = self._log.sync()
+            if self.status == "writing":
+                self._sync_home()
         except OSError as error:
             raise type(error)(
-                error.errno,
-                f"DiskRowStore.flush: moving the write-back log of {str(self.path)!r} to its rows "
-                f"failed: {error.strerror}; the table stays 'writing': restore the last checkpoint",
+                error.errno, f"{api}: syncing the files of {str(self.path)!r} failed: {error.strerror}; "
+                "the table is as at its previous flush (or refuses to open if it was 'writing')",
             ) from None
-        for bits in self._bits.values():
-            bits.sync()
-        for fd in self._fds.values():
-            os.fsync(fd)
         if table_step is not None:
             self.manifest["table_step"] = int(table_step)
         self.manifest["status"] = "clean"
         self.manifest["generation"] += 1
         self._write_manifest()
+        if not (self._should_compact() if compact is None else compact and self._log is not None):
+            return
+        try:
+            self._move_log_home()
+        except OSError as error:
+            raise type(error)(
+                error.errno, f"{api}: moving the write-back log of {str(self.path)!r} to its rows "
+                f"failed: {error.strerror}; the table stays at this flush (its log still holds the rows)",
+            ) from None
+        self.manifest["log"] = None
+        self.manifest["generation"] += 1
+        self._write_manifest()
+        self._drop_log()
 
     def checkpoint(self, path: str | os.PathLike[str], *, table_step: int | None = None) -> Path:
         """Flush, then copy the table (holes kept) to the directory ``path``.
@@ -724,7 +778,7 @@ class DiskRowStore:
         if not target.parent.is_dir():
             raise FileNotFoundError(f"{api}: the parent directory of {str(target)!r} does not exist")
         self.flush(table_step=table_step)
-        _copy_table(self.path, target, self.manifest, api)
+        copy_table(self.path, target, self.manifest, api)
         if not self.read_only:
             self.manifest["last_checkpoint"] = str(target)
             self._write_manifest()
@@ -739,7 +793,7 @@ class DiskRowStore:
             self._pool.shutdown()
             self._pool = None
         if self._log is not None:
-            self._log.close(remove=self.status == "clean")
+            self._log.close()  # part of the table (records past its manifest length are cut on open)
             self._log = None
         for fd in self._fds.values():
             os.close(fd)
@@ -750,8 +804,8 @@ class DiskRowStore:
 
     def disk_usage(self) -> int:
         """Bytes the table's files occupy on disk (allocated blocks; holes are free)."""
-        names = (*_DATA_FILES, LOG)
-        return sum((self.path / n).stat().st_blocks * 512 for n in names if (self.path / n).exists())
+        files = [self.path / n for n in _DATA_FILES if (self.path / n).exists()] + log_files(self.path)
+        return sum(file.stat().st_blocks * 512 for file in files)
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
@@ -759,46 +813,6 @@ class DiskRowStore:
             f"DiskRowStore({str(self.path)!r}, {self.num_embeddings} x {self.embedding_dim} "
             f"{_DTYPE_NAMES[self.dtype]}, status={self.status!r}{mode})"
         )
-
-
-def _lock_writer(path: Path) -> int:
-    """An exclusive ``flock`` on ``path/.lock`` held while the table is open for writing (the
-    kernel drops it when the process dies); ``BlockingIOError`` if another writer holds it."""
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise BlockingIOError(
-            errno.EWOULDBLOCK,
-            f"DiskRowStore: the table at {str(path)!r} is already open for writing (by this or "
-            "another process); close it first, or open it with read_only=True",
-        ) from None
-    return fd
-
-
-def _copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -> None:
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir()
-    try:
-        for name in _DATA_FILES:
-            if (source / name).exists():
-                copy_sparse(source / name, temp / name)
-        copied = dict(manifest, status="clean", last_checkpoint=None)
-        atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(temp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(temp, target)
-        fsync_dir(target.parent)
-    except OSError as error:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise type(error)(error.errno, f"{api}: copying the table to {str(target)!r} failed: {error.strerror}") from None
 
 
 def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
@@ -814,7 +828,7 @@ def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     manifest = dict(store.manifest)
     store.close()
     manifest["last_checkpoint"] = str(source.absolute())
-    _copy_table(source, Path(path).absolute(), manifest, "restore")
+    copy_table(source, Path(path).absolute(), manifest, "restore")
     target = Path(path)
     copied = json.loads((target / MANIFEST).read_bytes())
     copied["last_checkpoint"] = str(source.absolute())

@@ -1,0 +1,198 @@
+"""The durable write-back log of a disk-backed table.  Private to :mod:`embtable.storage.disk`.
+
+A log segment is two files: ``log.<n>.bin`` (whole records: row bytes then optimizer-state
+bytes) and ``log.<n>.ids`` (the row number of each record, int64).  Records are only ever
+appended.  The manifest names the segment and how many of its records belong to the table
+(``{"segment": n, "records": N}``); records past ``N`` (appended after the last flush, or
+a half-written append of a killed process) are ignored and cut off when the table is next
+opened for writing.  A row's newest record within those ``N`` is its value: an in-RAM index
+(sorted row numbers and their record numbers, 16 bytes per logged row) finds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RowLog", "copy_segment", "log_files", "pages_touched"]
+
+PAGE = 4096
+_NAME = re.compile(r"log\.(\d+)\.(bin|ids)$")
+
+#: ``io(fd, write, positions, buffer, record)``: pread / pwrite the records at sorted
+#: ``positions`` (record numbers) from / to the rows of ``buffer``.
+RecordIO = Callable[[int, bool, np.ndarray, np.ndarray, int], None]
+
+
+def segment_paths(directory: Path, segment: int) -> tuple[Path, Path]:
+    """The data and ids files of log segment ``segment``."""
+    return directory / f"log.{segment:06d}.bin", directory / f"log.{segment:06d}.ids"
+
+
+def log_files(directory: Path) -> list[Path]:
+    """Every log file (of any segment) in ``directory``."""
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+
+
+def pages_touched(sorted_ids: np.ndarray, record: int) -> int:
+    """Distinct 4 KiB pages that writing the records of sorted ``sorted_ids`` (``record``
+    bytes each, at ``id * record``) dirties."""
+    if not len(sorted_ids) or not record:
+        return 0
+    first = sorted_ids * record // PAGE
+    last = (sorted_ids * record + record - 1) // PAGE
+    return len(np.unique(np.concatenate((first, last))))
+
+
+def _full_write(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+def copy_segment(source: Path, target: Path, segment: int, records: int, record: int) -> None:
+    """Copy the first ``records`` records of segment ``segment`` from the table directory
+    ``source`` to ``target`` (both files), then fsync the copies."""
+    for src, dst, size in zip(segment_paths(source, segment), segment_paths(target, segment), (record, 8)):
+        length = records * size
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            offset = 0
+            while offset < length:
+                copied = os.copy_file_range(fin.fileno(), fout.fileno(), length - offset, offset, offset)
+                if copied == 0:
+                    raise OSError(errno.EIO, f"{src} is shorter than its manifest says ({offset} of {length} bytes)")
+                offset += copied
+            fout.flush()
+            os.fsync(fout.fileno())
+
+
+class RowLog:
+    """One log segment: append, find, read, and hand the newest records back for compaction.
+
+    Args:
+        directory: the table's directory.
+        segment: the segment number (its file names).
+        record: bytes per record (row + state).
+        io: the store's batched record reader.
+        records: records already in the table (from the manifest); 0 for a new segment.
+        writable: open for appending (a new segment's files are created; an existing
+            segment's unflushed tail is cut off).
+
+    Raises:
+        CorruptLogError (a ``ValueError``): the files hold fewer records than ``records``.
+    """
+
+    def __init__(self, directory: Path, segment: int, record: int, io: RecordIO, *, records: int = 0,
+                 writable: bool = True) -> None:
+        self.segment, self.record, self._io = segment, record, io
+        self.paths = segment_paths(directory, segment)
+        self.count = records  # records in the segment (durable ones and those appended since)
+        self.durable = records  # records covered by the last flush
+        if records == 0 and writable:
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        else:
+            flags = os.O_RDWR if writable else os.O_RDONLY
+        try:
+            self.fd = os.open(self.paths[0], flags, 0o644)
+            self.ids_fd = os.open(self.paths[1], flags, 0o644)
+        except FileNotFoundError:
+            raise CorruptLogError(f"DiskRowStore: the write-back log {self.paths[0].name} named by the manifest is missing") from None
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        sizes = (os.fstat(self.fd).st_size, os.fstat(self.ids_fd).st_size)
+        if sizes[0] < records * record or sizes[1] < records * 8:
+            self.close()
+            raise CorruptLogError(
+                f"DiskRowStore: the write-back log {self.paths[0].name} holds {sizes[0] // record} records "
+                f"and {sizes[1] // 8} ids, but the manifest names {records}; the log is truncated"
+            )
+        if writable and (sizes[0] > records * record or sizes[1] > records * 8):
+            os.ftruncate(self.fd, records * record)  # an unflushed tail: not part of the table
+            os.ftruncate(self.ids_fd, records * 8)
+        self.ids = np.empty(0, np.int64)
+        self.pos = np.empty(0, np.int64)
+        if records:
+            logged = np.empty(records, dtype=np.int64)
+            view = memoryview(logged).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.preadv(self.ids_fd, [view[done:]], done)
+            newest_first = logged[::-1]
+            self.ids, first = np.unique(newest_first, return_index=True)
+            self.pos = (records - 1 - first).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes appended to the segment (records and ids, stale ones included)."""
+        return self.count * (self.record + 8)
+
+    def append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
+        """Append ``records`` (``[n, record]`` uint8, rows of distinct ``sorted_ids``): one
+        write to each file.  Not durable until :meth:`sync`."""
+        _full_write(self.fd, memoryview(np.ascontiguousarray(records)).cast("B"), self.count * self.record)
+        _full_write(self.ids_fd, memoryview(np.ascontiguousarray(sorted_ids, dtype=np.int64)).cast("B"), self.count * 8)
+        positions = np.arange(self.count, self.count + len(sorted_ids), dtype=np.int64)
+        self.count += len(sorted_ids)
+        ids, pos = self.ids, self.pos
+        if len(ids):  # drop the older records of rewritten ids
+            at = np.searchsorted(ids, sorted_ids)
+            inside = at < len(ids)
+            stale = at[inside][ids[at[inside]] == sorted_ids[inside]]
+            if len(stale):
+                keep = np.ones(len(ids), dtype=bool)
+                keep[stale] = False
+                ids, pos = ids[keep], pos[keep]
+        where = np.searchsorted(ids, sorted_ids)
+        self.ids = np.insert(ids, where, sorted_ids)
+        self.pos = np.insert(pos, where, positions)
+
+    def sync(self) -> dict[str, int]:
+        """fsync both files; returns the manifest entry naming the segment and its records."""
+        os.fsync(self.fd)
+        os.fsync(self.ids_fd)
+        self.durable = self.count
+        return {"segment": self.segment, "records": self.count}
+
+    def find(self, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(in_log, positions)``: which of ``sorted_ids`` have a record, and its number."""
+        if not len(self.ids):
+            return np.zeros(len(sorted_ids), dtype=bool), np.empty(0, np.int64)
+        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
+        found = self.ids[at] == sorted_ids
+        return found, self.pos[at[found]]
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """The records at ``positions`` (any order), ``[n, record]`` uint8, in that order."""
+        order = np.argsort(positions, kind="stable")
+        buffer = np.empty((len(positions), self.record), dtype=np.uint8)
+        self._io(self.fd, False, positions[order], buffer, self.record)
+        out = np.empty_like(buffer)
+        out[order] = buffer
+        return out
+
+    def newest(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(sorted ids, their newest records)`` in chunks of ``chunk`` ids (the log is
+        left as it is: the caller drops it once the records are safely home)."""
+        for first in range(0, len(self.ids), chunk):
+            yield self.ids[first : first + chunk], self.read(self.pos[first : first + chunk])
+
+    def close(self, remove: bool = False) -> None:
+        for name in ("fd", "ids_fd"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+        if remove:
+            for path in self.paths:
+                path.unlink(missing_ok=True)
+
+
+class CorruptLogError(ValueError):
+    """The log segment named by the manifest is missing or shorter than the manifest says."""

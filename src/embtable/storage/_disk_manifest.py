@@ -1,0 +1,157 @@
+"""The manifest of a disk-backed table: format constants, checks, the optimizer-state
+layout, the writer's lock and the checkpoint copy.  Private to :mod:`embtable.storage.disk`."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embtable._atomic import atomic_write_bytes, fsync_dir
+from embtable.storage._disk_files import CorruptFileError, copy_sparse
+from embtable.storage._disk_log import copy_segment
+
+FORMAT = "embtable-disk"
+VERSION = 2  # 2: the write-back log is part of the table (version 1 tables have none)
+_READS = (1, 2)
+MANIFEST = "manifest.json"
+ROWS, ROW_BITS, STATE, STATE_BITS = "rows.bin", "rows.bits", "state.bin", "state.bits"
+_DATA_FILES = (ROWS, ROW_BITS, STATE, STATE_BITS)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+class TableNotCleanError(RuntimeError):
+    """The table's process stopped between a write and the next flush: rows may mix old and
+    new values, so the directory refuses to open.  Restore the last checkpoint."""
+
+
+class CorruptTableError(CorruptFileError):
+    """The manifest is missing, unreadable or inconsistent with the data files."""
+
+
+def _dtype_name(dtype: torch.dtype, api: str) -> str:
+    if dtype not in _DTYPE_NAMES:
+        raise TypeError(f"{api}: dtype must be one of {sorted(_DTYPES)}, got {dtype}")
+    return _DTYPE_NAMES[dtype]
+
+
+@dataclass(frozen=True)
+class StateField:
+    """One optimizer-state tensor of a disk table: its name, dtype and per-row shape."""
+
+    name: str
+    dtype: torch.dtype
+    row_shape: tuple[int, ...]
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.row_shape) * torch.empty((), dtype=self.dtype).element_size()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": _DTYPE_NAMES[self.dtype], "row_shape": list(self.row_shape)}
+
+def state_fields(layout: dict[str, Any]) -> list[StateField]:
+    """The fields of a manifest's ``"state"`` layout."""
+    return [StateField(f["name"], _DTYPES[f["dtype"]], tuple(f["row_shape"])) for f in layout["fields"]]
+
+
+def record_bytes(manifest: dict[str, Any]) -> int:
+    """Bytes of one logged record (row + optimizer state) of the table ``manifest`` describes."""
+    row = manifest["embedding_dim"] * torch.empty((), dtype=_DTYPES[manifest["dtype"]]).element_size()
+    layout = manifest.get("state")
+    return row + (sum(field.row_bytes for field in state_fields(layout)) if layout else 0)
+
+
+def read_manifest(path: Path, api: str) -> dict[str, Any]:
+    """The manifest at ``path``, checked (``CorruptTableError`` naming what is wrong)."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CorruptTableError(f"{api}: {str(path)!r} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptTableError(f"{api}: {str(path)!r} is not an {FORMAT} manifest")
+    if manifest.get("version") not in _READS:
+        raise CorruptTableError(
+            f"{api}: {str(path)!r} has format version {manifest.get('version')!r}; this "
+            f"embtable reads versions {_READS}"
+        )
+    log = manifest.get("log")
+    if log is not None and not (
+        isinstance(log, dict) and all(isinstance(log.get(k), int) and log[k] >= 0 for k in ("segment", "records"))
+    ):
+        raise CorruptTableError(f"{api}: {str(path)!r} names an invalid write-back log {log!r}")
+    required = {
+        "num_embeddings": int, "embedding_dim": int, "dtype": str, "init": str, "seed": int,
+        "status": str, "generation": int, "table_step": int,
+    }
+    for key, kind in required.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise CorruptTableError(
+                f"{api}: {str(path)!r} lacks a valid {key!r} (got {manifest.get(key)!r})"
+            )
+    if manifest["dtype"] not in _DTYPES or manifest["num_embeddings"] < 1 or manifest["embedding_dim"] < 1:
+        raise CorruptTableError(f"{api}: {str(path)!r} describes an invalid table shape or dtype")
+    return manifest
+
+
+def lock_writer(path: Path) -> int:
+    """An exclusive ``flock`` on ``path/.lock`` held while the table is open for writing (the
+    kernel drops it when the process dies); ``BlockingIOError`` if another writer holds it."""
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BlockingIOError(
+            errno.EWOULDBLOCK,
+            f"DiskRowStore: the table at {str(path)!r} is already open for writing (by this or "
+            "another process); close it first, or open it with read_only=True",
+        ) from None
+    return fd
+
+
+def copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -> None:
+    """Copy the table at ``source`` (files as ``manifest`` names them, holes kept) to a
+    temporary directory beside ``target``, write its manifest last and rename it into place."""
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir()
+    try:
+        for name in _DATA_FILES:
+            if (source / name).exists():
+                copy_sparse(source / name, temp / name)
+        log = manifest.get("log")
+        if log is not None:
+            copy_segment(source, temp, log["segment"], log["records"], record_bytes(manifest))
+        copied = dict(manifest, status="clean", last_checkpoint=None)
+        atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(temp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, target)
+        fsync_dir(target.parent)
+    except OSError as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise type(error)(error.errno, f"{api}: copying the table to {str(target)!r} failed: {error.strerror}") from None
