@@ -125,6 +125,8 @@ def test_bad_paths(tmp_path):
         Disk(tmp_path / "t")
     with pytest.raises(ValueError, match="policy must be one of"):
         Disk(tmp_path / "t", cache_rows=4, policy="lfu")
+    with pytest.raises(ValueError, match="compact_ratio must be a number >= 0, got -1"):
+        Disk(tmp_path / "t", cache_rows=4, compact_ratio=-1)
     with pytest.raises(TypeError, match="storage must be an embtable.storage.disk.Disk"):
         DiskEmbedding(4, 2, storage=str(tmp_path))
 
@@ -293,6 +295,22 @@ def test_twenty_fused_steps_equal_in_ram(tmp_path, optimizer, options, bag):
         mask[2] = False  # the padding row's state is never read
         assert torch.equal(mine[mask], theirs[mask])
     assert disk.stats()["rows_written"] > 0
+
+
+def test_compact_ratio_decides_whether_a_flush_moves_the_log(tmp_path):
+    """Ratio 0 moves the log home at every flush, a huge ratio never does; the rows agree."""
+    weights = []
+    for ratio, moved in ((0.0, True), (1e9, False)):
+        table = DiskEmbedding(40, 4, storage=Disk(tmp_path / str(ratio), cache_rows=3, compact_ratio=ratio))
+        embtable.optim.fuse(table, "adagrad", lr=0.1)
+        for step in range(4):
+            table(torch.tensor([step, 7, 30 + step])).sum().backward()
+            table.flush()
+        assert (table.store.manifest["log"] is None) == moved
+        assert table.store.compactions == (4 if moved else 0)
+        weights.append(table.export_weight())
+        table.close()
+    assert torch.equal(weights[0], weights[1])
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path):

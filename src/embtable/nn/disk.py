@@ -122,6 +122,7 @@ class DiskTableMixin:
             padding_idx=self.padding_idx,
             seed=storage.seed,
         )
+        self.store.compact_ratio = storage.compact_ratio
         capacity = storage.cache_size(self.store.row_bytes)
         self.cache_rows = capacity
         self._slot_map = SlotMap(capacity, policy=storage.policy)

@@ -35,10 +35,14 @@ class Disk:
         read_only: open for lookups only (serving); training or writing raises.
         seed: the initializer's seed: row ``r`` starts as ``init_rows(seed, r)``.
         io_threads: threads that issue the reads and writes of one batch.
+        compact_ratio: a flush moves the write-back log to the rows' home places once the
+            log's bytes reach this multiple of the page bytes the move writes; larger keeps
+            a longer log (more disk space) and writes fewer bytes per updated row (at most
+            ``1 + 1 / compact_ratio`` logged records each).  Default 2.0.
 
     Raises:
         ValueError: neither or both of ``cache_rows`` / ``cache_bytes``, values < 1, an
-            unknown policy.
+            unknown policy, a negative ``compact_ratio``.
         TypeError: ``path`` is not a string or path.
 
     Example:
@@ -55,6 +59,7 @@ class Disk:
     read_only: bool = False
     seed: int = 0
     io_threads: int = 4
+    compact_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         api = "Disk"
@@ -74,12 +79,15 @@ class Disk:
             raise ValueError(f"{api}: policy must be one of {_POLICIES}, got {self.policy!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"{api}: seed must be an int >= 0, got {self.seed!r}")
+        ratio = self.compact_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0:
+            raise ValueError(f"{api}: compact_ratio must be a number >= 0, got {ratio!r}")
 
     def __repr__(self) -> str:
         size = f"cache_rows={self.cache_rows}" if self.cache_rows else f"cache_bytes={self.cache_bytes}"
         extra = "".join(
             f", {name}={getattr(self, name)!r}"
-            for name, default in (("read_only", False), ("seed", 0), ("io_threads", 4))
+            for name, default in (("read_only", False), ("seed", 0), ("io_threads", 4), ("compact_ratio", 2.0))
             if getattr(self, name) != default
         )
         return f"Disk(path={self.path!r}, {size}, policy={self.policy!r}{extra})"
