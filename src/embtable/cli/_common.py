@@ -98,8 +98,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "vocab.json").is_file():
             return "native"
-        if (path / "items" / "vocab.json").is_file():
-            return "native"
+        if (path / "items" / "vocab.json").is_file() or (path / "items-next" / "vocab.json").is_file():
+            return "native"  # (items-next: a trained-model folder while a save renames it)
         names = {p.name for p in path.iterdir()}
         if names & {"config.json", "model.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer.json"}:
             return "hf"
@@ -135,9 +135,11 @@ def load_vectors(path: str | os.PathLike[str], fmt: str | None = None):
     if not p.exists():
         raise CliError(f"{p} does not exist")
     _check_regular(p)
-    if fmt == "native" and p.is_dir() and not (p / "vocab.json").is_file():
-        p = p / "items"
     try:
+        if fmt == "native" and p.is_dir() and not (p / "vocab.json").is_file():
+            from embtable.cli._model_folder import open_model_folder
+
+            p = open_model_folder(p).items  # a model trained by `embtable train`: checked
         if fmt == "native":
             return Vectors.load(p)
         if fmt == "hf":

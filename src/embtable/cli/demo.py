@@ -69,6 +69,7 @@ def genre_group(genres: list[str]) -> str:
 
 
 def _movies(out: Path, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    from embtable.cli._model_folder import open_model_folder
     from embtable.cli.train import MovieLensOptions, train_movielens
     from embtable.vectors import Vectors
 
@@ -83,7 +84,7 @@ def _movies(out: Path, args: argparse.Namespace, report: dict[str, Any]) -> None
                            "history": summary["history"]}  # fmt: skip
 
     model_dir = out / "movielens-model"
-    vectors = Vectors.load(model_dir / "items")
+    vectors = Vectors.load(open_model_folder(model_dir).items)
     toy = next(t for t in vectors.tokens if t.startswith("Toy Story"))
     near = [(t, round(float(s), 4)) for t, s in vectors.most_similar(toy, topn=10)]
     report["movielens"]["toy_story_neighbours"] = {"query": toy, "neighbours": near}
@@ -112,11 +113,13 @@ def draw_movie_map(model_dir: Path, png: Path, movies: int = 400, *, highlight: 
                    labels: int = 16) -> None:  # fmt: skip
     """t-SNE (cosine) of the ``movies`` most-rated items of a trained model, coloured by genre
     group, with ``labels`` well-spread titles of popular movies."""
+    from embtable.cli._model_folder import open_model_folder
     from embtable.vectors import Vectors
     from embtable.viz import tsne
 
-    vectors = Vectors.load(model_dir / "items")
-    meta = json.loads((model_dir / "items" / "genres.json").read_text(encoding="utf-8"))
+    items = open_model_folder(model_dir).items  # (checked against config.json's digests)
+    vectors = Vectors.load(items)
+    meta = json.loads((items / "genres.json").read_text(encoding="utf-8"))
     counts = torch.tensor(meta.get("rating_counts") or [0] * len(vectors))
     n = max(10, min(movies, len(vectors)))
     top = torch.argsort(counts, descending=True, stable=True)[:n].tolist()

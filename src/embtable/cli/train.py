@@ -280,12 +280,16 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
     """Train, evaluate and save; return the summary (also written to ``<out>/config.json`` and
     ``<out>/summary.json``). With ``options.folds`` set, runs :func:`cross_validate_movielens`.
 
+    The folder is written atomically as a whole: a run killed while saving leaves the previous
+    run's folder or the new one (:mod:`embtable.cli._model_folder`; read it back with
+    :func:`~embtable.cli._model_folder.open_model_folder`, which checks every part).
+
     The validation part comes from the training ratings only; the test part is scored once,
     after training, and influences nothing."""
     if options.folds is not None:
         return cross_validate_movielens(options, verbose=verbose)
+    from embtable.cli._model_folder import save_model_folder
     from embtable.data.movielens import load_movielens
-    from embtable.models.checkpoint import save_checkpoint
     from embtable.models.metrics import ranking_metrics, rmse
     from embtable.vectors import Vectors
 
@@ -352,19 +356,15 @@ def train_movielens(options: MovieLensOptions, *, verbose: bool = True) -> dict[
             f"training diverged (test RMSE {test_rmse}, or non-finite weights); nothing was "
             f"written to {out}; lower --lr"
         )
-    # The folder's manifest, config.json, is written last (by save_checkpoint): the model pair
-    # (config.json + model.safetensors) is atomic as a whole; items/ and summary.json come first.
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", summary)
+    # Atomic as a whole (cli/_model_folder.py): summary.json and items/ are staged under unused
+    # names, config.json (the manifest naming them with their digests) is written last.
     genres = data.item_genres
     vectors = Vectors(data.item_labels(), item_vectors(model, data))
-    vectors.save(out / "items")
-    write_json(out / "items" / "genres.json", {
+    save_model_folder(out, model, summary, vectors, {
         "genre_names": list(data.genre_names),
         "item_genres": [[g for g in row if g < data.genre_padding] for row in genres.tolist()],
         "rating_counts": torch.bincount(data.items, minlength=data.num_items).tolist(),
     })  # fmt: skip
-    save_checkpoint(out, model, summary)
     log(f"saved the model to {out}/ (model.safetensors, config.json) and the item table to "
         f"{out}/items/ (embtable vectors: `embtable neighbors {out} \"Toy Story\"`)")  # fmt: skip
     return summary
