@@ -26,6 +26,7 @@ def _pair(capacity, policy, **kw):
         capacity, policy, ttl=kw.get("ttl"), min_count=kw.get("min_count", 1),
         exact_counts=kw.get("exact_counts", False), seed=kw.get("seed", 0),
         sketch_width=compiled.sketch_width, sketch_depth=compiled.sketch_depth,
+        decay_every=kw.get("decay_every"),
     )
     return compiled, ref
 
@@ -74,6 +75,7 @@ def _run_against_oracle(smap, ref, rng, calls, universe, reload_every=0):
             fresh = SlotMap(
                 smap.capacity, smap.policy, ttl=smap.ttl, min_count=smap.min_count,
                 exact_counts=smap.exact_counts, seed=smap.seed, sketch_width=smap.sketch_width,
+                decay_every=smap.decay_every,
             )
             fresh.load_state_dict(sd)
             smap = fresh
@@ -84,7 +86,8 @@ def _run_against_oracle(smap, ref, rng, calls, universe, reload_every=0):
 
 
 POLICY_KW = st.sampled_from(
-    [("lru", {}), ("lfu", {}), ("clock", {}), ("ttl", {"ttl": 0}), ("ttl", {"ttl": 2})]
+    [("lru", {}), ("lfu", {}), ("clock", {}), ("ttl", {"ttl": 0}), ("ttl", {"ttl": 2}),
+     ("lfu", {"decay_every": 1}), ("lfu", {"decay_every": 3})]
 )
 
 
@@ -105,7 +108,10 @@ def test_decisions_match_the_oracle(policy_kw, capacity, min_count, exact, unive
 
 
 @needs_ext
-@pytest.mark.parametrize("policy,kw", [("lru", {}), ("lfu", {}), ("ttl", {"ttl": 3}), ("clock", {})])
+@pytest.mark.parametrize(
+    "policy,kw",
+    [("lru", {}), ("lfu", {}), ("ttl", {"ttl": 3}), ("clock", {}), ("lfu", {"decay_every": 4})],
+)
 def test_larger_stream_matches_the_oracle(policy, kw):
     smap, ref = _pair(120, policy, min_count=2, **kw)
     rng = random.Random(5)
@@ -296,3 +302,61 @@ def test_opcheck():
         torch.ops.embtable.slot_init_rows_into.default,
         (torch.zeros(50, 4), torch.tensor([3, 7]), torch.tensor([10, -2]), 3, 0.5), test_utils=utils,
     )
+
+
+def test_lfu_aging_by_hand():
+    """Hand-computed: without aging an old heavy hitter keeps its row for good; with
+    ``decay_every=2`` its count halves every second call and it is evicted."""
+
+    def run(**kw):
+        smap = SlotMap(2, "lfu", **kw)
+        smap.lookup(torch.tensor([7] * 8))  # call 1: id 7 seen 8 times (freq 8)
+        evicted = []
+        for call in range(2, 8):  # ids 1, 2, 3, ... once each: they only compete with 7
+            out = smap.lookup(torch.tensor([call - 1]))
+            evicted += out.evicted_ids.tolist()
+        return evicted, smap.find(torch.tensor([7])).item()
+
+    # No aging: 7 (freq 8) stays; the newcomers (freq 1) evict each other.
+    assert run() == ([1, 2, 3, 4, 5], 0)
+    # decay_every=2: freq of 7 is 8 -> 4 (call 2) -> 2 (call 4) -> 1 (call 6), then ties
+    # go to the least recent (last_call 1): 7 is evicted at call 6 by id 5.
+    evicted, slot = run(decay_every=2)
+    assert 7 in evicted and slot == -1
+    ref = ReferenceSlotMap(2, "lfu", decay_every=2)
+    ref.lookup(torch.tensor([7] * 8))
+    want = []
+    for call in range(2, 8):
+        want += ref.lookup(torch.tensor([call - 1]))[3].tolist()
+    assert evicted == want
+
+
+def test_missing_value():
+    smap = SlotMap(2, "lru", min_count=2, exact_counts=True)
+    out = smap.lookup(torch.tensor([4, 5, 5]), missing=2)
+    assert out.slots.tolist() == [2, 0, 0]
+    assert smap.stats()["default_hits"] == 1
+    with pytest.raises(TypeError, match="missing must be an int"):
+        smap.lookup(torch.tensor([4]), missing=1.5)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [(dict(policy="lru", decay_every=3), "needs policy='lfu'"), (dict(policy="lfu", decay_every=0), ">= 1")],
+)
+def test_bad_decay(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SlotMap(4, **kw)
+
+
+def test_decay_is_part_of_the_config():
+    """A state saved with aging does not load into a map without it (and vice versa);
+    a map without aging keeps the earlier 8-entry config."""
+    assert SlotMap(4, "lfu").state_dict()["config"].numel() == 8
+    aged = SlotMap(4, "lfu", decay_every=5)
+    aged.lookup(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="config"):
+        SlotMap(4, "lfu").load_state_dict(aged.state_dict())
+    again = SlotMap(4, "lfu", decay_every=5)
+    again.load_state_dict(aged.state_dict())
+    assert again.find(torch.tensor([1, 2])).tolist() == [0, 1]

@@ -7,8 +7,11 @@ compiled extension is missing.
 
 The rules of one ``lookup(ids)`` call (``ids`` flattened, row-major):
 
-1. The call's clock ``calls`` advances by one.  Distinct ids are handled in the order of
-   their first occurrence in ``ids``.  An id already in the map is a *hit*.
+1. The call's clock ``calls`` advances by one.  With LFU aging (``decay_every``), when
+   ``calls`` is a multiple of ``decay_every``, every live slot's ``freq`` is first halved
+   (rounded down), so that ids that were frequent long ago can be evicted.  Distinct ids are
+   handled in the order of their first occurrence in ``ids``.  An id already in the map is
+   a *hit*.
 2. Admission counting (only when ``min_count > 1``): every distinct missing id adds its number
    of occurrences ``k`` to its counter - the count-min sketch (``depth`` rows of ``width``
    int32 cells, cell ``splitmix64(id ^ seeds[r]) & (width - 1)`` of row ``r``) or an exact
@@ -93,8 +96,10 @@ class ReferenceSlotMap:
         seed: int = 0,
         sketch_width: int = 1024,
         sketch_depth: int = 4,
+        decay_every: int | None = None,
     ) -> None:
         self.capacity = capacity
+        self.decay_every = decay_every
         self.policy = policy
         self.ttl = ttl
         self.min_count = min_count
@@ -192,6 +197,10 @@ class ReferenceSlotMap:
                 "the capacity"
             )
         self.calls += 1
+        if self.decay_every and self.calls % self.decay_every == 0:
+            for slot in range(self.capacity):
+                if self.live[slot]:
+                    self.freq[slot] //= 2
         for key in hits:
             slot = self.slot_of[key]
             self.freq[slot] += order[key]

@@ -14,6 +14,13 @@ compiled open-addressing hash map whose whole state lives in tensors (so it chec
   ``"ttl"`` (the least recent slot, but only once it has not been used for more than ``ttl``
   :meth:`SlotMap.step` calls; while nothing has expired, new ids are not admitted) or
   ``"clock"`` (second chance).  The ids of one call never evict each other.
+- **LFU aging** (``decay_every=N``, LFU only): every ``N`` lookup calls each live id's count
+  is halved, so an id that was frequent long ago but is no longer used loses its row to
+  ids that are frequent now.
+
+The big state tensors (index, slot records, recency queue) sit on transparent huge pages
+where the kernel grants them (``embtable.ops._memory``; ``EMBTABLE_HUGEPAGES=0`` turns that
+off): the remap reads them at random, and 2 MiB pages save a TLB miss on most reads.
 
 Every decision is specified by the pure-Python oracle :mod:`embtable.storage._slots_reference`
 (its module docstring states the rules), which the compiled kernel
@@ -41,6 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from embtable.ops._memory import advise_hugepages, hugepages_requested, place_pages
 from embtable.storage import _slots_reference as _ref
 
 __all__ = ["SlotLookup", "SlotMap", "POLICIES"]
@@ -126,6 +134,16 @@ def _compiled_available() -> bool:
     return True
 
 
+_HUGE_MIN_BYTES = 16 << 20
+
+
+def _zeros_huge(shape: tuple[int, ...]) -> Tensor:
+    """An int64 zero tensor, on huge pages where granted (asked before the first touch)."""
+    tensor = torch.empty(shape, dtype=torch.int64)
+    advise_hugepages(tensor)
+    return tensor.zero_()
+
+
 def _check_int(api: str, name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{api}: {name} must be an int, got {type(value).__name__} {value!r}")
@@ -159,11 +177,15 @@ class SlotMap:
         sketch_width: cells per sketch row, a power of two; default the power of two at least
             ``capacity`` (and 1024).  Only allocated when ``min_count > 1``.
         sketch_depth: sketch rows (hash functions), default 4.
+        decay_every: LFU aging (``policy="lfu"`` only): every ``decay_every`` lookup calls,
+            each live id's count is halved (rounded down) before the call's decisions.
+            ``None`` (default): counts never decay.
 
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: ``capacity < 1``, ``min_count < 1``, an unknown policy, ``ttl`` missing
-            for ``"ttl"`` (or given for another policy), a bad sketch size.
+            for ``"ttl"`` (or given for another policy), a bad sketch size, ``decay_every``
+            below 1 or with a policy other than ``"lfu"``.
 
     Example:
         >>> import torch
@@ -187,6 +209,7 @@ class SlotMap:
         seed: int = 0,
         sketch_width: int | None = None,
         sketch_depth: int = 4,
+        decay_every: int | None = None,
     ) -> None:
         api = "SlotMap"
         _check_int(api, "capacity", capacity, 1)
@@ -208,7 +231,14 @@ class SlotMap:
         if sketch_width & (sketch_width - 1):
             raise ValueError(f"{api}: sketch_width must be a power of two, got {sketch_width}")
         _check_int(api, "sketch_depth", sketch_depth, 1)
+        if decay_every is not None:
+            _check_int(api, "decay_every", decay_every, 1)
+            if policy != "lfu":
+                raise ValueError(
+                    f"{api}: decay_every (LFU aging) needs policy='lfu', got policy={policy!r}"
+                )
         self.capacity = capacity
+        self.decay_every = decay_every
         self.policy = policy
         self.ttl = ttl
         self.min_count = min_count
@@ -225,14 +255,18 @@ class SlotMap:
             self._reference = _ref.ReferenceSlotMap(
                 capacity, policy, ttl=ttl, min_count=min_count, exact_counts=exact_counts,
                 seed=seed, sketch_width=sketch_width, sketch_depth=sketch_depth,
+                decay_every=decay_every,
             )
 
     # ------------------------------------------------------------------ construction
     def _config_tensor(self) -> Tensor:
+        # decay_every is appended only when set, so that the state of a map without aging
+        # keeps the 8-entry config of earlier versions.
+        extra = [] if self.decay_every is None else [self.decay_every]
         return torch.tensor(
             [self.capacity, _POLICY_CODES[self.policy], -1 if self.ttl is None else self.ttl,
              self.min_count, int(self.exact_counts), self.seed, self.sketch_width,
-             self.sketch_depth],
+             self.sketch_depth, *extra],
             dtype=torch.int64,
         )
 
@@ -242,29 +276,30 @@ class SlotMap:
         lfu = self.policy == "lfu"
         counting = self.min_count > 1
         meta = torch.zeros(len(_META), **i64)  # head / tail: absolute positions in `queue`
-        index = torch.zeros(_pow2_at_least(max(2 * c, 16)), 2, **i64)
+        index = _zeros_huge((_pow2_at_least(max(2 * c, 16)), 2))
         index[:, 1] = -1
         sketch_shape = (self.sketch_depth, self.sketch_width) if counting and not self.exact_counts else (0, 0)
         exact = torch.zeros(16 if counting and self.exact_counts else 0, 2, **i64)
         exact[:, 1] = -1
-        slots = torch.zeros(c, len(_F), **i64)
+        slots = _zeros_huge((c, len(_F)))
         listed = self.policy in ("lru", "ttl")
         return [
             meta,
             slots,
-            torch.zeros(c if lfu else 0, **i64),
-            torch.zeros(c if lfu else 0, **i64),
-            torch.zeros(c if lfu else 0, **i64),
+            _zeros_huge((c if lfu else 0,)),
+            _zeros_huge((c if lfu else 0,)),
+            _zeros_huge((c if lfu else 0,)),
             index,
             torch.zeros(sketch_shape, dtype=torch.int32),
             torch.tensor(_ref.sketch_seeds(self.seed, self.sketch_depth), **i64),
             exact,
-            torch.zeros(_pow2_at_least(max(2 * c, 16)) if listed else 0, **i64),
+            _zeros_huge((_pow2_at_least(max(2 * c, 16)) if listed else 0,)),
         ]
 
-    def _config_ints(self) -> list[int]:
+    def _config_ints(self, missing: int = -1) -> list[int]:
+        # The kernel's config: capacity, policy, ttl, min_count, exact_counts, missing, decay.
         return [self.capacity, _POLICY_CODES[self.policy], -1 if self.ttl is None else self.ttl,
-                self.min_count, int(self.exact_counts)]
+                self.min_count, int(self.exact_counts), missing, self.decay_every or 0]
 
     def _reserve_exact(self, n: int) -> None:
         """Grow the exact counter table so that ``n`` more ids fit at load <= 1/2."""
@@ -279,29 +314,37 @@ class SlotMap:
         )
 
     # ------------------------------------------------------------------ API
-    def lookup(self, ids: Tensor) -> SlotLookup:
+    def lookup(self, ids: Tensor, *, missing: int = -1) -> SlotLookup:
         """Slots of ``ids``, admitting and evicting as needed.
 
         Args:
             ids: an integer tensor of any shape and any int64 values (other integer dtypes
                 are converted; CPU results are moved back to ``ids.device``).
+            missing: the value ``slots`` holds for ids without a slot (default -1; a
+                dynamic table passes its default row's index).
 
         Returns:
-            :class:`SlotLookup`: ``slots`` (shape of ``ids``; -1 = not admitted), the ids
-            that got a slot in this call with their slots, and the ids evicted with theirs.
+            :class:`SlotLookup`: ``slots`` (shape of ``ids``; ``missing`` = not admitted),
+            the ids that got a slot in this call with their slots, and the ids evicted with
+            theirs.
 
         Raises:
-            TypeError: ``ids`` is not an integer tensor.
+            TypeError: ``ids`` is not an integer tensor, or ``missing`` not an int.
             ValueError: more distinct admitted ids in the call than ``capacity`` (nothing is
                 changed then).
         """
-        flat = _as_ids("SlotMap.lookup", ids).reshape(-1)
+        api = "SlotMap.lookup"
+        flat = _as_ids(api, ids).reshape(-1)
+        if isinstance(missing, bool) or not isinstance(missing, int):
+            raise TypeError(f"{api}: missing must be an int, got {missing!r}")
         if self._reference is not None:
             out = self._reference.lookup(flat)
+            if missing != -1:
+                out = (torch.where(out[0] < 0, missing, out[0]), *out[1:])
         else:
             if self.exact_counts and self.min_count > 1:
                 self._reserve_exact(flat.numel())
-            out = torch.ops.embtable.slot_lookup(flat, self._state, self._config_ints())
+            out = torch.ops.embtable.slot_lookup(flat, self._state, self._config_ints(missing))
         device = ids.device
         slots, *rest = (t.to(device) for t in out)
         return SlotLookup(slots.reshape(ids.shape), *rest)
@@ -459,6 +502,8 @@ class SlotMap:
         st[_S["index"]] = torch.ops.embtable.slot_table_build(
             table[slots, _F["id"]], slots, st[_S["index"]].shape[0]
         )
+        if hugepages_requested() and st[_S["index"]].nbytes >= _HUGE_MIN_BYTES:
+            place_pages(st[_S["index"]], "huge")
         if sd["sketch"].numel():
             st[_S["sketch"]].copy_(sd["sketch"])
         if self.min_count > 1 and self.exact_counts:

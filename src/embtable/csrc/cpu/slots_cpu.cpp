@@ -15,8 +15,10 @@
 // marks an empty row, deletion by backward shift (no tombstones).  The map's index holds
 // (id, slot); the exact admission counter holds (id, count).
 //
-// A call is sequential (one thread), so decisions cannot depend on the thread count.  Cache
-// misses on the index are hidden by prefetching the home rows of ids a few positions ahead.
+// A call is sequential (one thread), so decisions cannot depend on the thread count.  The
+// remap is bound by the latency of random reads in the index and the slot table, so a call
+// first deduplicates its ids in a small cache-resident table, then probes the index once
+// per distinct id, and every pass over the big tables prefetches kAhead entries ahead.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -125,11 +127,11 @@ struct Table {
 
 // Per-thread scratch of one call, reused between calls.
 struct Scratch {
-  std::vector<int64_t> table;    // dedup table of the call's missing ids: (key, miss index)
-  std::vector<int64_t> touched;  // rows of `table` in use (cleared after the call)
-  std::vector<int64_t> ids, count, slot, estimate, occ;
+  std::vector<int64_t> uids, ucount, uslot, pos;  // distinct ids, counts, slots; positions
+  std::vector<int64_t> ids, count, estimate, occ;  // the misses (occ: their distinct index)
   std::vector<int64_t> aside;    // LFU: heap entries set aside (pinned) during a call
-  int bits = 0;
+  std::vector<int32_t> tab32;    // dedup table of the call's ids: distinct index, -1 empty
+  std::vector<int64_t> uhome;    // rows of tab32 in use (cleared after the call)
 };
 
 Scratch& scratch() {
@@ -290,42 +292,67 @@ void check_state(const std::vector<at::Tensor>& state) {
               ": the recency queue must be empty or a power of two >= 2 * capacity, got ", q);
 }
 
-// The call's missing ids, deduplicated in first-occurrence order (sc.ids / sc.count).
-struct MissTable {
+// The call's distinct ids in first-occurrence order (sc.uids) with their occurrence counts
+// (sc.ucount): a small open-addressing table of int32 distinct indices (the key is read
+// back from sc.uids), at most 3/4 full, reused between calls and cleared through the rows
+// it touched.
+struct Distinct {
   Scratch& sc;
   uint64_t mask;
-  explicit MissTable(Scratch& s, int64_t n) : sc(s) {
-    int bits = 4;
-    while ((int64_t{1} << bits) < 2 * n) ++bits;
-    if (bits != sc.bits || sc.table.empty()) {
-      sc.table.assign(size_t{2} << bits, 0);
-      for (size_t i = 1; i < sc.table.size(); i += 2) sc.table[i] = kEmpty;
-      sc.bits = bits;
-    }
+  int bits;
+  int32_t* tab;
+  Distinct(Scratch& s, int64_t n) : sc(s) {
+    bits = 4;
+    while ((int64_t{1} << bits) < (4 * n) / 3) ++bits;
+    if (sc.tab32.size() != (size_t{1} << bits)) sc.tab32.assign(size_t{1} << bits, -1);
+    tab = sc.tab32.data();
     mask = (uint64_t{1} << bits) - 1;
-    sc.touched.clear();
-    sc.ids.clear();
-    sc.count.clear();
+    sc.uids.clear();
+    sc.ucount.clear();
+    sc.uhome.clear();
   }
-  ~MissTable() {
-    for (const int64_t h : sc.touched) sc.table[2 * h + 1] = kEmpty;
+  ~Distinct() {
+    for (const int64_t h : sc.uhome) tab[h] = -1;
   }
-  // The miss index of `key`, added with count 0 if new.
+  void prefetch(int64_t key) const { __builtin_prefetch(tab + home(key, bits), 1, 3); }
   int64_t add(int64_t key) {
-    int64_t* rows = sc.table.data();
-    uint64_t h = home(key, sc.bits);
-    while (rows[2 * h + 1] != kEmpty && rows[2 * h] != key) h = (h + 1) & mask;
-    if (rows[2 * h + 1] == kEmpty) {
-      rows[2 * h] = key;
-      rows[2 * h + 1] = static_cast<int64_t>(sc.ids.size());
-      sc.touched.push_back(static_cast<int64_t>(h));
-      sc.ids.push_back(key);
-      sc.count.push_back(0);
+    uint64_t h = home(key, bits);
+    const int64_t* u = sc.uids.data();
+    int32_t v;
+    while ((v = tab[h]) >= 0 && u[v] != key) h = (h + 1) & mask;
+    if (v < 0) {
+      v = static_cast<int32_t>(sc.uids.size());
+      tab[h] = v;
+      sc.uhome.push_back(static_cast<int64_t>(h));
+      sc.uids.push_back(key);
+      sc.ucount.push_back(1);
+      return v;
     }
-    return rows[2 * h + 1];
+    sc.ucount[v] += 1;
+    return v;
   }
 };
 
+// LFU aging: every live slot's count is halved (rounded down), then the heap is rebuilt
+// with the slots' current keys (halving can reorder ties, and the lazy keys of the heap
+// must stay lower bounds of the slots' keys).
+void decay_counts(Map& map, int64_t heap_n) {
+  for (int64_t s = 0; s < map.capacity; ++s) {
+    int64_t* r = map.row(s);
+    if (r[fFlags] & kLive) r[fFreq] >>= 1;
+  }
+  if (map.policy != kLfu) return;
+  for (int64_t i = 0; i < heap_n; ++i) {
+    const int64_t* r = map.row(map.heap_slot[i]);
+    map.heap_freq[i] = r[fFreq];
+    map.heap_call[i] = r[fLastCall];
+  }
+  for (int64_t i = heap_n / 2 - 1; i >= 0; --i) map.sift_down(i, heap_n);
+}
+
+// config: capacity, policy, ttl, min_count, exact_counts[, missing[, decay_every]]
+//   missing: the value returned for ids without a slot (default -1);
+//   decay_every: LFU aging period in calls (0 or absent: no aging).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_lookup_cpu(
     const at::Tensor& ids_in, at::TensorList state_list, at::IntArrayRef config) {
   std::vector<at::Tensor> state(state_list.begin(), state_list.end());
@@ -335,6 +362,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
               ids_in.scalar_type());
   const at::Tensor ids_t = ids_in.contiguous();
   const int64_t n = ids_t.numel();
+  TORCH_CHECK_VALUE(n < (int64_t{1} << 31), kApi, ": a call takes fewer than 2**31 ids, got ", n);
   const int64_t* ids = ids_t.data_ptr<int64_t>();
 
   Map map;
@@ -350,6 +378,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   map.ttl = config[2];
   const int64_t min_count = config[3];
   const bool exact = config[4] != 0;
+  const int64_t missing = config.size() > 5 ? config[5] : -1;
+  const int64_t decay_every = config.size() > 6 ? config[6] : 0;
+  TORCH_CHECK(decay_every >= 0, kApi, ": decay_every must be >= 0, got ", decay_every);
   const bool counting = min_count > 1;
   const bool listed = map.policy == kLru || map.policy == kTtl;
   int64_t* meta = map.meta;
@@ -419,20 +450,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     return admissible;
   };
 
-  // 0. A batch larger than the capacity may overflow it: check without changing anything.
-  if (n > map.capacity) {
-    MissTable misses(sc, n);
-    std::vector<int64_t> hit_slots;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t s = index.get(ids[i]);
-      if (s >= 0) {
-        hit_slots.push_back(s);
-      } else {
-        sc.count[misses.add(ids[i])] += 1;
+  // 1. The distinct ids, in first-occurrence order (sc.uids / sc.ucount), and each
+  //    position's distinct index (sc.pos).  Only this small table is probed per position.
+  Distinct distinct(sc, n);
+  sc.pos.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) distinct.prefetch(ids[i + kAhead]);
+    sc.pos[i] = distinct.add(ids[i]);
+  }
+  const int64_t u = static_cast<int64_t>(sc.uids.size());
+
+  // 2. One index probe per distinct id (read only), the index rows prefetched kAhead ahead.
+  sc.uslot.resize(static_cast<size_t>(u));
+  for (int64_t d = 0; d < u; ++d) {
+    if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
+    sc.uslot[d] = index.get(sc.uids[d]);
+  }
+  auto collect_misses = [&]() {
+    sc.ids.clear();
+    sc.count.clear();
+    sc.occ.clear();  // distinct index of each miss
+    for (int64_t d = 0; d < u; ++d) {
+      if (sc.uslot[d] < 0) {
+        sc.ids.push_back(sc.uids[d]);
+        sc.count.push_back(sc.ucount[d]);
+        sc.occ.push_back(d);
       }
     }
-    std::sort(hit_slots.begin(), hit_slots.end());
-    const int64_t hits = std::unique(hit_slots.begin(), hit_slots.end()) - hit_slots.begin();
+  };
+
+  // 3. More distinct ids than the capacity may overflow it: check without changing anything.
+  if (u > map.capacity) {
+    collect_misses();
+    const int64_t hits = u - static_cast<int64_t>(sc.ids.size());
     if (counting) add_counts(+1);
     const int64_t admissible = estimate();
     if (counting) add_counts(-1);
@@ -441,62 +491,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
                       "; split the batch or raise the capacity");
   }
 
-  // 1. One pass over the ids: hits take their slots again (first occurrences move to the
-  //    recent end), misses are collected.  Index probes run kAhead ids ahead, slot rows
-  //    are prefetched kAhead / 2 ids ahead.
+  // 4. The call begins (LFU aging first), then the hits in first-occurrence order: counts,
+  //    recency (the slot moves to the recent end); slot rows prefetched kAhead ahead.
   const int64_t call = ++meta[kCalls];
   const int64_t clock = meta[kClockStep];
-  at::Tensor slots = at::empty({n}, ids_t.options());
-  int64_t* out = slots.data_ptr<int64_t>();
-  MissTable misses(sc, n);
-  constexpr int kRing = 32;
-  int64_t ring[kRing];
-  constexpr int kNear = kAhead / 2;
-  for (int64_t j = 0; j < std::min<int64_t>(kNear, n); ++j) ring[j % kRing] = index.get(ids[j]);
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) index.prefetch(ids[i + kAhead]);
-    if (i + kNear < n) {
-      const int64_t s = index.get(ids[i + kNear]);
-      ring[(i + kNear) % kRing] = s;
-      if (s >= 0) __builtin_prefetch(map.row(s), 1, 1);
-    }
-    const int64_t s = ring[i % kRing];
-    if (s >= 0) {
-      int64_t* r = map.row(s);
-      r[fFreq] += 1;
-      if (r[fLastCall] != call) {
-        r[fLastCall] = call;
-        r[fLastStep] = clock;
-        r[fFlags] |= kRef;
-        if (listed) map.append(s);
-      }
-      out[i] = s;
-    } else {
-      const int64_t m = misses.add(ids[i]);
-      sc.count[m] += 1;
-      out[i] = -2 - m;
-    }
+  if (decay_every > 0 && call % decay_every == 0) decay_counts(map, meta[kSize]);
+  for (int64_t d = 0; d < u; ++d) {
+    if (d + kAhead < u && sc.uslot[d + kAhead] >= 0) __builtin_prefetch(map.row(sc.uslot[d + kAhead]), 1, 1);
+    const int64_t s = sc.uslot[d];
+    if (s < 0) continue;
+    int64_t* r = map.row(s);
+    r[fFreq] += sc.ucount[d];
+    r[fLastCall] = call;
+    r[fLastStep] = clock;
+    r[fFlags] |= kRef;
+    if (listed) map.append(s);
   }
 
-  // 2. Admission counts of the misses.
+  // 5. Admission counts of the misses.
+  collect_misses();
   if (counting) add_counts(+1);
   estimate();
 
-  // 3. Admissions, in first-occurrence order.
-  const int64_t u = static_cast<int64_t>(sc.ids.size());
-  sc.slot.assign(u, -1);
+  // 6. Admissions, in first-occurrence order: each admissible miss takes the lowest free
+  //    slot or a victim's; then the victims' ids leave the index and the new ids enter it
+  //    (one batch of probes each, prefetched: the index's layout may differ from one
+  //    insertion at a time, its content and every decision do not).
+  const int64_t num_miss = static_cast<int64_t>(sc.ids.size());
   std::vector<int64_t> new_ids, new_slots, ev_ids, ev_slots;
   int64_t heap_n = meta[kSize];
   sc.aside.clear();
-  // The admitted misses, so that their index rows can be prefetched.
-  sc.occ.clear();
-  for (int64_t d = 0; d < u; ++d) {
-    if (sc.estimate[d] >= min_count) sc.occ.push_back(d);
-  }
-  const int64_t num_admitted = static_cast<int64_t>(sc.occ.size());
-  for (int64_t k = 0; k < num_admitted; ++k) {
-    const int64_t d = sc.occ[k];
-    if (k + kAhead < num_admitted) index.prefetch(sc.ids[sc.occ[k + kAhead]]);
+  for (int64_t m = 0; m < num_miss; ++m) {
+    if (sc.estimate[m] < min_count) continue;
     int64_t s;
     while (meta[kCursor] < map.capacity && (map.row(meta[kCursor])[fFlags] & kLive)) ++meta[kCursor];
     if (meta[kCursor] < map.capacity) {
@@ -505,22 +531,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     } else {
       s = map.victim(heap_n, sc.aside);
       if (s < 0) break;
-      const int64_t old = map.row(s)[fId];
-      index.erase(old);
-      ev_ids.push_back(old);
+      ev_ids.push_back(map.row(s)[fId]);
       ev_slots.push_back(s);
     }
-    const int64_t key = sc.ids[d];
-    index.put(key, s);
+    const int64_t key = sc.ids[m];
     int64_t* r = map.row(s);
     r[fId] = key;
-    r[fFreq] = sc.estimate[d];
+    r[fFreq] = sc.estimate[m];
     r[fLastCall] = call;
     r[fLastStep] = clock;
     r[fFlags] = kLive | kRef;
     if (listed) map.append(s);
     if (map.policy == kLfu) sc.aside.push_back(s);
-    sc.slot[d] = s;
+    sc.uslot[sc.occ[m]] = s;
     new_ids.push_back(key);
     new_slots.push_back(s);
   }
@@ -529,19 +552,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     TORCH_CHECK(heap_n == meta[kSize], kApi, ": internal error, heap size ", heap_n, " != ",
                 meta[kSize]);
   }
+  const int64_t num_ev = static_cast<int64_t>(ev_ids.size());
+  for (int64_t e = 0; e < num_ev; ++e) {
+    if (e + kAhead < num_ev) index.prefetch(ev_ids[e + kAhead]);
+    index.erase(ev_ids[e]);
+  }
+  const int64_t num_new = static_cast<int64_t>(new_ids.size());
+  for (int64_t k = 0; k < num_new; ++k) {
+    if (k + kAhead < num_new) index.prefetch(new_ids[k + kAhead]);
+    index.put(new_ids[k], new_slots[k]);
+  }
 
-  // 4. The misses' slots, and the statistics.
+  // 7. Every position's slot (`missing` where its id has none), and the statistics.
   int64_t defaults = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (out[i] <= -2) {
-      out[i] = sc.slot[-2 - out[i]];
-      defaults += out[i] < 0;
+  for (int64_t d = 0; d < u; ++d) {
+    if (sc.uslot[d] < 0) {
+      defaults += sc.ucount[d];
+      sc.uslot[d] = missing;
     }
   }
+  at::Tensor slots = at::empty({n}, ids_t.options());
+  int64_t* out = slots.data_ptr<int64_t>();
+  const int64_t* uslot = sc.uslot.data();
+  const int64_t* pos = sc.pos.data();
+  for (int64_t i = 0; i < n; ++i) out[i] = uslot[pos[i]];
   meta[kLookups] += n;
   meta[kDefaultHits] += defaults;
-  meta[kAdmitted] += static_cast<int64_t>(new_ids.size());
-  meta[kEvicted] += static_cast<int64_t>(ev_ids.size());
+  meta[kAdmitted] += num_new;
+  meta[kEvicted] += num_ev;
   auto to_tensor = [&](const std::vector<int64_t>& v) {
     at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, ids_t.options());
     if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
@@ -595,7 +633,7 @@ at::Tensor slot_table_build_cpu(const at::Tensor& keys_in, const at::Tensor& val
 constexpr double kSqrt3 = 1.7320508075688772;
 
 // One row: `dim` entries of (seed, id)'s row into `o`.
-inline void init_row(float* o, int64_t id, uint64_t salt, int64_t dim, double std_dev) {
+inline void init_row(float* __restrict o, int64_t id, uint64_t salt, int64_t dim, double std_dev) {
   const uint64_t key = mix(static_cast<uint64_t>(id) ^ salt);
   for (int64_t c = 0; c < dim; ++c) {
     const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
@@ -637,8 +675,12 @@ void slot_init_rows_into_cpu(const at::Tensor& weight, const at::Tensor& slots_i
   }
   float* w = weight.data_ptr<float>();
   const uint64_t salt = mix(static_cast<uint64_t>(seed));
+  constexpr int64_t kLine = 64 / sizeof(float);
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) __builtin_prefetch(w + slots[i + kAhead] * dim, 1, 1);
+    if (i + kAhead < n) {  // every cache line of the row kAhead rows ahead
+      const float* ahead = w + slots[i + kAhead] * dim;
+      for (int64_t c = 0; c < dim; c += kLine) __builtin_prefetch(ahead + c, 1, 1);
+    }
     init_row(w + slots[i] * dim, ids[i], salt, dim, std_dev);
   }
 }
