@@ -40,6 +40,8 @@ class DynamicConfig:
         default: what a not-admitted id reads: ``"zeros"`` (skipped by pooling, like padding)
             or ``"row"`` (one shared, untrained row).
         seed: seed of the rows' deterministic initialization and of the sketch's hashes.
+        decay_every: LFU aging (``policy="lfu"`` only): every ``decay_every`` training
+            lookups each id's count is halved, so old heavy hitters can leave; ``None``: never.
 
     Example:
         >>> DynamicConfig(policy="lfu", min_count=2).policy
@@ -52,6 +54,7 @@ class DynamicConfig:
     exact_counts: bool = False
     default: str = "zeros"
     seed: int = 0
+    decay_every: int | None = None
 
     def __post_init__(self) -> None:
         api = "DynamicConfig"
@@ -70,6 +73,11 @@ class DynamicConfig:
             raise ValueError(f"{api}: default must be 'zeros' or 'row', got {self.default!r}")
         if not _is_int(self.seed):
             raise TypeError(f"{api}: seed must be an int, got {self.seed!r}")
+        if self.decay_every is not None:
+            if not _is_int(self.decay_every) or self.decay_every < 1:
+                raise ValueError(f"{api}: decay_every must be an int >= 1, got {self.decay_every!r}")
+            if self.policy != "lfu":
+                raise ValueError(f"{api}: decay_every (LFU aging) needs policy='lfu', got {self.policy!r}")
 
 
 def _is_int(value: object) -> bool:

@@ -94,7 +94,10 @@ def test_default_row_values_in_embedding():
     assert zeros(torch.tensor([1])).abs().sum() == 0
 
 
-@pytest.mark.parametrize("policy,extra", [("lru", {}), ("lfu", {"min_count": 2}), ("ttl", {"ttl": 1}), ("clock", {})])
+@pytest.mark.parametrize(
+    "policy,extra",
+    [("lru", {}), ("lfu", {"min_count": 2}), ("lfu", {"decay_every": 3}), ("ttl", {"ttl": 1}), ("clock", {})],
+)
 def test_checkpoint_mid_stream_resumes_exactly(policy, extra):
     def make():
         torch.manual_seed(0)
@@ -153,6 +156,8 @@ def test_keep_evicted_buffer():
         (dict(capacity=4, embedding_dim=2, min_count=0), ValueError, "min_count must be an int >= 1"),
         (dict(capacity=4, embedding_dim=2, policy="ttl"), ValueError, "ttl must be given"),
         (dict(capacity=4, embedding_dim=2, default="mean"), ValueError, "default must be"),
+        (dict(capacity=4, embedding_dim=2, decay_every=2), ValueError, "needs policy='lfu'"),
+        (dict(capacity=4, embedding_dim=2, policy="lfu", decay_every=0), ValueError, "decay_every must be"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -173,10 +178,27 @@ def test_bad_ids_change_nothing():
     assert all(torch.equal(before["_extra_state"][k], after["_extra_state"][k]) for k in before["_extra_state"])
 
 
+def test_lfu_aging_lets_an_old_heavy_hitter_leave():
+    """An id used heavily early, then never again: plain LFU keeps its row for good, with
+    ``decay_every`` its count halves until newcomers evict it (and its row is reset)."""
+
+    def run(**kw):
+        table = DynamicEmbedding(3, 2, policy="lfu", **kw)
+        table(torch.full((50,), 10**15))
+        for i in range(40):
+            table(torch.tensor([i, i + 1000]))
+        return table.lookup_rows(torch.tensor([10**15])).item()
+
+    assert run() != 3  # still has its own row
+    assert run(decay_every=4) == 3  # evicted: reads the default row
+
+
 def test_config_object_and_repr():
     table = DynamicEmbeddingBag(5, 3, mode="sum", config=DynamicConfig(policy="ttl", ttl=2))
     assert repr(table) == "DynamicEmbeddingBag(capacity=5, 3, policy='ttl', ttl=2, mode='sum')"
     assert table.weight.shape == (6, 3)
+    aged = DynamicEmbedding(5, 3, policy="lfu", decay_every=100)
+    assert repr(aged) == "DynamicEmbedding(capacity=5, 3, policy='lfu', decay_every=100)"
 
 
 @pytest.mark.skipif(not _compiled_available(), reason="embtable._C (slot ops) is not built")

@@ -168,7 +168,7 @@ class DynamicRows:
         self.keep_evicted = keep_evicted
         self.slot_map = SlotMap(
             capacity, config.policy, ttl=config.ttl, min_count=config.min_count,
-            exact_counts=config.exact_counts, seed=config.seed,
+            exact_counts=config.exact_counts, seed=config.seed, decay_every=config.decay_every,
         )
         self._evicted: list[tuple[Tensor, Tensor]] = []
 
@@ -197,9 +197,10 @@ class DynamicRows:
         read-only lookup.  Not-admitted ids get ``capacity`` (the default row).
         """
         if not training:
-            slots = self.slot_map.find(ids)
+            found = self.slot_map.find(ids)
+            slots = torch.where(found < 0, self.capacity, found)
         else:
-            result = self.slot_map.lookup(ids)
+            result = self.slot_map.lookup(ids, missing=self.capacity)
             slots = result.slots
             rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
             if result.evicted_ids.numel() and (self.on_evict is not None or self.keep_evicted):
@@ -218,7 +219,7 @@ class DynamicRows:
             rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
             with torch.no_grad():  # undo any update the default row got through pooling
                 rows[self.capacity] = self._default_values(rows)
-        return torch.where(slots < 0, self.capacity, slots)
+        return slots
 
     def evicted(self) -> tuple[Tensor, Tensor]:
         """The evicted ``(ids, rows)`` kept since the last call (``keep_evicted=True``), oldest
@@ -308,6 +309,8 @@ class _DynamicMixin:
             text += f", ttl={c.ttl}"
         if c.min_count != 1:
             text += f", min_count={c.min_count}"
+        if c.decay_every is not None:
+            text += f", decay_every={c.decay_every}"
         if c.default != "zeros":
             text += f", default={c.default!r}"
         return text
@@ -317,8 +320,9 @@ _DYNAMIC_DOC_ARGS = """
         capacity: rows for ids (>= 1); ``weight`` has ``capacity + 1`` rows, the last being
             the default row.
         embedding_dim: size of each row.
-        policy, ttl, min_count, exact_counts, default, seed: the dynamic vocabulary's
-            options (:class:`~embtable.config.DynamicConfig`); or pass ``config=``.
+        policy, ttl, min_count, exact_counts, default, seed, decay_every: the dynamic
+            vocabulary's options (:class:`~embtable.config.DynamicConfig`); or pass
+            ``config=``.
         init_std: rows start as N(0, init_std**2), drawn from ``(seed, id)``.
         on_evict: ``on_evict(ids, rows)`` is called with each training lookup's evicted ids
             and copies of their rows, before the rows are reused.
@@ -373,6 +377,7 @@ class DynamicEmbedding(_DynamicMixin, Embedding):
         exact_counts: bool = False,
         default: str = "zeros",
         seed: int = 0,
+        decay_every: int | None = None,
         config: DynamicConfig | None = None,
         init_std: float = 1.0,
         on_evict: Callable[[Tensor, Tensor], Any] | None = None,
@@ -381,7 +386,8 @@ class DynamicEmbedding(_DynamicMixin, Embedding):
         dtype: torch.dtype | None = None,
     ) -> None:
         config = _config(config, policy=policy, ttl=ttl, min_count=min_count,
-                         exact_counts=exact_counts, default=default, seed=seed)
+                         exact_counts=exact_counts, default=default, seed=seed,
+                         decay_every=decay_every)
         _check_capacity(capacity, type(self).__name__)
         self._setup(capacity, embedding_dim, config, init_std, on_evict, keep_evicted)
         super().__init__(capacity + 1, embedding_dim, padding_idx=capacity, device=device, dtype=dtype)
@@ -433,6 +439,7 @@ class DynamicEmbeddingBag(_DynamicMixin, EmbeddingBag):
         exact_counts: bool = False,
         default: str = "zeros",
         seed: int = 0,
+        decay_every: int | None = None,
         config: DynamicConfig | None = None,
         init_std: float = 1.0,
         on_evict: Callable[[Tensor, Tensor], Any] | None = None,
@@ -442,7 +449,8 @@ class DynamicEmbeddingBag(_DynamicMixin, EmbeddingBag):
         dtype: torch.dtype | None = None,
     ) -> None:
         config = _config(config, policy=policy, ttl=ttl, min_count=min_count,
-                         exact_counts=exact_counts, default=default, seed=seed)
+                         exact_counts=exact_counts, default=default, seed=seed,
+                         decay_every=decay_every)
         _check_capacity(capacity, type(self).__name__)
         self._setup(capacity, embedding_dim, config, init_std, on_evict, keep_evicted)
         super().__init__(
