@@ -1,8 +1,9 @@
 """Collectives of the sharded collections: an autograd ``all_to_all_single`` and byte counts.
 
-Every exchange goes through :func:`all_to_all`, which counts the bytes a rank sends to
-other ranks (its own block is not sent) and the time spent in the collective, per kind
-(``"ids"``, ``"rows"``, ``"grads"``, ...), in a :class:`CommStats`.
+Every exchange goes through :func:`all_to_all` or :func:`all_reduce`, which count the bytes
+a rank sends to other ranks (its own block of an all_to_all is not sent; an all_reduce of
+``n`` bytes over ``p`` ranks counts ``2 n (p - 1) / p``, a ring's share) and the time spent in
+the collective, per kind (``"ids"``, ``"rows"``, ``"rows_grad"``, ...), in a :class:`CommStats`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["CommStats", "all_to_all", "differentiable_all_to_all"]
+__all__ = ["CommStats", "all_reduce", "all_to_all", "differentiable_all_to_all"]
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _AllToAll(torch.autograd.Function):
         rank: int,
         stats: CommStats | None,
         kind: str,
+        after: Tensor | None,
     ) -> Tensor:
         ctx.meta = (out_splits, in_splits, group, rank, stats, kind)
         return all_to_all(x, out_splits, in_splits, group, rank, stats, kind)
@@ -84,7 +86,8 @@ class _AllToAll(torch.autograd.Function):
         back = all_to_all(
             grad.contiguous(), in_splits, out_splits, group, rank, stats, kind + "_grad"
         )
-        return (back,) + (None,) * 6
+        after = torch.zeros(0, device=grad.device) if ctx.needs_input_grad[7] else None
+        return (back,) + (None,) * 6 + (after,)
 
 
 def differentiable_all_to_all(
@@ -95,38 +98,23 @@ def differentiable_all_to_all(
     rank: int,
     stats: CommStats | None,
     kind: str,
+    after: Tensor | None = None,
 ) -> Tensor:
-    """:func:`all_to_all` whose backward sends the gradient back the same way (reverse splits)."""
-    return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind)
+    """:func:`all_to_all` whose backward sends the gradient back the same way (reverse splits).
+
+    ``after``: an empty tensor whose producer's backward must run after this backward (it
+    gets an empty gradient from it): the same order of collectives on every rank.
+    """
+    return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind, after)
 
 
-class _OwnPart(torch.autograd.Function):
-    """Forward: this rank's elements of a replicated result.  Backward: every rank's gradient of
-    its own elements, gathered into the gradient of the whole result (one all_to_all)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, parts: list[Tensor], group: Any, rank: int, stats: CommStats | None
-    ) -> Tensor:
-        ctx.meta = (x.shape, parts, group, rank, stats)
-        return x.reshape(-1)[parts[rank]]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        shape, parts, group, rank, stats = ctx.meta
-        world = len(parts)
-        mine = grad.contiguous()
-        sizes = [int(p.numel()) for p in parts]
-        gathered = all_to_all(
-            mine.repeat(world), sizes, [mine.numel()] * world, group, rank, stats, "dp_grad"
-        )
-        full = grad.new_zeros(int(torch.Size(shape).numel()))
-        full[torch.cat(parts)] = gathered
-        return full.view(shape), None, None, None, None
-
-
-def own_part(
-    x: Tensor, parts: list[Tensor], group: Any, rank: int, stats: CommStats | None
-) -> Tensor:
-    """The flat elements ``parts[rank]`` of ``x``; backward gathers all ranks' gradients."""
-    return _OwnPart.apply(x, parts, group, rank, stats)
+def all_reduce(x: Tensor, op: Any, group: Any, stats: CommStats | None, kind: str) -> Tensor:
+    """``dist.all_reduce`` of ``x`` in place over ``group`` (``op``: ``dist.ReduceOp``); returns ``x``."""
+    start = time.perf_counter()
+    dist.all_reduce(x, op=op, group=group)
+    if stats is not None:
+        ranks = dist.get_world_size(group)
+        stats.bytes_sent[kind] += 2 * x.numel() * x.element_size() * (ranks - 1) // ranks
+        stats.seconds[kind] += time.perf_counter() - start
+        stats.calls += 1
+    return x

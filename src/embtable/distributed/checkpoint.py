@@ -19,9 +19,10 @@ Atomicity: the ranks write into ``<path>.partial-<token>``; only after every ran
 written does rank 0 add ``embtable_manifest.json`` (last, fsynced) and rename the folder to
 ``path``.  A checkpoint without its manifest (an interrupted save) is refused by every loader.
 
-Column-wise tables with a per-row optimizer state (row-wise Adagrad, int8_rowwise scales):
-each column shard keeps its own per-row state; the checkpoint holds the first column
-shard's, and loading gives it to every column shard.
+Column-wise tables with a per-row optimizer state (row-wise Adagrad, int8_rowwise scales,
+Adam's row steps): every column shard holds the whole row's state (the shards agree on it
+every step); the checkpoint holds the first column shard's, and loading gives it to every
+column shard.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ import torch.distributed.checkpoint as dcp
 from torch import Tensor
 
 from embtable._atomic import atomic_write_bytes, fsync_dir
+from embtable.distributed._base import ShardedTables as _ShardedTables
 from embtable.distributed.plan import Shard, ShardingType
-from embtable.distributed.sharded import _ShardedTables
 
 __all__ = ["MANIFEST", "load_checkpoint", "load_tables", "load_unsharded", "save_checkpoint"]
 
@@ -310,7 +311,7 @@ def _spread_row_state(sharded: _ShardedTables, state: dict[str, Any]) -> None:
             )
             if found is not None:
                 opt, _, grouped = found
-                place = sharded.local.plan.tables[config.name]
+                place = sharded.holder_of(config.name).plan.tables[config.name]
                 name = key.rsplit(".", 1)[1]
                 opt.state[grouped][name].narrow(0, place.row_offset, place.num_rows).copy_(full)
 

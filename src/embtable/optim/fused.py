@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -183,6 +183,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         pooling: int,
         padding_idx: int,
         scale_grad_by_freq: bool,
+        *,
+        kernel: Callable[..., None] | None = None,
     ) -> None:
         """One fused step of ``weight``'s rows from an output gradient (called by backward).
 
@@ -190,6 +192,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         last step) is validated and the hyperparameters computed before the state changes,
         so a bad group raises ``ValueError`` with the step counts and moments untouched.
         Updates of one table from several threads are serialized by a per-table lock.
+        ``kernel`` replaces :func:`embtable.ops.fused_update_rows` (same arguments), e.g. by
+        an update whose per-row statistics span other processes (column shards of
+        :mod:`embtable.distributed`); the state and step bookkeeping stay here.
         """
         group = self._group_of.get(id(weight))
         if group is None:
@@ -210,7 +215,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     touched = ids[ids != padding_idx] if padding_idx >= 0 else ids
                     state["row_step"][torch.unique(touched.long())] += 1
             else:
-                ops.fused_update_rows(
+                (kernel or ops.fused_update_rows)(
                     weight.detach(),
                     self.rule.state_tensors(state, group),
                     ids,

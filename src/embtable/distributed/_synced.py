@@ -1,0 +1,348 @@
+r"""Tables whose update needs the other ranks: column shards and data-parallel replicas.
+
+**Column-wise tables.** Every column shard of a table receives the same ids (the global
+batch's ids of its features), so the shards agree on the distinct rows of a step.  Each
+shard reduces its own columns' gradient per row; before its fused update:
+
+- *max pooling*: a row that wins the maximum in one shard's columns only is still touched
+  (one process touches the whole row: Adam's moments decay, its step count advances); the
+  shards add their 0/1 "won here" marks over the distinct rows (one ``all_reduce``) and
+  update every row marked anywhere;
+- *row-wise Adagrad*: the row's mean squared gradient spans all columns; each shard sums its
+  columns' squares, the shards add them (one ``all_reduce``) and divide by the table's
+  ``embedding_dim``;
+- *int8_rowwise state*: a moment row's scale is the maximum ``|x|`` of the whole row; the
+  shards take the maximum of their columns' maxima (one ``all_reduce`` for every quantized
+  moment of the step) and encode their columns with it, so every shard stores the whole
+  row's scale and the codes one process would store.
+
+The update is :func:`embtable.ops._fused_reference.fused_update_rows`'s formula (the oracle
+of the compiled kernel) with these statistics, run through
+:meth:`~embtable.optim.FusedOptimizer.apply_update` (``kernel=``), which keeps the state and
+step bookkeeping.  The collectives of a table run over the ranks holding its shards.
+
+**Data-parallel tables.** Each replica pools only its own rank's bags.  In backward, each
+rank reduces its gradient per row into a dense ``[rows, D + 1]`` buffer (the last column
+marks the rows its bags touched), one ``all_reduce`` sums the buffers of every rank, and each
+replica applies the same fused update to the rows marked anywhere: the update one process
+makes on the global batch (a zero-gradient row that only lost every max is still touched).
+
+All of this runs in one autograd node per forward (:class:`SyncedLookup`) on every rank:
+its backward follows the backward ``all_to_all`` of the pooled rows (its first output is an
+empty slice of the rows every rank sends), so every rank runs the collectives in the same
+order: column tables in plan order, then the replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from embtable import ops
+from embtable.config import PoolingMode
+from embtable.distributed._comm import CommStats, all_reduce
+from embtable.functional import FUSED_ATTR
+from embtable.nn.collection import BucketInput
+from embtable.ops._fused_reference import (
+    _C127,
+    _C255,
+    OPT_ADAGRAD,
+    OPT_ADAM,
+    OPT_ROWWISE_ADAGRAD,
+    OPT_SGD,
+    POOL_MAX,
+    POOL_NONE,
+    _decayed,
+    _read,
+    _slots,
+    _with_l2,
+    reduce_rows,
+)
+
+__all__ = ["Job", "SyncedLookup", "pooling_code"]
+
+_NO_OFFSETS = torch.empty(0, dtype=torch.int64)
+_CODES = {PoolingMode.SUM: ops.POOL_SUM, PoolingMode.MEAN: ops.POOL_MEAN, PoolingMode.MAX: POOL_MAX}
+
+
+def pooling_code(pooling: PoolingMode | None) -> int:
+    """The kernels' pooling code of a bucket (``None``: no pooling, an EmbeddingCollection)."""
+    return POOL_NONE if pooling is None else _CODES[pooling]
+
+
+@dataclass
+class Job:
+    """One bucket of a column shard's or a replica collection's lookup.
+
+    Attributes:
+        table: the column-wise table (``None`` for a replica bucket).
+        group: the process group of the table's shards (``None``: one shard, no collective).
+        full_dim: the whole table's ``embedding_dim`` (column shards).
+        weight: the grouped weight the bucket reads.
+        pooling: the kernels' pooling code (:data:`POOL_NONE` for an EmbeddingCollection).
+        lookup: the bucket's ids, offsets, weights and padding row.
+        padding_rows: every padding row of the bucket (several: ids dropped in backward).
+        max_ids: set by forward for max pooling (the winning id per bag and column).
+    """
+
+    table: str | None
+    group: Any
+    full_dim: int
+    weight: Tensor
+    pooling: int
+    lookup: BucketInput
+    padding_rows: tuple[int, ...]
+    max_ids: Tensor | None = None
+
+
+class SyncedLookup(torch.autograd.Function):
+    """Forward: the lookups of ``jobs`` (outputs ``(anchor, *outs)``).  Backward: the
+    collectives and fused updates of the module docstring; unfused weights get their
+    gradient (column shards: the local one; replicas: the sum over ranks)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        jobs: list[Job],
+        replica_group: Any,
+        stats: CommStats,
+        anchor: Tensor,
+        *weights: Tensor,
+    ) -> tuple[Tensor, ...]:
+        outs = []
+        for job in jobs:
+            weight, lookup = job.weight.detach(), job.lookup
+            if job.pooling == POOL_NONE:
+                outs.append(ops.gather_rows(weight, lookup.ids))
+                continue
+            pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+            out, max_ids = ops.pool_bags(
+                weight, lookup.ids, lookup.offsets, lookup.per_sample_weights, job.pooling, pad
+            )
+            job.max_ids = max_ids if job.pooling == POOL_MAX else None
+            outs.append(out)
+        ctx.jobs, ctx.replica_group, ctx.stats, ctx.weights = jobs, replica_group, stats, weights
+        return (anchor.new_zeros(0), *outs)
+
+    @staticmethod
+    def backward(ctx: Any, _anchor: Tensor, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        jobs, stats = ctx.jobs, ctx.stats
+        dense: dict[int, Tensor] = {}
+        columns = [(j, g) for j, g in zip(jobs, grads) if j.table is not None]
+        replicas = [(j, g) for j, g in zip(jobs, grads) if j.table is None]
+        for job, grad in columns:  # plan order: the same on every rank holding a shard
+            _column_backward(job, grad, stats, dense)
+        if ctx.replica_group is not None:
+            _replica_backward(replicas, ctx.replica_group, stats, dense)
+        out = [dense.get(id(w)) for w in ctx.weights]
+        out = [None if d is None else d.to(w.dtype) for d, w in zip(out, ctx.weights)]
+        return (None, None, None, None, *out)
+
+
+def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows this rank's bags of ``job`` touched and their summed gradient."""
+    lookup = job.lookup
+    grad = grad.reshape(-1, job.weight.shape[1])
+    if job.pooling == POOL_MAX:
+        max_ids = job.max_ids
+        valid = max_ids >= 0
+        rows, inverse = torch.unique(max_ids[valid], sorted=True, return_inverse=True)
+        cols = torch.arange(max_ids.shape[1], device=max_ids.device).expand_as(max_ids)[valid]
+        summed = grad.new_zeros((rows.numel(), grad.shape[1]), dtype=torch.float32)
+        summed.index_put_((inverse, cols), grad[valid].float(), accumulate=True)
+        return rows, summed
+    ids, pad = lookup.ids, -1 if lookup.padding_idx is None else lookup.padding_idx
+    if job.pooling == POOL_NONE and len(job.padding_rows) > 1:
+        keep = ~torch.isin(ids, torch.tensor(job.padding_rows, device=ids.device))
+        ids, grad = ids[keep], grad[keep]
+    weights = lookup.per_sample_weights
+    return reduce_rows(ids, lookup.offsets, grad, weights, job.pooling, pad, False)
+
+
+def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:
+    total = dense.get(id(weight))
+    if total is None:
+        total = dense[id(weight)] = torch.zeros(weight.shape, device=grad.device)
+    total.index_add_(0, rows, grad)
+
+
+def _column_backward(job: Job, grad: Tensor, stats: CommStats, dense: dict[int, Tensor]) -> None:
+    rows, row_grad = _local_rows(job, grad)
+    if job.pooling == POOL_MAX:  # rows won in any shard's columns are touched
+        ids, pad = job.lookup.ids, job.lookup.padding_idx
+        candidates = torch.unique(ids if pad is None else ids[ids != pad], sorted=True)
+        where = torch.searchsorted(candidates, rows)
+        touched = torch.zeros(candidates.numel(), device=rows.device)
+        touched[where] = 1.0
+        if job.group is not None:
+            all_reduce(touched, dist.ReduceOp.SUM, job.group, stats, "col_touched")
+        full = row_grad.new_zeros((candidates.numel(), row_grad.shape[1]))
+        full[where] = row_grad
+        keep = touched > 0
+        rows, row_grad = candidates[keep], full[keep]
+    optimizer = getattr(job.weight, FUSED_ATTR, None)
+    if optimizer is None:
+        _add_dense(dense, job.weight, rows, row_grad)
+        return
+    kernel = ColumnUpdate(job.group, job.full_dim, stats)
+    optimizer.apply_update(
+        job.weight, rows, _NO_OFFSETS, row_grad, None, POOL_NONE, -1, False, kernel=kernel
+    )
+
+
+def _replica_backward(
+    jobs: list[tuple[Job, Tensor]], group: Any, stats: CommStats, dense: dict[int, Tensor]
+) -> None:
+    buffers = []
+    for job, grad in jobs:
+        rows, row_grad = _local_rows(job, grad)
+        buffer = torch.zeros(job.weight.shape[0], job.weight.shape[1] + 1, device=grad.device)
+        buffer[rows, :-1] = row_grad
+        buffer[rows, -1] = 1.0
+        buffers.append(buffer)
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    all_reduce(flat, dist.ReduceOp.SUM, group, stats, "dp_grads")
+    for (job, _), summed in zip(jobs, flat.split([b.numel() for b in buffers])):
+        summed = summed.view(job.weight.shape[0], -1)
+        optimizer = getattr(job.weight, FUSED_ATTR, None)
+        if optimizer is None:
+            rows = torch.arange(job.weight.shape[0], device=summed.device)
+            _add_dense(dense, job.weight, rows, summed[:, :-1])
+            continue
+        rows = torch.nonzero(summed[:, -1] > 0).squeeze(1)
+        optimizer.apply_update(
+            job.weight, rows, _NO_OFFSETS, summed[rows, :-1], None, POOL_NONE, -1, False
+        )
+
+
+class ColumnUpdate:
+    """:func:`~embtable.ops.fused_update_rows` of a column shard (same arguments; ``ids``:
+    distinct rows, ``pooling``: :data:`POOL_NONE`) whose per-row statistics span the shards
+    of ``group``: row-wise Adagrad's mean squared gradient over ``full_dim`` columns, and
+    int8_rowwise scales (the whole row's maximum)."""
+
+    def __init__(self, group: Any, full_dim: int, stats: CommStats | None) -> None:
+        self.group, self.full_dim, self.stats = group, full_dim, stats
+
+    def __call__(
+        self,
+        weight: Tensor,
+        state: list[Tensor],
+        ids: Tensor,
+        offsets: Tensor,
+        grad: Tensor,
+        per_sample_weights: Tensor | None,
+        pooling: int,
+        padding_idx: int,
+        scale_grad_by_freq: bool,
+        optimizer: int,
+        hparams: list[float],
+    ) -> None:
+        rows, g = ids.long(), grad.float()
+        if rows.numel() == 0:  # (the same rows on every shard: all skip the collectives)
+            return
+        lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
+        w = weight.index_select(0, rows).float()
+        slots = _slots(state)
+        writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]] = []
+        if optimizer == OPT_SGD:
+            momentum, nesterov = float(hparams[3]), bool(hparams[4])
+            step = _with_l2(g, w, wd, mode)
+            if momentum != 0.0:
+                buf = _read(slots[0], rows) * momentum + step
+                writes.append((slots[0], buf))
+                step = step + momentum * buf if nesterov else buf
+            new = _decayed(w, lr, wd, mode) - lr * step
+        elif optimizer == OPT_ADAGRAD:
+            step = _with_l2(g, w, wd, mode)
+            total = _read(slots[0], rows) + step * step
+            writes.append((slots[0], total))
+            new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + float(hparams[3])))
+        elif optimizer == OPT_ROWWISE_ADAGRAD:
+            new = self._rowwise_adagrad(w, g, state[0], rows, lr, wd, mode, float(hparams[3]))
+        elif optimizer == OPT_ADAM:
+            new = self._adam(w, g, slots, rows, hparams, writes)
+        else:
+            raise ValueError(f"ColumnUpdate: unknown optimizer code {optimizer!r}; expected 0..3")
+        self._write(rows, writes)
+        weight.index_copy_(0, rows, new.to(weight.dtype))
+
+    def _rowwise_adagrad(
+        self, w: Tensor, g: Tensor, accumulator: Tensor, rows: Tensor, lr: float, wd: float,
+        mode: int, eps: float,
+    ) -> Tensor:
+        g_eff = _with_l2(g, w, wd, mode)
+        square = (g_eff * g_eff).sum(1)
+        if self.group is not None:
+            all_reduce(square, dist.ReduceOp.SUM, self.group, self.stats, "col_stats")
+        total = accumulator.index_select(0, rows).float() + square / self.full_dim
+        accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
+        lr_t, wd_t = torch.tensor(lr), torch.tensor(wd)
+        multiplier = torch.div(lr_t, total.sqrt() + eps)
+        if mode == 1:
+            correction = 1.0 - multiplier * wd_t
+        elif mode == 2:
+            correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
+        else:
+            correction = torch.ones_like(multiplier)
+        return correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+
+    def _adam(
+        self, w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: list[float], writes: list
+    ) -> Tensor:
+        lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
+        beta1, beta2, eps = float(hparams[3]), float(hparams[4]), float(hparams[5])
+        per_row, table_step = int(hparams[6]) == 0, int(hparams[7])
+        steps = slots[2][0]
+        t = steps.index_select(0, rows) + 1 if per_row else torch.full_like(rows, table_step)
+        steps.index_copy_(0, rows, t.to(steps.dtype))
+        t = t.double()
+        bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64), t)
+        bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), t)
+        neg_step_size = (-(lr * bc2.sqrt() / bc1)).float().unsqueeze(1)
+        step = _with_l2(g, w, wd, mode)
+        m_old, v_old = _read(slots[0], rows), _read(slots[1], rows)
+        m_new = (step - m_old) * (1.0 - beta1) + m_old
+        v_new = (step * step - v_old) * (1.0 - beta2) + v_old
+        writes += [(slots[0], m_new), (slots[1], v_new)]
+        return _decayed(w, lr, wd, mode) + neg_step_size * (m_new / (v_new.sqrt() + eps))
+
+    def _write(self, rows: Tensor, writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]]) -> None:
+        """Store new moment rows; quantized ones with the whole row's scale (one collective)."""
+        quantized = [(slot, value) for slot, value in writes if slot[1] is not None]
+        if quantized:
+            peaks = torch.stack(
+                [_magnitude(v, s[0].dtype == torch.int8).amax(1) for s, v in quantized], 1
+            )
+            if self.group is not None:
+                all_reduce(peaks, dist.ReduceOp.MAX, self.group, self.stats, "col_scales")
+        for slot, value in writes:
+            tensor, scale = slot
+            if scale is None:
+                tensor.index_copy_(0, rows, value.to(tensor.dtype))
+        for k, ((tensor, scale), value) in enumerate(quantized):
+            peak = peaks[:, k].contiguous()
+            tensor.index_copy_(0, rows, _encode(value, peak, tensor.dtype == torch.int8))
+            scale.index_copy_(0, rows, peak)
+
+
+def _magnitude(x: Tensor, signed: bool) -> Tensor:
+    return x.abs() if signed else x.clamp_min(0.0)
+
+
+def _encode(x: Tensor, scale: Tensor, signed: bool) -> Tensor:
+    """:func:`~embtable.ops._fused_reference.encode_rows`' codes of ``x`` for a given row
+    ``scale`` (the whole row's, possibly wider than ``x``'s columns): the same operations."""
+    divisor = torch.where(scale > 0.0, scale, torch.ones_like(scale)).unsqueeze(1)
+    r = _magnitude(x, signed) / divisor
+    if signed:
+        q = torch.round(r.sqrt() * _C127) * x.sign()
+        return q.clamp(-127.0, 127.0).to(torch.int8)
+    q = torch.round(r.sqrt().sqrt() * _C255)
+    return q.clamp(0.0, 255.0).to(torch.uint8)
