@@ -2,7 +2,9 @@
 
 Workload: ``DiskEmbeddingBag(V, 64)`` (float32, 256-byte rows) trained by fused
 RowWiseAdagrad (4 bytes of state per row) on B = 2048 bags of L = 20 ids, sum pooling,
-with the ids either skewed (``floor(V * u**3)``, u uniform) or uniform.  The training
+with the ids skewed (``floor(V * u**3)``, u uniform), "hot" (95% of the lookups uniform
+over a fixed 5% of the rows, scattered over the file by a multiplicative hash; the other 5%
+uniform over all rows) or uniform.  The training
 process runs inside a cgroup memory limit (cgroup v1 ``/sys/fs/cgroup/memory/``, else v2
 ``memory.max``; page cache included) smaller than the table, so the table truly does not
 fit.  Reported per workload: steps/s (median step wall time; the disk runs are I/O-bound,
@@ -14,7 +16,18 @@ size for comparison, and the peak memory of the cgroup (RSS + page cache) and of
 process (``ru_maxrss``).  The same table in RAM (``embtable.EmbeddingBag`` with the same
 fused optimizer, no limit) is the baseline.  The disk's random-read rate (preads of one
 256-byte row at random rows of the cold file, with the same number of I/O threads as the
-table uses) is measured in the same script, inside the same limit.
+table uses) is measured in the same script, inside the same limit, and again interleaved
+with the timed steps of each disk run: a 0.3 s burst of ``O_DIRECT`` 4 KiB reads at random
+pages of the same rows file (no page cache, so the bursts neither warm nor evict the
+table's pages), with the same threads, before the first timed step and after every timed
+step; each step's rows read per second is divided by the mean of the bursts on its two
+sides ("per step pair").
+
+Bytes written per updated row with flushes and compactions amortised: a separate run on a
+smaller table (``--amortised-rows``, uniform ids, no memory limit: the measure is bytes
+written, not speed) flushes every ``--flush-every`` steps with the default ``compact_ratio``
+until the log has been moved home ``--compactions`` times; ``/proc/self/io`` write_bytes
+over the whole run, over every updated row.
 
 Correctness first: a small disk table with a tiny cache and an in-RAM table give equal
 weights after 5 fused steps.  Every run is its own subprocess with
@@ -24,7 +37,9 @@ its pages dropped from the page cache before every disk run.
 Usage (as root for the cgroup; otherwise the limit is replaced by RLIMIT_AS and dropping
 the file's pages, and the script says so):
     python benchmarks/disk.py [--rows 8000000] [--cache-rows 500000] [--limit-mib 768]
-                              [--steps 10] [--warmup 20] [--dir /var/tmp/embtable_disk_bench] [--quick]
+                              [--steps 10] [--warmup 20] [--hot-warmup 60] [--burst-s 0.3]
+                              [--amortised-rows 500000] [--flush-every 5] [--compactions 2]
+                              [--dir /var/tmp/embtable_disk_bench] [--quick]
 """
 
 from __future__ import annotations
@@ -111,10 +126,58 @@ def write_bytes() -> int:
 # ------------------------------------------------------------------------------ children
 
 
+HOT_SHARE, HOT_FRACTION = 0.95, 0.05
+KINDS = ("skewed", "hot", "uniform")
+
+
 def batch(kind: str, rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     u = torch.rand(BAGS * BAG_SIZE, generator=generator, dtype=torch.float64)
+    if kind == "hot":  # 95% on a fixed 5% of the rows (hot rank k -> row k * 0x9E3779B1 mod V)
+        hot_rows = max(1, int(rows * HOT_FRACTION))
+        rank = (u * hot_rows).long().clamp_(max=hot_rows - 1)
+        hot = rank * 0x9E3779B1 % rows
+        cold = (torch.rand(len(u), generator=generator, dtype=torch.float64) * rows).long().clamp_(max=rows - 1)
+        pick = torch.rand(len(u), generator=generator) < HOT_SHARE
+        return torch.where(pick, hot, cold), torch.arange(0, BAGS * BAG_SIZE, BAG_SIZE)
     ids = (rows * (u**3 if kind == "skewed" else u)).long().clamp_(max=rows - 1)
     return ids, torch.arange(0, BAGS * BAG_SIZE, BAG_SIZE)
+
+
+class DirectReads:
+    """Random 4 KiB ``O_DIRECT`` reads of a file (the page cache neither helps nor changes),
+    ``threads`` at a time: the disk's random-read rate, measured between training steps."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import mmap
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        self.pages = os.fstat(self.fd).st_size // 4096
+        self.threads = threads
+        self.buffers = [mmap.mmap(-1, 4096) for _ in range(threads)]  # page-aligned
+        self.pool = ThreadPoolExecutor(threads)
+        self.rng = np.random.default_rng(1)
+
+    def burst(self, seconds: float) -> float:
+        """Reads per second over ``seconds``."""
+        deadline = time.perf_counter() + seconds
+
+        def work(worker: int) -> int:
+            pages, buffer, done = self.rng.integers(0, self.pages, 100_000), self.buffers[worker], 0
+            for page in pages.tolist():
+                os.preadv(self.fd, [buffer], page * 4096)
+                done += 1
+                if done % 16 == 0 and time.perf_counter() > deadline:
+                    break
+            return done
+
+        start = time.perf_counter()
+        total = sum(self.pool.map(work, range(self.threads)))
+        return total / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        os.close(self.fd)
 
 
 def child_disk_rate(args: dict) -> dict:
@@ -142,7 +205,10 @@ def child_disk_rate(args: dict) -> dict:
     with ThreadPoolExecutor(args["io_threads"]) as pool:
         list(pool.map(work, range(args["io_threads"]), [deadline] * args["io_threads"]))
     elapsed = time.perf_counter() - start
-    return {"rows_per_s": sum(done) / elapsed, "threads": args["io_threads"]}
+    direct = DirectReads(path, args["io_threads"])
+    direct_rate = direct.burst(args["seconds"])
+    direct.close()
+    return {"rows_per_s": sum(done) / elapsed, "threads": args["io_threads"], "direct_per_s": direct_rate}
 
 
 def child_train(args: dict) -> dict:
@@ -162,18 +228,33 @@ def child_train(args: dict) -> dict:
     embtable.optim.fuse(table, "rowwise_adagrad", lr=0.01)
     generator = torch.Generator().manual_seed(0)
     times, updated, updated_all, before, first = [], 0, 0, None, write_bytes()
+    probe = DirectReads(Path(args["dir"]) / "table" / "rows.bin", args["io_threads"]) if args.get("bursts") else None
+    bursts, step_reads = [], []
     for step in range(args["warmup"] + args["steps"]):
         ids, offsets = batch(kind, rows, generator)
         if step == args["warmup"]:
             before = (table.stats() if args["table"] == "disk" else {}, write_bytes())
+            if probe:
+                bursts.append(probe.burst(args["bursts"]))
+        read_before = table.stats()["rows_read"] if probe else 0
         start = time.perf_counter()
         table(ids, offsets).sum().backward()
         times.append(time.perf_counter() - start)
+        if probe and step >= args["warmup"]:
+            step_reads.append(table.stats()["rows_read"] - read_before)
+            bursts.append(probe.burst(args["bursts"]))
         distinct = int(torch.unique(ids).numel())
         updated_all += distinct
         if step >= args["warmup"]:
             updated += distinct
     result = {"step_s": statistics.median(times[args["warmup"]:]), "rows_updated": updated / args["steps"]}
+    if probe:
+        probe.close()
+        timed = times[args["warmup"]:]
+        result["pairs"] = [
+            {"rows_per_s": n / t, "disk_per_s": (a + b) / 2, "ratio": n / t / ((a + b) / 2)}
+            for n, t, a, b in zip(step_reads, timed, bursts, bursts[1:])
+        ]
     if args["table"] == "disk":
         stats, dirtied = table.stats(), write_bytes() - before[1]  # (before the final flush)
         s0, steps = before[0], args["steps"]
@@ -188,8 +269,9 @@ def child_train(args: dict) -> dict:
             record_bytes=table.store.row_bytes + table.store.state_row_bytes,
         )
         start = time.perf_counter()
-        table.flush()  # moves the write-back log (all steps' evicted rows) to the rows' places
+        table.flush()  # writes the cache's dirty rows to the log, fsyncs it, writes the manifest
         flush = time.perf_counter() - start
+        result["compactions"] = table.store.compactions
         result.update(
             flush_s=flush,
             amortized_step_s=(sum(times) + flush) / len(times),  # every step, and the flush
@@ -199,6 +281,39 @@ def child_train(args: dict) -> dict:
     result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["cgroup_peak_mib"] = (cgroup_peak(args.get("cgroup")) or 0) / 2**20
     return result
+
+
+def child_amortised(args: dict) -> dict:
+    """Uniform steps on a fresh table, a flush every ``flush_every`` steps, until the flushes
+    have moved the log home ``compactions`` times: bytes written over every updated row."""
+    import embtable
+    from embtable.nn.disk import DiskEmbeddingBag
+    from embtable.storage.disk import Disk
+
+    torch.set_num_threads(1)
+    rows, path = args["rows"], Path(args["dir"]) / "amortised"
+    shutil.rmtree(path, ignore_errors=True)
+    table = DiskEmbeddingBag(rows, DIM, mode="sum", storage=Disk(path, cache_rows=args["cache_rows"],
+                                                                 io_threads=args["io_threads"]))
+    embtable.optim.fuse(table, "rowwise_adagrad", lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    first, updated, steps, start = write_bytes(), 0, 0, time.perf_counter()
+    while table.store.compactions < args["compactions"] and steps < args["max_steps"]:
+        ids, offsets = batch("uniform", rows, generator)
+        table(ids, offsets).sum().backward()
+        updated += int(torch.unique(ids).numel())
+        steps += 1
+        if steps % args["flush_every"] == 0:
+            table.flush()
+    table.flush()
+    written, log_records = write_bytes() - first, table.store.rows_written
+    table.store.close()
+    shutil.rmtree(path)
+    return {
+        "steps": steps, "updated": updated, "compactions": table.store.compactions, "bytes": written,
+        "per_updated": written / updated, "logged_per_updated": log_records / updated,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def child_vectors(args: dict) -> dict:
@@ -243,7 +358,7 @@ def child_main(payload: str) -> None:
     if args.get("limit"):
         join_cgroup(args.get("cgroup"), args["limit"])
         drop_pages(Path(args["dir"]) / ("vectors" if args["job"] == "vectors" else "table"))
-    jobs = {"rate": child_disk_rate, "train": child_train, "vectors": child_vectors}
+    jobs = {"rate": child_disk_rate, "train": child_train, "vectors": child_vectors, "amortised": child_amortised}
     result = jobs[args["job"]](args)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -297,7 +412,7 @@ def build_table(directory: Path, rows: int) -> float:
     for first in range(0, rows, chunk):
         ids = torch.arange(first, min(first + chunk, rows))
         store.write_rows(ids, torch.randn(len(ids), DIM, generator=generator))
-    store.flush()
+    store.flush(compact=True)  # every row at its home place (no log)
     store.close()
     return time.perf_counter() - start
 
@@ -310,9 +425,15 @@ def main() -> None:
     parser.add_argument("--limit-mib", type=int, default=768)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20, help="steps before timing (fill the cache)")
+    parser.add_argument("--hot-warmup", type=int, default=60, help="the hot stream's (fill the cache past the hot set)")
     parser.add_argument("--io-threads", type=int, default=4)
     parser.add_argument("--dir", default="/var/tmp/embtable_disk_bench")
     parser.add_argument("--vector-words", type=int, default=2_000_000, help="0: skip the Vectors check")
+    parser.add_argument("--burst-s", type=float, default=0.3, help="disk-rate burst between timed steps")
+    parser.add_argument("--amortised-rows", type=int, default=500_000, help="0: skip the amortised run")
+    parser.add_argument("--amortised-cache", type=int, default=50_000)
+    parser.add_argument("--flush-every", type=int, default=5)
+    parser.add_argument("--compactions", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
     opts = parser.parse_args()
@@ -321,7 +442,8 @@ def main() -> None:
         return
     if opts.quick:
         opts.rows, opts.cache_rows, opts.limit_mib, opts.steps, opts.warmup = 1_000_000, 100_000, 400, 4, 2
-        opts.vector_words = 200_000
+        opts.hot_warmup = 4
+        opts.vector_words, opts.amortised_rows = 200_000, 100_000
     directory = Path(opts.dir)
     directory.mkdir(parents=True, exist_ok=True)
     check_correctness()
@@ -341,13 +463,16 @@ def main() -> None:
     try:
         rate = run_child({**common, "job": "rate", "limit": limit, "seconds": 3.0})
         results = {}
-        for ids in ("skewed", "uniform"):
-            results["ram", ids] = run_child({**common, "job": "train", "table": "ram", "ids": ids})
+        for ids in KINDS:
+            warm = {"warmup": opts.hot_warmup if ids == "hot" else opts.warmup}
+            results["ram", ids] = run_child({**common, **warm, "job": "train", "table": "ram", "ids": ids})
             if group:  # a fresh cgroup per run, so its peak is the run's own
                 group.rmdir()
                 kind, group = make_cgroup(limit)
                 common["cgroup"] = str(group)
-            results["disk", ids] = run_child({**common, "job": "train", "table": "disk", "ids": ids, "limit": limit})
+            results["disk", ids] = run_child(
+                {**common, **warm, "job": "train", "table": "disk", "ids": ids, "limit": limit, "bursts": opts.burst_s}
+            )
         if opts.vector_words:
             build_vectors(directory, opts.vector_words)
             if group:
@@ -355,17 +480,25 @@ def main() -> None:
                 kind, group = make_cgroup(limit)
                 common["cgroup"] = str(group)
             served = run_child({**common, "job": "vectors", "limit": limit, "words": opts.vector_words})
+        if opts.amortised_rows:
+            amortised = run_child({
+                **common, "job": "amortised", "rows": opts.amortised_rows, "cache_rows": opts.amortised_cache,
+                "flush_every": opts.flush_every, "compactions": opts.compactions, "max_steps": 400,
+            })
     finally:
         if group:
             group.rmdir()
-    print(f"disk random reads (1 row each, {rate['threads']} threads, cold file): {rate['rows_per_s']:,.0f} rows/s")
+    print(
+        f"disk random reads ({rate['threads']} threads, cold file): 1 row each {rate['rows_per_s']:,.0f} rows/s; "
+        f"O_DIRECT 4 KiB {rate['direct_per_s']:,.0f} reads/s"
+    )
     print(
         "| ids | table | steps/s | step ratio vs RAM | hit rate | rows read/step | rows read/s | "
         "rows written/step | bytes written/updated row (pages; logical; pages incl. flush) | "
         "row+state bytes | flush s | steps/s incl. flush | peak cgroup MiB | peak RSS MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for ids in ("skewed", "uniform"):
+    for ids in KINDS:
         ram, disk = results["ram", ids], results["disk", ids]
         print(f"| {ids} | RAM | {1 / ram['step_s']:.2f} | 1.00 | - | - | - | - | - | - | - | - | - | {ram['maxrss_mib']:.0f} |")
         print(
@@ -376,11 +509,28 @@ def main() -> None:
             f"{disk['record_bytes']} | {disk['flush_s']:.1f} | {1 / disk['amortized_step_s']:.2f} | "
             f"{disk['cgroup_peak_mib']:.0f} | {disk['maxrss_mib']:.0f} |"
         )
+    print("rows read/s of each timed step over the mean O_DIRECT rate of the bursts before and after it:")
+    print("| ids | " + " | ".join(f"pair {i + 1}" for i in range(opts.steps)) + " | median |")
+    print("|---|" + "---|" * (opts.steps + 1))
+    for ids in KINDS:
+        pairs = results["disk", ids]["pairs"]
+        cells = [f"{p['ratio']:.2f} ({p['rows_per_s'] / 1e3:.0f}k/{p['disk_per_s'] / 1e3:.0f}k)" for p in pairs]
+        print(f"| {ids} | " + " | ".join(cells) + f" | {statistics.median(p['ratio'] for p in pairs):.2f} |")
     uniform = results["disk", "uniform"]
     print(
         f"uniform: rows read/s = {uniform['rows_read'] / uniform['step_s'] / rate['rows_per_s']:.2f}x the disk's "
-        f"random-read rate; skewed step rate = {results['ram', 'skewed']['step_s'] / results['disk', 'skewed']['step_s']:.2f}x RAM"
+        f"random-read rate measured before the runs; "
+        + "; ".join(f"{k} step rate = {results['ram', k]['step_s'] / results['disk', k]['step_s']:.2f}x RAM"
+                    for k in ("skewed", "hot"))
     )
+    if opts.amortised_rows:
+        a = amortised
+        print(
+            f"amortised: {opts.amortised_rows:,}-row table, cache {opts.amortised_cache:,}, uniform ids, flush every "
+            f"{opts.flush_every} steps: {a['steps']} steps, {a['compactions']} compactions, {a['bytes'] / 2**20:,.0f} MiB "
+            f"written for {a['updated']:,} updated rows = {a['per_updated']:.0f} B per updated row "
+            f"({a['logged_per_updated']:.2f} logged records each; row+state {DIM * 4 + 4} B; {a['seconds']:.0f} s)"
+        )
     if opts.vector_words:
         size = opts.vector_words * VECTOR_DIM * 4 / 2**30
         print(
