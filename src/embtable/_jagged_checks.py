@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,65 @@ from embtable.ops import batched, check_id_dtype
 
 #: The dtypes of ids, lengths, offsets and inverse indices.
 ID_DTYPES = (torch.int32, torch.int64)
+
+
+class Parts(NamedTuple):
+    """The checked parts of a :class:`~embtable.KeyedJagged` (see :func:`checked_parts`)."""
+
+    keys: list[str]
+    values: Tensor
+    lengths: Tensor
+    offsets: Tensor | None
+    stride: int
+    stride_per_key: tuple[int, ...] | None
+    inverse: tuple[list[str], Tensor] | None
+
+
+def checked_parts(
+    keys: Sequence[str],
+    values: Tensor,
+    lengths: Tensor | None,
+    offsets: Tensor | None,
+    weights: Tensor | None,
+    stride: int | None,
+    stride_per_key: Sequence[int] | None,
+    inverse_indices: tuple[Sequence[str], Tensor] | None,
+    validate: bool,
+) -> Parts:
+    """Every check of the :class:`~embtable.KeyedJagged` constructor (its arguments, in its
+    order), before anything is stored: the parts as the batch keeps them (``lengths`` derived
+    from ``offsets`` when given those; ``stride`` derived when omitted)."""
+    api = "KeyedJagged"
+    keys = checked_keys(keys, api)
+    values = empty_as_ids(values)
+    check_ids_tensor(values, api)
+    if (lengths is None) == (offsets is None):
+        raise ValueError(f"{api}: give exactly one of lengths and offsets")
+    if offsets is not None and isinstance(offsets, Tensor) and offsets.numel() == 0:
+        offsets, lengths = None, values.new_zeros(0, dtype=torch.int64)  # TorchRec's empty batch
+    per_key = checked_stride_per_key(stride_per_key, len(keys), api)
+    if lengths is not None:
+        lengths = empty_as_ids(lengths)
+        check_counts_tensor(lengths, "lengths", values, api)
+        if per_key is None:
+            check_multiple(lengths.numel(), len(keys), "lengths", api)
+        if validate:
+            check_lengths_values(lengths, values.numel(), api)
+    else:
+        check_counts_tensor(offsets, "offsets", values, api)
+        if per_key is None:
+            check_multiple(offsets.numel() - 1, len(keys), "offsets", api, extra=1)
+        if validate:
+            check_offsets_values(offsets, values.numel(), api)
+        lengths = torch.diff(offsets)
+    inverse = checked_inverse(inverse_indices, values, api)
+    if inverse is not None and stride is None:
+        stride = inverse[1].shape[1]
+    stride = checked_stride(stride, per_key, lengths.numel(), len(keys), api)
+    if inverse is not None:
+        check_inverse_rows(inverse, keys, per_key or (stride,) * len(keys), stride, validate, api)
+    check_weights(weights, values, api)
+    return Parts(keys, values, lengths, offsets, stride, per_key, inverse)
 
 
 def checked_keys(keys: Sequence[str], api: str) -> list[str]:

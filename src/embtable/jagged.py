@@ -28,21 +28,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 
 from embtable import _jagged_convert, _jagged_reshape
-from embtable._jagged_checks import (
-    check_counts_tensor,
-    check_ids_tensor,
-    check_inverse_rows,
-    check_lengths_values,
-    check_multiple,
-    check_not_vmapped,
-    check_offsets_values,
-    check_weights,
-    checked_inverse,
-    checked_keys,
-    checked_stride,
-    checked_stride_per_key,
-    empty_as_ids,
-)
+from embtable._jagged_checks import check_not_vmapped, checked_parts
 from embtable._jagged_reshape import cat
 from embtable.ops import batched
 
@@ -162,40 +148,13 @@ class KeyedJagged:
         inverse_indices: tuple[Sequence[str], Tensor] | None = None,
         validate: bool = True,
     ) -> None:
-        api = "KeyedJagged"
-        keys = checked_keys(keys, api)
-        values = empty_as_ids(values)
-        check_ids_tensor(values, api)
-        if (lengths is None) == (offsets is None):
-            raise ValueError(f"{api}: give exactly one of lengths and offsets")
-        if offsets is not None and isinstance(offsets, Tensor) and offsets.numel() == 0:
-            offsets, lengths = None, values.new_zeros(0, dtype=torch.int64)  # TorchRec's empty batch
-        per_key = checked_stride_per_key(stride_per_key, len(keys), api)
-        if lengths is not None:
-            lengths = empty_as_ids(lengths)
-            check_counts_tensor(lengths, "lengths", values, api)
-            if per_key is None:
-                check_multiple(lengths.numel(), len(keys), "lengths", api)
-            if validate:
-                check_lengths_values(lengths, values.numel(), api)
-        else:
-            check_counts_tensor(offsets, "offsets", values, api)
-            if per_key is None:
-                check_multiple(offsets.numel() - 1, len(keys), "offsets", api, extra=1)
-            if validate:
-                check_offsets_values(offsets, values.numel(), api)
-            lengths = torch.diff(offsets)
-        inverse = checked_inverse(inverse_indices, values, api)
-        if inverse is not None and stride is None:
-            stride = inverse[1].shape[1]
-        stride = checked_stride(stride, per_key, lengths.numel(), len(keys), api)
-        if inverse is not None:
-            check_inverse_rows(inverse, keys, per_key or (stride,) * len(keys), stride, validate, api)
-        check_weights(weights, values, api)
-        if offsets is not None:
-            self.__dict__["_offsets"] = offsets.to(torch.int64)
-        self._set(keys, values, lengths, weights, stride, per_key)
-        self._inverse_indices = inverse
+        parts = checked_parts(
+            keys, values, lengths, offsets, weights, stride, stride_per_key, inverse_indices, validate
+        )
+        if parts.offsets is not None:
+            self.__dict__["_offsets"] = parts.offsets.to(torch.int64)
+        self._set(parts.keys, parts.values, parts.lengths, weights, parts.stride, parts.stride_per_key)
+        self._inverse_indices = parts.inverse
 
     _inverse_indices: tuple[list[str], Tensor] | None = None
     # Ids per key known without reading ``lengths``: set on one example of a
