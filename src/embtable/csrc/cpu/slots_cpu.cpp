@@ -460,11 +460,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   }
   const int64_t u = static_cast<int64_t>(sc.uids.size());
 
-  // 2. One index probe per distinct id (read only), the index rows prefetched kAhead ahead.
+  // 2. One index probe per distinct id (read only), the index rows prefetched kAhead ahead;
+  //    a hit's slot record is prefetched for step 4 as soon as its slot is known.
   sc.uslot.resize(static_cast<size_t>(u));
   for (int64_t d = 0; d < u; ++d) {
     if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
-    sc.uslot[d] = index.get(sc.uids[d]);
+    const int64_t s = index.get(sc.uids[d]);
+    sc.uslot[d] = s;
+    if (s >= 0) __builtin_prefetch(map.row(s), 1, 1);
   }
   auto collect_misses = [&]() {
     sc.ids.clear();
