@@ -9,6 +9,14 @@ while a ``torch.func`` transform or forward-mode AD is active; :func:`function_f
 
 Backwards: inside ``vmap`` the vmap-able twins of :mod:`embtable.ops` (``*_batchable``),
 16-bit tables torch's in-type accumulation (``*_half``), else the ordinary kernels.
+
+On the plain eager path (what ``function_for`` answers with ``plain``, outside
+``torch.compile``) a lookup of a float32/float64 CPU table runs through the compiled
+``embtable::embedding_lookup`` instead (:func:`compiled_embedding`): the same forward and
+backward, with the autograd formula in C++ (``csrc/cpu/embedding_autograd_cpu.cpp``), which
+saves the Python Function's per-call cost.  ``_EmbeddingFunction`` stays its oracle and the
+path everywhere else (``torch.func``, forward AD, ``torch.compile`` / export, 16-bit tables,
+tensor subclasses and modes, no extension).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from torch.autograd import forward_ad
 
 from embtable import ops
 
-__all__ = ["feature_major", "function_for"]
+__all__ = ["compiled_embedding", "compiled_embedding_op", "feature_major", "function_for"]
 
 
 def function_for(
@@ -66,6 +74,59 @@ def _embedding_grad(
     if ops.is_half(rows.dtype):  # torch accumulates 16-bit gradients in the 16-bit type
         return ops.embedding_backward_half(num_rows, flat_ids, rows, padding_idx, scale)
     return ops.scatter_add_rows(num_rows, flat_ids, rows, padding_idx, scale)
+
+
+#: Table dtypes of ``embtable::embedding_lookup`` (16-bit tables need the Python path's
+#: in-type accumulation, :func:`embtable.ops.embedding_backward_half`).
+_COMPILED_LOOKUP_DTYPES = (torch.float32, torch.float64)
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+_COMPILED_LOOKUP: list[Any] = []  # the op's overload, once the extension is loaded
+
+
+def compiled_embedding_op() -> Any | None:
+    """``torch.ops.embtable.embedding_lookup.default`` (its fake kernel registered), or ``None``
+    when the compiled extension is not available."""
+    if not _COMPILED_LOOKUP:
+        if not ops.extension_available():
+            return None
+
+        @torch.library.register_fake("embtable::embedding_lookup")
+        def _embedding_lookup_fake(weight, ids, padding_idx, scale_grad_by_freq, sparse):
+            return weight.new_empty((*ids.shape, weight.shape[1]))
+
+        _COMPILED_LOOKUP.append(torch.ops.embtable.embedding_lookup.default)
+    return _COMPILED_LOOKUP[0]
+
+
+def compiled_embedding(
+    weight: Tensor, ids: Tensor, padding_idx: int | None, scale_grad_by_freq: bool, sparse: bool
+) -> Tensor | None:
+    """The lookup through ``embtable::embedding_lookup``, whose autograd formula is C++
+    (``csrc/cpu/embedding_autograd_cpu.cpp``), or ``None`` where that op does not apply.
+
+    It applies on the plain eager path only, where :func:`function_for` chose
+    :class:`_EmbeddingFunction` outside ``torch.compile``: plain CPU tensors (no subclass, no
+    meta), a float32 or float64 table, no ``torch.func`` transform, forward AD, dispatch or
+    function mode active, and the extension built.  There it saves the Python Function's
+    per-call cost; the results are the Python Function's, bit for bit (its backward calls the
+    same ATen ops in the same order).  ``ids`` keeps its shape: the output is
+    ``(*ids.shape, D)``.
+    """
+    if (
+        type(weight) not in _PLAIN_TENSORS
+        or type(ids) is not Tensor
+        or weight.dtype not in _COMPILED_LOOKUP_DTYPES
+        or weight.device.type != "cpu"
+        or ids.device.type != "cpu"
+        or torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+    ):
+        return None
+    op = compiled_embedding_op()
+    if op is None:
+        return None
+    return op(weight, ids, -1 if padding_idx is None else padding_idx, scale_grad_by_freq, sparse)
 
 
 class _EmbeddingFunction(torch.autograd.Function):

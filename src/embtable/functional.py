@@ -42,6 +42,7 @@ from embtable._functions import (
     _EmbeddingFunctionJvp,
     _GroupedBagFunction,
     _GroupedBagFunctionJvp,
+    compiled_embedding,
     feature_major,  # noqa: F401 - re-exported: collections and fused optimizers use it
     function_for,
 )
@@ -138,6 +139,10 @@ def embedding(
     # range check runs only to word the error when the gather refuses an id.
     try:
         function = function_for(_EmbeddingFunction, _EmbeddingFunctionJvp, weight, None, flat_ids)
+        if function is _EmbeddingFunction:  # plain eager: the C++ autograd op where it applies
+            out = compiled_embedding(weight, input, padding_idx, scale_grad_by_freq, sparse)
+            if out is not None:
+                return out
         if function is not None:
             return function.apply(weight, flat_ids, out_shape, padding_idx, scale_grad_by_freq, sparse)
         return ops.gather_rows(weight, flat_ids).reshape(out_shape)
