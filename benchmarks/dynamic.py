@@ -10,9 +10,13 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
       admission and eviction included (per-call CPU time, ``time.thread_time``);
    b. paired, same batches after every contender has seen the same warm-up prefix (until
       embtable's table is full, so every timed batch evicts): embtable, the Python dict
-      LRU and TorchRec's ``MCHManagedCollisionModule`` (LRU policy, ``eviction_interval=1``:
-      it evicts every batch), alternating contenders batch by batch; medians of the
-      per-batch ns per id.
+      LRU and TorchRec's ``MCHManagedCollisionModule`` (LRU policy) twice: with
+      ``eviction_interval=1`` (it evicts every batch, as embtable does) and with
+      ``eviction_interval=10`` (it evicts every 10th batch; in between, ids it has not
+      admitted read its shared last row), alternating contenders batch by batch; medians of
+      the per-batch ns per id, the slowest batch (the stalls) and the share of looked-up ids
+      that got the shared row (TorchRec: row ``capacity - 1``; embtable with ``min_count=1``
+      and the dict: none, every id gets its own row at once).
 2. ``train`` - one fused RowWiseAdagrad step (forward + backward, sum pooling) of a
    ``DynamicEmbeddingBag`` (capacity rows) vs the same step of a static ``EmbeddingBag``
    of capacity + 1 rows fed hashed ids, same batches, alternating, after a warm-up that
@@ -25,16 +29,21 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    each).  Each model: row -> Linear(8, 1); fused Adagrad for the tables, Adam for the rest.
 
 Memory placement: every table is a fresh CPU tensor in this process; all contenders see the
-same id tensors.  One thread (``torch.set_num_threads(1)``) unless ``--threads``.
+same id tensors.  ``--placement huge`` (default): embtable's tables and SlotMap state ask for
+transparent huge pages (its default); TorchRec's buffers are plain allocations (they are
+re-created at every eviction).  ``--placement 4k`` sets ``EMBTABLE_HUGEPAGES=0`` first, so
+that every contender sits on 4 KiB pages (same placement).  One thread
+(``torch.set_num_threads(1)``) unless ``--threads``.
 
 Usage:
-    python benchmarks/dynamic.py [--quick] [--parts remap,train,quality]
+    python benchmarks/dynamic.py [--quick] [--parts remap,train,quality] [--placement huge|4k]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import time
@@ -47,7 +56,7 @@ from embtable.nn.hashed import HashedEmbeddingBag, QREmbeddingBag, hash_rows, mi
 from embtable.storage.slots import SlotMap
 
 FULL = dict(lookups=50_000_000, distinct=10_000_000, capacity=1_000_000, batch=2048, bag=20,
-            paired=12, train_steps=15, ctr_distinct=5_000_000, ctr_rows=1_000_000,
+            paired=20, train_steps=15, ctr_distinct=5_000_000, ctr_rows=1_000_000,
             ctr_train=20_000_000, ctr_test=1_000_000)
 QUICK = dict(lookups=2_000_000, distinct=400_000, capacity=40_000, batch=512, bag=20,
              paired=5, train_steps=5, ctr_distinct=200_000, ctr_rows=40_000,
@@ -99,7 +108,7 @@ class DictLRU:
         return [slot_of[k] for k in flat]
 
 
-def make_torchrec(capacity: int):
+def make_torchrec(capacity: int, interval: int = 1):
     try:
         from torchrec.modules.mc_modules import LRU_EvictionPolicy, MCHManagedCollisionModule
         from torchrec.sparse.jagged_tensor import JaggedTensor
@@ -107,7 +116,7 @@ def make_torchrec(capacity: int):
         return None
     module = MCHManagedCollisionModule(
         zch_size=capacity, device=torch.device("cpu"), eviction_policy=LRU_EvictionPolicy(),
-        eviction_interval=1, input_hash_size=(1 << 63) - 1,
+        eviction_interval=interval, input_hash_size=(1 << 63) - 1,
     ).train()
 
     def lookup(ids: torch.Tensor):
@@ -161,11 +170,15 @@ def remap(cfg) -> None:
     # 1b. paired contenders on the same batches, after the same warm-up prefix
     warm = full_at or batches
     stream = Stream(cfg["distinct"], seed=0)
-    contenders = {"embtable SlotMap": SlotMap(cfg["capacity"], "lru").lookup,
+    ours = SlotMap(cfg["capacity"], "lru")
+    contenders = {"embtable SlotMap": lambda ids: ours.lookup(ids).slots,
                   "Python dict LRU": DictLRU(cfg["capacity"]).lookup}
-    tr = make_torchrec(cfg["capacity"])
-    if tr is not None:
-        contenders["TorchRec MCH (LRU, evict every batch)"] = tr
+    shared_row: dict[str, int | None] = {"embtable SlotMap": -1, "Python dict LRU": None}
+    for interval, label in ((1, "evict every batch"), (10, "evict every 10th batch")):
+        tr = make_torchrec(cfg["capacity"], interval)
+        if tr is not None:
+            contenders[f"TorchRec MCH (LRU, {label})"] = tr
+            shared_row[f"TorchRec MCH (LRU, {label})"] = cfg["capacity"] - 1
     print(f"\n1b. paired: warm-up {warm} batches (untimed, every contender), then "
           f"{cfg['paired']} batches timed, alternating")
     for _ in range(warm):
@@ -173,17 +186,24 @@ def remap(cfg) -> None:
         for lookup in contenders.values():
             lookup(ids)
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    shared: dict[str, int] = {name: 0 for name in contenders}
     for _ in range(cfg["paired"]):
         ids = stream.ids(n)
         for name, lookup in contenders.items():
             t0 = time.thread_time()
-            lookup(ids)
+            out = lookup(ids)
             times[name].append((time.thread_time() - t0) / n * 1e9)
+            if shared_row[name] is not None:
+                shared[name] += int((out == shared_row[name]).sum())
     base = statistics.median(times["embtable SlotMap"])
-    print(f"    {'contender':<40} {'ns/id (median)':>15} {'range':>20} {'x embtable':>11}")
+    print(f"    {'contender':<44} {'ns/id (median)':>15} {'range':>20} {'x embtable':>11} "
+          f"{'slowest batch ms':>17} {'ids on shared row':>18}")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"    {name:<40} {med:>15.1f} {min(values):>9.1f}-{max(values):<10.1f} {med / base:>11.1f}")
+        share = f"{shared[name] / (n * cfg['paired']):.1%}"
+        print(f"    {name:<44} {med:>15.1f} {min(values):>9.1f}-{max(values):<10.1f} {med / base:>11.1f} "
+              f"{max(values) * n / 1e6:>17.1f} {share:>18}")
+    print(f"    (embtable: {ours.stats()['default_hits']} default-row lookups in all, min_count=1)")
 
 
 def train(cfg) -> None:
@@ -294,16 +314,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small stream (a smoke run)")
     parser.add_argument("--parts", default="remap,train,quality")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--placement", choices=("huge", "4k"), default="huge",
+                        help="huge: embtable's default (huge pages for its tables and maps); "
+                        "4k: EMBTABLE_HUGEPAGES=0, every contender on 4 KiB pages")
     for key, value in FULL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value}")
     args = parser.parse_args(argv)
+    if args.placement == "4k":
+        os.environ["EMBTABLE_HUGEPAGES"] = "0"
     cfg = dict(QUICK if args.quick else FULL)
     for key in cfg:
         value = getattr(args, key)
         if value is not None:
             cfg[key] = value
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {cfg}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, placement {args.placement}, "
+          f"config {cfg}")
     print("(the machine is shared with other jobs: CPU times per call, medians)")
     parts = args.parts.split(",")
     if "remap" in parts:
