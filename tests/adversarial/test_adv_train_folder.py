@@ -47,9 +47,15 @@ def _parts(run: int) -> tuple:
 
 
 def _save(folder: Path, run: int) -> None:
+    """``save_model_folder`` without ``os.fsync`` (a kill, not a power cut, is what these cases
+    simulate: syncing only makes them slow)."""
     from embtable.cli._model_folder import save_model_folder
 
-    save_model_folder(folder, *_parts(run))
+    fsync, os.fsync = os.fsync, lambda fd: None
+    try:
+        save_model_folder(folder, *_parts(run))
+    finally:
+        os.fsync = fsync
 
 
 def _read(folder: Path) -> int:
@@ -135,6 +141,41 @@ def _killed_at(step: int) -> None:
         assert run == 2 and _layout(folder) == _LAYOUT, (run, _layout(folder))
     _save(folder, 3)
     assert _read(folder) == 3 and _layout(folder) == _LAYOUT, _layout(folder)
+
+
+def _killed_after_killed_switch(step: int) -> None:
+    """Save 2 stopped right after its switch (config.json names the staged parts, the old ones
+    still in place), then save 3 killed at its ``step``-th rename or removal: the folder reads
+    as save 2 or save 3, whole, and save 4 leaves the canonical layout."""
+    from embtable.cli import _model_folder
+
+    folder = _tmp() / "out"
+    _save(folder, 1)
+    settle, calls = _model_folder._settle, []
+
+    def stop_second(path):
+        calls.append(path)
+        if len(calls) == 2:  # (the renames after the switch)
+            raise KeyboardInterrupt("killed")
+        settle(path)
+
+    _model_folder._settle = stop_second
+    try:
+        _save(folder, 2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _model_folder._settle = settle
+    assert (folder / "summary-next.json").is_file() and (folder / "items-next").is_dir()
+    assert _read(folder) == 2
+    with _bomb(step):
+        try:
+            _save(folder, 3)
+        except KeyboardInterrupt:
+            pass
+    assert _read(folder) in (2, 3)
+    _save(folder, 4)
+    assert _read(folder) == 4 and _layout(folder) == _LAYOUT, _layout(folder)
 
 
 def _sigkill_mid_save(seed: int, kills: int) -> None:
@@ -227,6 +268,8 @@ def _legacy_folder_reads_unchecked() -> None:
 CASES: CaseList = []
 for _step in range(1, 21):  # a save over a finished one makes 19 renames or removals
     CASES.append(case("loss", f"train_folder_killed_at_{_step}", _killed_at, _step))
+for _step in range(1, 10):  # its first seven steps finish the stopped save's renames
+    CASES.append(case("loss", f"train_folder_after_switch_killed_at_{_step}", _killed_after_killed_switch, _step))
 CASES.append(case("loss", "train_folder_sigkill_mid_save", _sigkill_mid_save, 0, 4, timeout=60))
 _MISMATCH = r"embtable train folder .*out/{} is not the file .*out/config.json names: .*another run"
 for _kind, _match in (
