@@ -4,6 +4,11 @@ The input type of :class:`embtable.EmbeddingBagCollection` and
 :class:`embtable.EmbeddingCollection`, laid out as TorchRec's ``KeyedJaggedTensor``
 (and convertible to and from it).
 
+This module is the type's public home (its pickles and its pytree node name,
+``"embtable.KeyedJagged"``, point here); the bodies of its larger methods live beside it, one
+job each: ``_jagged_checks`` (validation of the parts), ``_jagged_reshape`` (``permute``,
+``split``, ``concat``) and ``_jagged_convert`` (``from_dict``, ``from_padded``, TorchRec).
+
 Example:
     >>> from embtable import KeyedJagged
     >>> batch = KeyedJagged.from_dict({"user": [[7], [3], [9]], "item": [[1, 4], [], [2, 5, 6]]})
