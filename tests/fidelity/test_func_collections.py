@@ -144,7 +144,9 @@ def test_stacks_of_minibatches_equal_a_loop(data) -> None:
     stack = KeyedJaggedStack(examples)
     assert stack.values().shape == (len(examples), sum(totals.values()))
     collection = EmbeddingBagCollection(BAG_TABLES[:2] + [BAG_TABLES[3]])
-    _per_example(collection, stack, lambda r: r.values())
+    # table "b" pools by mean: a bag of 3 scales by float32(1/3), which the compiled kernel of a
+    # single example multiplies and adds in one fused step (1 ulp from vmap's separate ones)
+    _per_example(collection, stack, lambda r: r.values(), exact=False)
 
 
 def test_pytree_node_and_examples() -> None:
