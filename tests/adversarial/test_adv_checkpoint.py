@@ -223,7 +223,7 @@ def _train_reference() -> dict:
 
 def _train_killed_at(back: int) -> None:
     """``embtable train`` over a previous --out, killed at its ``back``-th last rename or unlink
-    (the last five are genres.json and the checkpoint's four steps): load_checkpoint gives the
+    (the last steps are the output folder's switch and renames, cli/_model_folder.py): load_checkpoint gives the
     previous model or the new one (an identical run into a fresh folder is the oracle)."""
     from test_adv_cli import _run
 
