@@ -18,21 +18,20 @@ namespace {
 
 constexpr int64_t kPrefetchDistance = 24;  // ids ahead, in the gathers
 
-// The pooled gather of rows of at most two cache lines (D <= 32) prefetches further ahead and
-// into L1: one or two lines per id keep few miss buffers busy, so more ids can be in flight
-// (issue 11: at D = 16 / 32, 48 ids ahead into L1 took 0.68-0.77x torch's time vs 0.93-1.00x
-// at 24 ids into L2, one thread, 4 KiB pages, load average ~12).
+// The pooled gather prefetches only the first cache line of the row `ahead` ids on, into
+// L1 (prefetcht0), and leaves the row's other lines to the hardware prefetchers that this
+// first access starts.  A software prefetch holds one of the core's few L1 miss buffers
+// until its line arrives; prefetching every line of the row (into L2 for D >= 64) put most
+// perf samples of the loop on the prefetch instructions.  Issue 11, one process alternating
+// the two kernels (one thread, 4 KiB pages, the shared 2-core Xeon VM at load ~5-7): one line
+// took 0.89-0.97x the time of every line at D = 32 .. 256 (sum; at D = 64 also mean and
+// weighted sum), 1.00-1.01x at D = 16 and for the 26-table collection.  Rows of at most two lines (D <= 32) go further ahead: each
+// id costs less time, so the same lead takes more ids.
 constexpr int64_t kShortRowPrefetchDistance = 48;
 template <int64_t kD>
 inline void prefetch_pooled_row(const float* row) {
-  if constexpr (kD <= 32) {
-    for (int64_t o = 0; o < kD * 4; o += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(row) + o, 0, 3);
-      asm volatile("" : : "r"(reinterpret_cast<const char*>(row) + o));
-    }
-  } else {
-    prefetch_row(row, kD * 4, 0);
-  }
+  __builtin_prefetch(row, 0, 3);
+  asm volatile("" : : "r"(row));
 }
 
 // Where bag b's pooled row goes: row b of a [num_bags, D] output (num_features == 1), or,
