@@ -111,8 +111,9 @@ at::Tensor embedding_grad(const c10::SymInt& num_rows, at::Tensor ids, const at:
   if (sparse) {  // embtable.ops._reference.sparse_row_grad
     // No branch for "no id left" (the reference's [1, 0] indices and [0, D] values): these
     // views have those shapes then, and a branch would be a data-dependent guard when traced.
+    // `rows` is [len(ids), D] already (the reference's reshape of the values is a no-op).
     const at::Tensor indices = ids.reshape({1, -1}).to(at::kLong);
-    const at::Tensor values = scaled(rows, scale).reshape_symint({ids.sym_numel(), dim});
+    const at::Tensor values = scaled(rows, scale);
     return at::_sparse_coo_tensor_unsafe_symint(indices, values, {num_rows, dim},
                                                 values.options().layout(at::kSparse));
   }
