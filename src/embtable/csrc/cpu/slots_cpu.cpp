@@ -33,7 +33,7 @@ namespace {
 
 constexpr const char* kApi = "SlotMap.lookup";
 constexpr int64_t kEmpty = -1;
-constexpr int kAhead = 16;  // prefetch distance in ids
+constexpr int kAhead = 32;  // prefetch distance in ids
 
 // Policy codes shared with embtable/storage/slots.py (_POLICY_CODES).
 constexpr int64_t kLru = 0;
