@@ -109,15 +109,33 @@ def current_rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def minimum_bytes(sharded: ShardedEmbeddingBagCollection, local: KeyedJagged) -> int:
+def minimum_bytes(
+    sharded: ShardedEmbeddingBagCollection, local: KeyedJagged, full: KeyedJagged
+) -> int:
     """The plan's analytic minimum a rank sends per step: its ids owned by other ranks (int64),
     the pooled rows it computes for other ranks' bags and the gradients of its own bags' rows
-    pooled elsewhere (float32)."""
+    pooled elsewhere (float32); for a data-parallel table a ring all_reduce of its dense
+    gradient and touched column (``2 * 4 rows (D + 1) (W - 1) / W``); for a column shard with
+    row-wise Adagrad the all_reduce of one float per distinct row of the global batch
+    ``full`` (the shards' sum of squares)."""
     rank, world, batch = sharded.rank, sharded.world_size, local.stride()
     total = 0
     starts = local.offset_per_key()
+    for config in sharded.tables:
+        kind = sharded._kind[config.name]
+        if kind is ShardingType.DATA_PARALLEL:
+            total += 2 * 4 * config.num_embeddings * (config.embedding_dim + 1) * (world - 1) // world
+        held = [s.rank for s in sharded._shards[config.name]]
+        if kind is ShardingType.COLUMN_WISE and RULE == "rowwise_adagrad" and rank in held:
+            cuts, keys = full.offset_per_key(), full.keys()
+            ids = torch.cat(
+                [full.values()[cuts[keys.index(f)] : cuts[keys.index(f) + 1]] for f in config.feature_names]
+            )
+            total += 2 * 4 * torch.unique(ids).numel() * (len(held) - 1) // len(held)
     for p, name in enumerate(local.keys()):
         table = sharded._table_of[name]
+        if sharded._kind[table] is ShardingType.DATA_PARALLEL:
+            continue
         ids = local.values()[starts[p] : starts[p + 1]]
         for shard_ in sharded._shards[table]:
             if shard_.rank == rank:
@@ -178,7 +196,8 @@ def sharded_worker(
     )
     check_correct(rank, world)
     tables = table_configs(args.rows_max)
-    batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(4)]
+    fulls = [global_batch(tables, args.batch, seed=s) for s in range(4)]
+    batches = [local_slice(full, rank, world) for full in fulls]
     base_rss = current_rss()
     plan = make_plan(tables, world, args.sharding)
     torch.manual_seed(0)
@@ -219,7 +238,7 @@ def sharded_worker(
         exchange_ms=statistics.median(exchanges) * 1e3,
         update_ms=statistics.median(updates) * 1e3,
         bytes_sent=statistics.median(sent),
-        bytes_min=statistics.median(minimum_bytes(sharded, b) for b in batches),
+        bytes_min=statistics.median(minimum_bytes(sharded, b, f) for b, f in zip(batches, fulls)),
         peak_growth=peak_rss() - base_rss,
     )
     gathered: list[Any] = [None] * world
@@ -367,10 +386,14 @@ def run_single_process(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- scaling model (docs/distributed.md)
 
 
-def model_bytes_per_step(kind: str, world: int, batch: int, ids_per_bag: float, dim: int) -> float:
+def model_bytes_per_step(
+    kind: str, world: int, batch: int, ids_per_bag: float, dim: int, rows: float = 0
+) -> float:
     """Bytes one rank sends per step for one feature of one table (docs/distributed.md, formulas):
     int64 ids (8 bytes), float32 pooled rows and gradients (4 bytes per value), ``batch`` bags
-    per rank of ``ids_per_bag`` ids, the ids' owners uniform over the rows."""
+    per rank of ``ids_per_bag`` ids, the ids' owners uniform over the rows; a data-parallel
+    table of ``rows`` rows all-reduces its dense gradient and touched column (ring).  (Column
+    shards' per-row statistics, one float per distinct row and statistic, are left out.)"""
     w, b, L, d = world, batch, ids_per_bag, dim
     if kind == "row_wise":
         return 8 * b * L * (w - 1) / w + 2 * 4 * b * d * (w - 1)
@@ -379,7 +402,7 @@ def model_bytes_per_step(kind: str, world: int, batch: int, ids_per_bag: float, 
     if kind == "column_wise":
         return 8 * b * L * (w - 1) + 2 * 4 * b * d * (w - 1) / w
     if kind == "data_parallel":
-        return 8 * b * L * (w - 1) + 4 * b * d * (w - 1)
+        return 2 * 4 * rows * (d + 1) * (w - 1) / w
     raise ValueError(kind)
 
 
@@ -407,7 +430,7 @@ def scaling_plot(path: str) -> None:
     for kind in kinds:
         left.plot(
             worlds,
-            [model_bytes_per_step(kind, w, 512, 10, 64) / 2**20 for w in worlds],
+            [model_bytes_per_step(kind, w, 512, 10, 64, rows=1e9) / 2**20 for w in worlds],
             marker="o",
             label=kind,
         )

@@ -62,6 +62,7 @@ from embtable.ops._fused_reference import (
     _with_l2,
     reduce_rows,
 )
+from embtable.optim._rule import INT8_ROWWISE
 
 __all__ = ["Job", "SyncedLookup", "pooling_code"]
 
@@ -160,7 +161,22 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
         keep = ~torch.isin(ids, torch.tensor(job.padding_rows, device=ids.device))
         ids, grad = ids[keep], grad[keep]
     weights = lookup.per_sample_weights
-    return reduce_rows(ids, lookup.offsets, grad, weights, job.pooling, pad, False)
+    if job.pooling == POOL_NONE:
+        return reduce_rows(ids, lookup.offsets, grad, weights, job.pooling, pad, False)
+    # sum / mean: the compiled dense backward over the distinct rows (ids renumbered 0..U-1),
+    # contributions added in input order per row as reduce_rows does
+    rows, compact = torch.unique(ids, sorted=True, return_inverse=True)
+    where = int(torch.searchsorted(rows, pad)) if pad >= 0 else -1
+    if where >= 0 and (where >= rows.numel() or int(rows[where]) != pad):
+        where = -1  # the padding row is not in this batch
+    summed = ops.pool_bags_backward(
+        grad.float(), compact, lookup.offsets, None if weights is None else weights.float(),
+        _NO_OFFSETS, rows.numel(), job.pooling, where, False, False,
+    )
+    if where >= 0:
+        keep = torch.arange(rows.numel(), device=rows.device) != where
+        rows, summed = rows[keep], summed[keep]
+    return rows, summed
 
 
 def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:
@@ -170,7 +186,30 @@ def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Ten
     total.index_add_(0, rows, grad)
 
 
+def _needs_agreement(job: Job, optimizer: Any) -> bool:
+    """Whether a column shard's update needs the other shards: max pooling (touched rows),
+    several padding rows of a non-pooled table, row-wise Adagrad, int8_rowwise state.
+    Otherwise the compiled fused update of its own columns is already the exact one."""
+    if job.pooling == POOL_MAX or len(job.padding_rows) > 1:
+        return True
+    group = optimizer._group_of.get(id(job.weight), {})
+    return (
+        optimizer.rule.code == OPT_ROWWISE_ADAGRAD
+        or group.get("state_dtype", "float32") == INT8_ROWWISE
+    )
+
+
 def _column_backward(job: Job, grad: Tensor, stats: CommStats, dense: dict[int, Tensor]) -> None:
+    optimizer = getattr(job.weight, FUSED_ATTR, None)
+    if optimizer is not None and not _needs_agreement(job, optimizer):
+        lookup = job.lookup
+        pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+        grad = grad.reshape(-1, job.weight.shape[1]).contiguous()
+        optimizer.apply_update(
+            job.weight, lookup.ids, lookup.offsets, grad, lookup.per_sample_weights,
+            job.pooling, pad, False,
+        )
+        return
     rows, row_grad = _local_rows(job, grad)
     if job.pooling == POOL_MAX:  # rows won in any shard's columns are touched
         ids, pad = job.lookup.ids, job.lookup.padding_idx
@@ -184,7 +223,6 @@ def _column_backward(job: Job, grad: Tensor, stats: CommStats, dense: dict[int, 
         full[where] = row_grad
         keep = touched > 0
         rows, row_grad = candidates[keep], full[keep]
-    optimizer = getattr(job.weight, FUSED_ATTR, None)
     if optimizer is None:
         _add_dense(dense, job.weight, rows, row_grad)
         return

@@ -108,8 +108,8 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         world = self.world_size
         widths = [sum(r.shard.num_cols for r in routes) for routes in self.routes]
         if kjt is not None:
-            looked = self._lookup(kjt, columns)  # [world * B, sum of local widths]
-            send = looked.reshape(-1)
+            # [world * B, sum of local widths], flat: freed once sent (nothing else holds it)
+            send = self._lookup(kjt, columns).reshape(-1)
         else:
             send = torch.zeros(0, device=self._device(), requires_grad=True)
         del kjt, columns
@@ -143,7 +143,13 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             pooled[name] = self._combine(
                 name, table, parts, split["extra"].get(name), features, batch
             )
-        return PooledEmbeddings(self.feature_names, [pooled[f] for f in self.feature_names])
+        # one [B, sum D] result whose features are views: the received rows are freed here
+        # instead of living beside a later values() copy (13.6 MB a step in the benchmark)
+        tensors = [pooled[f] for f in self.feature_names]
+        values = torch.cat(tensors, 1) if len(tensors) > 1 else tensors[0]
+        del pooled, partial, blocks, back, tensors
+        views = list(values.split(self.embedding_dims, 1))
+        return PooledEmbeddings(self.feature_names, views, values=values)
 
     def _combine(
         self,
