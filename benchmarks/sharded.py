@@ -174,10 +174,15 @@ def check_correct(rank: int, world: int) -> None:
         )
 
 
-def make_plan(tables: list[TableConfig], world: int, sharding: str) -> ShardingPlan:
-    """``plan_sharding``'s plan (``"auto"``), or every table sharded one way."""
+def make_plan(
+    tables: list[TableConfig], world: int, sharding: str, data_parallel_bytes: int = 0
+) -> ShardingPlan:
+    """``plan_sharding``'s plan (``"auto"``; tables up to ``data_parallel_bytes`` replicated),
+    or every table sharded one way."""
     if sharding == "auto":
-        return plan_sharding(tables, world, optimizer=RULE)
+        return plan_sharding(
+            tables, world, optimizer=RULE, data_parallel_bytes=data_parallel_bytes
+        )
     make = {
         "row_wise": lambda t: TableSharding.row_wise(),
         "column_wise": lambda t: TableSharding.column_wise(),
@@ -199,7 +204,7 @@ def sharded_worker(
     fulls = [global_batch(tables, args.batch, seed=s) for s in range(4)]
     batches = [local_slice(full, rank, world) for full in fulls]
     base_rss = current_rss()
-    plan = make_plan(tables, world, args.sharding)
+    plan = make_plan(tables, world, args.sharding, args.data_parallel_bytes)
     torch.manual_seed(0)
     sharded = ShardedEmbeddingBagCollection(tables, plan)
     embtable.optim.fuse(sharded, RULE, lr=0.05)
@@ -322,6 +327,70 @@ def torchrec_worker(
         with open(out_path, "w") as handle:
             json.dump(gathered, handle)
     dist.destroy_process_group()
+
+
+def _reset_peak() -> None:
+    """Restart VmHWM from the current RSS (Linux ``clear_refs`` 5)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def memory_worker(
+    rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
+) -> None:
+    """Where a step's memory goes: for steps 0..2, RSS above the step's start (MB) at the
+    forward's peak, after forward, at the backward's peak and after the step (outputs dropped)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300)
+    )
+    tables = table_configs(args.rows_max)
+    batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(2)]
+    base = current_rss()
+    sharded = ShardedEmbeddingBagCollection(
+        tables, make_plan(tables, world, args.sharding, args.data_parallel_bytes)
+    )
+    embtable.optim.fuse(sharded, RULE, lr=0.05)
+    shards = sum(
+        s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
+        for s, _ in sharded.shard_weights().values()
+    )
+    rows = []
+    for step in range(3):
+        start = current_rss()
+        _reset_peak()
+        values = sharded(batches[step % 2]).values()
+        forward_peak, forward_kept = peak_rss() - start, current_rss() - start
+        _reset_peak()
+        values.sum().backward()
+        backward_peak = peak_rss() - start
+        del values
+        rows.append([step, forward_peak, forward_kept, backward_peak, current_rss() - start])
+    result = {"rank": rank, "steps": rows, "shards": shards, "growth": current_rss() - base}
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out_path, "w") as handle:
+            json.dump(gathered, handle)
+    dist.destroy_process_group()
+
+
+def print_memory_phases(args: argparse.Namespace) -> None:
+    """The table of :func:`memory_worker` for every rank."""
+    print("| rank | step | forward peak MB | after forward MB | backward peak MB | after step MB |")
+    print("|---|---|---|---|---|---|")
+    results = run_sharded(args, args.world, memory_worker)
+    for result in results:
+        for step, *sizes in result["steps"]:
+            cells = " | ".join(f"{size / 1e6:.1f}" for size in sizes)
+            print(f"| {result['rank']} | {step} | {cells} |")
+    for result in results:
+        print(
+            f"rank {result['rank']}: RSS growth after 3 steps {result['growth'] / 1e6:.1f} MB, "
+            f"shards + state {result['shards'] / 1e6:.1f} MB "
+            f"({result['growth'] / result['shards']:.2f}x)"
+        )
 
 
 def run_sharded(args: argparse.Namespace, world: int, worker: Any = None) -> list[dict[str, Any]]:
@@ -481,14 +550,28 @@ def main() -> None:
         help="embtable's plan: plan_sharding's (auto) or every table one way",
     )
     parser.add_argument(
+        "--data-parallel-bytes",
+        type=int,
+        default=0,
+        help="auto plan: replicate tables of at most this many bytes (weights + state)",
+    )
+    parser.add_argument(
         "--torchrec", action="store_true", help="add TorchRec's DistributedModelParallel"
     )
     parser.add_argument(
         "--torchrec-sharding", default="table_wise", help="its sharding type (table_wise, ...)"
     )
+    parser.add_argument(
+        "--memory-phases",
+        action="store_true",
+        help="only measure where a step's memory goes (RSS per phase, 3 steps)",
+    )
     args = parser.parse_args()
     if args.scaling_plot:
         scaling_plot(args.scaling_plot)
+        return
+    if args.memory_phases:
+        print_memory_phases(args)
         return
     if args.quick:
         args.rows_max, args.batch, args.steps, args.warmup, args.rounds = 10_000, 512, 3, 1, 1
