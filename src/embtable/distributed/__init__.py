@@ -3,7 +3,9 @@ optim and storage; nothing in those layers imports this package).
 
 - :mod:`~embtable.distributed.plan`: :class:`ShardingPlan` (plain data) and :func:`plan_sharding`;
 - :mod:`~embtable.distributed.sharded`: :func:`shard`, :class:`ShardedEmbeddingBagCollection`,
-  :class:`ShardedEmbeddingCollection`;
+  :class:`ShardedEmbeddingCollection` (built from ``_base``, ``_agree``, ``_exchange``,
+  ``_maxpool``, ``_synced`` and ``_comm``); :mod:`~embtable.distributed.errors`: the errors
+  every rank raises together;
 - :mod:`~embtable.distributed.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`,
   :func:`load_unsharded`, :func:`load_tables` (``torch.distributed.checkpoint``, any world size).
 
