@@ -187,6 +187,27 @@ def test_gradcheck_float64() -> None:
         assert torch.autograd.gradgradcheck(lambda w, p=pad, f=freq: _op()(w, ids, p, f, False), (weight,))
 
 
+def test_graph_rules_as_torchs() -> None:
+    """Saved ids are version-checked and freed by the first backward, as torch's node's are."""
+    weight = torch.randn(6, 2, requires_grad=True)
+    ids = torch.tensor([[1, 4], [4, 0]])
+    out = F.embedding(ids, weight)
+    assert out.grad_fn.name() == "EmbeddingLookupBackward" and out.requires_grad
+    out.sum().backward(retain_graph=True)
+    out.sum().backward()  # accumulates
+    assert torch.equal(weight.grad[4], torch.full((2,), 4.0))
+    with pytest.raises(RuntimeError, match="second time"):
+        out.sum().backward()
+    out = F.embedding(ids, weight)
+    ids.add_(1)  # modified after it was saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(weight.detach(), torch.ones(6, 2))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            _op()(dual, ids, -1, False, False)
+
+
 @pytest.mark.parametrize("freq", [False, True])
 def test_batched_output_gradients(freq: bool) -> None:
     """``autograd.grad(..., is_grads_batched=True)`` runs the backward inside vmap."""

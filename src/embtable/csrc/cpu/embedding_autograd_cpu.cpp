@@ -8,8 +8,8 @@
 // Kernels (registered in this translation unit):
 //   CPU:      the gather (embtable::gather_rows' kernel for contiguous float32 tables, else
 //             index_select), viewed as ids.shape + [D].
-//   Autograd: a torch::autograd::Function whose backward forms the weight's gradient with the
-//             same ATen calls, in the same order, as the Python oracle
+//   Autograd: records an EmbeddingLookupBackward node (as torch's generated EmbeddingBackward0)
+//             whose backward forms the weight's gradient with the same ATen calls, in the same order, as the Python oracle
 //             (embtable/_functions.py, `_embedding_grad`, and embtable/ops/_reference.py):
 //             dense  - zeros [V, D], index_add_ of the (scaled) output-gradient rows, padding
 //                      rows dropped first: bit-identical to torch's dense backward;
@@ -24,9 +24,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "rows_cpu.h"
@@ -34,7 +39,6 @@
 namespace embtable {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr const char* kApi = "embtable::embedding_lookup";
@@ -121,41 +125,62 @@ at::Tensor embedding_grad(const c10::SymInt& num_rows, at::Tensor ids, const at:
   return out.index_add_(0, ids, scaled(rows, scale));
 }
 
-class EmbeddingLookup : public torch::autograd::Function<EmbeddingLookup> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& ids,
-                            int64_t padding_idx, bool scale_grad_by_freq, bool sparse) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("embtable::embedding_lookup", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
-    at::Tensor out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = op.call(weight, ids, padding_idx, scale_grad_by_freq, sparse);
-    }
-    ctx->save_for_backward({ids.reshape({-1})});
-    ctx->saved_data["num_rows"] = weight.sym_size(0);
-    ctx->saved_data["padding_idx"] = padding_idx;
-    ctx->saved_data["scale_grad_by_freq"] = scale_grad_by_freq;
-    ctx->saved_data["sparse"] = sparse;
-    return out;
+// The backward node, written as torch's generated nodes are (EmbeddingBackward0): a
+// torch::autograd::Function would cost a few microseconds more a call (its context's map of
+// saved values, the output wrapping of Function::apply).
+struct EmbeddingLookupBackward : public torch::autograd::Node {
+  std::string name() const override { return "EmbeddingLookupBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ids_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor ids = ids_.unpack();  // raises if the graph was freed by a first backward
     at::Tensor grad_weight;
-    if (ctx->needs_input_grad(0)) {
-      const at::Tensor ids = ctx->get_saved_variables()[0];
-      grad_weight = embedding_grad(ctx->saved_data["num_rows"].toSymInt(), ids, grad_outputs[0],
-                                   ctx->saved_data["padding_idx"].toInt(),
-                                   ctx->saved_data["scale_grad_by_freq"].toBool(), ctx->saved_data["sparse"].toBool());
+    if (task_should_compute_output(0) && grads[0].defined()) {
+      grad_weight = embedding_grad(num_rows_, ids.reshape({-1}), grads[0], padding_idx_, scale_grad_by_freq_,
+                                   sparse_);
     }
-    return {grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_weight};
   }
+
+  torch::autograd::SavedVariable ids_;
+  c10::SymInt num_rows_;
+  int64_t padding_idx_ = -1;
+  bool scale_grad_by_freq_ = false;
+  bool sparse_ = false;
 };
 
+// The Autograd kernel: records EmbeddingLookupBackward when the weight needs a gradient, and
+// runs the lookup below autograd (the CPU kernel, or the fake kernel when traced).
 at::Tensor embedding_lookup_autograd(const at::Tensor& weight, const at::Tensor& ids, int64_t padding_idx,
                                      bool scale_grad_by_freq, bool sparse) {
-  return EmbeddingLookup::apply(weight, ids, padding_idx, scale_grad_by_freq, sparse);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("embtable::embedding_lookup", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
+  TORCH_CHECK_NOT_IMPLEMENTED(!weight._fw_grad(/*level=*/0).defined(), kApi,
+                              ": forward-mode AD is not supported here; embtable.functional.embedding "
+                              "takes the Python Function (with a jvp rule) under forward AD");
+  c10::intrusive_ptr<EmbeddingLookupBackward> grad_fn;
+  if (torch::autograd::compute_requires_grad(weight)) {
+    grad_fn = c10::make_intrusive<EmbeddingLookupBackward>();
+    grad_fn->set_next_edges(torch::autograd::collect_next_edges(weight));
+    grad_fn->ids_ = torch::autograd::SavedVariable(ids, /*is_output=*/false);
+    grad_fn->num_rows_ = weight.sym_size(0);
+    grad_fn->padding_idx_ = padding_idx;
+    grad_fn->scale_grad_by_freq_ = scale_grad_by_freq;
+    grad_fn->sparse_ = sparse;
+  }
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(weight, ids, padding_idx, scale_grad_by_freq, sparse);
+  }
+  if (grad_fn) torch::autograd::set_history(out, grad_fn);
+  return out;
 }
 
 }  // namespace
