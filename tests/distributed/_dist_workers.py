@@ -181,12 +181,26 @@ def rotated_plan(world: int, turn: int) -> ShardingPlan:
     return ShardingPlan(world_size=world, tables={t: made[k]() for t, k in zip("abcd", kinds)})
 
 
+#: Other branches of the column shards' update (weight decay modes, Nesterov, Adagrad, AdamW).
+MORE_RULES = [
+    ("adagrad", {"lr": 0.1, "state_dtype": "int8_rowwise"}),
+    ("adamw", {"lr": 0.05, "state_dtype": "int8_rowwise"}),
+    ("rowwise_adagrad", {"lr": 0.1, "weight_decay": 0.01}),
+    ("rowwise_adagrad", {"lr": 0.1, "weight_decay": 0.01, "decoupled_weight_decay": True}),
+    ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01,
+             "state_dtype": "int8_rowwise"}),
+]
+
+
 def exactness_matrix(rank: int, world: int) -> None:
     """Every sharding type x pooling (sum, mean with padding, max) x rule and state dtype
-    of :data:`RULES`: outputs and tables after 5 steps equal one process's."""
+    of :data:`RULES`: outputs and tables after 5 steps equal one process's; and the column
+    shards (sum, mean and max tables) with :data:`MORE_RULES`."""
     for turn in range(len(KINDS)):
         for rule, options in RULES:
             train_and_compare(rank, world, rotated_plan(world, turn), rule, options)
+    for rule, options in MORE_RULES:
+        train_and_compare(rank, world, mixed_plan(world, 2), rule, options, steps=3)
 
 
 def _loss(pooled: torch.Tensor) -> torch.Tensor:
