@@ -96,6 +96,24 @@ def test_store_matches_dict_of_rows(tmp_path_factory, batches):
     again.close()
 
 
+def test_threaded_reads_of_log_and_home_match_the_rows_written(tmp_path):
+    """Batches large enough for the I/O pool (log, rows and state files read in one pass)."""
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=20_000, embedding_dim=4, seed=2, io_threads=3)
+    store.bind_state("demo", [embtable.storage.disk.StateField("s", torch.float32, ())], bytes(4))
+    rows, state = init_rows(2, torch.arange(20_000), 4), torch.zeros(20_000)
+    generator = torch.Generator().manual_seed(0)
+    for compact in (True, False):  # the first batch goes home, the second stays in the log
+        ids = torch.randperm(20_000, generator=generator)[:3000]
+        rows[ids], state[ids] = torch.randn(3000, 4, generator=generator), torch.rand(3000, generator=generator)
+        store.write_rows(ids, rows[ids], [state[ids]])
+        store.flush(compact=compact)
+    every = torch.randperm(20_000, generator=generator)
+    got_rows, got_state = store.read(every)
+    assert torch.equal(got_rows, rows[every]) and torch.equal(got_state[0], state[every])
+    assert store._pool is not None  # the pool did the reads
+    store.close()
+
+
 def _check_store(store, oracle):
     every = torch.randperm(200)
     rows, state = store.read(every)
@@ -206,10 +224,13 @@ def test_file_size_limit_gives_clear_errors_and_keeps_the_last_flush(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         store = DiskRowStore.open({str(tmp_path / "t")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
-        try:  # 1,600 bytes of log: past the limit
+        try:  # 1,600 bytes of log: past the limit (an append on the log's thread fails)
             store.write_rows(torch.arange(100), torch.full((100, 4), 5.0))
+            store.flush()
         except OSError as error:
             print("ERRNO", error.errno, error)
+        store.close()
+        store = DiskRowStore.open({str(tmp_path / "t")!r})
         try:  # into the log (fits), flushed, then moved home: row 99 lies past the limit
             store.write_rows(torch.tensor([0, 99]), torch.full((2, 4), 7.0))
             store.flush(compact=True)

@@ -195,6 +195,7 @@ def _die_on(calls: int, action=None):
     "point, survives",
     [
         ("mid-log-append", 4),  # half of an append after flush 4 (a new segment after the move)
+        ("mid-log-append-on-its-thread", 4),  # the same, written by the log's background thread
         ("mid-compaction", 3),  # the move of flush 3: some records home, the log still named
         ("before-compacted-manifest", 3),  # all records home, the manifest still names the log
         ("before-flush-manifest", 4),  # flush 5's log is synced, its manifest not yet written
@@ -211,10 +212,13 @@ def test_kill_at_log_states_reopens_at_last_flush(tmp_path, point, survives):
     pid = os.fork()
     if pid == 0:  # the child: train the store until the planted kill
         try:
-            store = DiskRowStore.create(path, num_embeddings=STORE_ROWS, embedding_dim=STORE_DIM, seed=4, io_threads=1)
+            threads = 2 if point.endswith("thread") else 1  # > 1: appends on a background thread
+            store = DiskRowStore.create(
+                path, num_embeddings=STORE_ROWS, embedding_dim=STORE_DIM, seed=4, io_threads=threads
+            )
             store.bind_state("demo", [disk.StateField("s", torch.float32, ())], bytes(4))
             disk._COMPACT_ROWS = 50  # the move of ~400 rows takes several writes
-            if point == "mid-log-append":
+            if point.startswith("mid-log-append"):
                 half = lambda fd, data, offset: os.pwrite(fd, data[: len(data) // 2], offset)  # noqa: E731
                 _disk_log._full_write = _die_on(2 * 8 + 1, half)(_disk_log._full_write)  # 2 files x 8 batches
             elif point == "mid-compaction":
@@ -245,6 +249,7 @@ def test_kill_at_log_states_reopens_at_last_flush(tmp_path, point, survives):
         "before-compacted-manifest": logged and home > 300,  # all the log's rows home
         "before-flush-manifest": logged and logged > manifest["log"]["records"],
     }
+    expect["mid-log-append-on-its-thread"] = expect["mid-log-append"]
     assert expect[point], (manifest, home, logged)
     store = DiskRowStore.open(path)  # never refuses: the log's unflushed part is cut off
     assert store.table_step == survives

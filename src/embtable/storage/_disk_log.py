@@ -15,6 +15,7 @@ import errno
 import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,20 @@ class RowLog:
         records: records already in the table (from the manifest); 0 for a new segment.
         writable: open for appending (a new segment's files are created; an existing
             segment's unflushed tail is cut off).
+        background: write appended records on a background thread, so that the caller's
+            reads overlap them (reads of records still being written wait for them; a failed
+            background write makes every later call raise, and is never named by a manifest).
 
     Raises:
         CorruptLogError (a ``ValueError``): the files hold fewer records than ``records``.
     """
 
     def __init__(self, directory: Path, segment: int, record: int, io: RecordIO, *, records: int = 0,
-                 writable: bool = True) -> None:
+                 writable: bool = True, background: bool = False) -> None:
         self.segment, self.record, self._io = segment, record, io
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="embtable-log") if background and writable else None
+        self._pending: list[tuple[int, Future[None]]] = []  # (first record, its write)
+        self._failed: BaseException | None = None
         self.paths = segment_paths(directory, segment)
         self.count = records  # records in the segment (durable ones and those appended since)
         self.durable = records  # records covered by the last flush
@@ -135,9 +142,19 @@ class RowLog:
 
     def append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
         """Append ``records`` (``[n, record]`` uint8, rows of distinct ``sorted_ids``): one
-        write to each file.  Not durable until :meth:`sync`."""
-        _full_write(self.fd, memoryview(np.ascontiguousarray(records)).cast("B"), self.count * self.record)
-        _full_write(self.ids_fd, memoryview(np.ascontiguousarray(sorted_ids, dtype=np.int64)).cast("B"), self.count * 8)
+        write to each file (on the background thread if there is one).  Not durable until
+        :meth:`sync`."""
+        self._check()
+        data, ids64, first = np.ascontiguousarray(records), np.ascontiguousarray(sorted_ids, dtype=np.int64), self.count
+
+        def write() -> None:
+            _full_write(self.fd, memoryview(data).cast("B"), first * self.record)
+            _full_write(self.ids_fd, memoryview(ids64).cast("B"), first * 8)
+
+        if self._writer is None:
+            write()
+        else:
+            self._pending.append((first, self._writer.submit(write)))
         positions = np.arange(self.count, self.count + len(sorted_ids), dtype=np.int64)
         self.count += len(sorted_ids)
         ids, pos = self.ids, self.pos
@@ -153,8 +170,36 @@ class RowLog:
         self.ids = np.insert(ids, where, sorted_ids)
         self.pos = np.insert(pos, where, positions)
 
+    def wait(self, upto: int | None = None) -> None:
+        """Wait until the records up to number ``upto`` (all: ``None``) are written.
+
+        Raises:
+            OSError: a background write failed (now or earlier).
+        """
+        keep = []
+        for first, future in self._pending:
+            if upto is None or first <= upto:
+                error = future.exception()
+                if error is not None and self._failed is None:
+                    self._failed = error
+            else:
+                keep.append((first, future))
+        self._pending = keep
+        self._check()
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            error = self._failed
+            raise OSError(
+                getattr(error, "errno", None) or errno.EIO,
+                f"DiskRowStore: an append to the write-back log {self.paths[0].name} failed ({error}); "
+                "the table's files are as at its last flush: close and reopen it",
+            )
+
     def sync(self) -> dict[str, int]:
-        """fsync both files; returns the manifest entry naming the segment and its records."""
+        """Wait for pending appends, fsync both files; returns the manifest entry naming the
+        segment and its records."""
+        self.wait()
         os.fsync(self.fd)
         os.fsync(self.ids_fd)
         self.durable = self.count
@@ -170,6 +215,8 @@ class RowLog:
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """The records at ``positions`` (any order), ``[n, record]`` uint8, in that order."""
+        if len(positions):
+            self.wait(int(positions.max()))
         order = np.argsort(positions, kind="stable")
         buffer = np.empty((len(positions), self.record), dtype=np.uint8)
         self._io(self.fd, False, positions[order], buffer, self.record)
@@ -184,6 +231,12 @@ class RowLog:
             yield self.ids[first : first + chunk], self.read(self.pos[first : first + chunk])
 
     def close(self, remove: bool = False) -> None:
+        """Close the files (after any pending append; its error is dropped: the records it
+        held were never named by a manifest)."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.shutdown(wait=True)
+            self._writer = None
         for name in ("fd", "ids_fd"):
             fd = getattr(self, name, None)
             if fd is not None:

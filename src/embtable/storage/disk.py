@@ -63,10 +63,11 @@ Example:
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ __all__ = [
 
 #: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
 _PARALLEL_RUNS = 64
+#: A batch's runs are cut into about this many tasks per I/O thread (threads take the next).
+_TASKS_PER_THREAD = 8
 #: Default hard bound of the write-back log between flushes (``DiskRowStore.max_log_bytes``).
 _MAX_LOG_BYTES = 8 << 30
 #: Default ``DiskRowStore.compact_ratio``: a flush moves the log home once the log's bytes
@@ -191,7 +194,7 @@ class DiskRowStore:
         try:
             self._log = RowLog(
                 self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._io,
-                records=entry["records"], writable=not self.read_only,
+                records=entry["records"], writable=not self.read_only, background=self._io_threads > 1,
             )
         except CorruptLogError as error:
             self.close()
@@ -481,6 +484,10 @@ class DiskRowStore:
     def _io(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
         """preadv / pwritev the records of sorted ``ids`` (record numbers) of ``fd`` from / to
         ``buffer`` rows: one call per run of consecutive records, over ``io_threads`` threads."""
+        self._run(self._io_tasks(fd, write, ids, buffer, record))
+
+    def _io_tasks(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> list[Callable[[], None]]:
+        """The work of :meth:`_io` cut into tasks of a few runs each (for :meth:`_run`)."""
         starts, lengths = runs(ids)
         view = memoryview(buffer).cast("B")
 
@@ -497,15 +504,23 @@ class DiskRowStore:
                     )
 
         count = len(starts)
-        if count < _PARALLEL_RUNS or self._io_threads == 1:
-            work(0, count)
+        size = max(_PARALLEL_RUNS // 2, -(-count // (_TASKS_PER_THREAD * self._io_threads)))
+        return [functools.partial(work, i, min(i + size, count)) for i in range(0, count, size)]
+
+    def _run(self, tasks: list[Callable[[], None]]) -> None:
+        """Run I/O tasks on the ``io_threads`` pool (threads take the next task when done,
+        so one slow read does not hold a fixed share back), or inline when there are few."""
+        if len(tasks) <= 2 or self._io_threads == 1:
+            for task in tasks:
+                task()
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="embtable-disk")
-        step = -(-count // self._io_threads)
-        futures = [self._pool.submit(work, i, min(i + step, count)) for i in range(0, count, step)]
-        for future in futures:
-            future.result()
+        futures = [self._pool.submit(task) for task in tasks]
+        errors = [future.exception() for future in futures]  # every task done before raising
+        for error in errors:
+            if error is not None:
+                raise error
 
     def read(self, ids: Tensor, *, with_state: bool = True) -> tuple[Tensor, list[Tensor]]:
         """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype) and, ``with_state``, their
@@ -521,19 +536,37 @@ class DiskRowStore:
         rows = np.empty((n, row_bytes), dtype=np.uint8)
         state = np.empty((n, self.state_row_bytes if with_state else 0), dtype=np.uint8)
         in_log, positions = self._log.find(sorted_ids) if self._log else (np.zeros(n, dtype=bool), None)
+        tasks: list[Callable[[], None]] = []
+        finish: list[Callable[[], None]] = []  # all files are read in one pass over the pool
         if in_log.any():
-            records = self._log.read(positions)
-            rows[in_log] = records[:, :row_bytes]
-            if with_state:
-                state[in_log] = records[:, row_bytes:]
-            self.rows_read += len(records)
-            self.bytes_read += records.nbytes
+            self._log.wait(int(positions.max()))  # records still being appended
+            log_order = np.argsort(positions, kind="stable")
+            logged = np.empty((len(positions), self._log.record), dtype=np.uint8)
+            tasks += self._io_tasks(self._log.fd, False, positions[log_order], logged, self._log.record)
+
+            def from_log() -> None:
+                records = np.empty_like(logged)
+                records[log_order] = logged
+                rows[in_log] = records[:, :row_bytes]
+                if with_state:
+                    state[in_log] = records[:, row_bytes:]
+                self.rows_read += len(records)
+                self.bytes_read += records.nbytes
+
+            finish.append(from_log)
         home = ~in_log
         if home.any():
             home_ids = sorted_ids[home]
-            rows[home] = self._read_home(home_ids, ROWS, ROW_BITS, row_bytes, None)
+            files = [(ROWS, ROW_BITS, row_bytes, None, rows)]
             if with_state:
-                state[home] = self._read_home(home_ids, STATE, STATE_BITS, self.state_row_bytes, self._fresh_state)
+                files.append((STATE, STATE_BITS, self.state_row_bytes, self._fresh_state, state))
+            for name, bits_name, record, fresh, target in files:
+                out, more, done = self._home_tasks(home_ids, name, bits_name, record, fresh)
+                tasks += more
+                finish.append(functools.partial(self._put, target, home, out, done))
+        self._run(tasks)
+        for step in finish:
+            step()
         out_rows = torch.empty((n, self.embedding_dim), dtype=self.dtype)
         out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
         if not with_state:
@@ -542,9 +575,17 @@ class DiskRowStore:
         unsorted[order] = state
         return out_rows, self._split_state(unsorted)
 
-    def _read_home(self, ids: np.ndarray, name: str, bits_name: str, record: int, fresh: bytes | None) -> np.ndarray:
-        """Home records of sorted ``ids``: written ones read, the others fresh (``fresh`` bytes,
-        or for rows the initializer)."""
+    @staticmethod
+    def _put(target: np.ndarray, where: np.ndarray, out: np.ndarray, done: Callable[[], None]) -> None:
+        done()
+        target[where] = out
+
+    def _home_tasks(
+        self, ids: np.ndarray, name: str, bits_name: str, record: int, fresh: bytes | None
+    ) -> tuple[np.ndarray, list[Callable[[], None]], Callable[[], None]]:
+        """``(out, tasks, done)``: the home records of sorted ``ids`` go to ``out`` once the
+        I/O ``tasks`` have run and ``done`` was called; rows never written are fresh
+        (``fresh`` bytes, or for rows the initializer)."""
         out = np.empty((len(ids), record), dtype=np.uint8)
         written = self._bits[bits_name].test(ids)
         if (~written).any():
@@ -554,14 +595,17 @@ class DiskRowStore:
                 self.rows_initialized += int((~written).sum())
             else:
                 out[~written] = np.frombuffer(fresh, dtype=np.uint8)
-        if written.any():
-            buffer = np.empty((int(written.sum()), record), dtype=np.uint8)
-            self._io(self._fds[name], False, ids[written], buffer, record)
+        if not written.any():
+            return out, [], lambda: None
+        buffer = np.empty((int(written.sum()), record), dtype=np.uint8)
+
+        def done() -> None:
             out[written] = buffer
             self.bytes_read += buffer.nbytes
             if name == ROWS:
                 self.rows_read += len(buffer)
-        return out
+
+        return out, self._io_tasks(self._fds[name], False, ids[written], buffer, record), done
 
     def read_rows(self, ids: Tensor) -> Tensor:
         """Rows ``ids`` only (see :meth:`read`)."""
@@ -648,7 +692,10 @@ class DiskRowStore:
     def _log_append(self, sorted_ids: np.ndarray, records: np.ndarray) -> None:
         if self._log is None:
             self.manifest["log_serial"] = self.manifest.get("log_serial", 0) + 1
-            self._log = RowLog(self.path, self.manifest["log_serial"], self.row_bytes + self.state_row_bytes, self._io)
+            self._log = RowLog(
+                self.path, self.manifest["log_serial"], self.row_bytes + self.state_row_bytes, self._io,
+                background=self._io_threads > 1,
+            )
         self._log.append(sorted_ids, records)
         self.bytes_written += records.nbytes + 8 * len(sorted_ids)
 
@@ -743,7 +790,7 @@ class DiskRowStore:
         except OSError as error:
             raise type(error)(
                 error.errno, f"{api}: syncing the files of {str(self.path)!r} failed: {error.strerror}; "
-                "the table is as at its previous flush (or refuses to open if it was 'writing')",
+                "the table is as at its last flush (or refuses to open if it was 'writing')",
             ) from None
         if table_step is not None:
             self.manifest["table_step"] = int(table_step)
