@@ -110,7 +110,7 @@ def test_threaded_reads_of_log_and_home_match_the_rows_written(tmp_path):
     every = torch.randperm(20_000, generator=generator)
     got_rows, got_state = store.read(every)
     assert torch.equal(got_rows, rows[every]) and torch.equal(got_state[0], state[every])
-    assert store._pool is not None  # the pool did the reads
+    assert store._batch._pool is not None  # the pool did the reads
     store.close()
 
 

@@ -155,3 +155,84 @@ def copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)
         raise type(error)(error.errno, f"{api}: copying the table to {str(target)!r} failed: {error.strerror}") from None
+
+
+def new_manifest(
+    target: Path, api: str, *, num_embeddings: int, embedding_dim: int, dtype: torch.dtype, init: str,
+    init_std: float, init_bound: float, padding_idx: int | None, seed: int,
+) -> dict[str, Any]:
+    """The manifest of a new, empty table at ``target``, after checking the arguments and
+    that ``target`` is absent or an empty directory in an existing one."""
+    for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{api}: {name} must be a positive int, got {value!r}")
+    if init not in ("normal", "uniform"):
+        raise ValueError(
+            f"{api}: init must be 'normal' or 'uniform' (a disk table initializes each row "
+            f"from (seed, row) when first read), got {init!r}"
+        )
+    if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+        raise ValueError(f"{api}: padding_idx={padding_idx} is outside 0..{num_embeddings - 1}")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(
+            f"{api}: the parent directory of {str(target)!r} does not exist; create it first"
+        )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(
+            f"{api}: {str(target)!r} exists and is not an empty directory; open it with "
+            "DiskRowStore.open or choose a new path"
+        )
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_embeddings": num_embeddings,
+        "embedding_dim": embedding_dim,
+        "dtype": _dtype_name(dtype, api),
+        "init": init,
+        "init_std": float(init_std),
+        "init_bound": float(init_bound),
+        "padding_idx": padding_idx,
+        "seed": int(seed),
+        "state": None,
+        "table_step": 0,
+        "status": "clean",
+        "generation": 0,
+        "last_checkpoint": None,
+        "log": None,
+        "log_serial": 0,
+    }
+    return manifest
+
+
+def manifest_for_open(target: Path, read_only: bool, api: str) -> dict[str, Any]:
+    """The checked manifest of the table at ``target``, which must be clean (and, unless
+    ``read_only``, have writable data files)."""
+    manifest_path = target / MANIFEST
+    if not target.is_dir():
+        raise FileNotFoundError(f"{api}: no table directory at {str(target)!r}")
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{api}: {str(target)!r} has no {MANIFEST}; it is not a disk table (or its "
+            "creation was interrupted before the manifest was written)"
+        )
+    manifest = read_manifest(manifest_path, api)
+    if manifest["status"] != "clean":
+        last = manifest.get("last_checkpoint")
+        hint = f"restore the last checkpoint ({last!r}) with embtable.storage.disk.restore" if last else (
+            "no checkpoint was recorded; recreate the table"
+        )
+        raise TableNotCleanError(
+            f"{api}: the table at {str(target)!r} was being written when its process stopped "
+            f"(status {manifest['status']!r} after generation {manifest['generation']}), so its "
+            f"rows may mix old and new values; {hint}"
+        )
+    if not read_only:
+        for name in _DATA_FILES:
+            file = target / name
+            if file.exists() and not file.stat().st_mode & 0o222:  # (root passes os.access)
+                raise PermissionError(
+                    errno.EACCES,
+                    f"{api}: {str(file)!r} is read-only; open with read_only=True (Disk(..., "
+                    "read_only=True)) to serve lookups from it",
+                )
+    return manifest

@@ -68,7 +68,6 @@ import json
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,8 @@ import torch
 from torch import Tensor
 
 from embtable._atomic import atomic_write_bytes
-from embtable.storage._disk_files import Bits, CorruptFileError, runs
+from embtable.storage._disk_files import Bits, CorruptFileError
+from embtable.storage._disk_io import BatchIO
 from embtable.storage._disk_log import (
     CorruptLogError,
     RowLog,
@@ -88,7 +88,6 @@ from embtable.storage._disk_manifest import (
     _DATA_FILES,
     _DTYPE_NAMES,
     _DTYPES,
-    FORMAT,
     MANIFEST,
     ROW_BITS,
     ROWS,
@@ -98,10 +97,10 @@ from embtable.storage._disk_manifest import (
     CorruptTableError,
     StateField,
     TableNotCleanError,
-    _dtype_name,
     copy_table,
     lock_writer,
-    read_manifest,
+    manifest_for_open,
+    new_manifest,
     state_fields,
 )
 from embtable.storage._disk_spec import Disk, init_rows
@@ -116,10 +115,6 @@ __all__ = [
     "restore",
 ]
 
-#: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
-_PARALLEL_RUNS = 64
-#: A batch's runs are cut into about this many tasks per I/O thread (threads take the next).
-_TASKS_PER_THREAD = 8
 #: Default hard bound of the write-back log between flushes (``DiskRowStore.max_log_bytes``).
 _MAX_LOG_BYTES = 8 << 30
 #: Default ``DiskRowStore.compact_ratio``: a flush moves the log home once the log's bytes
@@ -154,7 +149,8 @@ class DiskRowStore:
         self.dtype: torch.dtype = _DTYPES[manifest["dtype"]]
         self.row_bytes = self.embedding_dim * torch.empty((), dtype=self.dtype).element_size()
         self._io_threads = io_threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._batch = BatchIO(path, io_threads)
+        self._io = self._batch.io
         self._fds: dict[str, int] = {}
         self._bits: dict[str, Bits] = {}
         self.state_fields: list[StateField] = []
@@ -227,44 +223,10 @@ class DiskRowStore:
         """
         api = "DiskRowStore.create"
         target = Path(path)
-        for name, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{api}: {name} must be a positive int, got {value!r}")
-        if init not in ("normal", "uniform"):
-            raise ValueError(
-                f"{api}: init must be 'normal' or 'uniform' (a disk table initializes each row "
-                f"from (seed, row) when first read), got {init!r}"
-            )
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"{api}: padding_idx={padding_idx} is outside 0..{num_embeddings - 1}")
-        if not target.parent.is_dir():
-            raise FileNotFoundError(
-                f"{api}: the parent directory of {str(target)!r} does not exist; create it first"
-            )
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise FileExistsError(
-                f"{api}: {str(target)!r} exists and is not an empty directory; open it with "
-                "DiskRowStore.open or choose a new path"
-            )
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "num_embeddings": num_embeddings,
-            "embedding_dim": embedding_dim,
-            "dtype": _dtype_name(dtype, api),
-            "init": init,
-            "init_std": float(init_std),
-            "init_bound": float(init_bound),
-            "padding_idx": padding_idx,
-            "seed": int(seed),
-            "state": None,
-            "table_step": 0,
-            "status": "clean",
-            "generation": 0,
-            "last_checkpoint": None,
-            "log": None,
-            "log_serial": 0,
-        }
+        manifest = new_manifest(
+            target, api, num_embeddings=num_embeddings, embedding_dim=embedding_dim, dtype=dtype, init=init,
+            init_std=init_std, init_bound=init_bound, padding_idx=padding_idx, seed=seed,
+        )
         row_bytes = embedding_dim * torch.empty((), dtype=dtype).element_size()
         try:
             target.mkdir(exist_ok=True)
@@ -301,34 +263,7 @@ class DiskRowStore:
         """
         api = "DiskRowStore.open"
         target = Path(path)
-        manifest_path = target / MANIFEST
-        if not target.is_dir():
-            raise FileNotFoundError(f"{api}: no table directory at {str(target)!r}")
-        if not manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{api}: {str(target)!r} has no {MANIFEST}; it is not a disk table (or its "
-                "creation was interrupted before the manifest was written)"
-            )
-        manifest = read_manifest(manifest_path, api)
-        if manifest["status"] != "clean":
-            last = manifest.get("last_checkpoint")
-            hint = f"restore the last checkpoint ({last!r}) with embtable.storage.disk.restore" if last else (
-                "no checkpoint was recorded; recreate the table"
-            )
-            raise TableNotCleanError(
-                f"{api}: the table at {str(target)!r} was being written when its process stopped "
-                f"(status {manifest['status']!r} after generation {manifest['generation']}), so its "
-                f"rows may mix old and new values; {hint}"
-            )
-        if not read_only:
-            for name in _DATA_FILES:
-                file = target / name
-                if file.exists() and not file.stat().st_mode & 0o222:  # (root passes os.access)
-                    raise PermissionError(
-                        errno.EACCES,
-                        f"{api}: {str(file)!r} is read-only; open with read_only=True (Disk(..., "
-                        "read_only=True)) to serve lookups from it",
-                    )
+        manifest = manifest_for_open(target, read_only, api)
         return cls(target, manifest, read_only=read_only, io_threads=io_threads)
 
     @classmethod
@@ -481,47 +416,6 @@ class DiskRowStore:
                 raise ValueError(f"{api}: ids must be distinct")
         return sorted_ids, order
 
-    def _io(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
-        """preadv / pwritev the records of sorted ``ids`` (record numbers) of ``fd`` from / to
-        ``buffer`` rows: one call per run of consecutive records, over ``io_threads`` threads."""
-        self._run(self._io_tasks(fd, write, ids, buffer, record))
-
-    def _io_tasks(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> list[Callable[[], None]]:
-        """The work of :meth:`_io` cut into tasks of a few runs each (for :meth:`_run`)."""
-        starts, lengths = runs(ids)
-        view = memoryview(buffer).cast("B")
-
-        def work(first: int, last: int) -> None:
-            for start, length in zip(starts[first:last].tolist(), lengths[first:last].tolist()):
-                chunk = view[start * record : (start + length) * record]
-                offset = int(ids[start]) * record
-                done = (os.pwritev if write else os.preadv)(fd, [chunk], offset)
-                if done != len(chunk):
-                    raise OSError(
-                        errno.EIO,
-                        f"DiskRowStore: short {'write' if write else 'read'} in {str(self.path)!r} at "
-                        f"byte {offset} ({done} of {len(chunk)} bytes); a file is truncated",
-                    )
-
-        count = len(starts)
-        size = max(_PARALLEL_RUNS // 2, -(-count // (_TASKS_PER_THREAD * self._io_threads)))
-        return [functools.partial(work, i, min(i + size, count)) for i in range(0, count, size)]
-
-    def _run(self, tasks: list[Callable[[], None]]) -> None:
-        """Run I/O tasks on the ``io_threads`` pool (threads take the next task when done,
-        so one slow read does not hold a fixed share back), or inline when there are few."""
-        if len(tasks) <= 2 or self._io_threads == 1:
-            for task in tasks:
-                task()
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._io_threads, thread_name_prefix="embtable-disk")
-        futures = [self._pool.submit(task) for task in tasks]
-        errors = [future.exception() for future in futures]  # every task done before raising
-        for error in errors:
-            if error is not None:
-                raise error
-
     def read(self, ids: Tensor, *, with_state: bool = True) -> tuple[Tensor, list[Tensor]]:
         """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype) and, ``with_state``, their
         optimizer state (one ``[n, *row_shape]`` tensor per field), in the order of ``ids``.
@@ -542,7 +436,7 @@ class DiskRowStore:
             self._log.wait(int(positions.max()))  # records still being appended
             log_order = np.argsort(positions, kind="stable")
             logged = np.empty((len(positions), self._log.record), dtype=np.uint8)
-            tasks += self._io_tasks(self._log.fd, False, positions[log_order], logged, self._log.record)
+            tasks += self._batch.tasks(self._log.fd, False, positions[log_order], logged, self._log.record)
 
             def from_log() -> None:
                 records = np.empty_like(logged)
@@ -564,7 +458,7 @@ class DiskRowStore:
                 out, more, done = self._home_tasks(home_ids, name, bits_name, record, fresh)
                 tasks += more
                 finish.append(functools.partial(self._put, target, home, out, done))
-        self._run(tasks)
+        self._batch.run(tasks)
         for step in finish:
             step()
         out_rows = torch.empty((n, self.embedding_dim), dtype=self.dtype)
@@ -605,7 +499,7 @@ class DiskRowStore:
             if name == ROWS:
                 self.rows_read += len(buffer)
 
-        return out, self._io_tasks(self._fds[name], False, ids[written], buffer, record), done
+        return out, self._batch.tasks(self._fds[name], False, ids[written], buffer, record), done
 
     def read_rows(self, ids: Tensor) -> Tensor:
         """Rows ``ids`` only (see :meth:`read`)."""
@@ -836,9 +730,7 @@ class DiskRowStore:
         if self._lock_fd is not None:
             self._unlock()  # closes the lock file: releases the writer's lock
             self._lock_fd = None
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self._batch.close()
         if self._log is not None:
             self._log.close()  # part of the table (records past its manifest length are cut on open)
             self._log = None
