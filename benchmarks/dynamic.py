@@ -21,6 +21,11 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    ``DynamicEmbeddingBag`` (capacity rows) vs the same step of a static ``EmbeddingBag``
    of capacity + 1 rows fed hashed ids, same batches, alternating, after a warm-up that
    fills the dynamic table; medians of the step's CPU time.
+   ``breakdown`` - the same dynamic step with its parts timed (median CPU time per step of the
+   SlotMap call, the new rows' initialization, the optimizer-state reset, the whole remap,
+   forward and backward), next to the static table's forward and backward.
+   ``aging`` - the cost of one LFU aging pass (``decay_every``): a full LFU map of
+   ``--capacity`` slots, a 1-id call with aging on every call vs the same without aging.
 3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
    (Zipf over ``--ctr-distinct``) has a true logit ``theta_x ~ N(0, 1.5**2)``, a click is
    Bernoulli(sigmoid(theta_x)).  One online pass over ``--ctr-train`` examples, then test
@@ -36,7 +41,8 @@ that every contender sits on 4 KiB pages (same placement).  One thread
 (``torch.set_num_threads(1)``) unless ``--threads``.
 
 Usage:
-    python benchmarks/dynamic.py [--quick] [--parts remap,train,quality] [--placement huge|4k]
+    python benchmarks/dynamic.py [--quick] [--parts remap,train,breakdown,aging,quality]
+        [--placement huge|4k]
 """
 
 from __future__ import annotations
@@ -246,6 +252,72 @@ def train(cfg) -> None:
     print(f"    ratio dynamic / static: {md / ms:.2f}")
 
 
+def breakdown(cfg) -> None:
+    import embtable.nn.dynamic as dynamic_mod
+
+    cap, d, b, length = cfg["capacity"], 64, cfg["batch"], cfg["bag"]
+    stream = Stream(cfg["distinct"], seed=2)
+    dyn = DynamicEmbeddingBag(cap, d, mode="sum")
+    static = embtable.EmbeddingBag(cap + 1, d, mode="sum")
+    embtable.optim.fuse(dyn, "rowwise_adagrad", lr=0.05)
+    embtable.optim.fuse(static, "rowwise_adagrad", lr=0.05)
+    grad = torch.randn(b, d)
+    while len(dyn.slot_map) < cap:
+        ids = stream.ids(b * length).reshape(b, length)
+        dyn(ids).backward(grad)
+        static(hash_rows(ids, cap)).backward(grad)
+    parts: dict[str, list[float]] = {}
+
+    def timed(owner, attr, key):
+        inner = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.thread_time()
+            out = inner(*args, **kwargs)
+            parts.setdefault(key, []).append(time.thread_time() - t0)
+            return out
+
+        setattr(owner, attr, wrapper)
+
+    timed(dyn.slot_map, "lookup", "dynamic: SlotMap.lookup")
+    timed(dynamic_mod, "_init_rows_into", "dynamic: new rows' initialization")
+    timed(dynamic_mod, "_reset_optimizer_rows", "dynamic: optimizer-state reset")
+    timed(dyn.dynamic, "remap", "dynamic: whole remap")
+    for _ in range(cfg["train_steps"]):
+        ids = stream.ids(b * length).reshape(b, length)
+        rows = hash_rows(ids, cap)
+        for name, model, x in (("dynamic", dyn, ids), ("static", static, rows)):
+            t0 = time.thread_time()
+            out = model(x)
+            t1 = time.thread_time()
+            out.backward(grad)
+            parts.setdefault(f"{name}: forward (incl. remap)", []).append(t1 - t0)
+            parts.setdefault(f"{name}: backward + fused update", []).append(time.thread_time() - t1)
+    print(f"\n2b. training step broken down ({cfg['train_steps']} steps, median ms per step)")
+    for key, values in parts.items():
+        print(f"    {key:<40} {statistics.median(values) * 1e3:>8.3f}")
+
+
+def aging(cfg) -> None:
+    cap = cfg["capacity"]
+    ids = torch.randint(-(2**62), 2**62, (cap,), generator=torch.Generator().manual_seed(3))
+    result = {}
+    for label, options in (("no aging", {}), ("decay_every=1", {"decay_every": 1})):
+        smap = SlotMap(cap, "lfu", **options)
+        for chunk in ids.split(cfg["batch"] * cfg["bag"]):
+            smap.lookup(chunk)
+        one = ids[:1].clone()
+        times = []
+        for _ in range(15):
+            t0 = time.thread_time()
+            smap.lookup(one)
+            times.append(time.thread_time() - t0)
+        result[label] = statistics.median(times) * 1e3
+    print(f"\n4. LFU aging: a full LFU map of {cap} slots, one 1-id call (median of 15, ms): "
+          f"{result['no aging']:.3f} without aging, {result['decay_every=1']:.3f} with an aging "
+          f"pass; one pass = {result['decay_every=1'] - result['no aging']:.2f} ms")
+
+
 def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     order = torch.argsort(scores)
     ranks = torch.empty_like(order, dtype=torch.float64)
@@ -336,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
         remap(cfg)
     if "train" in parts:
         train(cfg)
+    if "breakdown" in parts:
+        breakdown(cfg)
+    if "aging" in parts:
+        aging(cfg)
     if "quality" in parts:
         quality(cfg)
     sys.stdout.flush()
