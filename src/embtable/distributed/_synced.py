@@ -62,7 +62,7 @@ from embtable.ops._fused_reference import (
     _with_l2,
     reduce_rows,
 )
-from embtable.optim._rule import INT8_ROWWISE
+from embtable.optim._rule import INT8_ROWWISE, weight_decay_mode
 
 __all__ = ["Job", "SyncedLookup", "pooling_code"]
 
@@ -135,8 +135,7 @@ class SyncedLookup(torch.autograd.Function):
         dense: dict[int, Tensor] = {}
         columns = [(j, g) for j, g in zip(jobs, grads) if j.table is not None]
         replicas = [(j, g) for j, g in zip(jobs, grads) if j.table is None]
-        for job, grad in columns:  # plan order: the same on every rank holding a shard
-            _column_backward(job, grad, stats, dense)
+        _columns_backward(columns, stats, dense)
         if ctx.replica_group is not None:
             _replica_backward(replicas, ctx.replica_group, stats, dense)
         out = [dense.get(id(w)) for w in ctx.weights]
@@ -199,37 +198,86 @@ def _needs_agreement(job: Job, optimizer: Any) -> bool:
     )
 
 
-def _column_backward(job: Job, grad: Tensor, stats: CommStats, dense: dict[int, Tensor]) -> None:
-    optimizer = getattr(job.weight, FUSED_ATTR, None)
-    if optimizer is not None and not _needs_agreement(job, optimizer):
-        lookup = job.lookup
-        pad = -1 if lookup.padding_idx is None else lookup.padding_idx
-        grad = grad.reshape(-1, job.weight.shape[1]).contiguous()
-        optimizer.apply_update(
-            job.weight, lookup.ids, lookup.offsets, grad, lookup.per_sample_weights,
-            job.pooling, pad, False,
+@dataclass
+class _Pending:
+    """A column shard's update waiting for its table's agreed statistics."""
+
+    job: Job
+    optimizer: Any
+    rows: Tensor
+    grad: Tensor
+    candidates: Tensor | None = None  # max pooling: the distinct rows of the step
+    touched: Tensor | None = None  # max pooling: 0/1 per candidate, summed over the shards
+    square: Tensor | None = None  # row-wise Adagrad: the rows' squared gradient, all columns
+
+
+def _columns_backward(
+    columns: list[tuple[Job, Tensor]], stats: CommStats, dense: dict[int, Tensor]
+) -> None:
+    """Update the column shards of ``columns`` (plan order).  Statistics are agreed in two
+    rounds, each one ``all_reduce`` per process group over the concatenation of its tables'
+    vectors (the touched rows of max tables, then row-wise Adagrad's squares); int8_rowwise
+    scales take one ``all_reduce`` per table inside its update."""
+    pending: list[_Pending] = []
+    for job, grad in columns:
+        optimizer = getattr(job.weight, FUSED_ATTR, None)
+        if optimizer is not None and not _needs_agreement(job, optimizer):
+            lookup = job.lookup
+            pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+            grad = grad.reshape(-1, job.weight.shape[1]).contiguous()
+            optimizer.apply_update(
+                job.weight, lookup.ids, lookup.offsets, grad, lookup.per_sample_weights,
+                job.pooling, pad, False,
+            )
+            continue
+        rows, row_grad = _local_rows(job, grad)
+        item = _Pending(job, optimizer, rows, row_grad)
+        if job.pooling == POOL_MAX:  # rows won in any shard's columns are touched
+            ids, pad = job.lookup.ids, job.lookup.padding_idx
+            item.candidates = torch.unique(ids if pad is None else ids[ids != pad], sorted=True)
+            item.touched = torch.zeros(item.candidates.numel(), device=rows.device)
+            item.touched[torch.searchsorted(item.candidates, rows)] = 1.0
+        pending.append(item)
+    _agree(pending, "touched", stats, "col_touched")
+    for item in pending:
+        if item.candidates is not None:
+            full = item.grad.new_zeros((item.candidates.numel(), item.grad.shape[1]))
+            full[torch.searchsorted(item.candidates, item.rows)] = item.grad
+            keep = item.touched > 0
+            item.rows, item.grad = item.candidates[keep], full[keep]
+        if item.optimizer is not None and item.optimizer.rule.code == OPT_ROWWISE_ADAGRAD:
+            group = item.optimizer._group_of[id(item.job.weight)]
+            w = item.job.weight.detach().index_select(0, item.rows).float()
+            g_eff = _with_l2(item.grad, w, float(group["weight_decay"]), weight_decay_mode(group))
+            item.square = (g_eff * g_eff).sum(1)
+    _agree(pending, "square", stats, "col_stats")
+    for item in pending:
+        job = item.job
+        if item.optimizer is None:
+            _add_dense(dense, job.weight, item.rows, item.grad)
+            continue
+        kernel = ColumnUpdate(job.group, job.full_dim, stats, square=item.square)
+        item.optimizer.apply_update(
+            job.weight, item.rows, _NO_OFFSETS, item.grad, None, POOL_NONE, -1, False,
+            kernel=kernel,
         )
-        return
-    rows, row_grad = _local_rows(job, grad)
-    if job.pooling == POOL_MAX:  # rows won in any shard's columns are touched
-        ids, pad = job.lookup.ids, job.lookup.padding_idx
-        candidates = torch.unique(ids if pad is None else ids[ids != pad], sorted=True)
-        where = torch.searchsorted(candidates, rows)
-        touched = torch.zeros(candidates.numel(), device=rows.device)
-        touched[where] = 1.0
-        if job.group is not None:
-            all_reduce(touched, dist.ReduceOp.SUM, job.group, stats, "col_touched")
-        full = row_grad.new_zeros((candidates.numel(), row_grad.shape[1]))
-        full[where] = row_grad
-        keep = touched > 0
-        rows, row_grad = candidates[keep], full[keep]
-    if optimizer is None:
-        _add_dense(dense, job.weight, rows, row_grad)
-        return
-    kernel = ColumnUpdate(job.group, job.full_dim, stats)
-    optimizer.apply_update(
-        job.weight, rows, _NO_OFFSETS, row_grad, None, POOL_NONE, -1, False, kernel=kernel
-    )
+
+
+def _agree(pending: list[_Pending], field: str, stats: CommStats, kind: str) -> None:
+    """Sum ``field`` of every pending update over its table's shards: one ``all_reduce`` per
+    process group (groups in order of first use, tables in plan order: the same sequence on
+    every member)."""
+    by_group: dict[int, list[_Pending]] = {}
+    groups: dict[int, Any] = {}
+    for item in pending:
+        if getattr(item, field) is not None and item.job.group is not None:
+            by_group.setdefault(id(item.job.group), []).append(item)
+            groups[id(item.job.group)] = item.job.group
+    for key, items in by_group.items():
+        flat = torch.cat([getattr(item, field) for item in items])
+        all_reduce(flat, dist.ReduceOp.SUM, groups[key], stats, kind)
+        for item, part in zip(items, flat.split([getattr(i, field).numel() for i in items])):
+            setattr(item, field, part)
 
 
 def _replica_backward(
@@ -265,8 +313,10 @@ class ColumnUpdate:
     of ``group``: row-wise Adagrad's mean squared gradient over ``full_dim`` columns, and
     int8_rowwise scales (the whole row's maximum)."""
 
-    def __init__(self, group: Any, full_dim: int, stats: CommStats | None) -> None:
-        self.group, self.full_dim, self.stats = group, full_dim, stats
+    def __init__(
+        self, group: Any, full_dim: int, stats: CommStats | None, square: Tensor | None = None
+    ) -> None:
+        self.group, self.full_dim, self.stats, self.square = group, full_dim, stats, square
 
     def __call__(
         self,
@@ -315,10 +365,12 @@ class ColumnUpdate:
         self, w: Tensor, g: Tensor, accumulator: Tensor, rows: Tensor, lr: float, wd: float,
         mode: int, eps: float,
     ) -> Tensor:
-        g_eff = _with_l2(g, w, wd, mode)
-        square = (g_eff * g_eff).sum(1)
-        if self.group is not None:
-            all_reduce(square, dist.ReduceOp.SUM, self.group, self.stats, "col_stats")
+        square = self.square  # (agreed by the caller for every table at once)
+        if square is None:
+            g_eff = _with_l2(g, w, wd, mode)
+            square = (g_eff * g_eff).sum(1)
+            if self.group is not None:
+                all_reduce(square, dist.ReduceOp.SUM, self.group, self.stats, "col_stats")
         total = accumulator.index_select(0, rows).float() + square / self.full_dim
         accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
         lr_t, wd_t = torch.tensor(lr), torch.tensor(wd)
