@@ -16,10 +16,15 @@ shard reduces its own columns' gradient per row; before its fused update:
   moment of the step) and encode their columns with it, so every shard stores the whole
   row's scale and the codes one process would store.
 
-The update is :func:`embtable.ops._fused_reference.fused_update_rows`'s formula (the oracle
-of the compiled kernel) with these statistics, run through
+The touched rows and the squares of every column table of a step are agreed with one
+``all_reduce`` per process group each (the tables' vectors concatenated); the scales, which
+need the new moments, with one per table.  The update is
+:func:`embtable.ops._fused_reference.fused_update_rows`'s formula (the oracle of the compiled
+kernel) with these statistics, run through
 :meth:`~embtable.optim.FusedOptimizer.apply_update` (``kernel=``), which keeps the state and
-step bookkeeping.  The collectives of a table run over the ranks holding its shards.
+step bookkeeping.  The collectives of a table run over the ranks holding its shards.  A
+column shard that needs no statistic (SGD, Adagrad, Adam with float32 state; sum / mean
+pooling) takes the ordinary compiled fused update of its own columns.
 
 **Data-parallel tables.** Each replica pools only its own rank's bags.  In backward, each
 rank reduces its gradient per row into a dense ``[rows, D + 1]`` buffer (the last column
