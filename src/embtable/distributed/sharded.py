@@ -85,9 +85,14 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             a batch are used only when ``True`` (and then required); :func:`shard` copies it.
 
     Attributes:
-        local: the :class:`~embtable.EmbeddingBagCollection` of this rank's shards (``None``
-            if it holds none); fuse it (or the whole model) with :func:`embtable.optim.fuse`.
-        replicas: the collection of data-parallel tables (``None`` if none).
+        local: the :class:`~embtable.EmbeddingBagCollection` of this rank's table-wise and
+            row-wise shards (``None`` if it holds none); fuse it (or the whole model) with
+            :func:`embtable.optim.fuse`.
+        local_max: the row-wise max-pooled shards (``None`` if none; see ``_maxpool``).
+        local_cols: a ``ModuleList`` of one collection per column shard held here (``None``
+            if none; their updates agree with the other shards: ``_synced``).
+        replicas: the collection of data-parallel tables (``None`` if none): each rank pools
+            its own bags; the gradients are all-reduced.
         stats: bytes sent and seconds spent per exchange kind (:class:`CommStats`).
 
     Raises:
