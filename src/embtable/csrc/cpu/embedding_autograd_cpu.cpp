@@ -116,10 +116,15 @@ at::Tensor embedding_grad(const c10::SymInt& num_rows, at::Tensor ids, const at:
     // No branch for "no id left" (the reference's [1, 0] indices and [0, D] values): these
     // views have those shapes then, and a branch would be a data-dependent guard when traced.
     // `rows` is [len(ids), D] already (the reference's reshape of the values is a no-op).
-    const at::Tensor indices = ids.reshape({1, -1}).to(at::kLong);
+    const at::Tensor long_ids = ids.scalar_type() == at::kLong ? ids : ids.to(at::kLong);
+    const at::Tensor indices = long_ids.view_symint({1, ids.sym_numel()});
     const at::Tensor values = scaled(rows, scale);
-    return at::_sparse_coo_tensor_unsafe_symint(indices, values, {num_rows, dim},
-                                                values.options().layout(at::kSparse));
+    const c10::TensorOptions options = values.options().layout(at::kSparse);
+    if (at::globalContext().checkSparseTensorInvariants()) {  // validated, as torch's would be
+      return at::_sparse_coo_tensor_unsafe_symint(indices, values, {num_rows, dim}, options);
+    }
+    // What _sparse_coo_tensor_unsafe calls (without its dispatch and argument checks)
+    return at::_sparse_coo_tensor_with_dims_and_tensors_symint(1, 1, {num_rows, dim}, indices, values, options);
   }
   at::Tensor out = rows.new_zeros_symint({num_rows, dim});  // embtable.ops._reference.scatter_add_rows
   return out.index_add_(0, ids, scaled(rows, scale));
@@ -141,8 +146,8 @@ struct EmbeddingLookupBackward : public torch::autograd::Node {
     const at::Tensor ids = ids_.unpack();  // raises if the graph was freed by a first backward
     at::Tensor grad_weight;
     if (task_should_compute_output(0) && grads[0].defined()) {
-      grad_weight = embedding_grad(num_rows_, ids.reshape({-1}), grads[0], padding_idx_, scale_grad_by_freq_,
-                                   sparse_);
+      grad_weight = embedding_grad(num_rows_, ids.dim() == 1 ? ids : ids.reshape({-1}), grads[0], padding_idx_,
+                                   scale_grad_by_freq_, sparse_);
     }
     return {grad_weight};
   }
