@@ -1,7 +1,9 @@
 """Benchmark: embtable.Embedding vs torch.nn.Embedding, forward and backward (dense and sparse).
 
 Checks that both produce the same outputs and gradients, then times each phase and prints a
-table of median milliseconds and the ratio embtable / torch (<= 1.1 is the target). The two
+table of median milliseconds and the ratio embtable / torch (<= 1.1 is the target).  Phases:
+the forward without gradients (a bare gather), the forward with gradients on (recording the
+autograd node), and the dense and sparse backward (``out.backward(grad)`` alone). The two
 contenders run in alternation (torch, embtable, torch, ...) so that both see the same load on a
 shared machine; the ratio column is the median of the per-round ratios.
 
@@ -11,9 +13,15 @@ loaded machine is left out), wall time with more threads.  Memory placement is e
 contenders (``benchmarks/_placement.py``): ``--placement 4k``, ``huge`` or ``both`` (default);
 the share of each contender's table on huge pages is printed.
 
+embtable's lookup with gradients runs through ``embtable::embedding_lookup``, whose autograd
+formula is C++ (issue 11, item 4); ``--python-function`` makes it take the Python
+``torch.autograd.Function`` instead (the path before item 4, still used under ``torch.func``),
+for a before / after comparison on the same machine.
+
 Usage:
     python benchmarks/core.py            # V = 1,000,000 and 10,000, D = 64 and 128, 256 x 128 ids
     python benchmarks/core.py --quick    # smaller sizes, for a smoke run
+    python benchmarks/core.py --python-function   # embtable through its Python autograd.Function
 """
 
 from __future__ import annotations
@@ -83,6 +91,19 @@ def forward(table: torch.nn.Module, ids: torch.Tensor) -> Timed:
     return run
 
 
+def forward_grad(table: torch.nn.Module, ids: torch.Tensor) -> Timed:
+    """The forward with gradients on: the gather and the recording of the autograd node."""
+
+    def run() -> float:
+        start = now()
+        out = table(ids)
+        elapsed = now() - start
+        del out  # the graph is freed outside the timing
+        return elapsed
+
+    return run
+
+
 def backward(table: torch.nn.Module, ids: torch.Tensor, grad: torch.Tensor) -> Timed:
     def run() -> float:
         table.weight.grad = None
@@ -100,8 +121,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--dims", default=None, help="comma-separated D (default 64,128; quick: 32)")
+    parser.add_argument("--python-function", action="store_true",
+                        help="embtable's lookup through its Python autograd.Function (before item 4)")
     _placement.add_arguments(parser)
     args = parser.parse_args()
+    if args.python_function:  # the lookup falls back to the Python Function where the op is refused
+        embtable.functional.compiled_embedding = lambda *_: None
     torch.set_num_threads(args.threads)
     sizes = [(100_000, 10_000)] if args.quick else [(1_000_000, 10_000)]
     dims = [int(d) for d in args.dims.split(",")] if args.dims else ([32] if args.quick else [64, 128])
@@ -110,7 +135,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ids {shape[0]} x {shape[1]} "
           f"(floor(V * u**3)), median of {args.repeats}, "
           f"{'thread CPU' if args.threads == 1 else 'wall'} time; load average {one:.1f} / {five:.1f} / "
-          f"{fifteen:.1f} on {os.cpu_count()} CPUs")
+          f"{fifteen:.1f} on {os.cpu_count()} CPUs; embtable's autograd: "
+          f"{'Python Function' if args.python_function else 'C++ (embtable::embedding_lookup)'}")
     for placement in _placement.chosen(args):
         gen = torch.Generator().manual_seed(0)
         print(f"\n## placement {placement}")
@@ -136,6 +162,8 @@ def main() -> None:
                     shares.append(f"{100 * huge / size:.0f}")
                 rows.append(("forward", *paired_ms(forward(dense_theirs, ids), forward(dense_ours, ids),
                                                    args.repeats)))
+                rows.append(("forward, grad on", *paired_ms(forward_grad(dense_theirs, ids),
+                                                            forward_grad(dense_ours, ids), args.repeats)))
                 rows.append(("backward dense", *paired_ms(backward(dense_theirs, ids, grad),
                                                           backward(dense_ours, ids, grad), args.repeats)))
                 rows.append(("backward sparse", *paired_ms(backward(sparse_theirs, ids, grad),
