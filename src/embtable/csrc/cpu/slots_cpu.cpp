@@ -94,6 +94,13 @@ struct Table {
     while ((uint64_t{1} << bits) < size) ++bits;
   }
   void prefetch(int64_t key) const { __builtin_prefetch(rows + 2 * home(key, bits), 0, 1); }
+  // The home row's line and, when the home row is not first in its line, the next line
+  // (where a deletion's backward shift or an insertion's probe usually ends).
+  void prefetch_run(int64_t key) const {
+    const uint64_t h = home(key, bits);
+    __builtin_prefetch(rows + 2 * h, 1, 1);
+    __builtin_prefetch(rows + 2 * ((h + 3) & mask), 1, 1);
+  }
   // Row of `key`, or the empty row where it would go.
   uint64_t probe(int64_t key) const {
     uint64_t i = bits ? home(key, bits) : 0;
@@ -301,35 +308,48 @@ struct Distinct {
   uint64_t mask;
   int bits;
   int32_t* tab;
+  int64_t *uids, *ucount, *uhome;
+  int64_t size = 0;
   Distinct(Scratch& s, int64_t n) : sc(s) {
     bits = 4;
     while ((int64_t{1} << bits) < (4 * n) / 3) ++bits;
     if (sc.tab32.size() != (size_t{1} << bits)) sc.tab32.assign(size_t{1} << bits, -1);
     tab = sc.tab32.data();
     mask = (uint64_t{1} << bits) - 1;
-    sc.uids.clear();
-    sc.ucount.clear();
-    sc.uhome.clear();
+    // Room for n + 1 entries: add() writes one entry past the end unconditionally.
+    sc.uids.resize(static_cast<size_t>(n) + 1);
+    sc.ucount.resize(static_cast<size_t>(n) + 1);
+    sc.uhome.resize(static_cast<size_t>(n) + 1);
+    uids = sc.uids.data();
+    ucount = sc.ucount.data();
+    uhome = sc.uhome.data();
   }
   ~Distinct() {
-    for (const int64_t h : sc.uhome) tab[h] = -1;
+    for (int64_t d = 0; d < size; ++d) tab[uhome[d]] = -1;
+  }
+  // Shrink sc.uids / sc.ucount to the distinct ids (call once, after the last add).
+  int64_t finish() {
+    sc.uids.resize(static_cast<size_t>(size));
+    sc.ucount.resize(static_cast<size_t>(size));
+    return size;
   }
   void prefetch(int64_t key) const { __builtin_prefetch(tab + home(key, bits), 1, 3); }
+  // The distinct index of `key` (added if new); counts one occurrence.  Whether the id is
+  // new is not predictable, so that case is handled without a branch: the new entry is
+  // written in any case and kept only by advancing `size`.
   int64_t add(int64_t key) {
     uint64_t h = home(key, bits);
-    const int64_t* u = sc.uids.data();
     int32_t v;
-    while ((v = tab[h]) >= 0 && u[v] != key) h = (h + 1) & mask;
-    if (v < 0) {
-      v = static_cast<int32_t>(sc.uids.size());
-      tab[h] = v;
-      sc.uhome.push_back(static_cast<int64_t>(h));
-      sc.uids.push_back(key);
-      sc.ucount.push_back(1);
-      return v;
-    }
-    sc.ucount[v] += 1;
-    return v;
+    while ((v = tab[h]) >= 0 && uids[v] != key) h = (h + 1) & mask;
+    const bool fresh = v < 0;
+    const int64_t d = fresh ? size : v;
+    tab[h] = static_cast<int32_t>(d);
+    uids[size] = key;
+    uhome[size] = static_cast<int64_t>(h);
+    const int64_t before = ucount[d];
+    ucount[d] = (fresh ? 0 : before) + 1;
+    size += fresh;
+    return d;
   }
 };
 
@@ -458,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     if (i + kAhead < n) distinct.prefetch(ids[i + kAhead]);
     sc.pos[i] = distinct.add(ids[i]);
   }
-  const int64_t u = static_cast<int64_t>(sc.uids.size());
+  const int64_t u = distinct.finish();
 
   // 2. One index probe per distinct id (read only), the index rows prefetched kAhead ahead;
   //    a hit's slot record is prefetched for step 4 as soon as its slot is known.
@@ -557,12 +577,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   }
   const int64_t num_ev = static_cast<int64_t>(ev_ids.size());
   for (int64_t e = 0; e < num_ev; ++e) {
-    if (e + kAhead < num_ev) index.prefetch(ev_ids[e + kAhead]);
+    if (e + kAhead < num_ev) index.prefetch_run(ev_ids[e + kAhead]);
     index.erase(ev_ids[e]);
   }
   const int64_t num_new = static_cast<int64_t>(new_ids.size());
   for (int64_t k = 0; k < num_new; ++k) {
-    if (k + kAhead < num_new) index.prefetch(new_ids[k + kAhead]);
+    if (k + kAhead < num_new) index.prefetch_run(new_ids[k + kAhead]);
     index.put(new_ids[k], new_slots[k]);
   }
 
