@@ -180,6 +180,9 @@ def _table(path, rows=16):
         (lambda p: os.truncate(p / "rows.bin", 100), CorruptTableError, "truncated"),
         (lambda p: os.remove(p / "rows.bits"), FileNotFoundError, "rows.bits"),
         (lambda p: _edit(p, status="writing"), TableNotCleanError, "being written"),
+        (lambda p: _edit(p, log={"segment": 1, "records": 99}), CorruptTableError, "the log is truncated"),
+        (lambda p: _edit(p, log={"segment": 7, "records": 1}), CorruptTableError, "named by the manifest is missing"),
+        (lambda p: _edit(p, log="log.bin"), CorruptTableError, "invalid write-back log"),
     ],
 )
 def test_damaged_tables_refuse_to_open(tmp_path, damage, error, message):
@@ -187,6 +190,28 @@ def test_damaged_tables_refuse_to_open(tmp_path, damage, error, message):
     damage(tmp_path / "t")
     with pytest.raises(error, match=message):
         DiskRowStore.open(tmp_path / "t")
+    assert log_files(tmp_path / "t")  # a refused open deletes no log segment
+
+
+def test_version_1_tables_open_and_are_rewritten_as_version_2(tmp_path):
+    """A table written before the log was durable (format 1: no "log" key) still opens."""
+    _table(tmp_path / "t")
+    store = DiskRowStore.open(tmp_path / "t")
+    store.flush(compact=True)  # version 1 tables had every flushed row home
+    store.close()
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    for key in ("log", "log_serial"):
+        del manifest[key]
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(dict(manifest, version=1)))
+    store = DiskRowStore.open(tmp_path / "t")
+    expected = init_rows(0, torch.arange(16), 4)
+    expected[1:3] = 1.0
+    assert torch.equal(store.read_rows(torch.arange(16)), expected)
+    store.write_rows(torch.tensor([5]), torch.full((1, 4), 2.0))
+    store.flush()
+    store.close()
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["log"] == {"segment": 1, "records": 1}
 
 
 def _edit(path, **changes):

@@ -180,21 +180,20 @@ class DiskRowStore:
         """Load the log segment the manifest names; when writable, delete other segments'
         files (a killed compaction's or a never-flushed segment's leftovers)."""
         entry = self.manifest.get("log")
-        if not self.read_only:
+        if entry is not None:
+            try:
+                self._log = RowLog(
+                    self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._io,
+                    records=entry["records"], writable=not self.read_only, background=self._io_threads > 1,
+                )
+            except CorruptLogError as error:
+                self.close()
+                raise CorruptTableError(str(error)) from None
+        if not self.read_only:  # only once the named segment has opened
             keep = None if entry is None else f"log.{entry['segment']:06d}."
             for file in log_files(self.path):
                 if keep is None or not file.name.startswith(keep):
                     file.unlink()
-        if entry is None:
-            return
-        try:
-            self._log = RowLog(
-                self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._io,
-                records=entry["records"], writable=not self.read_only, background=self._io_threads > 1,
-            )
-        except CorruptLogError as error:
-            self.close()
-            raise CorruptTableError(str(error)) from None
 
     # -- construction ------------------------------------------------------------------------
 
