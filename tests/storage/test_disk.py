@@ -114,6 +114,31 @@ def test_threaded_reads_of_log_and_home_match_the_rows_written(tmp_path):
     store.close()
 
 
+def test_log_past_max_log_bytes_moves_home_between_flushes(tmp_path):
+    """Past the hard bound a write moves the log home at once: the table is 'writing' (a
+    crash now refuses to open) until the next flush; the rows stay right throughout."""
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=1)
+    expected = init_rows(1, torch.arange(50), 2)
+    store.write_rows(torch.tensor([3, 4]), torch.ones(2, 2))
+    store.flush()
+    store.max_log_bytes = 1
+    store.write_rows(torch.tensor([4, 9]), torch.full((2, 2), 2.0))  # moves [3, 4] home first
+    expected[3], expected[[4, 9]] = 1.0, 2.0
+    assert store.status == "writing" and store.compactions == 1 and len(store._log) == 2
+    assert torch.equal(store.read_rows(torch.arange(50)), expected)
+    store.max_log_bytes = 1 << 30  # (else this flush would move the new segment home too)
+    store.flush()
+    assert store.status == "clean" and store.manifest["log"] == {"segment": 2, "records": 2}
+    store.close()
+    store = DiskRowStore.open(tmp_path / "t")
+    assert torch.equal(store.read_rows(torch.arange(50)), expected)
+    store.max_log_bytes = 1
+    store.write_rows(torch.tensor([0]), torch.zeros(1, 2))
+    store.close()  # killed before the next flush: refuses to open
+    with pytest.raises(TableNotCleanError, match="being written"):
+        DiskRowStore.open(tmp_path / "t")
+
+
 def _check_store(store, oracle):
     every = torch.randperm(200)
     rows, state = store.read(every)
