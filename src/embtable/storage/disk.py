@@ -137,7 +137,8 @@ class DiskRowStore:
     here); rows are ``[n, embedding_dim]`` tensors of the table's dtype.
 
     Counters (``rows_read``, ``rows_written``, ``bytes_read``, ``bytes_written``,
-    ``rows_initialized``) accumulate since the store was opened.
+    ``rows_initialized``, ``compactions``) accumulate since the store was opened;
+    ``compact_ratio`` and ``max_log_bytes`` set when the write-back log is moved home.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], read_only: bool, io_threads: int) -> None:
