@@ -126,7 +126,8 @@ def minimum_bytes(
         if kind is ShardingType.DATA_PARALLEL:
             total += 2 * 4 * config.num_embeddings * (config.embedding_dim + 1) * (world - 1) // world
         held = [s.rank for s in sharded._shards[config.name]]
-        if kind is ShardingType.COLUMN_WISE and RULE == "rowwise_adagrad" and rank in held:
+        exact = sharded.exact_columns
+        if kind is ShardingType.COLUMN_WISE and RULE == "rowwise_adagrad" and rank in held and exact:
             cuts, keys = full.offset_per_key(), full.keys()
             ids = torch.cat(
                 [full.values()[cuts[keys.index(f)] : cuts[keys.index(f) + 1]] for f in config.feature_names]
@@ -206,7 +207,7 @@ def sharded_worker(
     base_rss = current_rss()
     plan = make_plan(tables, world, args.sharding, args.data_parallel_bytes)
     torch.manual_seed(0)
-    sharded = ShardedEmbeddingBagCollection(tables, plan)
+    sharded = ShardedEmbeddingBagCollection(tables, plan, exact_columns=not args.inexact_columns)
     embtable.optim.fuse(sharded, RULE, lr=0.05)
     shard_bytes = sum(
         s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
@@ -560,6 +561,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--torchrec-sharding", default="table_wise", help="its sharding type (table_wise, ...)"
+    )
+    parser.add_argument(
+        "--inexact-columns",
+        action="store_true",
+        help="exact_columns=False: column shards keep their own per-row state (TorchRec's way)",
     )
     parser.add_argument(
         "--memory-phases",

@@ -50,6 +50,7 @@ class ShardedTables(Agreement, Exchange, Module):
         device: torch.device | str | None = None,
         timeout: datetime.timedelta | None = None,
         is_weighted: bool = False,
+        exact_columns: bool = True,
         _source: Module | None = None,
     ) -> None:
         super().__init__()
@@ -130,7 +131,8 @@ class ShardedTables(Agreement, Exchange, Module):
             )
             self.replicas = self._collection(replicas, device=device, **kinds) if replicas else None
         self._col_index = {c.name: i for i, c in enumerate(local_cols)}
-        self._col_groups = self._column_groups(timeout)
+        self.exact_columns = bool(exact_columns)
+        self._col_groups = self._column_groups(timeout) if self.exact_columns else {}
         self._dp_features = [
             f
             for f in self.feature_names
@@ -180,6 +182,7 @@ class ShardedTables(Agreement, Exchange, Module):
                     Job(
                         table=name or None,
                         group=self._col_groups.get(name),
+                        agree=bool(name) and self.exact_columns,
                         full_dim=self._configs[name].embedding_dim if name else 0,
                         weight=holder.grouped_weights[bucket.group],
                         pooling=pooling_code(bucket.pooling if self._pooled else None),

@@ -93,6 +93,8 @@ class Job:
         lookup: the bucket's ids, offsets, weights and padding row.
         padding_rows: every padding row of the bucket (several: ids dropped in backward).
         max_ids: set by forward for max pooling (the winning id per bag and column).
+        agree: column shards: agree on per-row statistics with the other shards
+            (``exact_columns=True``); else each shard updates its columns on its own.
     """
 
     table: str | None
@@ -103,6 +105,7 @@ class Job:
     lookup: BucketInput
     padding_rows: tuple[int, ...]
     max_ids: Tensor | None = None
+    agree: bool = True
 
 
 class SyncedLookup(torch.autograd.Function):
@@ -226,7 +229,13 @@ def _columns_backward(
     pending: list[_Pending] = []
     for job, grad in columns:
         optimizer = getattr(job.weight, FUSED_ATTR, None)
-        if optimizer is not None and not _needs_agreement(job, optimizer):
+        if optimizer is not None and not job.agree and job.pooling == POOL_MAX:
+            rows, row_grad = _local_rows(job, grad)  # (per-shard winners: TorchRec's meaning)
+            optimizer.apply_update(
+                job.weight, rows, _NO_OFFSETS, row_grad, None, POOL_NONE, -1, False
+            )
+            continue
+        if optimizer is not None and not (job.agree and _needs_agreement(job, optimizer)):
             lookup = job.lookup
             pad = -1 if lookup.padding_idx is None else lookup.padding_idx
             grad = grad.reshape(-1, job.weight.shape[1]).contiguous()

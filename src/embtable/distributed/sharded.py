@@ -83,6 +83,11 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             a rank that dies or hangs makes the others raise after at most this long.
         is_weighted: as the unsharded collection's (TorchRec's meaning): per-value weights of
             a batch are used only when ``True`` (and then required); :func:`shard` copies it.
+        exact_columns: column shards agree on per-row statistics (row-wise Adagrad's squared
+            gradient, int8_rowwise scales, max pooling's touched rows) so that training equals
+            one process (default).  ``False``: each column shard keeps its own per-row state
+            and updates on its own, as TorchRec does (faster; not equal to one process for
+            those rules and max pooling).
 
     Attributes:
         local: the :class:`~embtable.EmbeddingBagCollection` of this rank's table-wise and
@@ -289,6 +294,7 @@ def shard(
     process_group: Any = None,
     *,
     timeout: datetime.timedelta | None = None,
+    exact_columns: bool = True,
 ) -> ShardedEmbeddingBagCollection | ShardedEmbeddingCollection:
     """The sharded twin of ``collection``: this rank's shards, copied from its weights.
 
@@ -303,6 +309,7 @@ def shard(
         plan: the :class:`~embtable.distributed.ShardingPlan`.
         process_group: as for :class:`ShardedEmbeddingBagCollection`.
         timeout: as for :class:`ShardedEmbeddingBagCollection`.
+        exact_columns: as for :class:`ShardedEmbeddingBagCollection`.
 
     Raises:
         TypeError: ``collection`` is not an embtable collection.
@@ -325,5 +332,6 @@ def shard(
         device=device,
         timeout=timeout,
         is_weighted=bool(getattr(collection, "_is_weighted", False)),
+        exact_columns=exact_columns,
         _source=collection,
     )
