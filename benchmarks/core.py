@@ -22,6 +22,7 @@ Usage:
     python benchmarks/core.py            # V = 1,000,000 and 10,000, D = 64 and 128, 256 x 128 ids
     python benchmarks/core.py --quick    # smaller sizes, for a smoke run
     python benchmarks/core.py --python-function   # embtable through its Python autograd.Function
+    python benchmarks/core.py --quick --ids 1x2 --dims 16 --repeats 201   # per-call costs
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--dims", default=None, help="comma-separated D (default 64,128; quick: 32)")
+    parser.add_argument("--ids", default=None,
+                        help="ids shape as BxL (default 256x128; quick: 64x32); 1x2 shows the per-call costs")
     parser.add_argument("--python-function", action="store_true",
                         help="embtable's lookup through its Python autograd.Function (before item 4)")
     _placement.add_arguments(parser)
@@ -131,6 +134,8 @@ def main() -> None:
     sizes = [(100_000, 10_000)] if args.quick else [(1_000_000, 10_000)]
     dims = [int(d) for d in args.dims.split(",")] if args.dims else ([32] if args.quick else [64, 128])
     shape = (64, 32) if args.quick else (256, 128)
+    if args.ids:
+        shape = tuple(int(n) for n in args.ids.lower().split("x"))
     one, five, fifteen = os.getloadavg()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ids {shape[0]} x {shape[1]} "
           f"(floor(V * u**3)), median of {args.repeats}, "
