@@ -1,0 +1,166 @@
+"""Benchmark: the pooled-bag kernel of two revisions side by side, in one process (issue 11).
+
+On a shared, loaded machine the run-to-run spread of a kernel (+-10-20 %) hides a change of a
+few per cent, so ``bags.py`` run before and after a change cannot tell it.  This script
+compiles ``src/embtable/csrc/cpu/rows_cpu.cpp`` of a base revision (``git show REV:...``) and
+of the working tree into one scratch extension (two namespaces, built in a temporary
+directory with the package's flags), then times torch's ``embedding_bag``, the base kernel
+and the working-tree kernel call after call on the same data: medians of the timing thread's
+CPU time (one thread), and the ratios ``new / old`` and each vs torch.  Outputs are checked
+equal first.
+
+Workloads: one table (V = 1,000,000, 2048 bags of 20 ids ``floor(V * u**3)``) at the given
+``D`` and mode, and ``coll``: the 26-table collection of ``bags.py`` (b) pooled into its
+``[B, 26 * 64]`` layout (torch's kernel on the same grouped ids writes ``[26 * B, 64]``).
+``--batches N`` cycles through N id batches (rows then come from memory, not from the cache
+the previous call left warm); the default 1 reuses one batch, as ``bags.py`` does.  Every
+contender reads the same table, placed by ``_placement.apply`` (``--placement 4k``: 4 KiB
+pages, ``huge``: collapsed onto 2 MiB pages).
+
+Usage:
+    python benchmarks/pool_kernel_ab.py --base fbf335d~1 --cases 64:sum,128:sum,coll
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _placement  # benchmarks/ is on sys.path when run as a script
+from embtable.testing import zipf_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = "src/embtable/csrc/cpu/rows_cpu.cpp"
+WRAPPER = """
+#include <torch/extension.h>
+#include "rows_cpu.h"
+#define DECLARE(NS) namespace NS { \\
+  std::tuple<at::Tensor, at::Tensor> pool_bags_cpu(const at::Tensor&, const at::Tensor&, \\
+      const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t); \\
+  at::Tensor pool_bags_grouped_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, \\
+      const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); }
+DECLARE(kernel_old)
+DECLARE(kernel_new)
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("old", [](at::Tensor w, at::Tensor i, at::Tensor o, std::optional<at::Tensor> p,
+                  int64_t pool, int64_t f) {
+    return f == 1 ? std::get<0>(kernel_old::pool_bags_cpu(w, i, o, p, pool, -1))
+                  : kernel_old::pool_bags_grouped_cpu(w, i, o, p, pool, -1, f); });
+  m.def("new", [](at::Tensor w, at::Tensor i, at::Tensor o, std::optional<at::Tensor> p,
+                  int64_t pool, int64_t f) {
+    return f == 1 ? std::get<0>(kernel_new::pool_bags_cpu(w, i, o, p, pool, -1))
+                  : kernel_new::pool_bags_grouped_cpu(w, i, o, p, pool, -1, f); });
+}
+"""
+
+
+def renamed(text: str, namespace: str) -> str:
+    """rows_cpu.cpp with its definitions moved from ``embtable`` into ``namespace``."""
+    text = text.replace("namespace embtable {", f"namespace {namespace} {{\nusing namespace ::embtable;", 1)
+    if f"namespace {namespace} {{" not in text:
+        raise ValueError(f"pool_kernel_ab: no 'namespace embtable {{' in {SOURCE}")
+    return text
+
+
+def build(base: str, directory: Path):
+    from torch.utils.cpp_extension import load
+
+    old = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{SOURCE}"], check=True,
+                         capture_output=True, text=True).stdout
+    new = (ROOT / SOURCE).read_text()
+    (directory / "rows_cpu.h").write_text((ROOT / "src/embtable/csrc/cpu/rows_cpu.h").read_text())
+    (directory / "old.cpp").write_text(renamed(old, "kernel_old"))
+    (directory / "new.cpp").write_text(renamed(new, "kernel_new"))
+    (directory / "wrap.cpp").write_text(WRAPPER)
+    return load(name="pool_kernel_ab", sources=[str(directory / n) for n in ("wrap.cpp", "old.cpp", "new.cpp")],
+                build_directory=str(directory), extra_cflags=["-O3", "-fno-math-errno", "-fopenmp", "-std=c++20",
+                                                              "-march=native"],
+                extra_ldflags=["-fopenmp"])
+
+
+def case_data(case: str, batches: int, gen: torch.Generator):
+    """weight, list of id batches, offsets (with the last), per-sample weights, pooling, features."""
+    if case == "coll":
+        rows = [int(round(r)) for r in np.logspace(1, 6, 26)]
+        lengths = torch.randint(1, 21, (26, 2048), generator=gen)
+        shifts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        ids = [torch.cat([zipf_ids(r, (int(n),), generator=gen) + int(s)
+                          for r, n, s in zip(rows, lengths.sum(1), shifts)])]
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.reshape(-1).cumsum(0)])
+        return torch.randn(sum(rows), 64, generator=gen), ids, offsets, None, 1, 26
+    dim, mode = case.split(":")
+    weight = torch.randn(1_000_000, int(dim), generator=gen)
+    ids = [zipf_ids(1_000_000, (2048 * 20,), generator=gen) for _ in range(batches)]
+    offsets = torch.arange(0, 2048 * 20 + 1, 20)
+    psw = torch.rand(2048 * 20, generator=gen) if mode == "wsum" else None
+    return weight, ids, offsets, psw, {"sum": 1, "wsum": 1, "mean": 2, "max": 3}[mode], 1
+
+
+def time_case(ext, case: str, batches_wanted: int, repeats: int, placement: str) -> tuple[float, float, float]:
+    """Median ms of torch, the old and the new kernel on one case (outputs checked first)."""
+    gen = torch.Generator().manual_seed(0)
+    weight, batches, offsets, psw, pooling, features = case_data(case, batches_wanted, gen)
+    _placement.apply(placement)  # the one table all three read
+    mode = {1: "sum", 2: "mean", 3: "max"}[pooling]
+
+    def theirs(ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding_bag(ids, weight, offsets, mode=mode, per_sample_weights=psw,
+                                                 include_last_offset=True)
+
+    def ours(kernel, ids: torch.Tensor) -> torch.Tensor:
+        return kernel(weight, ids, offsets, psw, pooling, features)
+
+    expected = theirs(batches[0])
+    if features > 1:  # torch's [F * B, D] rows in the collection's [B, F * D] layout
+        dim = weight.shape[1]
+        expected = expected.view(features, -1, dim).transpose(0, 1).reshape(-1, features * dim)
+    for name in ("old", "new"):
+        torch.testing.assert_close(ours(getattr(ext, name), batches[0]), expected, rtol=1e-4, atol=1e-4)
+    runners = {"torch": theirs, "old": lambda ids: ours(ext.old, ids), "new": lambda ids: ours(ext.new, ids)}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(2 + repeats):
+        ids = batches[round_index % len(batches)]  # the three contenders of a round share it
+        for name, run in runners.items():
+            start = time.thread_time()
+            run(ids)
+            if round_index >= 2:
+                samples[name].append((time.thread_time() - start) * 1e3)
+    medians = [statistics.median(samples[k]) for k in ("torch", "old", "new")]
+    return medians[0], medians[1], medians[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="fbf335d~1", help="git revision of the 'old' kernel")
+    parser.add_argument("--cases", default="16:sum,32:sum,64:sum,64:mean,64:wsum,128:sum,256:sum,coll",
+                        help="D:mode (sum, mean, wsum, max) or coll")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--batches", type=int, default=1, help="id batches to cycle through")
+    parser.add_argument("--placement", choices=_placement.PLACEMENTS, default="4k",
+                        help="4k: MADV_NOHUGEPAGE on the table; huge: MADV_HUGEPAGE + MADV_COLLAPSE")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="pool_kernel_ab_") as tmp:
+        ext = build(args.base, Path(tmp))
+        load = os.getloadavg()
+        print(f"base {args.base} vs working tree; one thread, CPU time medians (ms) of {args.repeats} rounds; "
+              f"{args.batches} id batch(es); placement {args.placement} (THP mode {_placement.thp_mode()}); load average {load[0]:.1f} / {load[1]:.1f}")
+        print("| case | torch | old | new | old / torch | new / torch | new / old |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for case in args.cases.split(","):
+            t, o, n = time_case(ext, case, args.batches, args.repeats, args.placement)
+            print(f"| {case} | {t:.3f} | {o:.3f} | {n:.3f} | {o / t:.2f} | {n / t:.2f} | {n / o:.2f} |", flush=True)
+        load = os.getloadavg()
+        print(f"load average at end {load[0]:.1f} / {load[1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
