@@ -355,6 +355,7 @@ def test_decay_is_part_of_the_config():
     assert SlotMap(4, "lfu").state_dict()["config"].numel() == 8
     aged = SlotMap(4, "lfu", decay_every=5)
     aged.lookup(torch.tensor([1, 2]))
+    assert repr(aged) == "SlotMap(capacity=4, policy='lfu', decay_every=5, size=2)"
     with pytest.raises(ValueError, match="config"):
         SlotMap(4, "lfu").load_state_dict(aged.state_dict())
     again = SlotMap(4, "lfu", decay_every=5)

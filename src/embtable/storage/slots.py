@@ -393,6 +393,7 @@ class SlotMap:
     def __repr__(self) -> str:
         extra = f", ttl={self.ttl}" if self.ttl is not None else ""
         extra += f", min_count={self.min_count}" if self.min_count != 1 else ""
+        extra += f", decay_every={self.decay_every}" if self.decay_every is not None else ""
         return f"SlotMap(capacity={self.capacity}, policy={self.policy!r}{extra}, size={len(self)})"
 
     # ------------------------------------------------------------------ checkpoints
