@@ -400,7 +400,14 @@ def run_sharded(args: argparse.Namespace, world: int, worker: Any = None) -> lis
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "result.json")
-        mp.spawn(worker or sharded_worker, args=(world, port, args, path), nprocs=world, join=True)
+        try:
+            mp.spawn(
+                worker or sharded_worker, args=(world, port, args, path), nprocs=world, join=True
+            )
+        except mp.ProcessExitedException as error:
+            if not os.path.exists(path):  # (rank 0 writes the results before shutting down)
+                raise
+            print(f"note: a worker died after the results were written: {error}", file=sys.stderr)
         with open(path) as handle:
             return json.load(handle)
 
