@@ -85,9 +85,12 @@ _COMPILED_LOOKUP: list[Any] = []  # the op's overload, once the extension is loa
 
 def compiled_embedding_op() -> Any | None:
     """``torch.ops.embtable.embedding_lookup.default`` (its fake kernel registered), or ``None``
-    when the compiled extension is not available."""
+    when the compiled extension is not available (or was built before the op existed)."""
     if not _COMPILED_LOOKUP:
         if not ops.extension_available():
+            return None
+        if not hasattr(torch.ops.embtable, "embedding_lookup"):  # a stale build
+            _COMPILED_LOOKUP.append(None)
             return None
 
         @torch.library.register_fake("embtable::embedding_lookup")

@@ -177,6 +177,14 @@ def test_without_the_extension_the_python_function_runs(monkeypatch: pytest.Monk
     assert torch.equal(weight.grad.to_dense()[1], torch.full((3,), 2.0))
 
 
+def test_a_build_without_the_op_runs_the_python_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_functions, "_COMPILED_LOOKUP", [])
+    monkeypatch.setattr(_functions, "hasattr", lambda *args: False, raising=False)  # a stale _C
+    weight = torch.randn(4, 3, requires_grad=True)
+    assert "_EmbeddingFunction" in F.embedding(torch.tensor([1, 2]), weight).grad_fn.name()
+    assert _functions._COMPILED_LOOKUP == [None]
+
+
 def test_gradcheck_float64() -> None:
     weight = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([[2, 0, 5], [2, 2, 1]])
