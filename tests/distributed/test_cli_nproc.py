@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def test_two_processes_beat_the_global_mean(movielens, tmp_path: Path, capsys) -
     tables = load_tables(out / "tables")
     assert tables["embedding_bags.user.weight"].shape == (movielens.num_users, 17)
     assert tables["embedding_bags.item.weight"].shape == (movielens.num_items, 17)
+    # summary.json names the checkpoint it describes (a run killed between the two is caught)
+    manifest = (out / "tables" / "embtable_manifest.json").read_bytes()
+    assert summary["tables_manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    from embtable.distributed.movielens import _manifest_digest
+
+    (out / "tables" / "embtable_manifest.json").write_bytes(manifest + b" ")
+    assert _manifest_digest(str(out / "tables")) != summary["tables_manifest_sha256"]
 
 
 def test_nproc_below_one_is_refused(capsys) -> None:

@@ -16,6 +16,7 @@ global batch (``batch_size`` per rank).  At the end: test RMSE (every rank score
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -24,6 +25,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from embtable._atomic import atomic_write_bytes
+from embtable.distributed.checkpoint import MANIFEST
 
 __all__ = ["train_movielens_sharded"]
 
@@ -197,10 +201,16 @@ def _worker(rank: int, world: int, port: int, options: Any, result_path: str) ->
             "test": {"rmse": round(float((sq[0] / sq[1]).sqrt()), 4), "ratings": int(sq[1])},
             "train_seconds": round(seconds, 1),
             "bytes_sent_rank0_last_step": sharded.stats.total_bytes(),
+            "tables_manifest_sha256": _manifest_digest(os.path.join(options.out, "tables")),
         }
-        with open(result_path, "w") as handle:
-            json.dump(summary, handle, indent=1)
+        atomic_write_bytes(result_path, json.dumps(summary, indent=1).encode())
     dist.destroy_process_group()
+
+
+def _manifest_digest(tables: str) -> str:
+    """SHA-256 of the sharded checkpoint's manifest: ties ``summary.json`` to the tables."""
+    with open(os.path.join(tables, MANIFEST), "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def train_movielens_sharded(options: Any, nproc: int, *, verbose: bool = True) -> dict[str, Any]:
@@ -230,6 +240,12 @@ def train_movielens_sharded(options: Any, nproc: int, *, verbose: bool = True) -
     mp.spawn(_worker, args=(nproc, port, options, path), nprocs=nproc, join=True)
     with open(path) as handle:
         summary = json.load(handle)
+    tables = os.path.join(options.out, "tables")
+    if summary.get("tables_manifest_sha256") != _manifest_digest(tables):
+        raise RuntimeError(
+            f"train_movielens_sharded: {path} does not describe the checkpoint in {tables} "
+            "(a run was killed between the two); train again"
+        )
     if verbose:
         print(
             f"test RMSE {summary['test']['rmse']:.4f} on {summary['test']['ratings']:,} ratings "
