@@ -2,7 +2,9 @@
 
 With one shard (no process group) and the whole row as its columns, the update must be
 :func:`embtable.ops._fused_reference.fused_update_rows` exactly: the same formula, state
-layout and int8_rowwise encoding (the distributed tests check the agreed statistics).
+layout and int8_rowwise encoding (the distributed tests check the agreed statistics);
+row-wise Adagrad, compiled, to a few ulp (tests/ops/test_fused_rowstat.py: bit for bit with
+the float32 operations).
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ def test_one_shard_equals_the_reference(case: tuple, decay: tuple, seed: int) ->
             weights[1], rule.state_tensors(states[1], group), rows, empty, grad, None,
             POOL_NONE, -1, False, rule.code, hparams,
         )
-    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+    # row-wise Adagrad runs compiled (_rowstat): its square is summed in another order
+    # (a few ulp) and its sqrt is correctly rounded where torch's AVX-512 one may be 1 ulp off
+    tol = {"rtol": 2.0**-20, "atol": 2.0**-24} if name == "rowwise_adagrad" else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(weights[0], weights[1], **tol)
     for key in states[1]:
-        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+        torch.testing.assert_close(states[0][key], states[1][key], **tol)
     assert not torch.equal(weights[0], weight)

@@ -50,6 +50,7 @@ from torch import Tensor
 from embtable import ops
 from embtable.config import PoolingMode
 from embtable.distributed._comm import CommStats, all_reduce
+from embtable.distributed._rowstat import row_square, rowwise_adagrad_rows
 from embtable.functional import FUSED_ATTR
 from embtable.nn.collection import BucketInput
 from embtable.ops._fused_reference import (
@@ -274,9 +275,10 @@ def _columns_backward(
             item.rows, item.grad = item.candidates[keep], full[keep]
         if item.optimizer is not None and item.optimizer.rule.code == OPT_ROWWISE_ADAGRAD:
             group = item.optimizer._group_of[id(item.job.weight)]
-            w = item.job.weight.detach().index_select(0, item.rows).float()
-            g_eff = _with_l2(item.grad, w, float(group["weight_decay"]), weight_decay_mode(group))
-            item.square = (g_eff * g_eff).sum(1)
+            item.square = row_square(
+                item.job.weight.detach(), item.rows, item.grad, float(group["weight_decay"]),
+                weight_decay_mode(group),
+            )
     _agree(pending, "square", stats, "col_stats")
     for item in pending:
         job = item.job
@@ -363,6 +365,9 @@ class ColumnUpdate:
         if rows.numel() == 0:  # (the same rows on every shard: all skip the collectives)
             return
         lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
+        if optimizer == OPT_ROWWISE_ADAGRAD:
+            self._rowwise_adagrad(weight, g, state[0], rows, lr, wd, mode, float(hparams[3]))
+            return
         w = weight.index_select(0, rows).float()
         slots = _slots(state)
         writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]] = []
@@ -379,8 +384,6 @@ class ColumnUpdate:
             total = _read(slots[0], rows) + step * step
             writes.append((slots[0], total))
             new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + float(hparams[3])))
-        elif optimizer == OPT_ROWWISE_ADAGRAD:
-            new = self._rowwise_adagrad(w, g, state[0], rows, lr, wd, mode, float(hparams[3]))
         elif optimizer == OPT_ADAM:
             new = self._adam(w, g, slots, rows, hparams, writes)
         else:
@@ -389,26 +392,16 @@ class ColumnUpdate:
         weight.index_copy_(0, rows, new.to(weight.dtype))
 
     def _rowwise_adagrad(
-        self, w: Tensor, g: Tensor, accumulator: Tensor, rows: Tensor, lr: float, wd: float,
-        mode: int, eps: float,
-    ) -> Tensor:
+        self, weight: Tensor, g: Tensor, accumulator: Tensor, rows: Tensor, lr: float,
+        wd: float, mode: int, eps: float,
+    ) -> None:
+        """The compiled update given the whole rows' squares (:mod:`._rowstat`)."""
         square = self.square  # (agreed by the caller for every table at once)
         if square is None:
-            g_eff = _with_l2(g, w, wd, mode)
-            square = (g_eff * g_eff).sum(1)
+            square = row_square(weight, rows, g, wd, mode)
             if self.group is not None:
                 all_reduce(square, dist.ReduceOp.SUM, self.group, self.stats, "col_stats")
-        total = accumulator.index_select(0, rows).float() + square / self.full_dim
-        accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
-        lr_t, wd_t = torch.tensor(lr), torch.tensor(wd)
-        multiplier = torch.div(lr_t, total.sqrt() + eps)
-        if mode == 1:
-            correction = 1.0 - multiplier * wd_t
-        elif mode == 2:
-            correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
-        else:
-            correction = torch.ones_like(multiplier)
-        return correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+        rowwise_adagrad_rows(weight, accumulator, rows, g, square, self.full_dim, lr, wd, mode, eps)
 
     def _adam(
         self, w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: list[float], writes: list

@@ -1,0 +1,164 @@
+r"""Row-wise Adagrad of a column shard, with the row's statistic from outside (compiled).
+
+A column shard's row-wise Adagrad update needs the mean squared gradient of the whole row,
+summed over the table's shards (:mod:`embtable.distributed._synced`).  Two ops split the
+update around that ``all_reduce``:
+
+- :func:`row_square`: each distinct row's sum of squared (L2-adjusted) gradient over this
+  shard's columns, the local part of the statistic;
+- :func:`rowwise_adagrad_rows`: the update given the summed statistic.
+
+Both run compiled (``embtable::rowstat_square`` / ``embtable::rowstat_rowwise_adagrad_``,
+``csrc/cpu/fused_rowstat_cpu.cpp``) for float32 CPU tables and accumulators, else through
+their pure-PyTorch twins :func:`reference_row_square` and
+:func:`reference_rowwise_adagrad_rows` (the oracles; a missing build warns once).  The
+update is bit for bit its oracle's; the square is summed in 8 lanes per row (as the
+one-process compiled row-wise Adagrad sums its row), within a few ulp of the oracle's
+``sum(1)``.
+
+Example:
+    >>> import torch
+    >>> weight = torch.ones(3, 2)
+    >>> accumulator = torch.zeros(3)
+    >>> rows, grad = torch.tensor([0, 2]), torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    >>> square = row_square(weight, rows, grad, 0.0, 0)
+    >>> square
+    tensor([25.,  0.])
+    >>> rowwise_adagrad_rows(weight, accumulator, rows, grad, square, 5, 1.0, 0.0, 0, 0.0)
+    >>> accumulator  # 25 / full_dim 5 for row 0
+    tensor([5., 0., 0.])
+    >>> weight[0]  # 1 - g / sqrt(5)
+    tensor([-0.3416, -0.7889])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from embtable.ops._compiled import extension_available
+from embtable.ops._fused_reference import _with_l2
+
+__all__ = [
+    "reference_row_square",
+    "reference_rowwise_adagrad_rows",
+    "row_square",
+    "rowwise_adagrad_rows",
+]
+
+_FAKES = {"registered": False}
+
+
+def _register_fakes() -> None:
+    if _FAKES["registered"]:
+        return
+    _FAKES["registered"] = True
+
+    @torch.library.register_fake("embtable::rowstat_square")
+    def _square_fake(weight, rows, grad, weight_decay, decay_mode):
+        return grad.new_empty((rows.shape[0],))
+
+    @torch.library.register_fake("embtable::rowstat_rowwise_adagrad_")
+    def _update_fake(weight, accumulator, rows, grad, square, full_dim, lr, weight_decay, decay_mode, eps):
+        return None
+
+
+def _compiled(*tensors: Tensor) -> bool:
+    """Float32 contiguous CPU tensors and a loaded extension that has the ops."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    if not extension_available() or not hasattr(torch.ops.embtable, "rowstat_square"):
+        return False
+    _register_fakes()
+    return True
+
+
+def reference_row_square(
+    weight: Tensor, rows: Tensor, grad: Tensor, weight_decay: float, mode: int
+) -> Tensor:
+    """The oracle of :func:`row_square`: ``(g_eff * g_eff).sum(1)``, ``g_eff`` being ``grad``
+    plus ``weight_decay * weight[rows]`` when ``mode == 1`` (L2)."""
+    w = weight.index_select(0, rows).float()
+    g_eff = _with_l2(grad.float(), w, float(weight_decay), int(mode))
+    return (g_eff * g_eff).sum(1)
+
+
+def row_square(weight: Tensor, rows: Tensor, grad: Tensor, weight_decay: float, mode: int) -> Tensor:
+    """Per distinct row, the sum over this shard's columns of the squared gradient.
+
+    Args:
+        weight: the shard's ``[num_rows, D]`` table (read only for L2, ``mode == 1``).
+        rows: int64 distinct rows, ``[U]``.
+        grad: float32 ``[U, D]`` reduced gradient of ``rows``.
+        weight_decay: the decay (used when ``mode == 1``).
+        mode: weight-decay mode (0 none, 1 L2, 2 decoupled).
+
+    Returns:
+        float32 ``[U]``.
+
+    Raises:
+        IndexError: a row outside the table (compiled: ``IndexError`` from the op).
+    """
+    if rows.dtype == torch.int64 and weight.is_contiguous() and _compiled(weight, grad):
+        return torch.ops.embtable.rowstat_square(weight, rows, grad, float(weight_decay), int(mode))
+    return reference_row_square(weight, rows, grad, weight_decay, mode)
+
+
+def reference_rowwise_adagrad_rows(
+    weight: Tensor, accumulator: Tensor, rows: Tensor, grad: Tensor, square: Tensor,
+    full_dim: int, lr: float, weight_decay: float, mode: int, eps: float,
+) -> None:
+    """The oracle of :func:`rowwise_adagrad_rows` (the formula of
+    :func:`embtable.ops._fused_reference.fused_update_rows` with the statistic given)."""
+    g = grad.float()
+    w = weight.index_select(0, rows).float()
+    total = accumulator.index_select(0, rows).float() + square / full_dim
+    accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
+    lr_t, wd_t = torch.tensor(lr), torch.tensor(weight_decay)
+    multiplier = torch.div(lr_t, total.sqrt() + eps)
+    if mode == 1:
+        correction = 1.0 - multiplier * wd_t
+    elif mode == 2:
+        correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
+    else:
+        correction = torch.ones_like(multiplier)
+    new = correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+    weight.index_copy_(0, rows, new.to(weight.dtype))
+
+
+def rowwise_adagrad_rows(
+    weight: Tensor, accumulator: Tensor, rows: Tensor, grad: Tensor, square: Tensor,
+    full_dim: int, lr: float, weight_decay: float, mode: int, eps: float,
+) -> None:
+    """Row-wise Adagrad on distinct ``rows`` of a column shard, in place.
+
+    ``accumulator[r] += square[i] / full_dim``; ``weight[r] = c * weight[r] - m * grad[i]``
+    with ``m = lr / (sqrt(accumulator[r]) + eps)`` and ``c = 1 - m * weight_decay`` (L2,
+    ``mode == 1``), ``1 - lr * weight_decay`` (decoupled, ``mode == 2``), else 1.
+
+    Args:
+        weight: the shard's ``[num_rows, D]`` table.
+        accumulator: ``[num_rows]`` row-wise state.
+        rows: int64 distinct rows ``[U]`` (repeated rows: undefined order).
+        grad: float32 ``[U, D]`` reduced gradient (without L2).
+        square: float32 ``[U]``: the whole row's summed squared gradient, all shards.
+        full_dim: the whole table's ``embedding_dim``.
+        lr, weight_decay, mode, eps: the rule's hyper-parameters.
+
+    Raises:
+        IndexError: a row outside the table (compiled: ``IndexError`` from the op).
+    """
+    if (
+        rows.dtype == torch.int64
+        and weight.is_contiguous()
+        and accumulator.is_contiguous()
+        and _compiled(weight, accumulator, grad, square)
+    ):
+        torch.ops.embtable.rowstat_rowwise_adagrad_(
+            weight, accumulator, rows, grad, square, int(full_dim), float(lr),
+            float(weight_decay), int(mode), float(eps),
+        )
+        return
+    reference_rowwise_adagrad_rows(
+        weight, accumulator, rows, grad, square, full_dim, lr, weight_decay, mode, eps
+    )
