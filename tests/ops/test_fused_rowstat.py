@@ -137,3 +137,24 @@ def test_fallback_runs_the_oracle(monkeypatch) -> None:
     double = weight.double()
     got = _rowstat.row_square(double, ids, grad.double(), 0.0, 0)
     assert got.dtype == torch.float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(ids=st.lists(st.integers(0, 49), max_size=30), extra=st.integers(0, 2000))
+def test_distinct_rows_equal_torch_unique(ids, extra) -> None:
+    tensor = torch.tensor(ids, dtype=torch.int64)
+    rows, inverse = _rowstat.distinct_rows(tensor, 50 + extra)  # compiled or the sort
+    want = torch.unique(tensor, sorted=True, return_inverse=True)
+    assert torch.equal(rows, want[0]) and torch.equal(inverse, want[1])
+    compiled = torch.ops.embtable.rowstat_distinct(tensor, 50 + extra)
+    assert torch.equal(compiled[0], want[0]) and torch.equal(compiled[1], want[1])
+    reference = _rowstat.reference_distinct_rows(tensor, 50)
+    assert torch.equal(reference[0], want[0]) and torch.equal(reference[1], want[1])
+
+
+def test_distinct_rows_opcheck_and_bad_id() -> None:
+    ids = torch.tensor([3, 1, 3, 7])
+    _rowstat.distinct_rows(ids, 8)  # registers the fakes
+    torch.library.opcheck(torch.ops.embtable.rowstat_distinct, (ids, 8))
+    with pytest.raises(IndexError, match="id 7 at position 3"):
+        torch.ops.embtable.rowstat_distinct(ids, 7)

@@ -50,7 +50,7 @@ from torch import Tensor
 from embtable import ops
 from embtable.config import PoolingMode
 from embtable.distributed._comm import CommStats, all_reduce
-from embtable.distributed._rowstat import row_square, rowwise_adagrad_rows
+from embtable.distributed._rowstat import distinct_rows, row_square, rowwise_adagrad_rows
 from embtable.functional import FUSED_ATTR
 from embtable.nn.collection import BucketInput
 from embtable.ops._fused_reference import (
@@ -188,16 +188,9 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _distinct(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
-    """``torch.unique(ids, sorted=True, return_inverse=True)``; by a mark per table row
-    instead of a sort when the table has at most 32 rows per id (half the time there)."""
-    if num_rows > 32 * max(ids.numel(), 1):
-        return torch.unique(ids, sorted=True, return_inverse=True)
-    present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device)
-    present[ids] = True
-    rows = torch.nonzero(present).squeeze(1)
-    index = torch.empty(num_rows, dtype=torch.int64, device=ids.device)
-    index[rows] = torch.arange(rows.numel(), device=ids.device)
-    return rows, index[ids]
+    """``torch.unique(ids, sorted=True, return_inverse=True)`` (compiled for tables of at most
+    32 rows per id: :func:`~embtable.distributed._rowstat.distinct_rows`)."""
+    return distinct_rows(ids, num_rows)
 
 
 def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:

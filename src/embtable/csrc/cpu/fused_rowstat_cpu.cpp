@@ -18,6 +18,9 @@
 // fused_update_cpu.cpp's one-process row-wise Adagrad does (torch's sum(1) adds in another
 // order: they agree to a few ulp, not bit for bit).
 // Rows are distinct (callers pass torch.unique's rows), so rows are updated in parallel.
+//   rowstat_distinct(ids, num_rows) -> (rows, inverse)
+//       torch.unique(ids, sorted=True, return_inverse=True) by a mark per table row (for
+//       tables of at most a few rows per id: one pass over the ids, one over the marks).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +28,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
+#include <vector>
 
 #pragma GCC optimize("fp-contract=off")
 
@@ -161,10 +166,42 @@ void rowstat_rowwise_adagrad_cpu(const at::Tensor& weight, const at::Tensor& acc
   });
 }
 
+std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, int64_t num_rows) {
+  constexpr const char* kApi = "embtable::rowstat_distinct";
+  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1, kApi,
+              ": ids must be a 1-D int64 CPU tensor, got ", ids.scalar_type(), " of shape ", ids.sizes());
+  TORCH_CHECK(num_rows >= 0, kApi, ": num_rows must be >= 0, got ", num_rows);
+  const at::Tensor c = ids.contiguous();
+  const int64_t n = c.numel();
+  const int64_t* ip = c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
+                      " is outside the table's ", num_rows, " rows");
+  }
+  // slot[r]: 0 = absent, else 1 (marked), then the row's position in `rows`
+  std::vector<int64_t> slot(static_cast<size_t>(num_rows), 0);
+  for (int64_t i = 0; i < n; ++i) slot[ip[i]] = 1;
+  int64_t count = 0;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (slot[r] != 0) slot[r] = count++;
+    else slot[r] = -1;
+  }
+  at::Tensor rows = at::empty({count}, c.options());
+  at::Tensor inverse = at::empty({n}, c.options());
+  int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (slot[r] >= 0) rp[slot[r]] = r;
+  }
+  int64_t* vp = inverse.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) vp[i] = slot[ip[i]];
+  return {rows, inverse};
+}
+
 }  // namespace
 }  // namespace embtable
 
 TORCH_LIBRARY_FRAGMENT(embtable, m) {
+  m.def("rowstat_distinct(Tensor ids, int num_rows) -> (Tensor, Tensor)");
   m.def("rowstat_square(Tensor weight, Tensor rows, Tensor grad, float weight_decay, int decay_mode) -> Tensor");
   m.def(
       "rowstat_rowwise_adagrad_(Tensor(a!) weight, Tensor(b!) accumulator, Tensor rows, Tensor grad, "
@@ -172,6 +209,7 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
 }
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
+  m.impl("rowstat_distinct", &embtable::rowstat_distinct_cpu);
   m.impl("rowstat_square", &embtable::rowstat_square_cpu);
   m.impl("rowstat_rowwise_adagrad_", &embtable::rowstat_rowwise_adagrad_cpu);
 }
