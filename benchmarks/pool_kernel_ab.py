@@ -1,4 +1,4 @@
-"""Benchmark: the pooled-bag kernel of two revisions side by side, in one process (issue 11).
+"""Benchmark: the pooled-bag kernel (and the fused Adam update) of two revisions side by side (issue 11).
 
 On a shared, loaded machine the run-to-run spread of a kernel (+-10-20 %) hides a change of a
 few per cent, so ``bags.py`` run before and after a change cannot tell it.  This script
@@ -12,6 +12,9 @@ equal first.
 Workloads: one table (V = 1,000,000, 2048 bags of 20 ids ``floor(V * u**3)``) at the given
 ``D`` and mode, and ``coll``: the 26-table collection of ``bags.py`` (b) pooled into its
 ``[B, 26 * 64]`` layout (torch's kernel on the same grouped ids writes ``[26 * B, 64]``).
+``adam:D``: one fused Adam step of that table (the current ``pool_bags`` forward, then
+``fused_update_rows`` with float32 moments) with ``fused_update_cpu.cpp`` of the base
+revision vs the working tree's; no torch column (SparseAdam is ``train_step.py``'s peer).
 ``--batches N`` cycles through N id batches (rows then come from memory, not from the cache
 the previous call left warm); the default 1 reuses one batch, as ``bags.py`` does.  Every
 contender reads the same table, placed by ``_placement.apply`` (``--placement 4k``: 4 KiB
@@ -35,10 +38,12 @@ import numpy as np
 import torch
 
 import _placement  # benchmarks/ is on sys.path when run as a script
+from embtable import ops
 from embtable.testing import zipf_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "src/embtable/csrc/cpu/rows_cpu.cpp"
+FUSED = "src/embtable/csrc/cpu/fused_update_cpu.cpp"
 WRAPPER = """
 #include <torch/extension.h>
 #include "rows_cpu.h"
@@ -49,6 +54,12 @@ WRAPPER = """
       const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); }
 DECLARE(kernel_old)
 DECLARE(kernel_new)
+#define DECLARE_FUSED(NS) namespace NS { \
+  void fused_update_rows_cpu(const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&, \
+      const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t, bool, int64_t, \
+      at::ArrayRef<double>); }
+DECLARE_FUSED(fused_old)
+DECLARE_FUSED(fused_new)
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("old", [](at::Tensor w, at::Tensor i, at::Tensor o, std::optional<at::Tensor> p,
                   int64_t pool, int64_t f) {
@@ -58,29 +69,39 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   int64_t pool, int64_t f) {
     return f == 1 ? std::get<0>(kernel_new::pool_bags_cpu(w, i, o, p, pool, -1))
                   : kernel_new::pool_bags_grouped_cpu(w, i, o, p, pool, -1, f); });
+  m.def("adam_old", [](at::Tensor w, std::vector<at::Tensor> st, at::Tensor i, at::Tensor o, at::Tensor g,
+                       std::vector<double> h) { fused_old::fused_update_rows_cpu(w, st, i, o, g, std::nullopt, 1, -1,
+                                                                                false, 3, h); });
+  m.def("adam_new", [](at::Tensor w, std::vector<at::Tensor> st, at::Tensor i, at::Tensor o, at::Tensor g,
+                       std::vector<double> h) { fused_new::fused_update_rows_cpu(w, st, i, o, g, std::nullopt, 1, -1,
+                                                                                false, 3, h); });
 }
 """
 
 
 def renamed(text: str, namespace: str) -> str:
-    """rows_cpu.cpp with its definitions moved from ``embtable`` into ``namespace``."""
+    """A kernel source with its definitions moved from ``embtable`` into ``namespace``."""
     text = text.replace("namespace embtable {", f"namespace {namespace} {{\nusing namespace ::embtable;", 1)
     if f"namespace {namespace} {{" not in text:
-        raise ValueError(f"pool_kernel_ab: no 'namespace embtable {{' in {SOURCE}")
+        raise ValueError("pool_kernel_ab: no 'namespace embtable {' in a kernel source")
     return text
 
 
 def build(base: str, directory: Path):
     from torch.utils.cpp_extension import load
 
-    old = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{SOURCE}"], check=True,
-                         capture_output=True, text=True).stdout
-    new = (ROOT / SOURCE).read_text()
+    def at_base(path: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:{path}"], check=True,
+                              capture_output=True, text=True).stdout
+
     (directory / "rows_cpu.h").write_text((ROOT / "src/embtable/csrc/cpu/rows_cpu.h").read_text())
-    (directory / "old.cpp").write_text(renamed(old, "kernel_old"))
-    (directory / "new.cpp").write_text(renamed(new, "kernel_new"))
+    (directory / "old.cpp").write_text(renamed(at_base(SOURCE), "kernel_old"))
+    (directory / "new.cpp").write_text(renamed((ROOT / SOURCE).read_text(), "kernel_new"))
+    (directory / "fused_old.cpp").write_text(renamed(at_base(FUSED), "fused_old"))
+    (directory / "fused_new.cpp").write_text(renamed((ROOT / FUSED).read_text(), "fused_new"))
     (directory / "wrap.cpp").write_text(WRAPPER)
-    return load(name="pool_kernel_ab", sources=[str(directory / n) for n in ("wrap.cpp", "old.cpp", "new.cpp")],
+    names = ("wrap.cpp", "old.cpp", "new.cpp", "fused_old.cpp", "fused_new.cpp")
+    return load(name="pool_kernel_ab", sources=[str(directory / n) for n in names],
                 build_directory=str(directory), extra_cflags=["-O3", "-fno-math-errno", "-fopenmp", "-std=c++20",
                                                               "-march=native"],
                 extra_ldflags=["-fopenmp"])
@@ -104,8 +125,49 @@ def case_data(case: str, batches: int, gen: torch.Generator):
     return weight, ids, offsets, psw, {"sum": 1, "wsum": 1, "mean": 2, "max": 3}[mode], 1
 
 
+def time_adam(ext, dim: int, batches_wanted: int, repeats: int, placement: str) -> tuple[float, float, float]:
+    """Median ms of a fused Adam step (forward + update) with the old and the new update kernel."""
+    if not ops.extension_available():  # loads embtable._C: the forward is its pool_bags
+        raise RuntimeError("pool_kernel_ab: the adam case needs the built extension embtable._C")
+    gen = torch.Generator().manual_seed(0)
+    num_rows = 1_000_000
+    weight = torch.randn(num_rows, dim, generator=gen)
+    state = [torch.zeros(num_rows, dim), torch.zeros(num_rows, dim), torch.zeros(num_rows, dtype=torch.long)]
+    batches = [zipf_ids(num_rows, (2048 * 20,), generator=gen) for _ in range(batches_wanted)]
+    offsets = torch.arange(0, 2048 * 20 + 1, 20)
+    grad = torch.randn(2048, dim, generator=gen)
+    hparams = [1e-6, 0.0, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.0]  # lr, wd, wd mode, betas, eps, per-row steps
+    _placement.apply(placement)
+    probe = [weight[:64].clone(), *(t[:64].clone() for t in state)]  # both kernels agree (small table)
+    ids, small_offsets = batches[0][:200] % 64, torch.arange(0, 201, 20)
+    results = []
+    for name in ("adam_old", "adam_new"):
+        w, st = probe[0].clone(), [t.clone() for t in probe[1:]]
+        getattr(ext, name)(w, st, ids, small_offsets, grad[:10], hparams)
+        results.append((w, st))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+
+    def step(kernel, ids: torch.Tensor) -> None:
+        torch.ops.embtable.pool_bags(weight, ids, offsets, None, 1, -1)
+        kernel(weight, state, ids, offsets, grad, hparams)
+
+    samples: dict[str, list[float]] = {"old": [], "new": []}
+    calls = 0
+    for round_index in range(2 + repeats):
+        for name, kernel in (("old", ext.adam_old), ("new", ext.adam_new)):
+            ids = batches[calls % len(batches)]  # every call its own batch when several are cycled
+            calls += 1
+            start = time.thread_time()
+            step(kernel, ids)
+            if round_index >= 2:
+                samples[name].append((time.thread_time() - start) * 1e3)
+    return float("nan"), statistics.median(samples["old"]), statistics.median(samples["new"])
+
+
 def time_case(ext, case: str, batches_wanted: int, repeats: int, placement: str) -> tuple[float, float, float]:
     """Median ms of torch, the old and the new kernel on one case (outputs checked first)."""
+    if case.startswith("adam:"):
+        return time_adam(ext, int(case.split(":")[1]), batches_wanted, repeats, placement)
     gen = torch.Generator().manual_seed(0)
     weight, batches, offsets, psw, pooling, features = case_data(case, batches_wanted, gen)
     _placement.apply(placement)  # the one table all three read
@@ -157,7 +219,10 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---:|")
         for case in args.cases.split(","):
             t, o, n = time_case(ext, case, args.batches, args.repeats, args.placement)
-            print(f"| {case} | {t:.3f} | {o:.3f} | {n:.3f} | {o / t:.2f} | {n / t:.2f} | {n / o:.2f} |", flush=True)
+            if t != t:  # nan: no torch column (adam)
+                print(f"| {case} | - | {o:.3f} | {n:.3f} | - | - | {n / o:.2f} |", flush=True)
+            else:
+                print(f"| {case} | {t:.3f} | {o:.3f} | {n:.3f} | {o / t:.2f} | {n / t:.2f} | {n / o:.2f} |", flush=True)
         load = os.getloadavg()
         print(f"load average at end {load[0]:.1f} / {load[1]:.1f}")
 
