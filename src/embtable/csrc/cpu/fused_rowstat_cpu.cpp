@@ -27,7 +27,10 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -178,22 +181,33 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
     TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
                       " is outside the table's ", num_rows, " rows");
   }
-  // slot[r]: 0 = absent, else 1 (marked), then the row's position in `rows`
-  std::vector<int64_t> slot(static_cast<size_t>(num_rows), 0);
-  for (int64_t i = 0; i < n; ++i) slot[ip[i]] = 1;
-  int64_t count = 0;
-  for (int64_t r = 0; r < num_rows; ++r) {
-    if (slot[r] != 0) slot[r] = count++;
-    else slot[r] = -1;
+  // a byte mark per table row; position[r] is written (and read) only for marked rows
+  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);
+  std::unique_ptr<int64_t[]> position(new int64_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
+  for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
+  std::vector<int64_t> found;
+  found.reserve(static_cast<size_t>(std::min(n, num_rows)));
+  for (int64_t r = 0; r < num_rows;) {
+    uint64_t word;
+    std::memcpy(&word, mark.data() + r, sizeof(word));  // (8 bytes of padding at the end)
+    if (word == 0) {  // eight unmarked rows at once
+      r += 8;
+      continue;
+    }
+    const int64_t stop = std::min<int64_t>(r + 8, num_rows);
+    for (; r < stop; ++r) {
+      if (mark[r]) {
+        position[r] = static_cast<int64_t>(found.size());
+        found.push_back(r);
+      }
+    }
   }
+  const int64_t count = static_cast<int64_t>(found.size());
   at::Tensor rows = at::empty({count}, c.options());
   at::Tensor inverse = at::empty({n}, c.options());
-  int64_t* rp = rows.data_ptr<int64_t>();
-  for (int64_t r = 0; r < num_rows; ++r) {
-    if (slot[r] >= 0) rp[slot[r]] = r;
-  }
+  std::memcpy(rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
   int64_t* vp = inverse.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) vp[i] = slot[ip[i]];
+  for (int64_t i = 0; i < n; ++i) vp[i] = position[ip[i]];
   return {rows, inverse};
 }
 
