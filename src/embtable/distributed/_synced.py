@@ -18,9 +18,11 @@ shard reduces its own columns' gradient per row; before its fused update:
 
 The touched rows and the squares of every column table of a step are agreed with one
 ``all_reduce`` per process group each (the tables' vectors concatenated); the scales, which
-need the new moments, with one per table.  The update is
+need the new moments, with one per table.  Row-wise Adagrad runs compiled
+(:mod:`embtable.distributed._rowstat`: the distinct rows, the partial squares, the update
+given the agreed squares).  Otherwise the update is
 :func:`embtable.ops._fused_reference.fused_update_rows`'s formula (the oracle of the compiled
-kernel) with these statistics, run through
+kernel) with these statistics; both run through
 :meth:`~embtable.optim.FusedOptimizer.apply_update` (``kernel=``), which keeps the state and
 step bookkeeping.  The collectives of a table run over the ranks holding its shards.  A
 column shard that needs no statistic (SGD, Adagrad, Adam with float32 state; sum / mean
