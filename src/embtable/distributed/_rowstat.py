@@ -115,6 +115,7 @@ def distinct_rows(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """
     if (
         num_rows <= 32 * max(ids.numel(), 1)
+        and num_rows < 2**31
         and ids.dtype == torch.int64
         and ids.dim() == 1
         and _compiled()

@@ -39,6 +39,8 @@
 namespace embtable {
 namespace {
 
+constexpr int64_t kAhead = 8;  // prefetch distance in rows
+
 void check_rows(const char* api, const at::Tensor& weight, const at::Tensor& rows,
                 const at::Tensor& grad) {
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
@@ -145,6 +147,11 @@ void rowstat_rowwise_adagrad_cpu(const at::Tensor& weight, const at::Tensor& acc
   const float decay = 1.0f - lr_f * wd_f;
   at::parallel_for(0, u, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      if (i + kAhead < end) {  // the table rows a few distinct rows ahead (random reads)
+        const float* ahead = wp + rp[i + kAhead] * d;
+        for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(ahead + j, 1);
+        __builtin_prefetch(ap + rp[i + kAhead], 1);
+      }
       const int64_t row = rp[i];
       const float mean = sp[i] / dim_f;
       const float total = ap[row] + mean;
@@ -173,7 +180,8 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
   constexpr const char* kApi = "embtable::rowstat_distinct";
   TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1, kApi,
               ": ids must be a 1-D int64 CPU tensor, got ", ids.scalar_type(), " of shape ", ids.sizes());
-  TORCH_CHECK(num_rows >= 0, kApi, ": num_rows must be >= 0, got ", num_rows);
+  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), kApi,
+              ": num_rows must be in [0, 2^31), got ", num_rows);
   const at::Tensor c = ids.contiguous();
   const int64_t n = c.numel();
   const int64_t* ip = c.data_ptr<int64_t>();
@@ -183,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
   }
   // a byte mark per table row; position[r] is written (and read) only for marked rows
   std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);
-  std::unique_ptr<int64_t[]> position(new int64_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
+  std::unique_ptr<int32_t[]> position(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
   for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
   std::vector<int64_t> found;
   found.reserve(static_cast<size_t>(std::min(n, num_rows)));
@@ -197,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
     const int64_t stop = std::min<int64_t>(r + 8, num_rows);
     for (; r < stop; ++r) {
       if (mark[r]) {
-        position[r] = static_cast<int64_t>(found.size());
+        position[r] = static_cast<int32_t>(found.size());
         found.push_back(r);
       }
     }
