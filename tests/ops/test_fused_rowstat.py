@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from embtable import ops
 from embtable.distributed import _rowstat
 from embtable.ops import extension_available
 
@@ -158,3 +159,57 @@ def test_distinct_rows_opcheck_and_bad_id() -> None:
     torch.library.opcheck(torch.ops.embtable.rowstat_distinct, (ids, 8))
     with pytest.raises(IndexError, match="id 7 at position 3"):
         torch.ops.embtable.rowstat_distinct(ids, 7)
+
+
+def _pure_bag_rows(ids, offsets, grad, weights, num_rows, pooling, pad):
+    """The pure-PyTorch oracle: torch.unique + the reference pool_bags_backward."""
+    from embtable.ops import _reference
+
+    dense = _reference.pool_bags_backward(
+        grad, ids, offsets, weights, torch.empty(0, dtype=torch.int64), num_rows, pooling, pad,
+        False, False,
+    )
+    rows = torch.unique(ids[ids != pad]) if pad >= 0 else torch.unique(ids)
+    return rows, dense[rows]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    sizes=st.lists(st.integers(0, 6), min_size=0, max_size=12),
+    dim=st.sampled_from([1, 5, 8, 32]),
+    pooling=st.sampled_from([1, 2]),
+    weighted=st.booleans(),
+    pad=st.sampled_from([-1, 0, 3]),
+)
+def test_bag_rows_equal_the_oracles(seed, sizes, dim, pooling, weighted, pad) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    ids = torch.randint(0, 9, (int(offsets[-1]),), generator=gen)
+    grad = torch.randn(len(sizes), dim, generator=gen)
+    weights = torch.rand(ids.numel(), generator=gen) if weighted else None
+    got = torch.ops.embtable.rowstat_reduce(ids, offsets, grad, weights, 9, pooling, pad)
+    # the compiled pool_bags_backward (the path before) may use FMAs: 1 ulp per addition
+    rows, compact = torch.unique(ids, return_inverse=True)
+    where = int((rows == pad).nonzero().flatten()[0]) if bool((rows == pad).any()) else -1
+    before = ops.pool_bags_backward(
+        grad, compact, offsets, weights, torch.empty(0, dtype=torch.int64), rows.numel(),
+        pooling, where, False, False,
+    )[rows != pad]
+    torch.testing.assert_close(got[1], before, rtol=1e-6, atol=1e-6)
+    for want in (
+        _rowstat.reference_bag_rows(ids, offsets, grad, weights, 9, pooling, pad),
+        _pure_bag_rows(ids, offsets, grad, weights, 9, pooling, pad),
+    ):
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+
+
+def test_bag_rows_opcheck_and_errors() -> None:
+    ids, offsets, grad = torch.tensor([3, 1, 3, 7]), torch.tensor([0, 1, 4]), torch.randn(2, 4)
+    _rowstat.bag_rows(ids, offsets, grad, None, 8, 2, 1)  # registers the fakes
+    torch.library.opcheck(torch.ops.embtable.rowstat_reduce, (ids, offsets, grad, None, 8, 2, 1))
+    with pytest.raises(IndexError, match="id 7 at position 3"):
+        _rowstat.bag_rows(ids, offsets, grad, None, 7, 1, -1)
+    with pytest.raises(RuntimeError, match="offsets must run from 0 to 4"):
+        torch.ops.embtable.rowstat_reduce(ids, torch.tensor([0, 1, 3]), grad, None, 8, 1, -1)

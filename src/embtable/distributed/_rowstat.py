@@ -36,10 +36,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from embtable.ops import _reference
 from embtable.ops._compiled import extension_available
 from embtable.ops._fused_reference import _with_l2
 
 __all__ = [
+    "bag_rows",
+    "reference_bag_rows",
     "distinct_rows",
     "reference_distinct_rows",
     "reference_row_square",
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 _FAKES = {"registered": False}
+_NO_IDS = torch.empty(0, dtype=torch.int64)
 
 
 def _register_fakes() -> None:
@@ -64,6 +68,11 @@ def _register_fakes() -> None:
     def _distinct_fake(ids, num_rows):
         count = torch.library.get_ctx().new_dynamic_size()
         return ids.new_empty((count,)), ids.new_empty(ids.shape)
+
+    @torch.library.register_fake("embtable::rowstat_reduce")
+    def _reduce_fake(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx):
+        count = torch.library.get_ctx().new_dynamic_size()
+        return ids.new_empty((count,)), grad.new_empty((count, grad.shape[1]))
 
     @torch.library.register_fake("embtable::rowstat_rowwise_adagrad_")
     def _update_fake(weight, accumulator, rows, grad, square, full_dim, lr, weight_decay, decay_mode, eps):
@@ -123,6 +132,73 @@ def distinct_rows(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     ):
         return torch.ops.embtable.rowstat_distinct(ids, int(num_rows))
     return reference_distinct_rows(ids, num_rows)
+
+
+def reference_bag_rows(
+    ids: Tensor, offsets: Tensor, grad: Tensor, per_sample_weights: Tensor | None,
+    num_rows: int, pooling: int, padding_idx: int,
+) -> tuple[Tensor, Tensor]:
+    """The oracle of :func:`bag_rows`: :func:`reference_distinct_rows`, then the pure-PyTorch
+    :func:`embtable.ops._reference.pool_bags_backward` over the distinct rows, the padding
+    row dropped (the compiled ``pool_bags_backward`` may contract ``y += g * w`` into an FMA:
+    1 ulp off with per-sample weights)."""
+    rows, compact = reference_distinct_rows(ids, num_rows)
+    where = int(torch.searchsorted(rows, padding_idx)) if padding_idx >= 0 else -1
+    if where >= 0 and (where >= rows.numel() or int(rows[where]) != padding_idx):
+        where = -1  # the padding row is not in this batch
+    summed = _reference.pool_bags_backward(
+        grad.float(), compact, offsets,
+        None if per_sample_weights is None else per_sample_weights.float(),
+        _NO_IDS, rows.numel(), pooling, where, False, False,
+    )
+    if where >= 0:
+        keep = torch.arange(rows.numel(), device=rows.device) != where
+        rows, summed = rows[keep], summed[keep]
+    return rows, summed
+
+
+def bag_rows(
+    ids: Tensor, offsets: Tensor, grad: Tensor, per_sample_weights: Tensor | None,
+    num_rows: int, pooling: int, padding_idx: int,
+) -> tuple[Tensor, Tensor]:
+    """The distinct rows of sum / mean bags and their summed gradient, in one pass
+    (``embtable::rowstat_reduce``; contributions in input order per row).
+
+    Args:
+        ids: 1-D int64 ids of the bags.
+        offsets: int64 bag offsets (``len(bags) + 1``).
+        grad: ``[bags, D]`` gradient of the pooled bags.
+        per_sample_weights: a weight per id, or ``None``.
+        num_rows: the table's rows.
+        pooling: 1 (sum) or 2 (mean).
+        padding_idx: a row that receives nothing (-1: none).
+
+    Returns:
+        ``(rows, summed)``: sorted distinct non-padding rows and float32 ``[U, D]`` sums.
+
+    Raises:
+        IndexError: an id outside the table.
+
+    Example:
+        >>> rows, summed = bag_rows(
+        ...     torch.tensor([2, 0, 2]), torch.tensor([0, 2, 3]), torch.ones(2, 1), None, 4, 1, -1
+        ... )
+        >>> rows, summed
+        (tensor([0, 2]), tensor([[1.],
+                [2.]]))
+    """
+    if (
+        ids.dtype == torch.int64
+        and offsets.dtype == torch.int64
+        and num_rows < 2**31
+        and (per_sample_weights is None or per_sample_weights.dtype == torch.float32)
+        and ids.device.type == "cpu"
+        and _compiled(grad)
+    ):
+        return torch.ops.embtable.rowstat_reduce(
+            ids, offsets, grad, per_sample_weights, int(num_rows), int(pooling), int(padding_idx)
+        )
+    return reference_bag_rows(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx)
 
 
 def reference_row_square(

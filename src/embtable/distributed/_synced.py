@@ -52,7 +52,12 @@ from torch import Tensor
 from embtable import ops
 from embtable.config import PoolingMode
 from embtable.distributed._comm import CommStats, all_reduce
-from embtable.distributed._rowstat import distinct_rows, row_square, rowwise_adagrad_rows
+from embtable.distributed._rowstat import (
+    bag_rows,
+    distinct_rows,
+    row_square,
+    rowwise_adagrad_rows,
+)
 from embtable.functional import FUSED_ATTR
 from embtable.nn.collection import BucketInput
 from embtable.ops._fused_reference import (
@@ -173,20 +178,11 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
     weights = lookup.per_sample_weights
     if job.pooling == POOL_NONE:
         return reduce_rows(ids, lookup.offsets, grad, weights, job.pooling, pad, False)
-    # sum / mean: the compiled dense backward over the distinct rows (ids renumbered 0..U-1),
-    # contributions added in input order per row as reduce_rows does
-    rows, compact = _distinct(ids, job.weight.shape[0])
-    where = int(torch.searchsorted(rows, pad)) if pad >= 0 else -1
-    if where >= 0 and (where >= rows.numel() or int(rows[where]) != pad):
-        where = -1  # the padding row is not in this batch
-    summed = ops.pool_bags_backward(
-        grad.float(), compact, lookup.offsets, None if weights is None else weights.float(),
-        _NO_OFFSETS, rows.numel(), job.pooling, where, False, False,
+    # sum / mean: the distinct rows and their summed gradient in one compiled pass (the
+    # contributions added in input order per row, as reduce_rows does)
+    return bag_rows(
+        ids, lookup.offsets, grad.float(), weights, job.weight.shape[0], job.pooling, pad
     )
-    if where >= 0:
-        keep = torch.arange(rows.numel(), device=rows.device) != where
-        rows, summed = rows[keep], summed[keep]
-    return rows, summed
 
 
 def _distinct(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,10 @@
 // fused_update_cpu.cpp's one-process row-wise Adagrad does (torch's sum(1) adds in another
 // order: they agree to a few ulp, not bit for bit).
 // Rows are distinct (callers pass torch.unique's rows), so rows are updated in parallel.
+//   rowstat_reduce(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx)
+//       -> (rows, summed): the distinct non-padding rows of sum / mean bags and each row's
+//       summed gradient, contributions added in input order (pool_bags_backward's factors:
+//       1 / bag size in float64 for a mean, times the per-sample weight), in one call.
 //   rowstat_distinct(ids, num_rows) -> (rows, inverse)
 //       torch.unique(ids, sorted=True, return_inverse=True) by a mark per table row (for
 //       tables of at most a few rows per id: one pass over the ids, one over the marks).
@@ -31,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -219,11 +224,111 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
   return {rows, inverse};
 }
 
+std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
+    const at::Tensor& ids, const at::Tensor& offsets, const at::Tensor& grad_in,
+    const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows, int64_t pooling,
+    int64_t padding_idx) {
+  constexpr const char* kApi = "embtable::rowstat_reduce";
+  TORCH_CHECK(pooling == 1 || pooling == 2, kApi, ": pooling must be 1 (sum) or 2 (mean), got ",
+              pooling);
+  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 &&
+                  offsets.scalar_type() == at::kLong && offsets.dim() == 1,
+              kApi, ": ids and offsets must be 1-D int64 CPU tensors, got ", ids.scalar_type(), " ",
+              ids.sizes(), " and ", offsets.scalar_type(), " ", offsets.sizes());
+  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), kApi,
+              ": num_rows must be in [0, 2^31), got ", num_rows);
+  const int64_t bags = std::max<int64_t>(offsets.numel() - 1, 0);
+  TORCH_CHECK(grad_in.scalar_type() == at::kFloat && grad_in.dim() == 2 && grad_in.size(0) == bags,
+              kApi, ": grad must be float32 of shape [", bags, ", D], got ", grad_in.scalar_type(),
+              " of shape ", grad_in.sizes());
+  const at::Tensor c = ids.contiguous(), o = offsets.contiguous(), grad = grad_in.contiguous();
+  const int64_t n = c.numel(), d = grad.size(1);
+  const int64_t* ip = c.data_ptr<int64_t>();
+  const int64_t* op = o.data_ptr<int64_t>();
+  TORCH_CHECK(bags == 0 || (op[0] == 0 && op[bags] == n), kApi, ": offsets must run from 0 to ", n);
+  for (int64_t b = 0; b < bags; ++b) {
+    TORCH_CHECK(op[b] <= op[b + 1], kApi, ": offsets must not decrease (bag ", b, ")");
+  }
+  const float* pp = nullptr;
+  at::Tensor psw;
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    psw = per_sample_weights->contiguous();
+    TORCH_CHECK(psw.scalar_type() == at::kFloat && psw.numel() == n, kApi,
+                ": per_sample_weights must be float32 with one weight per id (", n, "), got ",
+                psw.scalar_type(), " of shape ", psw.sizes());
+    pp = psw.data_ptr<float>();
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
+                      " is outside the table's ", num_rows, " rows");
+  }
+  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);
+  std::unique_ptr<int32_t[]> position(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
+  for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
+  if (padding_idx >= 0 && padding_idx < num_rows) mark[padding_idx] = 0;
+  std::vector<int64_t> found;
+  found.reserve(static_cast<size_t>(std::min(n, num_rows)));
+  for (int64_t r = 0; r < num_rows;) {
+    uint64_t word;
+    std::memcpy(&word, mark.data() + r, sizeof(word));
+    if (word == 0) {
+      r += 8;
+      continue;
+    }
+    const int64_t stop = std::min<int64_t>(r + 8, num_rows);
+    for (; r < stop; ++r) {
+      if (mark[r]) {
+        position[r] = static_cast<int32_t>(found.size());
+        found.push_back(r);
+      }
+    }
+  }
+  const int64_t count = static_cast<int64_t>(found.size());
+  at::Tensor rows = at::empty({count}, c.options());
+  std::memcpy(rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
+  at::Tensor out = at::zeros({count, d}, grad.options());
+  float* yp = out.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  for (int64_t b = 0; b < bags; ++b) {
+    double inverse = 1.0;
+    if (pooling == 2) {
+      int64_t size = 0;
+      for (int64_t i = op[b]; i < op[b + 1]; ++i) size += ip[i] != padding_idx;
+      inverse = 1.0 / static_cast<double>(std::max<int64_t>(size, 1));
+    }
+    const float* g = gp + b * d;
+    const float mean_scale = static_cast<float>(inverse);
+    for (int64_t i = op[b]; i < op[b + 1]; ++i) {
+      const int64_t id = ip[i];
+      if (id == padding_idx) continue;
+      float* y = yp + static_cast<int64_t>(position[id]) * d;
+      if (pp != nullptr) {
+        const float f = pooling == 2 ? static_cast<float>(static_cast<double>(pp[i]) * inverse) : pp[i];
+        for (int64_t j = 0; j < d; ++j) {
+          const float t = g[j] * f;
+          y[j] = y[j] + t;
+        }
+      } else if (pooling == 2) {
+        for (int64_t j = 0; j < d; ++j) {
+          const float t = g[j] * mean_scale;
+          y[j] = y[j] + t;
+        }
+      } else {
+        for (int64_t j = 0; j < d; ++j) y[j] = y[j] + g[j];
+      }
+    }
+  }
+  return {rows, out};
+}
+
 }  // namespace
 }  // namespace embtable
 
 TORCH_LIBRARY_FRAGMENT(embtable, m) {
   m.def("rowstat_distinct(Tensor ids, int num_rows) -> (Tensor, Tensor)");
+  m.def(
+      "rowstat_reduce(Tensor ids, Tensor offsets, Tensor grad, Tensor? per_sample_weights, "
+      "int num_rows, int pooling, int padding_idx) -> (Tensor, Tensor)");
   m.def("rowstat_square(Tensor weight, Tensor rows, Tensor grad, float weight_decay, int decay_mode) -> Tensor");
   m.def(
       "rowstat_rowwise_adagrad_(Tensor(a!) weight, Tensor(b!) accumulator, Tensor rows, Tensor grad, "
@@ -232,6 +337,7 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
   m.impl("rowstat_distinct", &embtable::rowstat_distinct_cpu);
+  m.impl("rowstat_reduce", &embtable::rowstat_reduce_cpu);
   m.impl("rowstat_square", &embtable::rowstat_square_cpu);
   m.impl("rowstat_rowwise_adagrad_", &embtable::rowstat_rowwise_adagrad_cpu);
 }
