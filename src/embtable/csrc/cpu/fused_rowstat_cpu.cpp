@@ -181,28 +181,32 @@ void rowstat_rowwise_adagrad_cpu(const at::Tensor& weight, const at::Tensor& acc
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, int64_t num_rows) {
-  constexpr const char* kApi = "embtable::rowstat_distinct";
-  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1, kApi,
-              ": ids must be a 1-D int64 CPU tensor, got ", ids.scalar_type(), " of shape ", ids.sizes());
-  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), kApi,
+// The sorted distinct ids of ip[0..n) in [0, num_rows) (range-checked; `skip`, if in range,
+// left out) by a byte mark per table row, and position[r] = r's index among them (written,
+// and valid, only for those rows).
+struct Distinct {
+  at::Tensor rows;
+  std::unique_ptr<int32_t[]> position;
+};
+
+Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n, int64_t num_rows,
+                           int64_t skip, const at::TensorOptions& options) {
+  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), api,
               ": num_rows must be in [0, 2^31), got ", num_rows);
-  const at::Tensor c = ids.contiguous();
-  const int64_t n = c.numel();
-  const int64_t* ip = c.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
+    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, api, ": id ", ip[i], " at position ", i,
                       " is outside the table's ", num_rows, " rows");
   }
-  // a byte mark per table row; position[r] is written (and read) only for marked rows
-  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);
-  std::unique_ptr<int32_t[]> position(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
+  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);  // (8 bytes of padding)
+  Distinct out;
+  out.position.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
   for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
+  if (skip >= 0 && skip < num_rows) mark[skip] = 0;
   std::vector<int64_t> found;
   found.reserve(static_cast<size_t>(std::min(n, num_rows)));
   for (int64_t r = 0; r < num_rows;) {
     uint64_t word;
-    std::memcpy(&word, mark.data() + r, sizeof(word));  // (8 bytes of padding at the end)
+    std::memcpy(&word, mark.data() + r, sizeof(word));
     if (word == 0) {  // eight unmarked rows at once
       r += 8;
       continue;
@@ -210,18 +214,29 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
     const int64_t stop = std::min<int64_t>(r + 8, num_rows);
     for (; r < stop; ++r) {
       if (mark[r]) {
-        position[r] = static_cast<int32_t>(found.size());
+        out.position[r] = static_cast<int32_t>(found.size());
         found.push_back(r);
       }
     }
   }
   const int64_t count = static_cast<int64_t>(found.size());
-  at::Tensor rows = at::empty({count}, c.options());
+  out.rows = at::empty({count}, options);
+  std::memcpy(out.rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, int64_t num_rows) {
+  constexpr const char* kApi = "embtable::rowstat_distinct";
+  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1, kApi,
+              ": ids must be a 1-D int64 CPU tensor, got ", ids.scalar_type(), " of shape ", ids.sizes());
+  const at::Tensor c = ids.contiguous();
+  const int64_t n = c.numel();
+  const int64_t* ip = c.data_ptr<int64_t>();
+  Distinct distinct = distinct_by_marks(kApi, ip, n, num_rows, -1, c.options());
   at::Tensor inverse = at::empty({n}, c.options());
-  std::memcpy(rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
   int64_t* vp = inverse.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) vp[i] = position[ip[i]];
-  return {rows, inverse};
+  for (int64_t i = 0; i < n; ++i) vp[i] = distinct.position[ip[i]];
+  return {distinct.rows, inverse};
 }
 
 std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
@@ -235,8 +250,6 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
                   offsets.scalar_type() == at::kLong && offsets.dim() == 1,
               kApi, ": ids and offsets must be 1-D int64 CPU tensors, got ", ids.scalar_type(), " ",
               ids.sizes(), " and ", offsets.scalar_type(), " ", offsets.sizes());
-  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), kApi,
-              ": num_rows must be in [0, 2^31), got ", num_rows);
   const int64_t bags = std::max<int64_t>(offsets.numel() - 1, 0);
   TORCH_CHECK(grad_in.scalar_type() == at::kFloat && grad_in.dim() == 2 && grad_in.size(0) == bags,
               kApi, ": grad must be float32 of shape [", bags, ", D], got ", grad_in.scalar_type(),
@@ -258,34 +271,10 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
                 psw.scalar_type(), " of shape ", psw.sizes());
     pp = psw.data_ptr<float>();
   }
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
-                      " is outside the table's ", num_rows, " rows");
-  }
-  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);
-  std::unique_ptr<int32_t[]> position(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
-  for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
-  if (padding_idx >= 0 && padding_idx < num_rows) mark[padding_idx] = 0;
-  std::vector<int64_t> found;
-  found.reserve(static_cast<size_t>(std::min(n, num_rows)));
-  for (int64_t r = 0; r < num_rows;) {
-    uint64_t word;
-    std::memcpy(&word, mark.data() + r, sizeof(word));
-    if (word == 0) {
-      r += 8;
-      continue;
-    }
-    const int64_t stop = std::min<int64_t>(r + 8, num_rows);
-    for (; r < stop; ++r) {
-      if (mark[r]) {
-        position[r] = static_cast<int32_t>(found.size());
-        found.push_back(r);
-      }
-    }
-  }
-  const int64_t count = static_cast<int64_t>(found.size());
-  at::Tensor rows = at::empty({count}, c.options());
-  std::memcpy(rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
+  Distinct distinct = distinct_by_marks(kApi, ip, n, num_rows, padding_idx, c.options());
+  const int32_t* position = distinct.position.get();
+  const int64_t count = distinct.rows.numel();
+  at::Tensor rows = distinct.rows;
   at::Tensor out = at::zeros({count, d}, grad.options());
   float* yp = out.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
