@@ -182,8 +182,8 @@ void rowstat_rowwise_adagrad_cpu(const at::Tensor& weight, const at::Tensor& acc
 }
 
 // The sorted distinct ids of ip[0..n) in [0, num_rows) (range-checked; `skip`, if in range,
-// left out) by a byte mark per table row, and position[r] = r's index among them (written,
-// and valid, only for those rows).
+// left out) by a byte mark per table row, and position[r] = r's index among them (valid
+// only for those rows).
 struct Distinct {
   at::Tensor rows;
   std::unique_ptr<int32_t[]> position;
@@ -202,8 +202,11 @@ Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n, int64_
   out.position.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
   for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
   if (skip >= 0 && skip < num_rows) mark[skip] = 0;
-  std::vector<int64_t> found;
-  found.reserve(static_cast<size_t>(std::min(n, num_rows)));
+  // found[count] is written for every row of a non-zero word and kept by marked ones only
+  // (branch-free: the marks are random, a branch per row mispredicts): one spare slot
+  std::vector<int64_t> found(static_cast<size_t>(std::min(n, num_rows)) + 1);
+  int32_t* position = out.position.get();
+  int64_t count = 0;
   for (int64_t r = 0; r < num_rows;) {
     uint64_t word;
     std::memcpy(&word, mark.data() + r, sizeof(word));
@@ -213,13 +216,11 @@ Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n, int64_
     }
     const int64_t stop = std::min<int64_t>(r + 8, num_rows);
     for (; r < stop; ++r) {
-      if (mark[r]) {
-        out.position[r] = static_cast<int32_t>(found.size());
-        found.push_back(r);
-      }
+      position[r] = static_cast<int32_t>(count);
+      found[count] = r;
+      count += mark[r];
     }
   }
-  const int64_t count = static_cast<int64_t>(found.size());
   out.rows = at::empty({count}, options);
   std::memcpy(out.rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
   return out;
