@@ -12,6 +12,10 @@ equal first.
 Workloads: one table (V = 1,000,000, 2048 bags of 20 ids ``floor(V * u**3)``) at the given
 ``D`` and mode, and ``coll``: the 26-table collection of ``bags.py`` (b) pooled into its
 ``[B, 26 * 64]`` layout (torch's kernel on the same grouped ids writes ``[26 * B, 64]``).
+``bucket``: the same collection from its raw (unshifted) ids and lengths, as the collection's
+forward without autograd gets them: the base's ``bucket_ids`` + ``pool_bags_grouped`` (two
+passes over the ids) vs the working tree's ``pool_bucket`` (one); the torch column is torch's
+kernel on the shifted ids, as in ``coll`` (the shifting not timed there).
 ``adam:D``: one fused Adam step of that table (the current ``pool_bags`` forward, then
 ``fused_update_rows`` with float32 moments) with ``fused_update_cpu.cpp`` of the base
 revision vs the working tree's; no torch column (SparseAdam is ``train_step.py``'s peer).
@@ -51,9 +55,13 @@ WRAPPER = """
   std::tuple<at::Tensor, at::Tensor> pool_bags_cpu(const at::Tensor&, const at::Tensor&, \\
       const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t); \\
   at::Tensor pool_bags_grouped_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, \\
-      const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); }
+      const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); \
+  std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(const at::Tensor&, const at::Tensor&, \
+      const at::Tensor&, int64_t); }
 DECLARE(kernel_old)
 DECLARE(kernel_new)
+namespace kernel_new { at::Tensor pool_bucket_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); }
 #define DECLARE_FUSED(NS) namespace NS { \
   void fused_update_rows_cpu(const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&, \
       const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t, bool, int64_t, \
@@ -69,6 +77,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   int64_t pool, int64_t f) {
     return f == 1 ? std::get<0>(kernel_new::pool_bags_cpu(w, i, o, p, pool, -1))
                   : kernel_new::pool_bags_grouped_cpu(w, i, o, p, pool, -1, f); });
+  m.def("bucket_old", [](at::Tensor w, at::Tensor v, at::Tensor l, at::Tensor r, int64_t batch) {
+    auto [ids, offsets] = kernel_old::bucket_ids_cpu(v, l, r, batch);
+    return kernel_old::pool_bags_grouped_cpu(w, ids, offsets, std::nullopt, 1, -1, r.size(0)); });
+  m.def("bucket_new", [](at::Tensor w, at::Tensor v, at::Tensor l, at::Tensor r, int64_t batch) {
+    return kernel_new::pool_bucket_cpu(w, v, l, r, std::nullopt, 1, -1, batch); });
   m.def("adam_old", [](at::Tensor w, std::vector<at::Tensor> st, at::Tensor i, at::Tensor o, at::Tensor g,
                        std::vector<double> h) { fused_old::fused_update_rows_cpu(w, st, i, o, g, std::nullopt, 1, -1,
                                                                                 false, 3, h); });
@@ -109,14 +122,19 @@ def build(base: str, directory: Path):
 
 def case_data(case: str, batches: int, gen: torch.Generator):
     """weight, list of id batches, offsets (with the last), per-sample weights, pooling, features."""
-    if case == "coll":
+    if case in ("coll", "bucket"):
         rows = [int(round(r)) for r in np.logspace(1, 6, 26)]
         lengths = torch.randint(1, 21, (26, 2048), generator=gen)
         shifts = np.concatenate([[0], np.cumsum(rows)[:-1]])
         ids = [torch.cat([zipf_ids(r, (int(n),), generator=gen) + int(s)
                           for r, n, s in zip(rows, lengths.sum(1), shifts)])]
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.reshape(-1).cumsum(0)])
-        return torch.randn(sum(rows), 64, generator=gen), ids, offsets, None, 1, 26
+        weight = torch.randn(sum(rows), 64, generator=gen)
+        if case == "bucket":  # raw ids per feature, (row offset, rows) per feature, the lengths
+            feature_rows = torch.tensor([[int(s), r] for s, r in zip(shifts, rows)])
+            shift = torch.repeat_interleave(feature_rows[:, 0], lengths.sum(1))
+            return weight, ids, offsets, (ids[0] - shift, lengths.reshape(-1), feature_rows), 1, 26
+        return weight, ids, offsets, None, 1, 26
     dim, mode = case.split(":")
     weight = torch.randn(1_000_000, int(dim), generator=gen)
     ids = [zipf_ids(1_000_000, (2048 * 20,), generator=gen) for _ in range(batches)]
@@ -180,6 +198,16 @@ def time_case(ext, case: str, batches_wanted: int, repeats: int, placement: str)
     def ours(kernel, ids: torch.Tensor) -> torch.Tensor:
         return kernel(weight, ids, offsets, psw, pooling, features)
 
+    if case == "bucket":  # psw holds the raw ids, lengths and feature rows (one batch)
+        raw, lengths, feature_rows = psw
+        psw = None
+        old_kernel, new_kernel = ext.bucket_old, ext.bucket_new
+
+        def ours(kernel, ids: torch.Tensor) -> torch.Tensor:  # noqa: F811 - the raw-id variant
+            return kernel(weight, raw, lengths, feature_rows, offsets.numel() // features)
+
+        ext = argparse.Namespace(old=old_kernel, new=new_kernel)
+
     expected = theirs(batches[0])
     if features > 1:  # torch's [F * B, D] rows in the collection's [B, F * D] layout
         dim = weight.shape[1]
@@ -203,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="fbf335d~1", help="git revision of the 'old' kernel")
     parser.add_argument("--cases", default="16:sum,32:sum,64:sum,64:mean,64:wsum,128:sum,256:sum,coll",
-                        help="D:mode (sum, mean, wsum, max) or coll")
+                        help="D:mode (sum, mean, wsum, max), coll, bucket or adam:D")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--batches", type=int, default=1, help="id batches to cycle through")
     parser.add_argument("--placement", choices=_placement.PLACEMENTS, default="4k",

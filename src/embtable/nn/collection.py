@@ -36,6 +36,8 @@ from torch import Tensor
 from torch.nn import Module, ModuleDict, Parameter
 
 from embtable import functional, ops
+from embtable._functions import _GroupedBagFunction, _GroupedBagFunctionJvp
+from embtable._functions import function_for as _function_for
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged, _complete_cumsum
 from embtable.nn import dynamic as _dynamic
@@ -510,7 +512,8 @@ class EmbeddingBagCollection(_GroupedTables):
 
         Per bucket, ``embtable::bucket_ids`` checks and shifts the ids and builds the bag
         offsets in one pass, and ``embtable::pool_bags_grouped`` pools straight into the
-        ``[B, sum(D)]`` layout, so a collection whose features form one bucket returns its
+        ``[B, sum(D)]`` layout (without autograd, ``embtable::pool_bucket`` does both in one
+        pass over the ids), so a collection whose features form one bucket returns its
         :meth:`~PooledEmbeddings.values` without a concatenation.  Sum/mean buckets of float32
         CPU tables with at most one padding row; anything else, and any invalid batch (whose
         precise error :meth:`bucket_inputs` raises), takes the general path.
@@ -549,18 +552,25 @@ class EmbeddingBagCollection(_GroupedTables):
             values, lengths, per_value = _bucket_slices(features, positions, batch)
             if not weighted:
                 per_value = None
-            try:
-                ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
-            except RuntimeError as error:
-                if "embtable::bucket_ids" not in str(error):
-                    raise
-                return None  # an id outside its table: bucket_inputs names it
             weight = weights[bucket.group]
             if per_value is not None:
                 per_value = per_value.to(weight.dtype)
             pad = bucket.padding_rows[0] if bucket.padding_rows else -1
             num = len(bucket.features)
-            out = functional.pool_features(weight, ids, offsets, per_value, _POOL_CODES[bucket.pooling], pad, num)
+            code = _POOL_CODES[bucket.pooling]
+            try:
+                if _function_for(_GroupedBagFunction, _GroupedBagFunctionJvp, weight, per_value) is None:
+                    # no autograd: check, shift and pool the ids in one pass (no shifted copy)
+                    out = ops._compiled.pool_bucket(
+                        weight, values, lengths, consts["feature_rows"], per_value, code, pad, batch
+                    )
+                else:
+                    ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
+                    out = functional.pool_features(weight, ids, offsets, per_value, code, pad, num)
+            except RuntimeError as error:
+                if not any(f"embtable::{op}" in str(error) for op in ("bucket_ids", "pool_bucket")):
+                    raise
+                return None  # an id outside its table: bucket_inputs names it
             outs.append(out)
             pooled.update(zip(bucket.features, out.view(batch, num, weight.shape[1]).unbind(1)))
         in_order = len(outs) == 1 and self.plan.buckets[0].features == tuple(self.feature_names)

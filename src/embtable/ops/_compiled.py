@@ -40,6 +40,7 @@ __all__ = [
     "pool_bags",
     "pool_bags_backward",
     "pool_bags_grouped",
+    "pool_bucket",
     "use_compiled",
 ]
 
@@ -71,6 +72,10 @@ def _register_fakes() -> None:
     def _bucket_ids_fake(values, lengths, feature_rows, batch):
         ids = values.new_empty(values.shape, dtype=torch.long)
         return ids, lengths.new_empty((lengths.shape[0] + 1,), dtype=torch.long)
+
+    @torch.library.register_fake("embtable::pool_bucket")
+    def _pool_bucket_fake(weight, values, lengths, feature_rows, per_sample_weights, pooling, padding_idx, batch):
+        return weight.new_empty((batch, feature_rows.shape[0] * weight.shape[1]))
 
     @torch.library.register_fake("embtable::fused_update_rows")
     def _fused_update_rows_fake(
@@ -213,6 +218,32 @@ def bucket_ids(values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
     if extension_available() and values.device.type == "cpu":
         return torch.ops.embtable.bucket_ids(values, lengths, feature_rows, batch)
     return _reference.bucket_ids(values, lengths, feature_rows, batch)
+
+
+def pool_bucket(
+    weight: Tensor,
+    values: Tensor,
+    lengths: Tensor,
+    feature_rows: Tensor,
+    per_sample_weights: Tensor | None,
+    pooling: int,
+    padding_idx: int,
+    batch: int,
+) -> Tensor:
+    """:func:`bucket_ids` and :func:`pool_bags_grouped` in one pass over the ids (no autograd).
+
+    A collection bucket's raw feature-major ``values`` are checked against, and shifted by,
+    ``feature_rows`` while they are pooled, so no shifted copy of the ids is written; see
+    :func:`embtable.ops._reference.pool_bucket` (the oracle).  Raises ``RuntimeError``
+    (compiled) or ``IndexError`` / ``ValueError`` (reference) on an id outside its table or
+    bad lengths, as :func:`bucket_ids`.  Forward only: callers needing gradients use
+    :func:`bucket_ids` and :func:`embtable.functional.pool_features`.
+    """
+    if use_compiled(weight) and values.device.type == "cpu":
+        return torch.ops.embtable.pool_bucket(
+            weight, values, lengths, feature_rows, per_sample_weights, pooling, padding_idx, batch
+        )
+    return _reference.pool_bucket(weight, values, lengths, feature_rows, per_sample_weights, pooling, padding_idx, batch)
 
 
 def fused_update_rows(

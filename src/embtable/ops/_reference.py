@@ -424,6 +424,25 @@ def bucket_ids(values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
     return ids + shift, offsets
 
 
+def pool_bucket(
+    weight: Tensor,
+    values: Tensor,
+    lengths: Tensor,
+    feature_rows: Tensor,
+    per_sample_weights: Tensor | None,
+    pooling: int,
+    padding_idx: int,
+    batch: int,
+) -> Tensor:
+    """:func:`bucket_ids` then :func:`pool_bags_grouped`: a bucket's raw ids pooled into ``[B, F * D]``.
+
+    ``values`` / ``lengths`` / ``feature_rows`` / ``batch`` as :func:`bucket_ids` (its errors),
+    ``padding_idx`` a row of the grouped ``weight``; sum (1) or mean (2) pooling.
+    """
+    ids, offsets = bucket_ids(values, lengths, feature_rows, batch)
+    return pool_bags_grouped(weight, ids, offsets, per_sample_weights, pooling, padding_idx, feature_rows.shape[0])
+
+
 # --------------------------------------------------------------------------------------------
 # 16-bit gradients as torch 2.13 forms them on the CPU: every contribution is added into the
 # 16-bit gradient row and rounded there, in torch's order (not accumulated in float32).

@@ -48,10 +48,14 @@ struct OutLayout {
 
 // Sum / mean pooling for a row size known at compile time: the bag's running sum stays in
 // registers and is stored once per bag.  Ids outside [0, V) are skipped and reported (bad).
-template <int64_t kD, bool kWeighted>
+// kBucket (pool_bucket_cpu): I holds a collection bucket's raw ids; bag b belongs to feature
+// f = b / batch, whose ids must lie in [0, R[2f + 1]) and are shifted by R[2f] into the grouped
+// table W, so that the ids are read once, here, instead of once by bucket_ids (which writes a
+// shifted copy) and once more by this loop.
+template <int64_t kD, bool kWeighted, bool kBucket>
 int pool_sum_fixed_impl(const float* W, int64_t V, const int64_t* I, const int64_t* O,
-                        const float* P, float* Y, const OutLayout& layout, int64_t num_bags,
-                        int64_t padding_idx, bool mean) {
+                        const int64_t* R, const float* P, float* Y, const OutLayout& layout,
+                        int64_t num_bags, int64_t num_features, int64_t padding_idx, bool mean) {
   const int64_t total = O[num_bags];
   constexpr int64_t ahead = kD <= 32 ? kShortRowPrefetchDistance : kPrefetchDistance;
   // Columns per pass over a bag's ids: at most 128 floats, so that the accumulator stays in
@@ -63,18 +67,32 @@ int pool_sum_fixed_impl(const float* W, int64_t V, const int64_t* I, const int64
   int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad)
   for (int64_t b = 0; b < num_bags; ++b) {
+    int64_t shift = 0, next_shift = 0, feature_end = total;
+    uint64_t rows = static_cast<uint64_t>(V);
+    if constexpr (kBucket) {
+      const int64_t f = b / layout.batch;
+      shift = R[2 * f];
+      rows = static_cast<uint64_t>(R[2 * f + 1]);
+      // the id `ahead` on may belong to the next feature: prefetch it with that one's shift
+      feature_end = O[(f + 1) * layout.batch];
+      next_shift = f + 1 < num_features ? R[2 * f + 2] : shift;
+    }
     float* __restrict__ y = layout.at(Y, b);
     for (int64_t c = 0; c < kD; c += kC) {
       float acc[kC] = {};
       int64_t count = 0;
       for (int64_t i = O[b]; i < O[b + 1]; ++i) {
         // (a bad id ahead only prefetches a wild address, which never faults)
-        if (c == 0 && i + ahead < total) prefetch_pooled_row<kD>(W + I[i + ahead] * kD);
-        const int64_t id = I[i];
-        if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
+        if (c == 0 && i + ahead < total) {
+          const int64_t s = kBucket && i + ahead >= feature_end ? next_shift : shift;
+          prefetch_pooled_row<kD>(W + (I[i + ahead] + s) * kD);
+        }
+        const int64_t raw = I[i];
+        if (static_cast<uint64_t>(raw) >= rows) {
           bad = 1;
           continue;
         }
+        const int64_t id = raw + shift;
         if (id == padding_idx) continue;
         const float* __restrict__ w = W + id * kD + c;
         if constexpr (kWeighted) {
@@ -96,14 +114,37 @@ int pool_sum_fixed_impl(const float* W, int64_t V, const int64_t* I, const int64
   return bad;
 }
 
-// The weighted and unweighted loops compiled apart: no per-id branch in the hot loop.
+// The weighted and unweighted loops (and the bucket's raw-id loop, R != nullptr) compiled
+// apart: no per-id branch in the hot loop.
 template <int64_t kD>
-int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O, const float* P,
-                   float* Y, const OutLayout& layout, int64_t num_bags, int64_t padding_idx,
-                   bool mean) {
-  return P != nullptr
-             ? pool_sum_fixed_impl<kD, true>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean)
-             : pool_sum_fixed_impl<kD, false>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
+int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O,
+                   const int64_t* R, const float* P, float* Y, const OutLayout& layout,
+                   int64_t num_bags, int64_t num_features, int64_t padding_idx, bool mean) {
+  if (R != nullptr) {
+    return P != nullptr ? pool_sum_fixed_impl<kD, true, true>(W, V, I, O, R, P, Y, layout, num_bags,
+                                                              num_features, padding_idx, mean)
+                        : pool_sum_fixed_impl<kD, false, true>(W, V, I, O, R, P, Y, layout, num_bags,
+                                                               num_features, padding_idx, mean);
+  }
+  return P != nullptr ? pool_sum_fixed_impl<kD, true, false>(W, V, I, O, R, P, Y, layout, num_bags,
+                                                             num_features, padding_idx, mean)
+                      : pool_sum_fixed_impl<kD, false, false>(W, V, I, O, R, P, Y, layout, num_bags,
+                                                              num_features, padding_idx, mean);
+}
+
+// The bag offsets of a bucket's feature-major lengths (F * batch + 1 of them, written to O),
+// each length checked to fit in what is left of the n values; `api` names the caller.
+void bucket_offsets(const int64_t* L, int64_t count, int64_t n, int64_t* O, const char* api) {
+  int64_t total = 0;
+  O[0] = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    // never trust the lengths: each must fit in what is left of the values (so no sum wraps)
+    TORCH_CHECK(L[j] >= 0 && L[j] <= n - total, api, ": lengths[", j, "] = ", L[j],
+                " is negative or runs past the ", n, " values");
+    total += L[j];
+    O[j + 1] = total;
+  }
+  TORCH_CHECK(total == n, api, ": lengths (sum ", total, ") do not match ", n, " values");
 }
 
 // Bag boundaries must start at 0, never decrease and end within the ids: checked before any
@@ -167,11 +208,11 @@ std::tuple<at::Tensor, at::Tensor> pool_bags_impl(
   int bad = 0;
   if (fixed) {
     const bool mean = pooling == kPoolMean;
-    if (D == 16) bad = pool_sum_fixed<16>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
-    if (D == 32) bad = pool_sum_fixed<32>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
-    if (D == 64) bad = pool_sum_fixed<64>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
-    if (D == 128) bad = pool_sum_fixed<128>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
-    if (D == 256) bad = pool_sum_fixed<256>(W, V, I, O, P, Y, layout, num_bags, padding_idx, mean);
+    if (D == 16) bad = pool_sum_fixed<16>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    if (D == 32) bad = pool_sum_fixed<32>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    if (D == 64) bad = pool_sum_fixed<64>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    if (D == 128) bad = pool_sum_fixed<128>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    if (D == 256) bad = pool_sum_fixed<256>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
   } else {
     // One loop per mode, so that each inner loop is a plain vectorizable row operation.
     auto pool = [&](auto mode_tag, bool weighted) {
@@ -390,16 +431,7 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
   const int64_t* X = values.data_ptr<int64_t>();
   int64_t* O = offsets.data_ptr<int64_t>();
   int64_t* Y = ids.data_ptr<int64_t>();
-  int64_t total = 0;
-  O[0] = 0;
-  for (int64_t j = 0; j < F * batch; ++j) {
-    // never trust the lengths: each must fit in what is left of the values (so no sum wraps)
-    TORCH_CHECK(L[j] >= 0 && L[j] <= n - total, api, ": lengths[", j, "] = ", L[j],
-                " is negative or runs past the ", n, " values");
-    total += L[j];
-    O[j + 1] = total;
-  }
-  TORCH_CHECK(total == n, api, ": lengths (sum ", total, ") do not match ", n, " values");
+  bucket_offsets(L, F * batch, n, O, api);
   int64_t bad = 0;
   for (int64_t f = 0; f < F; ++f) {
     const int64_t shift = R[2 * f], num_rows = R[2 * f + 1];
@@ -412,6 +444,75 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
   }
   TORCH_CHECK(!bad, api, ": an id lies outside its table");
   return {ids, offsets};
+}
+
+
+at::Tensor pool_bucket_cpu(
+    const at::Tensor& weight_in,
+    const at::Tensor& values_in,
+    const at::Tensor& lengths_in,
+    const at::Tensor& feature_rows_in,
+    const std::optional<at::Tensor>& per_sample_weights,
+    int64_t pooling,
+    int64_t padding_idx,
+    int64_t batch) {
+  const char* api = "embtable::pool_bucket";
+  TORCH_CHECK(weight_in.dim() == 2 && weight_in.scalar_type() == at::kFloat,
+              api, ": weight must be a 2-D float32 tensor, got ",
+              weight_in.scalar_type(), " of shape ", weight_in.sizes());
+  TORCH_CHECK(pooling == kPoolSum || pooling == kPoolMean, api,
+              ": pooling must be 1 (sum) or 2 (mean), got ", pooling);
+  const int64_t D = weight_in.size(1);
+  const bool fixed = D == 16 || D == 32 || D == 64 || D == 128 || D == 256;
+  if (!fixed) {  // no compiled row size: shift the ids apart, then pool
+    auto [ids, offsets] = bucket_ids_cpu(values_in, lengths_in, feature_rows_in, batch);
+    return std::get<0>(pool_bags_impl(weight_in, ids, offsets, per_sample_weights, pooling,
+                                      padding_idx, feature_rows_in.size(0), api));
+  }
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor values = values_in.to(at::kLong).contiguous();
+  const at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  const at::Tensor rows = feature_rows_in.to(at::kLong).contiguous();
+  TORCH_CHECK(rows.dim() == 2 && rows.size(1) == 2, api,
+              ": feature_rows must be [num_features, 2] (row offset, rows), got ", rows.sizes());
+  const int64_t F = rows.size(0);
+  TORCH_CHECK(F >= 1, api, ": feature_rows is empty");
+  TORCH_CHECK(batch >= 0 && lengths.numel() == F * batch, api, ": expected ", F, " x ", batch,
+              " lengths, got ", lengths.numel());
+  const int64_t n = values.numel();
+  const int64_t* R = rows.data_ptr<int64_t>();
+  const int64_t V = weight.size(0);
+  for (int64_t f = 0; f < F; ++f) {  // every shifted id must be a row of the grouped table
+    TORCH_CHECK(R[2 * f] >= 0 && R[2 * f + 1] >= 0 && R[2 * f + 1] <= V - R[2 * f], api,
+                ": feature ", f, "'s rows [", R[2 * f], ", +", R[2 * f + 1],
+                ") lie outside the table of ", V, " rows");
+  }
+  const float* P = nullptr;
+  at::Tensor psw;
+  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
+    psw = per_sample_weights->to(at::kFloat).contiguous();
+    TORCH_CHECK(psw.numel() == n, api, ": per_sample_weights has ", psw.numel(),
+                " values for ", n, " ids");
+    P = psw.data_ptr<float>();
+  }
+  const int64_t num_bags = F * batch;
+  std::vector<int64_t> offsets(num_bags + 1);
+  int64_t* O = offsets.data();
+  bucket_offsets(lengths.data_ptr<int64_t>(), num_bags, n, O, api);
+  at::Tensor out = at::empty({batch, F * D}, weight.options());
+  const OutLayout layout{std::max<int64_t>(batch, 1), F * D, D};
+  const float* W = weight.data_ptr<float>();
+  const int64_t* X = values.data_ptr<int64_t>();
+  float* Y = out.data_ptr<float>();
+  const bool mean = pooling == kPoolMean;
+  int bad = 0;
+  if (D == 16) bad = pool_sum_fixed<16>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  if (D == 32) bad = pool_sum_fixed<32>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  if (D == 64) bad = pool_sum_fixed<64>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  if (D == 128) bad = pool_sum_fixed<128>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  if (D == 256) bad = pool_sum_fixed<256>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  TORCH_CHECK(!bad, api, ": an id lies outside its table");
+  return out;
 }
 
 }  // namespace embtable

@@ -9,6 +9,8 @@
 //                       place (no [N, D] per-id gradient), in input order per row.
 // bucket_ids_cpu:       a collection bucket's ids checked against, and shifted by, their
 //                       tables' rows, and the bag offsets of its lengths, in one pass.
+// pool_bucket_cpu:      bucket_ids and pool_bags_grouped (sum / mean) fused, for the
+//                       collections' forward without autograd: the ids are read once.
 // fused_update_rows_cpu: reduce output-gradient contributions per distinct row, then apply
 //                        an optimizer update to each touched row and its state, in place.
 // The pure-PyTorch twins live in embtable/ops/_fused_reference.py; both must agree to 1e-6.
@@ -87,6 +89,16 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
     const at::Tensor& values,
     const at::Tensor& lengths,
     const at::Tensor& feature_rows,
+    int64_t batch);
+
+at::Tensor pool_bucket_cpu(
+    const at::Tensor& weight,
+    const at::Tensor& values,
+    const at::Tensor& lengths,
+    const at::Tensor& feature_rows,
+    const std::optional<at::Tensor>& per_sample_weights,
+    int64_t pooling,
+    int64_t padding_idx,
     int64_t batch);
 
 void fused_update_rows_cpu(
