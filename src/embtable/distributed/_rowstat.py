@@ -38,7 +38,7 @@ from torch import Tensor
 
 from embtable.ops import _reference
 from embtable.ops._compiled import extension_available
-from embtable.ops._fused_reference import _with_l2
+from embtable.ops._fused_reference import _with_l2, rowwise_adagrad_new_rows
 
 __all__ = [
     "bag_rows",
@@ -242,15 +242,7 @@ def reference_rowwise_adagrad_rows(
     w = weight.index_select(0, rows).float()
     total = accumulator.index_select(0, rows).float() + square / full_dim
     accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
-    lr_t, wd_t = torch.tensor(lr), torch.tensor(weight_decay)
-    multiplier = torch.div(lr_t, total.sqrt() + eps)
-    if mode == 1:
-        correction = 1.0 - multiplier * wd_t
-    elif mode == 2:
-        correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
-    else:
-        correction = torch.ones_like(multiplier)
-    new = correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+    new = rowwise_adagrad_new_rows(w, g, total, lr, weight_decay, mode, eps)
     weight.index_copy_(0, rows, new.to(weight.dtype))
 
 

@@ -73,6 +73,7 @@ from embtable.ops._fused_reference import (
     _read,
     _slots,
     _with_l2,
+    adam_new_rows,
     reduce_rows,
 )
 from embtable.optim._rule import INT8_ROWWISE, weight_decay_mode
@@ -397,22 +398,9 @@ class ColumnUpdate:
     def _adam(
         self, w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: list[float], writes: list
     ) -> Tensor:
-        lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
-        beta1, beta2, eps = float(hparams[3]), float(hparams[4]), float(hparams[5])
-        per_row, table_step = int(hparams[6]) == 0, int(hparams[7])
-        steps = slots[2][0]
-        t = steps.index_select(0, rows) + 1 if per_row else torch.full_like(rows, table_step)
-        steps.index_copy_(0, rows, t.to(steps.dtype))
-        t = t.double()
-        bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64), t)
-        bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), t)
-        neg_step_size = (-(lr * bc2.sqrt() / bc1)).float().unsqueeze(1)
-        step = _with_l2(g, w, wd, mode)
-        m_old, v_old = _read(slots[0], rows), _read(slots[1], rows)
-        m_new = (step - m_old) * (1.0 - beta1) + m_old
-        v_new = (step * step - v_old) * (1.0 - beta2) + v_old
+        new, m_new, v_new = adam_new_rows(w, g, slots, rows, hparams)
         writes += [(slots[0], m_new), (slots[1], v_new)]
-        return _decayed(w, lr, wd, mode) + neg_step_size * (m_new / (v_new.sqrt() + eps))
+        return new
 
     def _write(self, rows: Tensor, writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]]) -> None:
         """Store new moment rows; quantized ones with the whole row's scale (one collective)."""

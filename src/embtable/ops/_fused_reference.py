@@ -238,6 +238,47 @@ def _with_l2(g: Tensor, w: Tensor, weight_decay: float, mode: int) -> Tensor:
     return g + float(weight_decay) * w if mode == 1 else g
 
 
+def rowwise_adagrad_new_rows(
+    w: Tensor, g: Tensor, total: Tensor, lr: float, wd: float, mode: int, eps: float
+) -> Tensor:
+    """Row-wise Adagrad's new rows ``w`` (float32) from the gradient rows ``g`` and each row's
+    updated accumulator ``total`` (also the formula of the column shards in
+    :mod:`embtable.distributed`, whose ``total`` spans every shard's columns)."""
+    lr_t, wd_t = torch.tensor(lr, dtype=torch.float32), torch.tensor(wd, dtype=torch.float32)
+    multiplier = torch.div(lr_t, total.sqrt() + eps)
+    if mode == 1:
+        correction = 1.0 - multiplier * wd_t
+    elif mode == 2:
+        correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
+    else:
+        correction = torch.ones_like(multiplier)
+    return correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+
+
+def adam_new_rows(
+    w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: Sequence[float]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Adam's new rows and moments ``(new, m, v)`` of ``rows``; advances the step counts in
+    ``slots[2]`` and leaves writing the moments to the caller."""
+    lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
+    beta1, beta2, eps = float(hparams[3]), float(hparams[4]), float(hparams[5])
+    per_row, table_step = int(hparams[6]) == 0, int(hparams[7])
+    steps = slots[2][0]
+    t = steps.index_select(0, rows) + 1 if per_row else torch.full_like(rows, table_step)
+    steps.index_copy_(0, rows, t.to(steps.dtype))
+    t = t.double()
+    bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64), t)
+    bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), t)
+    neg_step_size = (-(lr * bc2.sqrt() / bc1)).float().unsqueeze(1)
+    step = _with_l2(g, w, wd, mode)
+    m_old = _read(slots[0], rows)
+    v_old = _read(slots[1], rows)
+    m_new = (step - m_old) * (1.0 - beta1) + m_old
+    v_new = (step * step - v_old) * (1.0 - beta2) + v_old
+    new = _decayed(w, lr, wd, mode) + neg_step_size * (m_new / (v_new.sqrt() + eps))
+    return new, m_new, v_new
+
+
 def fused_update_rows(
     weight: Tensor,
     state: Sequence[Tensor],
@@ -285,33 +326,11 @@ def fused_update_rows(
         square = (g_eff * g_eff).sum(1) / g.shape[1]
         total = state[0].index_select(0, rows).float() + square
         state[0].index_copy_(0, rows, total.to(state[0].dtype))
-        lr_t, wd_t = torch.tensor(lr, dtype=torch.float32), torch.tensor(wd, dtype=torch.float32)
-        multiplier = torch.div(lr_t, total.sqrt() + eps)
-        if mode == 1:
-            correction = 1.0 - multiplier * wd_t
-        elif mode == 2:
-            correction = torch.ones_like(multiplier) * (1.0 - lr_t * wd_t)
-        else:
-            correction = torch.ones_like(multiplier)
-        new = correction.unsqueeze(1) * w - multiplier.unsqueeze(1) * g
+        new = rowwise_adagrad_new_rows(w, g, total, lr, wd, mode, eps)
     elif optimizer == OPT_ADAM:
-        beta1, beta2, eps = float(h[3]), float(h[4]), float(h[5])
-        per_row, table_step = int(h[6]) == 0, int(h[7])
-        steps = slots[2][0]
-        t = steps.index_select(0, rows) + 1 if per_row else torch.full_like(rows, table_step)
-        steps.index_copy_(0, rows, t.to(steps.dtype))
-        t = t.double()
-        bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64), t)
-        bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), t)
-        neg_step_size = (-(lr * bc2.sqrt() / bc1)).float().unsqueeze(1)
-        step = _with_l2(g, w, wd, mode)
-        m_old = _read(slots[0], rows)
-        v_old = _read(slots[1], rows)
-        m_new = (step - m_old) * (1.0 - beta1) + m_old
-        v_new = (step * step - v_old) * (1.0 - beta2) + v_old
+        new, m_new, v_new = adam_new_rows(w, g, slots, rows, h)
         _write(slots[0], rows, m_new)
         _write(slots[1], rows, v_new)
-        new = _decayed(w, lr, wd, mode) + neg_step_size * (m_new / (v_new.sqrt() + eps))
     else:
         raise ValueError(f"fused_update_rows: unknown optimizer code {optimizer!r}; expected 0..3")
     with torch.no_grad():
