@@ -38,6 +38,7 @@ Usage:
     python benchmarks/bags.py            # the sizes above, 4k and huge pages, one thread
     python benchmarks/bags.py --threads 1,2 --placement huge --dims 64,128
     python benchmarks/bags.py --quick    # small sizes, a smoke run
+    python benchmarks/bags.py --workloads b --two-pass   # the collection forward before pool_bucket
 """
 
 from __future__ import annotations
@@ -420,8 +421,19 @@ def main() -> None:
     parser.add_argument("--dims", default="16,32,64,128,256", help="(a) embedding dims")
     parser.add_argument("--modes", default="sum,mean,wsum,max", help="(a) modes (wsum: per_sample_weights)")
     parser.add_argument("--workloads", default="a,b", help="a: one table, b: the collection")
+    parser.add_argument("--two-pass", action="store_true",
+                        help="(b) the collection forward without autograd as before embtable::pool_bucket: "
+                             "bucket_ids, then pool_bags_grouped (a before/after check)")
     _placement.add_arguments(parser)
     args = parser.parse_args()
+    if args.two_pass:
+        from embtable.ops import _compiled
+
+        def two_pass(weight, values, lengths, feature_rows, psw, pooling, padding_idx, batch):
+            ids, offsets = _compiled.bucket_ids(values, lengths, feature_rows, batch)
+            return _compiled.pool_bags_grouped(weight, ids, offsets, psw, pooling, padding_idx, feature_rows.shape[0])
+
+        _compiled.pool_bucket = two_pass
     args.threads = [int(t) for t in args.threads.split(",")]
     args.dims = [int(d) for d in args.dims.split(",")]
     args.modes = args.modes.split(",")
