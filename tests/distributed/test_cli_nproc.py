@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from embtable.cli.main import main
@@ -38,10 +39,13 @@ def test_two_processes_beat_the_global_mean(movielens, tmp_path: Path, capsys) -
     # summary.json names the checkpoint it describes (a run killed between the two is caught)
     manifest = (out / "tables" / "embtable_manifest.json").read_bytes()
     assert summary["tables_manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
-    from embtable.distributed.movielens import _manifest_digest
+    from embtable.distributed.movielens import read_summary
 
+    assert read_summary(out) == summary
+    # tables of another run beside this summary: refused
     (out / "tables" / "embtable_manifest.json").write_bytes(manifest + b" ")
-    assert _manifest_digest(str(out / "tables")) != summary["tables_manifest_sha256"]
+    with pytest.raises(RuntimeError, match="does not describe the checkpoint"):
+        read_summary(out)
 
 
 def test_nproc_below_one_is_refused(capsys) -> None:

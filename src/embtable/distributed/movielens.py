@@ -213,6 +213,24 @@ def _manifest_digest(tables: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
+def read_summary(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """``<out>/summary.json`` of a sharded run, checked against ``<out>/tables``.
+
+    Raises:
+        RuntimeError: the summary names another checkpoint than the one in ``<out>/tables``
+            (a run killed between writing the tables and the summary).
+    """
+    path, tables = os.path.join(out, "summary.json"), os.path.join(out, "tables")
+    with open(path) as handle:
+        summary = json.load(handle)
+    if summary.get("tables_manifest_sha256") != _manifest_digest(tables):
+        raise RuntimeError(
+            f"train_movielens_sharded: {path} does not describe the checkpoint in {tables} "
+            "(a run was killed between the two); train again"
+        )
+    return summary
+
+
 def train_movielens_sharded(options: Any, nproc: int, *, verbose: bool = True) -> dict[str, Any]:
     """Train the demo model with its tables sharded over ``nproc`` local gloo processes.
 
@@ -238,14 +256,7 @@ def train_movielens_sharded(options: Any, nproc: int, *, verbose: bool = True) -
     os.makedirs(options.out, exist_ok=True)
     path = os.path.join(options.out, "summary.json")
     mp.spawn(_worker, args=(nproc, port, options, path), nprocs=nproc, join=True)
-    with open(path) as handle:
-        summary = json.load(handle)
-    tables = os.path.join(options.out, "tables")
-    if summary.get("tables_manifest_sha256") != _manifest_digest(tables):
-        raise RuntimeError(
-            f"train_movielens_sharded: {path} does not describe the checkpoint in {tables} "
-            "(a run was killed between the two); train again"
-        )
+    summary = read_summary(options.out)
     if verbose:
         print(
             f"test RMSE {summary['test']['rmse']:.4f} on {summary['test']['ratings']:,} ratings "
