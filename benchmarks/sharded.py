@@ -48,6 +48,7 @@ import torch.multiprocessing as mp
 
 import embtable
 from embtable import EmbeddingBagCollection, KeyedJagged, TableConfig
+from embtable._atomic import atomic_write_bytes
 from embtable.distributed import (
     ShardedEmbeddingBagCollection,
     ShardingPlan,
@@ -192,6 +193,16 @@ def make_plan(
     return ShardingPlan(world_size=world, tables={t.name: make(t) for t in tables})
 
 
+def _gather_results(rank: int, world: int, result: dict[str, Any], out_path: str) -> None:
+    """Every rank's ``result`` to rank 0, which writes the list to ``out_path`` atomically (a
+    worker that dies afterwards leaves whole results for :func:`run_sharded`); then shut down."""
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        atomic_write_bytes(out_path, json.dumps(gathered).encode())
+    dist.destroy_process_group()
+
+
 def sharded_worker(
     rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
 ) -> None:
@@ -247,12 +258,7 @@ def sharded_worker(
         bytes_min=statistics.median(minimum_bytes(sharded, b, f) for b, f in zip(batches, fulls)),
         peak_growth=peak_rss() - base_rss,
     )
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, result)
-    if rank == 0:
-        with open(out_path, "w") as handle:
-            json.dump(gathered, handle)
-    dist.destroy_process_group()
+    _gather_results(rank, world, result, out_path)
 
 
 def torchrec_worker(
@@ -322,12 +328,7 @@ def torchrec_worker(
         result.update(wall_ms=statistics.median(walls) * 1e3, cpu_ms=statistics.median(cpus) * 1e3)
     except Exception as error:  # report why it does not run
         result["error"] = f"{type(error).__name__}: {str(error)[:300]}"
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, result)
-    if rank == 0:
-        with open(out_path, "w") as handle:
-            json.dump(gathered, handle)
-    dist.destroy_process_group()
+    _gather_results(rank, world, result, out_path)
 
 
 def _reset_peak() -> None:
@@ -369,12 +370,7 @@ def memory_worker(
         del values
         rows.append([step, forward_peak, forward_kept, backward_peak, current_rss() - start])
     result = {"rank": rank, "steps": rows, "shards": shards, "growth": current_rss() - base}
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, result)
-    if rank == 0:
-        with open(out_path, "w") as handle:
-            json.dump(gathered, handle)
-    dist.destroy_process_group()
+    _gather_results(rank, world, result, out_path)
 
 
 def print_memory_phases(args: argparse.Namespace) -> None:
