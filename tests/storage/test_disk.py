@@ -27,7 +27,7 @@ from embtable.nn.disk import (
     DiskEmbeddingBagCollection,
     DiskEmbeddingCollection,
 )
-from embtable.storage._disk_log import log_files
+from embtable.storage._disk_log import log_files, pages_touched
 from embtable.storage.disk import (
     CorruptTableError,
     Disk,
@@ -366,6 +366,20 @@ def test_twenty_fused_steps_equal_in_ram(tmp_path, optimizer, options, bag):
         mask[2] = False  # the padding row's state is never read
         assert torch.equal(mine[mask], theirs[mask])
     assert disk.stats()["rows_written"] > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 3000), max_size=30).map(sorted),
+    record=st.sampled_from([1, 4, 260, 4096, 5000, 9000]),
+)
+def test_pages_touched_counts_every_dirtied_page_once(ids, record):
+    """Against the set of pages each record's bytes fall in (records over a page included)."""
+    import numpy as np
+
+    pages = {byte // 4096 for i in ids for byte in (i * record, i * record + record - 1)}
+    pages |= {page for i in ids for page in range(i * record // 4096, (i * record + record - 1) // 4096)}
+    assert pages_touched(np.array(ids, dtype=np.int64), record) == len(pages)
 
 
 def test_compact_ratio_decides_whether_a_flush_moves_the_log(tmp_path):
