@@ -415,6 +415,8 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     expected = disk.export_weight()
     disk.close()
     restore(tmp_path / "ckpt", tmp_path / "resumed")
+    restored = json.loads((tmp_path / "resumed" / "manifest.json").read_bytes())
+    assert restored["last_checkpoint"] == str((tmp_path / "ckpt").absolute())
     again = DiskEmbedding(40, 4, storage=Disk(tmp_path / "resumed", cache_rows=6, policy="lru"))
     again_opt = embtable.optim.fuse(again, "adam", lr=0.05, bias_correction="table")
     train(again, again_opt, batches()[6:])

@@ -128,9 +128,12 @@ def lock_writer(path: Path) -> int:
     return fd
 
 
-def copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -> None:
+def copy_table(
+    source: Path, target: Path, manifest: dict[str, Any], api: str, last_checkpoint: str | None = None
+) -> None:
     """Copy the table at ``source`` (files as ``manifest`` names them, holes kept) to a
-    temporary directory beside ``target``, write its manifest last and rename it into place."""
+    temporary directory beside ``target``, write its manifest (``"clean"``, naming
+    ``last_checkpoint``) last and rename it into place."""
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if temp.exists():
         shutil.rmtree(temp)
@@ -142,7 +145,7 @@ def copy_table(source: Path, target: Path, manifest: dict[str, Any], api: str) -
         log = manifest.get("log")
         if log is not None:
             copy_segment(source, temp, log["segment"], log["records"], record_bytes(manifest))
-        copied = dict(manifest, status="clean", last_checkpoint=None)
+        copied = dict(manifest, status="clean", last_checkpoint=last_checkpoint)
         atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -764,11 +764,6 @@ def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     """
     source = Path(checkpoint)
     store = DiskRowStore.open(source, read_only=True)
-    manifest = dict(store.manifest)
+    manifest = store.manifest
     store.close()
-    manifest["last_checkpoint"] = str(source.absolute())
-    copy_table(source, Path(path).absolute(), manifest, "restore")
-    target = Path(path)
-    copied = json.loads((target / MANIFEST).read_bytes())
-    copied["last_checkpoint"] = str(source.absolute())
-    atomic_write_bytes(target / MANIFEST, json.dumps(copied, indent=1).encode())
+    copy_table(source, Path(path).absolute(), manifest, "restore", last_checkpoint=str(source.absolute()))
