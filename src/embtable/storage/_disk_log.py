@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from embtable.storage._disk_io import BatchIO
+
 __all__ = ["RowLog", "copy_segment", "log_files", "pages_touched"]
 
 PAGE = 4096
 _NAME = re.compile(r"log\.(\d+)\.(bin|ids)$")
-
-#: ``io(fd, write, positions, buffer, record)``: pread / pwrite the records at sorted
-#: ``positions`` (record numbers) from / to the rows of ``buffer``.
-RecordIO = Callable[[int, bool, np.ndarray, np.ndarray, int], None]
 
 
 def segment_paths(directory: Path, segment: int) -> tuple[Path, Path]:
@@ -81,7 +79,7 @@ class RowLog:
         directory: the table's directory.
         segment: the segment number (its file names).
         record: bytes per record (row + state).
-        io: the store's batched record reader.
+        batch: the store's batched record I/O (its thread pool reads the log too).
         records: records already in the table (from the manifest); 0 for a new segment.
         writable: open for appending (a new segment's files are created; an existing
             segment's unflushed tail is cut off).
@@ -93,9 +91,9 @@ class RowLog:
         CorruptLogError (a ``ValueError``): the files hold fewer records than ``records``.
     """
 
-    def __init__(self, directory: Path, segment: int, record: int, io: RecordIO, *, records: int = 0,
+    def __init__(self, directory: Path, segment: int, record: int, batch: BatchIO, *, records: int = 0,
                  writable: bool = True, background: bool = False) -> None:
-        self.segment, self.record, self._io = segment, record, io
+        self.segment, self.record, self._batch = segment, record, batch
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="embtable-log") if background and writable else None
         self._pending: list[tuple[int, Future[None]]] = []  # (first record, its write)
         self._failed: BaseException | None = None
@@ -217,14 +215,24 @@ class RowLog:
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """The records at ``positions`` (any order), ``[n, record]`` uint8, in that order."""
+        tasks, records = self.read_tasks(positions)
+        self._batch.run(tasks)
+        return records()
+
+    def read_tasks(self, positions: np.ndarray) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:
+        """``(tasks, records)``: once the I/O ``tasks`` have run (:meth:`BatchIO.run`, maybe
+        with other files' tasks), ``records()`` is what :meth:`read` returns."""
         if len(positions):
-            self.wait(int(positions.max()))
+            self.wait(int(positions.max()))  # records still being appended
         order = np.argsort(positions, kind="stable")
         buffer = np.empty((len(positions), self.record), dtype=np.uint8)
-        self._io(self.fd, False, positions[order], buffer, self.record)
-        out = np.empty_like(buffer)
-        out[order] = buffer
-        return out
+
+        def records() -> np.ndarray:
+            out = np.empty_like(buffer)
+            out[order] = buffer
+            return out
+
+        return self._batch.tasks(self.fd, False, positions[order], buffer, self.record), records
 
     def newest(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(sorted ids, their newest records)`` in chunks of ``chunk`` ids (the log is
