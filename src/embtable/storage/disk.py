@@ -184,7 +184,7 @@ class DiskRowStore:
         if entry is not None:
             try:
                 self._log = RowLog(
-                    self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._io,
+                    self.path, entry["segment"], self.row_bytes + self.state_row_bytes, self._batch,
                     records=entry["records"], writable=not self.read_only, background=self._io_threads > 1,
                 )
             except CorruptLogError as error:
@@ -433,14 +433,11 @@ class DiskRowStore:
         tasks: list[Callable[[], None]] = []
         finish: list[Callable[[], None]] = []  # all files are read in one pass over the pool
         if in_log.any():
-            self._log.wait(int(positions.max()))  # records still being appended
-            log_order = np.argsort(positions, kind="stable")
-            logged = np.empty((len(positions), self._log.record), dtype=np.uint8)
-            tasks += self._batch.tasks(self._log.fd, False, positions[log_order], logged, self._log.record)
+            log_tasks, logged = self._log.read_tasks(positions)
+            tasks += log_tasks
 
             def from_log() -> None:
-                records = np.empty_like(logged)
-                records[log_order] = logged
+                records = logged()
                 rows[in_log] = records[:, :row_bytes]
                 if with_state:
                     state[in_log] = records[:, row_bytes:]
@@ -552,7 +549,8 @@ class DiskRowStore:
             return
         buffer = rows.detach().contiguous().view(torch.uint8).numpy()[order]
         logged = states is not None or not self.state_row_bytes
-        if not logged or (self._log is not None and self._log.nbytes > self.max_log_bytes):
+        overflow = self._log is not None and self._log.nbytes > self.max_log_bytes
+        if not logged or overflow:
             try:
                 self._begin_write()
             except OSError as error:
@@ -563,7 +561,7 @@ class DiskRowStore:
                 ) from None
         try:
             if logged:
-                if self._log is not None and self._log.nbytes > self.max_log_bytes:
+                if overflow:
                     self._compact_now()
                 records = buffer if states is None else np.concatenate([buffer, states], axis=1)
                 self._log_append(sorted_ids, records)
@@ -571,7 +569,7 @@ class DiskRowStore:
                 self._compact_now()  # older records of these rows may sit in the log
                 self._write_home(sorted_ids, buffer, None)
         except OSError as error:
-            state = (
+            left = (
                 "the table is left in status 'writing' and will refuse to open: free space (or "
                 "raise the file-size limit) and restore the last checkpoint"
                 if self.status == "writing"
@@ -579,7 +577,7 @@ class DiskRowStore:
             )
             raise type(error)(
                 error.errno,
-                f"{api}: writing {len(sorted_ids)} rows to {str(self.path)!r} failed: {error.strerror}; {state}",
+                f"{api}: writing {len(sorted_ids)} rows to {str(self.path)!r} failed: {error.strerror}; {left}",
             ) from None
         self.rows_written += len(sorted_ids)
 
@@ -587,7 +585,7 @@ class DiskRowStore:
         if self._log is None:
             self.manifest["log_serial"] = self.manifest.get("log_serial", 0) + 1
             self._log = RowLog(
-                self.path, self.manifest["log_serial"], self.row_bytes + self.state_row_bytes, self._io,
+                self.path, self.manifest["log_serial"], self.row_bytes + self.state_row_bytes, self._batch,
                 background=self._io_threads > 1,
             )
         self._log.append(sorted_ids, records)
