@@ -91,36 +91,23 @@ class Exchange:
             self.stats,
             "lengths",
         )
-        value_in = [0] * world
-        k = 0
-        for d, routes in enumerate(self.routes):
-            for _ in routes:
-                value_in[d] += int(send_values[k].numel())
-                k += 1
+        value_in = [sum(row) for row in self._sent_counts(split)]
         grid = lengths.view(world, nf, batch)
         counts = grid.sum(2).tolist()  # [source][feature]
         value_out = [sum(row) for row in counts]
-        values = all_to_all(
-            _cat(send_values, torch.int64, device),
-            value_out,
-            value_in,
-            self.group,
-            self.rank,
-            self.stats,
-            "ids",
-        )
+
+        def send(parts: list[Tensor], dtype: torch.dtype, kind: str) -> Tensor:
+            """One ``all_to_all`` of per-id values (ids, weights)."""
+            return all_to_all(
+                _cat(parts, dtype, device), value_out, value_in, self.group, self.rank,
+                self.stats, kind,
+            )
+
+        values = send(send_values, torch.int64, "ids")
         weights = None
         if weighted:
             dtype = send_weights[0].dtype if send_weights else torch.float32
-            weights = all_to_all(
-                _cat(send_weights, dtype, device),
-                value_out,
-                value_in,
-                self.group,
-                self.rank,
-                self.stats,
-                "weights",
-            )
+            weights = send(send_weights, dtype, "weights")
         if not nf:
             return None, None, counts
         flat = [c for row in counts for c in row]
