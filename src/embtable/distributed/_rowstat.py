@@ -241,8 +241,8 @@ def reference_rowwise_adagrad_rows(
     g = grad.float()
     w = weight.index_select(0, rows).float()
     total = accumulator.index_select(0, rows).float() + square / full_dim
-    accumulator.index_copy_(0, rows, total.to(accumulator.dtype))
     new = rowwise_adagrad_new_rows(w, g, total, lr, weight_decay, mode, eps)
+    accumulator.index_copy_(0, rows, total.to(accumulator.dtype))  # (state written last)
     weight.index_copy_(0, rows, new.to(weight.dtype))
 
 

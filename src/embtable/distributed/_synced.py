@@ -186,12 +186,6 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
-def _distinct(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
-    """``torch.unique(ids, sorted=True, return_inverse=True)`` (compiled for tables of at most
-    32 rows per id: :func:`~embtable.distributed._rowstat.distinct_rows`)."""
-    return distinct_rows(ids, num_rows)
-
-
 def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:
     total = dense.get(id(weight))
     if total is None:
@@ -254,7 +248,9 @@ def _columns_backward(
         item = _Pending(job, optimizer, rows, row_grad)
         if job.pooling == POOL_MAX:  # rows won in any shard's columns are touched
             ids, pad = job.lookup.ids, job.lookup.padding_idx
-            item.candidates = _distinct(ids if pad is None else ids[ids != pad], job.weight.shape[0])[0]
+            item.candidates = distinct_rows(
+                ids if pad is None else ids[ids != pad], job.weight.shape[0]
+            )[0]
             item.touched = torch.zeros(item.candidates.numel(), device=rows.device)
             item.touched[torch.searchsorted(item.candidates, rows)] = 1.0
         pending.append(item)
@@ -377,7 +373,8 @@ class ColumnUpdate:
             writes.append((slots[0], total))
             new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + float(hparams[3])))
         elif optimizer == OPT_ADAM:
-            new = self._adam(w, g, slots, rows, hparams, writes)
+            new, m_new, v_new = adam_new_rows(w, g, slots, rows, hparams)
+            writes += [(slots[0], m_new), (slots[1], v_new)]
         else:
             raise ValueError(f"ColumnUpdate: unknown optimizer code {optimizer!r}; expected 0..3")
         self._write(rows, writes)
@@ -394,13 +391,6 @@ class ColumnUpdate:
             if self.group is not None:
                 all_reduce(square, dist.ReduceOp.SUM, self.group, self.stats, "col_stats")
         rowwise_adagrad_rows(weight, accumulator, rows, g, square, self.full_dim, lr, wd, mode, eps)
-
-    def _adam(
-        self, w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: list[float], writes: list
-    ) -> Tensor:
-        new, m_new, v_new = adam_new_rows(w, g, slots, rows, hparams)
-        writes += [(slots[0], m_new), (slots[1], v_new)]
-        return new
 
     def _write(self, rows: Tensor, writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]]) -> None:
         """Store new moment rows; quantized ones with the whole row's scale (one collective)."""
