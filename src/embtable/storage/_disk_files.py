@@ -10,11 +10,22 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Bits", "CorruptFileError", "copy_sparse", "runs"]
+__all__ = ["Bits", "CorruptFileError", "copy_range", "copy_sparse", "runs"]
 
 
 class CorruptFileError(ValueError):
     """A data file whose size does not match the manifest (raised as the store's error)."""
+
+
+def copy_range(fd_in: int, fd_out: int, start: int, end: int, name: object) -> None:
+    """Copy bytes ``start:end`` of ``fd_in`` to the same offsets of ``fd_out`` (``EIO`` naming
+    ``name`` if the source ends first)."""
+    offset = start
+    while offset < end:
+        copied = os.copy_file_range(fd_in, fd_out, end - offset, offset, offset)
+        if copied == 0:
+            raise OSError(errno.EIO, f"{name} ends at byte {offset}, before byte {end}")
+        offset += copied
 
 
 def copy_sparse(source: Path, target: Path) -> None:
@@ -31,12 +42,7 @@ def copy_sparse(source: Path, target: Path) -> None:
                     break
                 raise
             end = os.lseek(fd_in, start, os.SEEK_HOLE)
-            offset = start
-            while offset < end:
-                copied = os.copy_file_range(fd_in, fd_out, end - offset, offset, offset)
-                if copied == 0:
-                    break
-                offset += copied
+            copy_range(fd_in, fd_out, start, end, source)
             position = end
         dst.flush()
         os.fsync(fd_out)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embtable.storage._disk_files import copy_range
 from embtable.storage._disk_io import BatchIO
 
 __all__ = ["RowLog", "copy_segment", "log_files", "pages_touched"]
@@ -60,14 +61,8 @@ def copy_segment(source: Path, target: Path, segment: int, records: int, record:
     """Copy the first ``records`` records of segment ``segment`` from the table directory
     ``source`` to ``target`` (both files), then fsync the copies."""
     for src, dst, size in zip(segment_paths(source, segment), segment_paths(target, segment), (record, 8)):
-        length = records * size
         with open(src, "rb") as fin, open(dst, "wb") as fout:
-            offset = 0
-            while offset < length:
-                copied = os.copy_file_range(fin.fileno(), fout.fileno(), length - offset, offset, offset)
-                if copied == 0:
-                    raise OSError(errno.EIO, f"{src} is shorter than its manifest says ({offset} of {length} bytes)")
-                offset += copied
+            copy_range(fin.fileno(), fout.fileno(), 0, records * size, src)
             fout.flush()
             os.fsync(fout.fileno())
 
