@@ -73,13 +73,6 @@ def state_fields(layout: dict[str, Any]) -> list[StateField]:
     return [StateField(f["name"], _DTYPES[f["dtype"]], tuple(f["row_shape"])) for f in layout["fields"]]
 
 
-def record_bytes(manifest: dict[str, Any]) -> int:
-    """Bytes of one logged record (row + optimizer state) of the table ``manifest`` describes."""
-    row = manifest["embedding_dim"] * torch.empty((), dtype=_DTYPES[manifest["dtype"]]).element_size()
-    layout = manifest.get("state")
-    return row + (sum(field.row_bytes for field in state_fields(layout)) if layout else 0)
-
-
 def read_manifest(path: Path, api: str) -> dict[str, Any]:
     """The manifest at ``path``, checked (``CorruptTableError`` naming what is wrong)."""
     try:
@@ -129,9 +122,10 @@ def lock_writer(path: Path) -> int:
 
 
 def copy_table(
-    source: Path, target: Path, manifest: dict[str, Any], api: str, last_checkpoint: str | None = None
+    source: Path, target: Path, manifest: dict[str, Any], record: int, api: str, last_checkpoint: str | None = None
 ) -> None:
-    """Copy the table at ``source`` (files as ``manifest`` names them, holes kept) to a
+    """Copy the table at ``source`` (files as ``manifest`` names them, holes kept; ``record``
+    bytes per logged record, row and state) to a
     temporary directory beside ``target``, write its manifest (``"clean"``, naming
     ``last_checkpoint``) last and rename it into place."""
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -144,7 +138,7 @@ def copy_table(
                 copy_sparse(source / name, temp / name)
         log = manifest.get("log")
         if log is not None:
-            copy_segment(source, temp, log["segment"], log["records"], record_bytes(manifest))
+            copy_segment(source, temp, log["segment"], log["records"], record)
         copied = dict(manifest, status="clean", last_checkpoint=last_checkpoint)
         atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
         if target.exists():

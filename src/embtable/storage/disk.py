@@ -717,7 +717,7 @@ class DiskRowStore:
         if not target.parent.is_dir():
             raise FileNotFoundError(f"{api}: the parent directory of {str(target)!r} does not exist")
         self.flush(table_step=table_step)
-        copy_table(self.path, target, self.manifest, api)
+        copy_table(self.path, target, self.manifest, self.row_bytes + self.state_row_bytes, api)
         if not self.read_only:
             self.manifest["last_checkpoint"] = str(target)
             self._write_manifest()
@@ -762,6 +762,6 @@ def restore(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     """
     source = Path(checkpoint)
     store = DiskRowStore.open(source, read_only=True)
-    manifest = store.manifest
+    manifest, record = store.manifest, store.row_bytes + store.state_row_bytes
     store.close()
-    copy_table(source, Path(path).absolute(), manifest, "restore", last_checkpoint=str(source.absolute()))
+    copy_table(source, Path(path).absolute(), manifest, record, "restore", last_checkpoint=str(source.absolute()))
