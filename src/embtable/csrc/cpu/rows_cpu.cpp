@@ -132,6 +132,26 @@ int pool_sum_fixed(const float* W, int64_t V, const int64_t* I, const int64_t* O
                                                               num_features, padding_idx, mean);
 }
 
+// Row sizes with a compiled sum / mean loop (pool_sum_fixed).
+inline bool fixed_row_size(int64_t D) {
+  return D == 16 || D == 32 || D == 64 || D == 128 || D == 256;
+}
+
+// pool_sum_fixed for the row size D, one of fixed_row_size's.
+int pool_sum_fixed_any(int64_t D, const float* W, int64_t V, const int64_t* I, const int64_t* O,
+                       const int64_t* R, const float* P, float* Y, const OutLayout& layout,
+                       int64_t num_bags, int64_t num_features, int64_t padding_idx, bool mean) {
+  switch (D) {
+    case 16: return pool_sum_fixed<16>(W, V, I, O, R, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    case 32: return pool_sum_fixed<32>(W, V, I, O, R, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    case 64: return pool_sum_fixed<64>(W, V, I, O, R, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    case 128: return pool_sum_fixed<128>(W, V, I, O, R, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    case 256: return pool_sum_fixed<256>(W, V, I, O, R, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    default: TORCH_CHECK(false, "pool_sum_fixed_any: no compiled loop for rows of ", D);
+  }
+  return 0;
+}
+
 // The bag offsets of a bucket's feature-major lengths (F * batch + 1 of them, written to O),
 // each length checked to fit in what is left of the n values; `api` names the caller.
 void bucket_offsets(const int64_t* L, int64_t count, int64_t n, int64_t* O, const char* api) {
@@ -193,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> pool_bags_impl(
   }
   const int64_t batch = num_bags / num_features;
   const OutLayout layout{std::max<int64_t>(batch, 1), num_features * D, D};
-  const bool fixed = pooling != kPoolMax && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256);
+  const bool fixed = pooling != kPoolMax && fixed_row_size(D);
   at::Tensor out = num_features == 1 ? (fixed ? at::empty({num_bags, D}, weight.options())
                                               : at::zeros({num_bags, D}, weight.options()))
                                      : (fixed ? at::empty({batch, num_features * D}, weight.options())
@@ -207,12 +227,8 @@ std::tuple<at::Tensor, at::Tensor> pool_bags_impl(
   const int64_t total = O[num_bags];
   int bad = 0;
   if (fixed) {
-    const bool mean = pooling == kPoolMean;
-    if (D == 16) bad = pool_sum_fixed<16>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
-    if (D == 32) bad = pool_sum_fixed<32>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
-    if (D == 64) bad = pool_sum_fixed<64>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
-    if (D == 128) bad = pool_sum_fixed<128>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
-    if (D == 256) bad = pool_sum_fixed<256>(W, V, I, O, nullptr, P, Y, layout, num_bags, num_features, padding_idx, mean);
+    bad = pool_sum_fixed_any(D, W, V, I, O, nullptr, P, Y, layout, num_bags, num_features,
+                             padding_idx, pooling == kPoolMean);
   } else {
     // One loop per mode, so that each inner loop is a plain vectorizable row operation.
     auto pool = [&](auto mode_tag, bool weighted) {
@@ -463,8 +479,7 @@ at::Tensor pool_bucket_cpu(
   TORCH_CHECK(pooling == kPoolSum || pooling == kPoolMean, api,
               ": pooling must be 1 (sum) or 2 (mean), got ", pooling);
   const int64_t D = weight_in.size(1);
-  const bool fixed = D == 16 || D == 32 || D == 64 || D == 128 || D == 256;
-  if (!fixed) {  // no compiled row size: shift the ids apart, then pool
+  if (!fixed_row_size(D)) {  // no compiled row size: shift the ids apart, then pool
     auto [ids, offsets] = bucket_ids_cpu(values_in, lengths_in, feature_rows_in, batch);
     return std::get<0>(pool_bags_impl(weight_in, ids, offsets, per_sample_weights, pooling,
                                       padding_idx, feature_rows_in.size(0), api));
@@ -504,13 +519,8 @@ at::Tensor pool_bucket_cpu(
   const float* W = weight.data_ptr<float>();
   const int64_t* X = values.data_ptr<int64_t>();
   float* Y = out.data_ptr<float>();
-  const bool mean = pooling == kPoolMean;
-  int bad = 0;
-  if (D == 16) bad = pool_sum_fixed<16>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
-  if (D == 32) bad = pool_sum_fixed<32>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
-  if (D == 64) bad = pool_sum_fixed<64>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
-  if (D == 128) bad = pool_sum_fixed<128>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
-  if (D == 256) bad = pool_sum_fixed<256>(W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx, mean);
+  const int bad = pool_sum_fixed_any(D, W, V, X, O, R, P, Y, layout, num_bags, F, padding_idx,
+                                     pooling == kPoolMean);
   TORCH_CHECK(!bad, api, ": an id lies outside its table");
   return out;
 }
