@@ -48,7 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from embtable.ops._memory import advise_hugepages, hugepages_requested, place_pages
+from embtable.ops._memory import empty_table, hugepages_requested, place_pages
 from embtable.storage import _slots_reference as _ref
 
 __all__ = ["SlotLookup", "SlotMap", "POLICIES"]
@@ -139,9 +139,7 @@ _HUGE_MIN_BYTES = 16 << 20
 
 def _zeros_huge(shape: tuple[int, ...]) -> Tensor:
     """An int64 zero tensor, on huge pages where granted (asked before the first touch)."""
-    tensor = torch.empty(shape, dtype=torch.int64)
-    advise_hugepages(tensor)
-    return tensor.zero_()
+    return empty_table(shape, torch.int64, None).zero_()
 
 
 def _check_int(api: str, name: str, value: object, minimum: int) -> int:
@@ -400,7 +398,8 @@ class SlotMap:
     def state_dict(self) -> dict[str, Tensor]:
         """The map's state as tensors, the same for the compiled map and the oracle.
 
-        Keys: ``config`` (capacity, policy, ttl, min_count, exact_counts, seed, sketch size),
+        Keys: ``config`` (capacity, policy, ttl, min_count, exact_counts, seed, sketch size,
+        then ``decay_every`` where set),
         per-slot ``slot_ids``, ``live``, ``freq``, ``last_call``, ``last_step``, ``ref``;
         ``recency`` (lru / ttl: the live slots, least recent first); ``sketch``;
         ``exact_ids`` / ``exact_counts`` (sorted by id); ``meta`` (calls, clock, hand and
@@ -453,7 +452,7 @@ class SlotMap:
             raise ValueError(
                 f"{api}: the state is of a map with config {sd['config'].tolist()}, this map has "
                 f"{self._config_tensor().tolist()} (capacity, policy, ttl, min_count, "
-                "exact_counts, seed, sketch_width, sketch_depth)"
+                "exact_counts, seed, sketch_width, sketch_depth[, decay_every])"
             )
         c = self.capacity
         for k in ("slot_ids", "live", "freq", "last_call", "last_step", "ref"):
