@@ -212,7 +212,10 @@ def remap(cfg) -> None:
     print(f"    (embtable: {ours.stats()['default_hits']} default-row lookups in all, min_count=1)")
 
 
-def train(cfg) -> None:
+def _step_pair(cfg):
+    """The training-step contenders: a dynamic and a static sum bag table (D = 64, fused
+    RowWiseAdagrad), stepped on the same stream until the dynamic one is full (at most
+    10,000 steps).  Returns ``(stream, dyn, static, opt_d, opt_s, grad, warm-up steps)``."""
     cap, d, b, length = cfg["capacity"], 64, cfg["batch"], cfg["bag"]
     stream = Stream(cfg["distinct"], seed=2)
     dyn = DynamicEmbeddingBag(cap, d, mode="sum")
@@ -220,19 +223,25 @@ def train(cfg) -> None:
     opt_d = embtable.optim.fuse(dyn, "rowwise_adagrad", lr=0.05)
     opt_s = embtable.optim.fuse(static, "rowwise_adagrad", lr=0.05)
     grad = torch.randn(b, d)
+    warm = 0
+    while len(dyn.slot_map) < cap and warm < 10_000:
+        ids = stream.ids(b * length).reshape(b, length)
+        dyn(ids).backward(grad)
+        static(hash_rows(ids, cap)).backward(grad)
+        warm += 1
+    return stream, dyn, static, opt_d, opt_s, grad, warm
+
+
+def train(cfg) -> None:
+    cap, b, length = cfg["capacity"], cfg["batch"], cfg["bag"]
+    print("\n2. training step (fused RowWiseAdagrad, sum pooling, D = 64): warm-up until the "
+          "dynamic table is full")
+    stream, dyn, static, opt_d, opt_s, grad, warm = _step_pair(cfg)
 
     def step(model, opt, ids):
         model(ids).backward(grad)
         opt.step()
 
-    print("\n2. training step (fused RowWiseAdagrad, sum pooling, D = 64): warm-up until the "
-          "dynamic table is full")
-    warm = 0
-    while len(dyn.slot_map) < cap and warm < 10_000:
-        ids = stream.ids(b * length).reshape(b, length)
-        step(dyn, opt_d, ids)
-        step(static, opt_s, hash_rows(ids, cap))
-        warm += 1
     times = {"dynamic": [], "static": []}
     evicted0 = dyn.stats()["evicted"]
     for _ in range(cfg["train_steps"]):
@@ -255,17 +264,8 @@ def train(cfg) -> None:
 def breakdown(cfg) -> None:
     import embtable.nn.dynamic as dynamic_mod
 
-    cap, d, b, length = cfg["capacity"], 64, cfg["batch"], cfg["bag"]
-    stream = Stream(cfg["distinct"], seed=2)
-    dyn = DynamicEmbeddingBag(cap, d, mode="sum")
-    static = embtable.EmbeddingBag(cap + 1, d, mode="sum")
-    embtable.optim.fuse(dyn, "rowwise_adagrad", lr=0.05)
-    embtable.optim.fuse(static, "rowwise_adagrad", lr=0.05)
-    grad = torch.randn(b, d)
-    while len(dyn.slot_map) < cap:
-        ids = stream.ids(b * length).reshape(b, length)
-        dyn(ids).backward(grad)
-        static(hash_rows(ids, cap)).backward(grad)
+    cap, b, length = cfg["capacity"], cfg["batch"], cfg["bag"]
+    stream, dyn, static, _, _, grad, _ = _step_pair(cfg)
     parts: dict[str, list[float]] = {}
 
     def timed(owner, attr, key):
