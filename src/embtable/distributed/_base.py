@@ -168,6 +168,7 @@ class ShardedTables(Agreement, Exchange, Module):
         if not self._columns and self.replicas is None:
             return {}, {}, None
         jobs: list[Job] = []
+        placed: list[tuple[str, Any, Any]] = []  # per job: (table or "", bucket, lookup)
         owners: list[tuple[str, Module]] = []
         for name in self._columns:
             if name in self._col_index and received is not None:
@@ -178,6 +179,7 @@ class ShardedTables(Agreement, Exchange, Module):
             source = received if name else features
             sub = source.select(holder.feature_names)
             for bucket, lookup in zip(holder.plan.buckets, holder.bucket_inputs(sub)):
+                placed.append((name, bucket, lookup))
                 jobs.append(
                     Job(
                         table=name or None,
@@ -200,15 +202,13 @@ class ShardedTables(Agreement, Exchange, Module):
         anchor, *outs = SyncedLookup.apply(jobs, replica_group, self.stats, anchor, *weights)
         columns: dict[str, Tensor] = {}
         replicas: dict[str, Tensor] = {}
-        for (name, _), in_holder in zip(owners, _split_by_holder(jobs, owners, outs)):
-            target = columns if name else replicas
-            for bucket, out, lookup in in_holder:
-                if self._pooled:
-                    bags = out.shape[0] // len(bucket.features)
-                    parts = out.view(len(bucket.features), bags, out.shape[1]).unbind(0)
-                else:
-                    parts = out.split(lookup.counts)
-                target.update(zip(bucket.features, parts))
+        for (name, bucket, lookup), out in zip(placed, outs):
+            if self._pooled:
+                bags = out.shape[0] // len(bucket.features)
+                parts = out.view(len(bucket.features), bags, out.shape[1]).unbind(0)
+            else:
+                parts = out.split(lookup.counts)
+            (columns if name else replicas).update(zip(bucket.features, parts))
         return columns, replicas, anchor
 
     # ------------------------------------------------------------------ layout
@@ -358,17 +358,3 @@ def _default_timeout() -> datetime.timedelta | None:
         return dist.GroupMember.WORLD._get_backend(device).options._timeout
     except (AttributeError, RuntimeError, ValueError):
         return None
-
-
-def _split_by_holder(
-    jobs: list[Job], owners: list[tuple[str, Module]], outs: list[Tensor]
-) -> list[list[tuple[Any, Tensor, Any]]]:
-    """``(bucket, output, lookup)`` of each owner's jobs (jobs were made owner by owner)."""
-    result, k = [], 0
-    for _, holder in owners:
-        part = []
-        for bucket in holder.plan.buckets:
-            part.append((bucket, outs[k], jobs[k].lookup))
-            k += 1
-        result.append(part)
-    return result
