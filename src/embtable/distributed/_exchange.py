@@ -66,8 +66,9 @@ class Exchange:
 
     def _exchange_ids(
         self, split: dict[str, Any], batch: int, weighted: bool
-    ) -> tuple[KeyedJagged | None, Tensor | None, list[list[int]]]:
-        """Send every rank its features' bags; the local batch of ``world x B`` bags per feature."""
+    ) -> tuple[KeyedJagged | None, list[list[int]]]:
+        """Send every rank its features' bags: the local batch of ``world x B`` bags per
+        feature (``None``: no routed feature here) and ``[source][feature]`` id counts."""
         pieces = split["pieces"]
         world, device = self.world_size, self._device()
         send_lengths, send_values, send_weights = [], [], []
@@ -109,7 +110,7 @@ class Exchange:
             dtype = send_weights[0].dtype if send_weights else torch.float32
             weights = send(send_weights, dtype, "weights")
         if not nf:
-            return None, None, counts
+            return None, counts
         flat = [c for row in counts for c in row]
         v_parts = values.split(flat)
         w_parts = weights.split(flat) if weights is not None else None
@@ -121,7 +122,7 @@ class Exchange:
             weights=None if w_parts is None else torch.cat([w_parts[i] for i in order]),
             validate=False,
         )
-        return kjt, lengths, counts
+        return kjt, counts
 
     def _sent_counts(self, split: dict[str, Any]) -> list[list[int]]:
         """``[dest][feature of dest's routes]``: how many ids this rank sent."""

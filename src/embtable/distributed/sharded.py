@@ -112,7 +112,7 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         """Pool this rank's local batch; returns ``[B, D_f]`` per feature, like the unsharded module."""
         batch, weighted = self._agree(features)
         split = self._split(features, batch)
-        kjt, _, counts = self._exchange_ids(split, batch, weighted)
+        kjt, counts = self._exchange_ids(split, batch, weighted)
         del split["pieces"]  # (sent: the routed ids are no longer needed)
         columns, replicas, anchor = self._synced_lookup(kjt, features)
         world = self.world_size
@@ -157,28 +157,17 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             if self._kind[table] is ShardingType.COLUMN_WISE:
                 tensors += parts
                 continue
-            tensors.append(
-                self._combine(name, table, parts, split["extra"].get(name), features, batch)
-            )
+            tensors.append(self._combine(table, parts, split["extra"].get(name)))
         values = torch.cat(tensors, 1) if len(tensors) > 1 else tensors[0]
         del partial, blocks, back, tensors
         views = list(values.split(self.embedding_dims, 1))
         return PooledEmbeddings(self.feature_names, views, values=values)
 
-    def _combine(
-        self,
-        name: str,
-        table: str,
-        parts: list[Tensor],
-        extra: Any,
-        features: KeyedJagged,
-        batch: int,
-    ) -> Tensor:
-        kind = self._kind[table]
-        if kind is ShardingType.TABLE_WISE:
+    def _combine(self, table: str, parts: list[Tensor], extra: Any) -> Tensor:
+        """A table-wise or row-wise feature's pooled ``[B, D]`` from its shards' ``parts``
+        (column shards go into the result as they are: :meth:`forward`)."""
+        if self._kind[table] is ShardingType.TABLE_WISE:
             return parts[0]
-        if kind is ShardingType.COLUMN_WISE:
-            return torch.cat(parts, 1)
         pooling = self._configs[table].pooling
         counts = extra[0]  # [shards, B] non-padding ids per bag per shard
         if pooling is PoolingMode.SUM:
@@ -228,7 +217,7 @@ class ShardedEmbeddingCollection(ShardedTables):
         """Look up every id of this rank's local batch; per feature ``[N_f, D_f]`` rows and lengths."""
         batch, _ = self._agree(features)
         split = self._split(features, batch)
-        kjt, _, counts = self._exchange_ids(split, batch, False)
+        kjt, counts = self._exchange_ids(split, batch, False)
         columns, replicas, anchor = self._synced_lookup(kjt, features)
         world = self.world_size
         mine = self.routes[self.rank]
