@@ -323,6 +323,7 @@ def test_lfu_aging_by_hand():
     # go to the least recent (last_call 1): 7 is evicted at call 6 by id 5.
     evicted, slot = run(decay_every=2)
     assert 7 in evicted and slot == -1
+    assert evicted == [1, 2, 3, 4, 7]  # by hand, as docs/dynamic.md shows
     ref = ReferenceSlotMap(2, "lfu", decay_every=2)
     ref.lookup(torch.tensor([7] * 8))
     want = []
