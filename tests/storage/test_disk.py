@@ -114,6 +114,18 @@ def test_threaded_reads_of_log_and_home_match_the_rows_written(tmp_path):
     store.close()
 
 
+def test_write_rows_refuses_state_of_the_wrong_shape_or_dtype(tmp_path):
+    """Nothing is written: the rows read back as before (initializer values)."""
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=10, embedding_dim=2, seed=3)
+    store.bind_state("demo", [embtable.storage.disk.StateField("s", torch.float32, (2,))], bytes(8))
+    ids, rows = torch.tensor([1, 4]), torch.ones(2, 2)
+    for bad in (torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 4), torch.zeros(4)):
+        with pytest.raises(ValueError, match="state field 's' must be a \\[2, 2\\] torch.float32 tensor"):
+            store.write_rows(ids, rows, [bad])
+    assert store.rows_written == 0 and torch.equal(store.read_rows(ids), init_rows(3, ids, 2))
+    store.close()
+
+
 def test_log_past_max_log_bytes_moves_home_between_flushes(tmp_path):
     """Past the hard bound a write moves the log home at once: the table is 'writing' (a
     crash now refuses to open) until the next flush; the rows stay right throughout."""

@@ -543,6 +543,12 @@ class DiskRowStore:
         if state is not None and self.state_row_bytes:
             if len(state) != len(self.state_fields):
                 raise ValueError(f"{api}: state has {len(state)} tensors, the table stores {len(self.state_fields)}")
+            for field, tensor in zip(self.state_fields, state):
+                if tuple(tensor.shape) != (len(sorted_ids), *field.row_shape) or tensor.dtype != field.dtype:
+                    raise ValueError(
+                        f"{api}: state field {field.name!r} must be a {[len(sorted_ids), *field.row_shape]} "
+                        f"{field.dtype} tensor, got {list(tensor.shape)} {tensor.dtype}"
+                    )
             parts = [t.detach().contiguous().view(torch.uint8).reshape(len(sorted_ids), -1) for t in state]
             states = torch.cat(parts, dim=1).numpy()[order]
         if not len(sorted_ids):
