@@ -76,6 +76,8 @@ def test_pool_bucket_checks_lengths_and_rows_before_reading():
     outside[-1, 1] += 1  # the last table would run past the grouped weight
     with pytest.raises(RuntimeError, match="embtable::pool_bucket: feature 2's rows"):
         torch.ops.embtable.pool_bucket(weight, values, lengths, outside, *args)
+    with pytest.raises(RuntimeError, match="embtable::pool_bucket: feature 2's rows"):  # D = 5: two passes
+        torch.ops.embtable.pool_bucket(weight[:, :5].contiguous(), values, lengths, outside, *args)
     with pytest.raises(RuntimeError, match="pooling must be 1 .sum. or 2 .mean."):
         torch.ops.embtable.pool_bucket(weight, values, lengths, rows, None, ops.POOL_MAX, -1, 4)
 

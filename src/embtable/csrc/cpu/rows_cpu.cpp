@@ -479,11 +479,6 @@ at::Tensor pool_bucket_cpu(
   TORCH_CHECK(pooling == kPoolSum || pooling == kPoolMean, api,
               ": pooling must be 1 (sum) or 2 (mean), got ", pooling);
   const int64_t D = weight_in.size(1);
-  if (!fixed_row_size(D)) {  // no compiled row size: shift the ids apart, then pool
-    auto [ids, offsets] = bucket_ids_cpu(values_in, lengths_in, feature_rows_in, batch);
-    return std::get<0>(pool_bags_impl(weight_in, ids, offsets, per_sample_weights, pooling,
-                                      padding_idx, feature_rows_in.size(0), api));
-  }
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor values = values_in.to(at::kLong).contiguous();
   const at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -501,6 +496,11 @@ at::Tensor pool_bucket_cpu(
     TORCH_CHECK(R[2 * f] >= 0 && R[2 * f + 1] >= 0 && R[2 * f + 1] <= V - R[2 * f], api,
                 ": feature ", f, "'s rows [", R[2 * f], ", +", R[2 * f + 1],
                 ") lie outside the table of ", V, " rows");
+  }
+  if (!fixed_row_size(D)) {  // no compiled row size: shift the ids apart, then pool
+    auto [ids, offsets] = bucket_ids_cpu(values, lengths, rows, batch);
+    return std::get<0>(pool_bags_impl(weight, ids, offsets, per_sample_weights, pooling,
+                                      padding_idx, F, api));
   }
   const float* P = nullptr;
   at::Tensor psw;
