@@ -102,14 +102,20 @@ def test_threaded_reads_of_log_and_home_match_the_rows_written(tmp_path):
     store.bind_state("demo", [embtable.storage.disk.StateField("s", torch.float32, ())], bytes(4))
     rows, state = init_rows(2, torch.arange(20_000), 4), torch.zeros(20_000)
     generator = torch.Generator().manual_seed(0)
+    batches = []
     for compact in (True, False):  # the first batch goes home, the second stays in the log
         ids = torch.randperm(20_000, generator=generator)[:3000]
+        batches.append(set(ids.tolist()))
         rows[ids], state[ids] = torch.randn(3000, 4, generator=generator), torch.rand(3000, generator=generator)
         store.write_rows(ids, rows[ids], [state[ids]])
         store.flush(compact=compact)
     every = torch.randperm(20_000, generator=generator)
     got_rows, got_state = store.read(every)
     assert torch.equal(got_rows, rows[every]) and torch.equal(got_state[0], state[every])
+    read_before = store.bytes_read
+    assert torch.equal(store.read_state(every)[0], state[every])  # the rows file is not read:
+    home_only = len(batches[0] - batches[1])  # rows whose newest record is at home
+    assert store.bytes_read - read_before == 3000 * (16 + 4) + home_only * 4  # log records, home state
     assert store._batch._pool is not None  # the pool did the reads
     store.close()
 

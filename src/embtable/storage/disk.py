@@ -416,9 +416,11 @@ class DiskRowStore:
                 raise ValueError(f"{api}: ids must be distinct")
         return sorted_ids, order
 
-    def read(self, ids: Tensor, *, with_state: bool = True) -> tuple[Tensor, list[Tensor]]:
+    def read(self, ids: Tensor, *, with_state: bool = True, with_rows: bool = True) -> tuple[Tensor, list[Tensor]]:
         """Rows ``ids`` (``[n, embedding_dim]``, the table's dtype) and, ``with_state``, their
         optimizer state (one ``[n, *row_shape]`` tensor per field), in the order of ``ids``.
+        ``with_rows=False`` reads the state only (the rows file is not read; the first item
+        is then ``[0, embedding_dim]``).
 
         A row's latest record comes from the write-back log if it has one there, else from
         its home place; rows never written are the initializer's values and fresh state.
@@ -448,7 +450,7 @@ class DiskRowStore:
         home = ~in_log
         if home.any():
             home_ids = sorted_ids[home]
-            files = [(ROWS, ROW_BITS, row_bytes, None, rows)]
+            files = [(ROWS, ROW_BITS, row_bytes, None, rows)] if with_rows else []
             if with_state:
                 files.append((STATE, STATE_BITS, self.state_row_bytes, self._fresh_state, state))
             for name, bits_name, record, fresh, target in files:
@@ -458,8 +460,9 @@ class DiskRowStore:
         self._batch.run(tasks)
         for step in finish:
             step()
-        out_rows = torch.empty((n, self.embedding_dim), dtype=self.dtype)
-        out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
+        out_rows = torch.empty((n if with_rows else 0, self.embedding_dim), dtype=self.dtype)
+        if with_rows:
+            out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
         if not with_state:
             return out_rows, []
         unsorted = np.empty_like(state)
@@ -506,7 +509,7 @@ class DiskRowStore:
         """The optimizer state of rows ``ids`` only (see :meth:`read`)."""
         if not self.state_row_bytes:
             return []
-        return self.read(ids)[1]
+        return self.read(ids, with_rows=False)[1]
 
     def _split_state(self, records: np.ndarray) -> list[Tensor]:
         fields, column = [], 0
