@@ -34,10 +34,11 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    each).  Each model: row -> Linear(8, 1); fused Adagrad for the tables, Adam for the rest.
 
 Memory placement: every table is a fresh CPU tensor in this process; all contenders see the
-same id tensors.  ``--placement huge`` (default): embtable's tables and SlotMap state ask for
-transparent huge pages (its default); TorchRec's buffers are plain allocations (they are
-re-created at every eviction).  ``--placement 4k`` sets ``EMBTABLE_HUGEPAGES=0`` first, so
-that every contender sits on 4 KiB pages (same placement).  One thread
+same id tensors.  ``--placement 4k`` (default) sets ``EMBTABLE_HUGEPAGES=0`` first, so that
+every contender sits on 4 KiB pages (same placement).  ``--placement huge``: embtable's tables
+and SlotMap state ask for transparent huge pages (its default); TorchRec's buffers are plain
+allocations (they are re-created at every eviction), so the remap comparison is then unequal
+(the training step's two tables are both embtable's, so it stays equal).  One thread
 (``torch.set_num_threads(1)``) unless ``--threads``.
 
 Usage:
@@ -386,9 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small stream (a smoke run)")
     parser.add_argument("--parts", default="remap,train,quality")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--placement", choices=("huge", "4k"), default="huge",
-                        help="huge: embtable's default (huge pages for its tables and maps); "
-                        "4k: EMBTABLE_HUGEPAGES=0, every contender on 4 KiB pages")
+    parser.add_argument("--placement", choices=("huge", "4k"), default="4k",
+                        help="4k (default): EMBTABLE_HUGEPAGES=0, every contender on 4 KiB pages; "
+                        "huge: embtable's default allocation (huge pages for its tables and maps, "
+                        "TorchRec's and the dict's memory on 4 KiB pages: unequal for the remap "
+                        "comparison, equal for the training step)")
     for key, value in FULL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value}")
     args = parser.parse_args(argv)
@@ -400,6 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None:
             cfg[key] = value
     torch.set_num_threads(args.threads)
+    if args.placement == "huge":
+        print("placement huge: embtable on huge pages, TorchRec and the dict on 4 KiB pages "
+              "(the remap comparison is unequal; use --placement 4k for it)")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, placement {args.placement}, "
           f"config {cfg}")
     print("(the machine is shared with other jobs: CPU times per call, medians)")
