@@ -4,7 +4,9 @@ Workload: the 26-table collection of ``benchmarks/bags.py`` (rows log-uniformly 
 10 to ``--rows-max``, D = 64, 1-20 ids per example and feature, Zipf-like ids, sum pooling),
 global batch ``--batch`` (4096), fused RowWiseAdagrad.
 
-Contenders (same global batches, one thread per process, no huge pages for either):
+Contenders (same global batches, one thread per process, no huge pages for any: the script
+sets ``EMBTABLE_HUGEPAGES=0``, since TorchRec's tables are not put on huge pages; ``--hugepages``
+lets embtable's big tables and state take them):
 - ``1 process``: ``embtable.EmbeddingBagCollection`` fused, the whole global batch per step;
 - ``2 processes``: ``ShardedEmbeddingBagCollection`` (built directly: each rank allocates only
   its shards) with the plan of ``plan_sharding`` (row-wise for tables above an even share,
@@ -575,7 +577,14 @@ def main() -> None:
         action="store_true",
         help="only measure where a step's memory goes (RSS per phase, 3 steps)",
     )
+    parser.add_argument(
+        "--hugepages",
+        action="store_true",
+        help="let embtable put big tables and state on huge pages (TorchRec's stay off them)",
+    )
     args = parser.parse_args()
+    if not args.hugepages:  # (the spawned ranks inherit it: one placement for every contender)
+        os.environ["EMBTABLE_HUGEPAGES"] = "0"
     if args.scaling_plot:
         scaling_plot(args.scaling_plot)
         return
@@ -594,7 +603,8 @@ def main() -> None:
     one = {k: statistics.median(r[k] for r in singles) for k in singles[0]}
     print(
         f"\nrows-max {args.rows_max}, global batch {args.batch}, fused {RULE}, 1 thread per process, "
-        f"{args.rounds} rounds x {args.steps} steps (medians)"
+        f"{args.rounds} rounds x {args.steps} steps (medians), "
+        f"embtable huge pages {'on' if args.hugepages else 'off'}"
     )
     header = (
         "contender",
