@@ -231,8 +231,10 @@ def _table(path, rows=16):
 def test_damaged_tables_refuse_to_open(tmp_path, damage, error, message):
     _table(tmp_path / "t")
     damage(tmp_path / "t")
+    open_files = len(os.listdir("/proc/self/fd"))
     with pytest.raises(error, match=message):
         DiskRowStore.open(tmp_path / "t")
+    assert len(os.listdir("/proc/self/fd")) == open_files  # a refused open closes what it opened
     assert log_files(tmp_path / "t")  # a refused open deletes no log segment
 
 

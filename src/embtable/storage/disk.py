@@ -172,10 +172,14 @@ class DiskRowStore:
         if not read_only:
             self._lock_fd = lock_writer(path)
             self._unlock = weakref.finalize(self, os.close, self._lock_fd)  # also when dropped
-        self._open_data(ROWS, ROW_BITS, self.row_bytes)
-        if manifest.get("state"):
-            self._load_state_layout(manifest["state"])
-        self._open_log()
+        try:
+            self._open_data(ROWS, ROW_BITS, self.row_bytes)
+            if manifest.get("state"):
+                self._load_state_layout(manifest["state"])
+            self._open_log()
+        except BaseException:
+            self.close()  # the files opened so far, and the writer's lock
+            raise
 
     def _open_log(self) -> None:
         """Load the log segment the manifest names; when writable, delete other segments'
@@ -188,7 +192,6 @@ class DiskRowStore:
                     records=entry["records"], writable=not self.read_only, background=self._io_threads > 1,
                 )
             except CorruptLogError as error:
-                self.close()
                 raise CorruptTableError(str(error)) from None
         if not self.read_only:  # only once the named segment has opened
             keep = None if entry is None else f"log.{entry['segment']:06d}."
