@@ -28,6 +28,7 @@ Usage:
     python benchmarks/sharded.py                       # rows-max 1,000,000, batch 4096
     python benchmarks/sharded.py --rows-max 100000 --steps 10 --rounds 2
     python benchmarks/sharded.py --quick               # smoke run
+    python benchmarks/sharded.py --kernel-calls 300    # the column path's row-statistic kernels
 """
 
 from __future__ import annotations
@@ -537,6 +538,51 @@ def scaling_plot(path: str) -> None:
     fig.savefig(path, dpi=90)
 
 
+def kernel_timings(args: argparse.Namespace) -> None:
+    """The exact column path's row-statistic kernels alone on one table (V = 100K rows,
+    D = 32, 4,096 bags of 1-20 Zipf-like ids), each against its pure-PyTorch oracle: a
+    correctness check first, then thread CPU time at one thread, contenders alternating call
+    by call, same inputs and pages; medians over ``--kernel-calls`` calls."""
+    from embtable.distributed import _rowstat
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    rows, dim, bags = 100_000, 32, 4096
+    lengths = torch.randint(1, 21, (bags,), generator=gen)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    ids = zipf_ids(rows, (int(offsets[-1]),), generator=gen)
+    grad = torch.randn(bags, dim, generator=gen)
+    pairs = {
+        "distinct rows": (
+            lambda: _rowstat.distinct_rows(ids, rows),
+            lambda: _rowstat.reference_distinct_rows(ids, rows),
+        ),
+        "rows + summed sum-bag gradient": (
+            lambda: _rowstat.bag_rows(ids, offsets, grad, None, rows, 1, -1),
+            lambda: _rowstat.reference_bag_rows(ids, offsets, grad, None, rows, 1, -1),
+        ),
+    }
+    for name, (compiled, oracle) in pairs.items():  # correctness first
+        for got, want in zip(compiled(), oracle()):
+            if not torch.equal(got, want):
+                raise SystemExit(f"{name}: the compiled kernel differs from its oracle")
+    print(
+        f"{ids.numel():,} ids over {rows:,} rows, D {dim}, {bags} bags; one thread, thread CPU "
+        f"time, medians of {args.kernel_calls} alternating calls"
+    )
+    print("| kernel | compiled us | oracle us | oracle / compiled |")
+    print("|---|---|---|---|")
+    for name, contenders in pairs.items():
+        times: list[list[float]] = [[], []]
+        for _ in range(args.kernel_calls):
+            for k, run in enumerate(contenders):
+                start = time.thread_time()
+                run()
+                times[k].append(time.thread_time() - start)
+        fast, slow = (statistics.median(t) * 1e6 for t in times)
+        print(f"| {name} | {fast:.0f} | {slow:.0f} | {slow / fast:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -582,11 +628,20 @@ def main() -> None:
         action="store_true",
         help="let embtable put big tables and state on huge pages (TorchRec's stay off them)",
     )
+    parser.add_argument(
+        "--kernel-calls",
+        type=int,
+        default=0,
+        help="only time the column path's row-statistic kernels (this many calls each)",
+    )
     args = parser.parse_args()
     if not args.hugepages:  # (the spawned ranks inherit it: one placement for every contender)
         os.environ["EMBTABLE_HUGEPAGES"] = "0"
     if args.scaling_plot:
         scaling_plot(args.scaling_plot)
+        return
+    if args.kernel_calls:
+        kernel_timings(args)
         return
     if args.memory_phases:
         print_memory_phases(args)
