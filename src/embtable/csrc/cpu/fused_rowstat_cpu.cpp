@@ -193,14 +193,14 @@ Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n, int64_
                            int64_t skip, const at::TensorOptions& options) {
   TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), api,
               ": num_rows must be in [0, 2^31), got ", num_rows);
-  for (int64_t i = 0; i < n; ++i) {
+  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);  // (8 bytes of padding)
+  for (int64_t i = 0; i < n; ++i) {  // (the marks are local: a bad id leaves nothing behind)
     TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, api, ": id ", ip[i], " at position ", i,
                       " is outside the table's ", num_rows, " rows");
+    mark[ip[i]] = 1;
   }
-  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);  // (8 bytes of padding)
   Distinct out;
   out.position.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
-  for (int64_t i = 0; i < n; ++i) mark[ip[i]] = 1;
   if (skip >= 0 && skip < num_rows) mark[skip] = 0;
   // found[count] is written for every row of a non-zero word and kept by marked ones only
   // (branch-free: the marks are random, a branch per row mispredicts): one spare slot
