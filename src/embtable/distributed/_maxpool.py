@@ -12,7 +12,7 @@ from embtable import ops
 from embtable.functional import FUSED_ATTR
 from embtable.ops._fused_reference import POOL_NONE as _POOL_NONE
 
-__all__ = ["ExactMax", "MaxCombine", "sum_parts"]
+__all__ = ["ExactMax", "MaxCombine", "sum_parts", "winner_rows"]
 
 
 class MaxCombine(torch.autograd.Function):
@@ -56,19 +56,43 @@ class ExactMax(torch.autograd.Function):
         max_ids, offsets = ctx.saved_tensors
         weight = ctx.weight
         valid = (max_ids >= 0) & ~torch.isnan(grad)
-        winners = max_ids[valid]
-        columns = torch.arange(grad.shape[1], device=grad.device).expand_as(max_ids)[valid]
-        values = grad[valid]
         optimizer = getattr(weight, FUSED_ATTR, None)
         if optimizer is None:
+            columns = torch.arange(grad.shape[1], device=grad.device).expand_as(max_ids)[valid]
             dense = torch.zeros_like(weight)
-            dense.index_put_((winners, columns), values, accumulate=True)
+            dense.index_put_((max_ids[valid], columns), grad[valid], accumulate=True)
             return dense, None, None, None
-        rows, inverse = torch.unique(winners, sorted=True, return_inverse=True)
-        row_grad = grad.new_zeros((rows.numel(), grad.shape[1]))
-        row_grad.index_put_((inverse, columns), values, accumulate=True)
+        rows, row_grad = winner_rows(max_ids, grad, valid, grad.dtype)
         optimizer.apply_update(weight, rows, offsets, row_grad, None, _POOL_NONE, -1, False)
         return None, None, None, None
+
+
+def winner_rows(
+    max_ids: Tensor, grad: Tensor, valid: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The distinct rows that won a ``valid`` cell of max-pooled bags and their summed gradient.
+
+    Args:
+        max_ids: ``[bags, D]`` winning row per bag and column (``-1``: an empty bag).
+        grad: ``[bags, D]`` gradient of the pooled bags.
+        valid: ``[bags, D]`` cells to count.
+        dtype: the summed gradient's dtype.
+
+    Returns:
+        ``(rows, summed)``: sorted distinct rows and ``[rows, D]`` sums (each cell adds to
+        its own column of its winning row).
+
+    Example:
+        >>> max_ids = torch.tensor([[2, 0], [2, -1]])
+        >>> winner_rows(max_ids, torch.ones(2, 2), max_ids >= 0, torch.float32)
+        (tensor([0, 2]), tensor([[0., 1.],
+                [2., 0.]]))
+    """
+    rows, inverse = torch.unique(max_ids[valid], sorted=True, return_inverse=True)
+    columns = torch.arange(max_ids.shape[1], device=max_ids.device).expand_as(max_ids)[valid]
+    summed = grad.new_zeros((rows.numel(), grad.shape[1]), dtype=dtype)
+    summed.index_put_((inverse, columns), grad[valid].to(dtype), accumulate=True)
+    return rows, summed
 
 
 def sum_parts(parts: list[Tensor]) -> Tensor:

@@ -52,6 +52,7 @@ from torch import Tensor
 from embtable import ops
 from embtable.config import PoolingMode
 from embtable.distributed._comm import CommStats, all_reduce
+from embtable.distributed._maxpool import winner_rows
 from embtable.distributed._rowstat import (
     bag_rows,
     distinct_rows,
@@ -165,13 +166,7 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
     lookup = job.lookup
     grad = grad.reshape(-1, job.weight.shape[1])
     if job.pooling == POOL_MAX:
-        max_ids = job.max_ids
-        valid = max_ids >= 0
-        rows, inverse = torch.unique(max_ids[valid], sorted=True, return_inverse=True)
-        cols = torch.arange(max_ids.shape[1], device=max_ids.device).expand_as(max_ids)[valid]
-        summed = grad.new_zeros((rows.numel(), grad.shape[1]), dtype=torch.float32)
-        summed.index_put_((inverse, cols), grad[valid].float(), accumulate=True)
-        return rows, summed
+        return winner_rows(job.max_ids, grad, job.max_ids >= 0, torch.float32)
     ids, pad = lookup.ids, -1 if lookup.padding_idx is None else lookup.padding_idx
     if job.pooling == POOL_NONE and len(job.padding_rows) > 1:
         keep = ~torch.isin(ids, torch.tensor(job.padding_rows, device=ids.device))
