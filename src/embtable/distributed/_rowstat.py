@@ -53,6 +53,11 @@ __all__ = [
 
 _FAKES = {"registered": False}
 _NO_IDS = torch.empty(0, dtype=torch.int64)
+_MARK_ROWS_PER_ID = 32  # up to this many table rows per id, a mark per row beats a sort
+
+
+def _marks_pay(ids: Tensor, num_rows: int) -> bool:
+    return num_rows <= _MARK_ROWS_PER_ID * max(ids.numel(), 1)
 
 
 def _register_fakes() -> None:
@@ -92,7 +97,7 @@ def _compiled(*tensors: Tensor) -> bool:
 def reference_distinct_rows(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """The oracle of :func:`distinct_rows`: ``torch.unique``, or for tables of at most 32
     rows per id a mark per table row (half the time of the sort there)."""
-    if num_rows > 32 * max(ids.numel(), 1):
+    if not _marks_pay(ids, num_rows):
         return torch.unique(ids, sorted=True, return_inverse=True)
     present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device)
     present[ids] = True
@@ -123,7 +128,7 @@ def distinct_rows(ids: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
         (tensor([0, 1, 4]), tensor([2, 1, 2, 0]))
     """
     if (
-        num_rows <= 32 * max(ids.numel(), 1)
+        _marks_pay(ids, num_rows)
         and num_rows < 2**31
         and ids.dtype == torch.int64
         and ids.dim() == 1
