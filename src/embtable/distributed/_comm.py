@@ -34,6 +34,13 @@ class CommStats:
         self.seconds.clear()
         self.calls = 0
 
+    def record(self, kind: str, nbytes: int, start: float) -> None:
+        """Count one collective of ``kind`` that sent ``nbytes`` and began at ``start``
+        (``time.perf_counter()``)."""
+        self.bytes_sent[kind] += nbytes
+        self.seconds[kind] += time.perf_counter() - start
+        self.calls += 1
+
     def total_bytes(self) -> int:
         """All bytes sent since the last reset."""
         return sum(self.bytes_sent.values())
@@ -58,9 +65,7 @@ def all_to_all(
     dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
     if stats is not None:
         row = x[0].numel() * x.element_size() if x.dim() > 1 else x.element_size()
-        stats.bytes_sent[kind] += (sum(in_splits) - in_splits[rank]) * row
-        stats.seconds[kind] += time.perf_counter() - start
-        stats.calls += 1
+        stats.record(kind, (sum(in_splits) - in_splits[rank]) * row, start)
     return out
 
 
@@ -114,7 +119,5 @@ def all_reduce(x: Tensor, op: Any, group: Any, stats: CommStats | None, kind: st
     dist.all_reduce(x, op=op, group=group)
     if stats is not None:
         ranks = dist.get_world_size(group)
-        stats.bytes_sent[kind] += 2 * x.numel() * x.element_size() * (ranks - 1) // ranks
-        stats.seconds[kind] += time.perf_counter() - start
-        stats.calls += 1
+        stats.record(kind, 2 * x.numel() * x.element_size() * (ranks - 1) // ranks, start)
     return x
