@@ -70,11 +70,8 @@ from embtable.ops._fused_reference import (
     OPT_SGD,
     POOL_MAX,
     POOL_NONE,
-    _decayed,
-    _read,
     _slots,
-    _with_l2,
-    adam_new_rows,
+    elementwise_new_rows,
     reduce_rows,
 )
 from embtable.optim._rule import INT8_ROWWISE, weight_decay_mode
@@ -353,25 +350,9 @@ class ColumnUpdate:
             return
         w = weight.index_select(0, rows).float()
         slots = _slots(state)
-        writes: list[tuple[tuple[Tensor, Tensor | None], Tensor]] = []
-        if optimizer == OPT_SGD:
-            momentum, nesterov = float(hparams[3]), bool(hparams[4])
-            step = _with_l2(g, w, wd, mode)
-            if momentum != 0.0:
-                buf = _read(slots[0], rows) * momentum + step
-                writes.append((slots[0], buf))
-                step = step + momentum * buf if nesterov else buf
-            new = _decayed(w, lr, wd, mode) - lr * step
-        elif optimizer == OPT_ADAGRAD:
-            step = _with_l2(g, w, wd, mode)
-            total = _read(slots[0], rows) + step * step
-            writes.append((slots[0], total))
-            new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + float(hparams[3])))
-        elif optimizer == OPT_ADAM:
-            new, m_new, v_new = adam_new_rows(w, g, slots, rows, hparams)
-            writes += [(slots[0], m_new), (slots[1], v_new)]
-        else:
+        if optimizer not in (OPT_SGD, OPT_ADAGRAD, OPT_ADAM):
             raise ValueError(f"ColumnUpdate: unknown optimizer code {optimizer!r}; expected 0..3")
+        new, writes = elementwise_new_rows(optimizer, w, g, slots, rows, hparams)
         self._write(rows, writes)
         weight.index_copy_(0, rows, new.to(weight.dtype))
 

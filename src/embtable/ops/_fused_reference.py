@@ -53,6 +53,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -279,6 +280,32 @@ def adam_new_rows(
     return new, m_new, v_new
 
 
+def elementwise_new_rows(
+    optimizer: int, w: Tensor, g: Tensor, slots: list, rows: Tensor, hparams: Sequence[float]
+) -> tuple[Tensor, list[tuple[Any, Tensor]]]:
+    """SGD's, Adagrad's or Adam's new rows of ``rows`` (float32 ``w``, gradient rows ``g``) and
+    the state to write, ``[(slot, values)]``; the caller writes it (Adam's step counts
+    excepted: :func:`adam_new_rows` advances them).  Also the column shards' formula in
+    :mod:`embtable.distributed`, whose elementwise rules need no statistic across shards."""
+    lr, wd, mode = float(hparams[0]), float(hparams[1]), int(hparams[2])
+    if optimizer == OPT_ADAM:
+        new, m_new, v_new = adam_new_rows(w, g, slots, rows, hparams)
+        return new, [(slots[0], m_new), (slots[1], v_new)]
+    step = _with_l2(g, w, wd, mode)
+    if optimizer == OPT_ADAGRAD:
+        total = _read(slots[0], rows) + step * step
+        return _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + float(hparams[3]))), [(slots[0], total)]
+    if optimizer != OPT_SGD:
+        raise ValueError(f"elementwise_new_rows: optimizer code {optimizer!r} is not SGD, Adagrad or Adam")
+    momentum, nesterov = float(hparams[3]), bool(hparams[4])
+    writes = []
+    if momentum != 0.0:
+        buf = _read(slots[0], rows) * momentum + step
+        writes.append((slots[0], buf))
+        step = step + momentum * buf if nesterov else buf
+    return _decayed(w, lr, wd, mode) - lr * step, writes
+
+
 def fused_update_rows(
     weight: Tensor,
     state: Sequence[Tensor],
@@ -306,20 +333,10 @@ def fused_update_rows(
     lr, wd, mode = float(h[0]), float(h[1]), int(h[2])
     w = weight.index_select(0, rows).float()
     slots = _slots(state)
-    if optimizer == OPT_SGD:
-        momentum, nesterov = float(h[3]), bool(h[4])
-        step = _with_l2(g, w, wd, mode)
-        if momentum != 0.0:
-            buf = _read(slots[0], rows) * momentum + step
-            _write(slots[0], rows, buf)
-            step = step + momentum * buf if nesterov else buf
-        new = _decayed(w, lr, wd, mode) - lr * step
-    elif optimizer == OPT_ADAGRAD:
-        eps = float(h[3])
-        step = _with_l2(g, w, wd, mode)
-        total = _read(slots[0], rows) + step * step
-        _write(slots[0], rows, total)
-        new = _decayed(w, lr, wd, mode) - lr * (step / (total.sqrt() + eps))
+    if optimizer in (OPT_SGD, OPT_ADAGRAD, OPT_ADAM):
+        new, writes = elementwise_new_rows(optimizer, w, g, slots, rows, h)
+        for slot, value in writes:
+            _write(slot, rows, value)
     elif optimizer == OPT_ROWWISE_ADAGRAD:
         eps = float(h[3])
         g_eff = _with_l2(g, w, wd, mode)
@@ -327,10 +344,6 @@ def fused_update_rows(
         total = state[0].index_select(0, rows).float() + square
         state[0].index_copy_(0, rows, total.to(state[0].dtype))
         new = rowwise_adagrad_new_rows(w, g, total, lr, wd, mode, eps)
-    elif optimizer == OPT_ADAM:
-        new, m_new, v_new = adam_new_rows(w, g, slots, rows, h)
-        _write(slots[0], rows, m_new)
-        _write(slots[1], rows, v_new)
     else:
         raise ValueError(f"fused_update_rows: unknown optimizer code {optimizer!r}; expected 0..3")
     with torch.no_grad():
