@@ -27,7 +27,8 @@ from embtable.nn.disk import (
     DiskEmbeddingBagCollection,
     DiskEmbeddingCollection,
 )
-from embtable.storage._disk_log import log_files, pages_touched
+from embtable.storage._disk_io import BatchIO
+from embtable.storage._disk_log import RowLog, RunIndex, log_files, pages_touched
 from embtable.storage.disk import (
     CorruptTableError,
     Disk,
@@ -400,6 +401,101 @@ def test_pages_touched_counts_every_dirtied_page_once(ids, record):
     pages = {byte // 4096 for i in ids for byte in (i * record, i * record + record - 1)}
     pages |= {page for i in ids for page in range(i * record // 4096, (i * record + record - 1) // 4096)}
     assert pages_touched(np.array(ids, dtype=np.int64), record) == len(pages)
+
+
+class _WholeIndexLog:
+    """The log index as it was before RunIndex (the oracle): one sorted array of rows and
+    their newest record numbers, copied whole (np.insert) on every append."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.ids, self.pos, self.count = np.empty(0, np.int64), np.empty(0, np.int64), 0
+
+    def append(self, sorted_ids):
+        import numpy as np
+
+        positions = np.arange(self.count, self.count + len(sorted_ids), dtype=np.int64)
+        self.count += len(sorted_ids)
+        ids, pos = self.ids, self.pos
+        if len(ids):
+            at = np.searchsorted(ids, sorted_ids)
+            inside = at < len(ids)
+            stale = at[inside][ids[at[inside]] == sorted_ids[inside]]
+            keep = np.ones(len(ids), dtype=bool)
+            keep[stale] = False
+            ids, pos = ids[keep], pos[keep]
+        where = np.searchsorted(ids, sorted_ids)
+        self.ids, self.pos = np.insert(ids, where, sorted_ids), np.insert(pos, where, positions)
+
+    def find(self, sorted_ids):
+        import numpy as np
+
+        if not len(self.ids):
+            return np.zeros(len(sorted_ids), dtype=bool), np.empty(0, np.int64)
+        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
+        found = self.ids[at] == sorted_ids
+        return found, self.pos[at[found]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    appends=st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=60, unique=True), min_size=1, max_size=30),
+    query=st.lists(st.integers(0, 310), max_size=50, unique=True),
+)
+def test_run_index_log_finds_what_the_whole_index_log_found(tmp_path_factory, appends, query):
+    """RowLog's layered index (appends O(new rows)) against the old whole-array index: the
+    same rows and newest records after every append, on a reopen, and in its chunks."""
+    import numpy as np
+
+    directory = tmp_path_factory.mktemp("log")
+    batch = BatchIO(directory, 1)
+    log, oracle = RowLog(directory, 1, 4, batch), _WholeIndexLog()
+    wanted = np.array(sorted(query), dtype=np.int64)
+    for number, rows in enumerate(appends):
+        ids = np.array(sorted(rows), dtype=np.int64)
+        records = np.full((len(ids), 4), number % 251, dtype=np.uint8)
+        records[:, 0] = ids % 256
+        log.append(ids, records)
+        oracle.append(ids)
+        for got, expected in zip(log.find(wanted), oracle.find(wanted)):
+            assert np.array_equal(got, expected)
+        assert len(log.index.runs) <= 2 + int(np.log2(1 + log.count))  # O(log n) runs
+    assert np.array_equal(log.ids, oracle.ids) and np.array_equal(log.pos, oracle.pos)
+    assert len(log) == len(oracle.ids)
+    log.sync()
+    log.close()
+    again = RowLog(directory, 1, 4, batch, records=oracle.count, writable=False)
+    assert np.array_equal(again.ids, oracle.ids) and np.array_equal(again.pos, oracle.pos)
+    chunks = list(again.newest(7))
+    if chunks:
+        assert np.array_equal(np.concatenate([c[0] for c in chunks]), oracle.ids)
+        records = np.concatenate([c[1] for c in chunks])
+        assert np.array_equal(records[:, 0], (oracle.ids % 256).astype(np.uint8))
+    again.close()
+
+
+def test_run_index_merges_keep_few_runs_and_copy_each_row_few_times():
+    """1,000 appends of 100 rows: at most log2(n) + 1 runs at any time, and the rows the
+    merges copy stay within 2 log2(n) per appended row (a whole-index copy per append, as
+    before, would copy ~500 per appended row here)."""
+    import numpy as np
+
+    index, copied, merge = RunIndex(), [0], RunIndex._merge
+
+    def counting(older, newer):
+        copied[0] += len(older[0]) + len(newer[0])
+        return merge(older, newer)
+
+    index._merge = counting
+    rng = np.random.default_rng(0)
+    for number in range(1000):
+        ids = np.sort(rng.choice(10**7, 100, replace=False))
+        index.add(ids, np.arange(number * 100, number * 100 + 100))
+        assert len(index.runs) <= 1 + np.log2(index.runs[0][0].size)
+    assert copied[0] <= 2 * np.log2(100_000) * 100_000
+    found, positions = index.find(ids)
+    assert found.all() and np.array_equal(positions, np.arange(99_900, 100_000))
 
 
 def test_compact_ratio_decides_whether_a_flush_moves_the_log(tmp_path):

@@ -6,7 +6,10 @@ appended.  The manifest names the segment and how many of its records belong to 
 (``{"segment": n, "records": N}``); records past ``N`` (appended after the last flush, or
 a half-written append of a killed process) are ignored and cut off when the table is next
 opened for writing.  A row's newest record within those ``N`` is its value: an in-RAM index
-(sorted row numbers and their record numbers, 16 bytes per logged row) finds it.
+(:class:`RunIndex`: sorted runs of row numbers and their record numbers, 16 bytes per logged
+row) finds it.  An append adds a run and merges runs of similar size (the logarithmic
+method), so it costs O(new rows) amortised (times log of the log's rows) instead of a copy of
+the whole index; a lookup searches the O(log) runs newest first.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from embtable.storage._disk_files import copy_range
 from embtable.storage._disk_io import BatchIO
 
-__all__ = ["RowLog", "copy_segment", "log_files", "pages_touched"]
+__all__ = ["RowLog", "RunIndex", "copy_segment", "log_files", "pages_touched"]
 
 PAGE = 4096
 _NAME = re.compile(r"log\.(\d+)\.(bin|ids)$")
@@ -65,6 +68,79 @@ def copy_segment(source: Path, target: Path, segment: int, records: int, record:
             copy_range(fin.fileno(), fout.fileno(), 0, records * size, src)
             fout.flush()
             os.fsync(fout.fileno())
+
+
+class RunIndex:
+    """Row number -> record number of a log's newest record per row, as sorted runs.
+
+    Each :meth:`add` appends a run (the distinct sorted rows of one append and their record
+    numbers, newer than every record before); while the run before the last is less than
+    twice the last one's size, the two are merged (the older run loses the rows the newer
+    one rewrote).  So run sizes at least halve from oldest to newest: O(log n) runs, and each
+    row is copied O(log n) times over its life, never the whole index per append.
+
+    Example:
+        >>> import numpy as np
+        >>> index = RunIndex()
+        >>> index.add(np.array([1, 5, 9]), np.array([0, 1, 2]))
+        >>> index.add(np.array([5]), np.array([3]))
+        >>> found, positions = index.find(np.array([0, 5, 9]))
+        >>> found.tolist(), positions.tolist()
+        ([False, True, True], [3, 2])
+        >>> index.collapse()[0].tolist(), index.collapse()[1].tolist()
+        ([1, 5, 9], [0, 3, 2])
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # oldest first
+
+    @staticmethod
+    def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        (ids, pos), (new_ids, new_pos) = older, newer
+        if len(ids) and len(new_ids):  # drop the older records of rewritten rows
+            at = np.searchsorted(new_ids, ids).clip(max=len(new_ids) - 1)
+            keep = new_ids[at] != ids
+            ids, pos = ids[keep], pos[keep]
+        where = np.searchsorted(ids, new_ids)
+        return np.insert(ids, where, new_ids), np.insert(pos, where, new_pos)
+
+    def add(self, sorted_ids: np.ndarray, positions: np.ndarray) -> None:
+        """Add the records ``positions`` of distinct ``sorted_ids`` (newer than all before)."""
+        if not len(sorted_ids):
+            return
+        self.runs.append((np.asarray(sorted_ids, dtype=np.int64), np.asarray(positions, dtype=np.int64)))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) < 2 * len(self.runs[-1][0]):
+            newer = self.runs.pop()
+            self.runs.append(self._merge(self.runs.pop(), newer))
+
+    def find(self, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, positions)``: which of ``sorted_ids`` have a record, and the newest's
+        number (in the order of ``sorted_ids[found]``)."""
+        found = np.zeros(len(sorted_ids), dtype=bool)
+        out = np.empty(len(sorted_ids), dtype=np.int64)
+        for ids, pos in reversed(self.runs):
+            if not len(ids):
+                continue
+            todo = np.flatnonzero(~found)
+            if not len(todo):
+                break
+            wanted = sorted_ids[todo]
+            at = np.searchsorted(ids, wanted).clip(max=len(ids) - 1)
+            hit = ids[at] == wanted
+            found[todo[hit]] = True
+            out[todo[hit]] = pos[at[hit]]
+        return found, out[found]
+
+    def collapse(self) -> tuple[np.ndarray, np.ndarray]:
+        """Merge every run into one: ``(sorted distinct rows, their newest record numbers)``."""
+        while len(self.runs) > 1:
+            newer = self.runs.pop()
+            self.runs.append(self._merge(self.runs.pop(), newer))
+        return self.runs[0] if self.runs else (np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        """Distinct rows (merges every run)."""
+        return len(self.collapse()[0])
 
 
 class RowLog:
@@ -115,8 +191,7 @@ class RowLog:
         if writable and (sizes[0] > records * record or sizes[1] > records * 8):
             os.ftruncate(self.fd, records * record)  # an unflushed tail: not part of the table
             os.ftruncate(self.ids_fd, records * 8)
-        self.ids = np.empty(0, np.int64)
-        self.pos = np.empty(0, np.int64)
+        self.index = RunIndex()
         if records:
             logged = np.empty(records, dtype=np.int64)
             view = memoryview(logged).cast("B")
@@ -124,11 +199,21 @@ class RowLog:
             while done < len(view):
                 done += os.preadv(self.ids_fd, [view[done:]], done)
             newest_first = logged[::-1]
-            self.ids, first = np.unique(newest_first, return_index=True)
-            self.pos = (records - 1 - first).astype(np.int64)
+            ids, first = np.unique(newest_first, return_index=True)
+            self.index.add(ids, (records - 1 - first).astype(np.int64))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.index)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The logged rows, sorted (merges the index's runs)."""
+        return self.index.collapse()[0]
+
+    @property
+    def pos(self) -> np.ndarray:
+        """The newest record number of each of :attr:`ids`."""
+        return self.index.collapse()[1]
 
     @property
     def nbytes(self) -> int:
@@ -152,18 +237,7 @@ class RowLog:
             self._pending.append((first, self._writer.submit(write)))
         positions = np.arange(self.count, self.count + len(sorted_ids), dtype=np.int64)
         self.count += len(sorted_ids)
-        ids, pos = self.ids, self.pos
-        if len(ids):  # drop the older records of rewritten ids
-            at = np.searchsorted(ids, sorted_ids)
-            inside = at < len(ids)
-            stale = at[inside][ids[at[inside]] == sorted_ids[inside]]
-            if len(stale):
-                keep = np.ones(len(ids), dtype=bool)
-                keep[stale] = False
-                ids, pos = ids[keep], pos[keep]
-        where = np.searchsorted(ids, sorted_ids)
-        self.ids = np.insert(ids, where, sorted_ids)
-        self.pos = np.insert(pos, where, positions)
+        self.index.add(ids64, positions)  # O(new rows) amortised: no copy of the whole index
 
     def wait(self, upto: int | None = None) -> None:
         """Wait until the records up to number ``upto`` (all: ``None``) are written.
@@ -202,11 +276,7 @@ class RowLog:
 
     def find(self, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(in_log, positions)``: which of ``sorted_ids`` have a record, and its number."""
-        if not len(self.ids):
-            return np.zeros(len(sorted_ids), dtype=bool), np.empty(0, np.int64)
-        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
-        found = self.ids[at] == sorted_ids
-        return found, self.pos[at[found]]
+        return self.index.find(sorted_ids)
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         """The records at ``positions`` (any order), ``[n, record]`` uint8, in that order."""
@@ -232,8 +302,9 @@ class RowLog:
     def newest(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(sorted ids, their newest records)`` in chunks of ``chunk`` ids (the log is
         left as it is: the caller drops it once the records are safely home)."""
-        for first in range(0, len(self.ids), chunk):
-            yield self.ids[first : first + chunk], self.read(self.pos[first : first + chunk])
+        ids, pos = self.index.collapse()
+        for first in range(0, len(ids), chunk):
+            yield ids[first : first + chunk], self.read(pos[first : first + chunk])
 
     def close(self, remove: bool = False) -> None:
         """Close the files (after any pending append; its error is dropped: the records it
