@@ -266,3 +266,76 @@ def test_kill_at_log_states_reopens_at_last_flush(tmp_path, point, survives):
     assert torch.equal(rows, expected_rows) and torch.equal(state[0], expected_state)
     assert store.manifest["log"] is None
     store.close()
+
+
+# ------------------------------------------------------------ replacing an existing checkpoint
+
+
+@pytest.mark.parametrize("point", ["before-exchange", "after-exchange", "mid-removal-of-old", "random"])
+def test_kill_while_replacing_a_checkpoint_leaves_old_or_new(tmp_path, point):
+    """A checkpoint written over an existing one (``renameat2(RENAME_EXCHANGE)``): a process
+    killed before the swap leaves the old checkpoint at the path, one killed after it the
+    new one; never nothing (the two renames used before left nothing between them)."""
+    from embtable.storage import _disk_manifest
+
+    probe = tmp_path / "probe"
+    (probe / "a").mkdir(parents=True)
+    (probe / "b").mkdir()
+    if not _disk_manifest.exchange_paths(probe / "a", probe / "b"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    ckpt, rng = tmp_path / "ckpt", random.Random(point)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store = DiskRowStore.create(tmp_path / "t", num_embeddings=STORE_ROWS, embedding_dim=STORE_DIM, seed=4)
+            store.write_rows(torch.arange(10), torch.full((10, STORE_DIM), 1.0))
+            store.checkpoint(ckpt, table_step=1)  # the old checkpoint
+            store.write_rows(torch.arange(10), torch.full((10, STORE_DIM), 2.0))
+            if point == "before-exchange":
+                _disk_manifest.exchange_paths = _die_on(1)(_disk_manifest.exchange_paths)
+            elif point == "after-exchange":
+                _disk_manifest.fsync_dir = _die_on(1)(_disk_manifest.fsync_dir)  # right after the swap
+            elif point == "mid-removal-of-old":
+                _disk_manifest.os.unlink = _die_on(2)(os.unlink)  # some of the old files removed
+            else:  # many replacements, killed from outside at a random moment
+                print("go", flush=True)
+                for step in range(2, 10**6):
+                    store.write_rows(torch.arange(10), torch.full((10, STORE_DIM), float(step)))
+                    store.checkpoint(ckpt, table_step=step)
+            store.checkpoint(ckpt, table_step=2)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(3)
+    if point == "random":
+        time.sleep(rng.uniform(0.5, 1.5))
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child exited: {status}"
+    store = DiskRowStore.open(ckpt, read_only=True)  # never missing, never half-written
+    rows, step = store.read_rows(torch.arange(10)), store.table_step
+    store.close()
+    expected = {"before-exchange": 1, "after-exchange": 2, "mid-removal-of-old": 2}.get(point)
+    if expected is not None:
+        assert step == expected
+    assert step >= 1 and torch.equal(rows, torch.full((10, STORE_DIM), float(step)))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt")]
+    assert len(leftovers) <= 1  # at most one hidden, complete copy (the other of old and new)
+
+
+def test_checkpoint_replaces_by_two_renames_without_exchange(tmp_path, monkeypatch):
+    """Where renameat2 is missing, replacing a checkpoint falls back to two renames."""
+    from embtable.storage import _disk_manifest
+
+    monkeypatch.setattr(_disk_manifest, "exchange_paths", lambda first, second: False)
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=4)
+    for value in (1.0, 2.0):
+        store.write_rows(torch.arange(3), torch.full((3, 2), value))
+        store.checkpoint(tmp_path / "ckpt")
+    store.close()
+    again = DiskRowStore.open(tmp_path / "ckpt", read_only=True)
+    assert torch.equal(again.read_rows(torch.arange(3)), torch.full((3, 2), 2.0))
+    again.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "t"]

@@ -3,6 +3,7 @@ layout, the writer's lock and the checkpoint copy.  Private to :mod:`embtable.st
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -121,13 +122,61 @@ def lock_writer(path: Path) -> int:
     return fd
 
 
+_RENAME_EXCHANGE = 2  # renameat2's flag (linux/fs.h)
+_AT_FDCWD = -100
+_libc: Any = None
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)`` via
+    ctypes): a process killed at any moment leaves each name holding one complete directory.
+    Returns ``False`` (nothing changed) where the C library or the file system lacks it.
+
+    Raises:
+        OSError: the call failed for another reason (a missing path, permissions).
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    call = getattr(_libc, "renameat2", None) if _libc else None
+    if call is None:
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if call(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):  # not here: fall back
+        return False
+    raise OSError(code, f"renameat2(RENAME_EXCHANGE) of {str(first)!r} and {str(second)!r}: {os.strerror(code)}")
+
+
+def _replace_directory(temp: Path, target: Path) -> None:
+    """Put the complete directory ``temp`` at ``target`` (replacing any directory there):
+    one atomic exchange where the system has it, else two renames (a kill between them
+    leaves the old copy at the hidden ``.<name>.old-<pid>`` and nothing at ``target``)."""
+    if not target.exists():
+        os.replace(temp, target)
+    elif exchange_paths(temp, target):
+        fsync_dir(target.parent)
+        shutil.rmtree(temp)  # the old copy, now under the temporary name
+    else:
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(temp, target)
+        shutil.rmtree(old)
+
+
 def copy_table(
     source: Path, target: Path, manifest: dict[str, Any], record: int, api: str, last_checkpoint: str | None = None
 ) -> None:
     """Copy the table at ``source`` (files as ``manifest`` names them, holes kept; ``record``
     bytes per logged record, row and state) to a
     temporary directory beside ``target``, write its manifest (``"clean"``, naming
-    ``last_checkpoint``) last and rename it into place."""
+    ``last_checkpoint``) last and rename it into place (an existing ``target`` is swapped
+    out in one atomic exchange where the system has it: :func:`exchange_paths`)."""
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if temp.exists():
         shutil.rmtree(temp)
@@ -141,13 +190,7 @@ def copy_table(
             copy_segment(source, temp, log["segment"], log["records"], record)
         copied = dict(manifest, status="clean", last_checkpoint=last_checkpoint)
         atomic_write_bytes(temp / MANIFEST, json.dumps(copied, indent=1).encode())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(temp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(temp, target)
+        _replace_directory(temp, target)
         fsync_dir(target.parent)
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)

@@ -34,7 +34,9 @@ state, a log past ``max_log_bytes`` between flushes) first flip the manifest to
 :class:`TableNotCleanError` naming the last checkpoint.  So a killed process leaves the
 table at its last flush or refusing to open, never a silent mix of old and new rows.
 :meth:`DiskRowStore.checkpoint` flushes and copies the directory (holes kept) to a new
-directory whose manifest is written last and which appears by one rename;
+directory whose manifest is written last and which appears by one rename (an existing
+checkpoint there is swapped out by one ``renameat2(RENAME_EXCHANGE)`` where Linux has it, so a
+kill leaves the old or the new checkpoint at the path, never none);
 :func:`restore` copies a checkpoint back.
 
 The table-level object users pass around is the :class:`Disk` spec
@@ -720,7 +722,8 @@ class DiskRowStore:
 
         The copy is built in a temporary directory beside ``path``, its manifest written
         last, and renamed into place (an existing checkpoint at ``path`` is replaced only
-        once the new one is complete).  Returns the checkpoint's path.
+        once the new one is complete, by one atomic exchange where the system has
+        ``renameat2``, else by two renames).  Returns the checkpoint's path.
         """
         api = "DiskRowStore.checkpoint"
         target = Path(path).absolute()
