@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Module, ModuleList
 
+from embtable import ops
 from embtable.config import PoolingMode, TableConfig
 from embtable.distributed._agree import Agreement
 from embtable.distributed._comm import CommStats
@@ -21,6 +22,7 @@ from embtable.distributed._synced import Job, SyncedLookup, pooling_code
 from embtable.distributed.errors import ShardedValueError
 from embtable.distributed.plan import Shard, ShardingPlan, ShardingType
 from embtable.jagged import KeyedJagged
+from embtable.nn.collection import BucketInput, _bucket_slices
 from embtable.nn.grouping import plan_groups
 
 __all__ = ["Route", "ShardedTables"]
@@ -124,13 +126,14 @@ class ShardedTables(Agreement, Exchange, Module):
             self.local_max = (
                 self._collection(local_max, device=device, **kinds) if local_max else None
             )
+            col_sets = _column_sets(local_cols, self._shards)
             self.local_cols = (
-                ModuleList([self._collection([c], device=device, **kinds) for c in local_cols])
-                if local_cols
+                ModuleList([self._collection(s, device=device, **kinds) for s in col_sets])
+                if col_sets
                 else None
             )
             self.replicas = self._collection(replicas, device=device, **kinds) if replicas else None
-        self._col_index = {c.name: i for i, c in enumerate(local_cols)}
+        self._col_index = {c.name: i for i, s in enumerate(col_sets) for c in s}
         self.exact_columns = bool(exact_columns)
         self._col_groups = self._column_groups(timeout) if self.exact_columns else {}
         self._dp_features = [
@@ -155,31 +158,38 @@ class ShardedTables(Agreement, Exchange, Module):
 
     def _synced_lookup(
         self, received: KeyedJagged | None, features: KeyedJagged
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
         """Look up the column shards held here (in ``received``, the exchanged bags) and the
         replicas (in ``features``, this rank's own batch) through one
         :class:`~embtable.distributed._synced.SyncedLookup`.
 
+        Column buckets of sum / mean pooling are pooled straight into the ``[bags, F * d]``
+        layout (example-major, :func:`~embtable.ops.pool_bags_grouped`): when one such bucket
+        holds every feature this rank serves, in the order of its routes, it is already the
+        block of rows to send (``whole``; ``columns`` is then left empty).
+
         Returns:
-            ``(columns, replicas, anchor)``: per feature the pooled ``[bags, d]`` (or, not
-            pooled, the ``[ids, d]`` rows) of its column shard and of its replica, and an
-            empty tensor to add to the rows every rank sends (``None``: nothing is synced).
+            ``(columns, replicas, anchor, whole)``: per feature the pooled ``[bags, d]`` (or,
+            not pooled, the ``[ids, d]`` rows) of its column shard and of its replica, an
+            empty tensor to add to the rows every rank sends (``None``: nothing is synced),
+            and the ``[bags, sum of local widths]`` rows to send, or ``None``.
         """
         if not self._columns and self.replicas is None:
-            return {}, {}, None
+            return {}, {}, None, None
         jobs: list[Job] = []
         placed: list[tuple[str, Any, Any]] = []  # per job: (table or "", bucket, lookup)
         owners: list[tuple[str, Module]] = []
-        for name in self._columns:
-            if name in self._col_index and received is not None:
-                owners.append((name, self.local_cols[self._col_index[name]]))
+        if received is not None and self.local_cols is not None:
+            owners += [(holder.tables[0].name, holder) for holder in self.local_cols]
         if self.replicas is not None:
             owners.append(("", self.replicas))
         for name, holder in owners:
             source = received if name else features
             sub = source.select(holder.feature_names)
-            for bucket, lookup in zip(holder.plan.buckets, holder.bucket_inputs(sub)):
+            inputs = _column_inputs(holder, sub) if name else None
+            for bucket, lookup in zip(holder.plan.buckets, inputs or holder.bucket_inputs(sub)):
                 placed.append((name, bucket, lookup))
+                pooling = pooling_code(bucket.pooling if self._pooled else None)
                 jobs.append(
                     Job(
                         table=name or None,
@@ -187,9 +197,13 @@ class ShardedTables(Agreement, Exchange, Module):
                         agree=bool(name) and self.exact_columns,
                         full_dim=self._configs[name].embedding_dim if name else 0,
                         weight=holder.grouped_weights[bucket.group],
-                        pooling=pooling_code(bucket.pooling if self._pooled else None),
+                        pooling=pooling,
                         lookup=lookup,
                         padding_rows=bucket.padding_rows,
+                        # (column buckets: pooled example-major, the layout the rows are sent in)
+                        num_features=len(bucket.features)
+                        if name and pooling in (ops.POOL_SUM, ops.POOL_MEAN)
+                        else 0,
                     )
                 )
         weights = list({id(j.weight): j.weight for j in jobs}.values())
@@ -200,16 +214,29 @@ class ShardedTables(Agreement, Exchange, Module):
         )
         replica_group = self.group if self.replicas is not None else None
         anchor, *outs = SyncedLookup.apply(jobs, replica_group, self.stats, anchor, *weights)
-        columns: dict[str, Tensor] = {}
-        replicas: dict[str, Tensor] = {}
-        for (name, bucket, lookup), out in zip(placed, outs):
-            if self._pooled:
-                bags = out.shape[0] // len(bucket.features)
-                parts = out.view(len(bucket.features), bags, out.shape[1]).unbind(0)
+        n_col = sum(1 for name, _, _ in placed if name)  # (column jobs come first)
+        replicas = self._split_outputs(placed[n_col:], outs[n_col:], jobs[n_col:])
+        mine = tuple(r.feature for r in self.routes[self.rank])
+        if n_col == 1 and jobs[0].num_features and placed[0][1].features == mine:
+            return {}, replicas, anchor, outs[0]
+        columns = self._split_outputs(placed[:n_col], outs[:n_col], jobs[:n_col])
+        return columns, replicas, anchor, None
+
+    def _split_outputs(
+        self, placed: list[tuple[str, Any, Any]], outs: list[Tensor], jobs: list[Job]
+    ) -> dict[str, Tensor]:
+        """Per feature, its view of its job's output (see :meth:`_synced_lookup`)."""
+        found: dict[str, Tensor] = {}
+        for (_, bucket, lookup), out, job in zip(placed, outs, jobs):
+            count = len(bucket.features)
+            if job.num_features:  # [bags, F * d], example-major
+                parts = out.view(out.shape[0], count, out.shape[1] // count).unbind(1)
+            elif self._pooled:
+                parts = out.view(count, out.shape[0] // count, out.shape[1]).unbind(0)
             else:
                 parts = out.split(lookup.counts)
-            (columns if name else replicas).update(zip(bucket.features, parts))
-        return columns, replicas, anchor
+            found.update(zip(bucket.features, parts))
+        return found
 
     # ------------------------------------------------------------------ layout
 
@@ -358,3 +385,57 @@ def _default_timeout() -> datetime.timedelta | None:
         return dist.GroupMember.WORLD._get_backend(device).options._timeout
     except (AttributeError, RuntimeError, ValueError):
         return None
+
+
+def _column_sets(configs: list[TableConfig], shards: dict[str, list[Shard]]) -> list[list[TableConfig]]:
+    """The column shards held here, one collection per layout: tables split into the same
+    columns on the same ranks share one collection (a grouped weight, one lookup and one
+    update per step, as in one process); a table with a ``padding_idx`` keeps its own.
+    Every rank of a layout holds the same tables in the same (plan) order, so their
+    collectives see the same buckets and rows."""
+    sets: dict[tuple[Any, ...], list[TableConfig]] = {}
+    for config in configs:
+        layout = tuple((s.rank, s.col_offset, s.num_cols) for s in shards[config.name])
+        key = (layout,) if config.padding_idx is None else (layout, config.name)
+        sets.setdefault(key, []).append(config)
+    return list(sets.values())
+
+
+def _column_inputs(holder: Module, sub: KeyedJagged) -> list[BucketInput] | None:
+    """The bucket inputs of a column collection from the exchanged bags (already checked by
+    the agreement): ids shifted and offsets built by one compiled pass per bucket
+    (:func:`~embtable.ops.bucket_ids`); ``None`` where that does not apply (the caller
+    takes :meth:`bucket_inputs`, which also names a bad id)."""
+    if (
+        not holder._pooled
+        or not ops.extension_available()
+        or sub.device.type != "cpu"
+        or sub.variable_stride_per_key()
+        or (holder._is_weighted and sub.weights() is None)
+    ):
+        return None
+    batch = sub.stride()
+    index_of = {key: i for i, key in enumerate(sub.keys())}
+    starts = sub.offset_per_key()
+    inputs = []
+    for bucket, consts in zip(holder.plan.buckets, holder._bucket_consts):
+        weighted = holder._is_weighted
+        if len(bucket.padding_rows) > 1 or (weighted and bucket.pooling is not PoolingMode.SUM):
+            return None
+        positions = [index_of[f] for f in bucket.features]
+        values, lengths, per_value = _bucket_slices(sub, positions, batch)
+        try:
+            ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
+        except (RuntimeError, IndexError):
+            return None
+        weight = holder.grouped_weights[bucket.group]
+        inputs.append(
+            BucketInput(
+                ids,
+                offsets,
+                per_value.to(weight.dtype) if weighted else None,
+                bucket.padding_rows[0] if bucket.padding_rows else None,
+                [starts[p + 1] - starts[p] for p in positions],
+            )
+        )
+    return inputs

@@ -50,6 +50,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from embtable import ops
+from embtable._functions import feature_major
 from embtable.config import PoolingMode
 from embtable.distributed._comm import CommStats, all_reduce
 from embtable.distributed._maxpool import winner_rows
@@ -102,6 +103,9 @@ class Job:
         max_ids: set by forward for max pooling (the winning id per bag and column).
         agree: column shards: agree on per-row statistics with the other shards
             (``exact_columns=True``); else each shard updates its columns on its own.
+        num_features: ``F > 0``: a sum / mean bucket of ``F`` features pooled into the
+            example-major ``[B, F * d]`` layout (:func:`~embtable.ops.pool_bags_grouped`);
+            ``0``: feature-major ``[F * B, d]``.
     """
 
     table: str | None
@@ -113,6 +117,7 @@ class Job:
     padding_rows: tuple[int, ...]
     max_ids: Tensor | None = None
     agree: bool = True
+    num_features: int = 0
 
 
 class SyncedLookup(torch.autograd.Function):
@@ -136,6 +141,15 @@ class SyncedLookup(torch.autograd.Function):
                 outs.append(ops.gather_rows(weight, lookup.ids))
                 continue
             pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+            if job.num_features:
+                outs.append(
+                    ops.pool_bags_grouped(
+                        weight, lookup.ids, lookup.offsets, lookup.per_sample_weights,
+                        job.pooling, pad, job.num_features,
+                    )
+                )
+                job.max_ids = None
+                continue
             out, max_ids = ops.pool_bags(
                 weight, lookup.ids, lookup.offsets, lookup.per_sample_weights, job.pooling, pad
             )
@@ -147,6 +161,10 @@ class SyncedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, _anchor: Tensor, *grads: Tensor) -> tuple[Tensor | None, ...]:
         jobs, stats = ctx.jobs, ctx.stats
+        # (example-major outputs: their gradient feature-major, as the kernels read it)
+        grads = tuple(
+            feature_major(g, j.num_features) if j.num_features else g for j, g in zip(jobs, grads)
+        )
         dense: dict[int, Tensor] = {}
         columns = [(j, g) for j, g in zip(jobs, grads) if j.table is not None]
         replicas = [(j, g) for j, g in zip(jobs, grads) if j.table is None]

@@ -114,10 +114,12 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         split = self._split(features, batch)
         kjt, counts = self._exchange_ids(split, batch, weighted)
         del split["pieces"]  # (sent: the routed ids are no longer needed)
-        columns, replicas, anchor = self._synced_lookup(kjt, features)
+        columns, replicas, anchor, whole = self._synced_lookup(kjt, features)
         world = self.world_size
         widths = [sum(r.shard.num_cols for r in routes) for routes in self.routes]
-        if kjt is not None:
+        if whole is not None:  # (column shards pooled straight into the rows to send)
+            send = whole.reshape(-1)
+        elif kjt is not None:
             # [world * B, sum of local widths], flat: freed once sent (nothing else holds it)
             send = self._lookup(kjt, columns).reshape(-1)
         else:
@@ -135,6 +137,13 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             after=anchor,
         )
         del send
+        even = self._even_columns()
+        if even:  # every feature split in d columns over ranks 0..W-1: one permuted copy
+            values = back.view(world, batch, len(self.feature_names), even)
+            values = values.permute(1, 2, 0, 3).reshape(batch, -1)
+            del back
+            views = list(values.split(self.embedding_dims, 1))
+            return PooledEmbeddings(self.feature_names, views, values=values)
         # split (not slicing): backward then assembles the gradient with one concatenation
         partial: dict[tuple[str, int], Tensor] = {}
         blocks = back.split([batch * w for w in widths])
@@ -162,6 +171,30 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         del partial, blocks, back, tensors
         views = list(values.split(self.embedding_dims, 1))
         return PooledEmbeddings(self.feature_names, views, values=values)
+
+    def _even_columns(self) -> int:
+        """``d`` when every feature's table is column-wise in ``d`` columns on each of ranks
+        ``0 .. W-1`` in order (rank ``s`` then sends its block ``[B, F * d]`` of every
+        feature's columns ``s d .. (s + 1) d``), else ``0``."""
+        found = self.__dict__.get("_even")
+        if found is None:
+            found = 0
+            widths = {
+                s.num_cols
+                for table in self._table_of.values()
+                for s in self._shards[table]
+            }
+            tables = set(self._table_of.values())
+            if len(widths) == 1 and all(
+                self._kind[t] is ShardingType.COLUMN_WISE
+                and [s.rank for s in self._shards[t]] == list(range(self.world_size))
+                for t in tables
+            ) and all(
+                [r.feature for r in routes] == self.feature_names for routes in self.routes
+            ):
+                found = widths.pop()
+            self.__dict__["_even"] = found
+        return found
 
     def _combine(self, table: str, parts: list[Tensor], extra: Any) -> Tensor:
         """A table-wise or row-wise feature's pooled ``[B, D]`` from its shards' ``parts``
@@ -218,7 +251,7 @@ class ShardedEmbeddingCollection(ShardedTables):
         batch, _ = self._agree(features)
         split = self._split(features, batch)
         kjt, counts = self._exchange_ids(split, batch, False)
-        columns, replicas, anchor = self._synced_lookup(kjt, features)
+        columns, replicas, anchor, _ = self._synced_lookup(kjt, features)
         world = self.world_size
         mine = self.routes[self.rank]
         sent = self._sent_counts(split)
