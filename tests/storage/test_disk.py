@@ -389,6 +389,93 @@ def test_twenty_fused_steps_equal_in_ram(tmp_path, optimizer, options, bag):
     assert disk.stats()["rows_written"] > 0
 
 
+@pytest.mark.parametrize("optimizer, options", [_OPTIMIZERS[3], _OPTIMIZERS[4]])
+@pytest.mark.parametrize("bag", [False, True])
+@pytest.mark.parametrize("when", ["before_backward", "before_forward"])
+def test_prefetch_of_the_next_batch_trains_exactly_as_without(tmp_path, optimizer, options, bag, when):
+    """20 fused steps, each prefetching the next batch (before this step's backward, or
+    before its forward, so that this step's lookup meets a prefetch of other ids and uses
+    what it can of it) equal the in-RAM table, as the steps without prefetch do.  (Rows
+    written since a prefetch are the store test's below: a module's prefetch skips cached
+    rows, and only cached rows are written back before the next lookup.)"""
+    kwargs = {"mode": "mean", "padding_idx": 2} if bag else {"padding_idx": 2}
+    classes = (DiskEmbeddingBag, embtable.EmbeddingBag) if bag else (DiskEmbedding, embtable.Embedding)
+    disk, ram = _pair(tmp_path, *classes, cache_rows=8, **kwargs)
+    disk_opt = embtable.optim.fuse(disk, optimizer, **options)
+    ram_opt = embtable.optim.fuse(ram, optimizer, **options)
+    generator = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 40, (2, 4), generator=generator) for _ in range(21)]
+    targets = [torch.randn((2, 4) if bag else (2, 4, 4), generator=generator) for _ in range(20)]
+    for step in range(20):
+        if when == "before_forward":
+            disk.prefetch(batches[step + 1])
+        disk_loss = ((disk(batches[step]) - targets[step]) ** 2).sum()
+        if when == "before_backward":
+            disk.prefetch(batches[step + 1])
+        disk_loss.backward()
+        ((ram(batches[step]) - targets[step]) ** 2).sum().backward()
+        disk_opt.step()
+        ram_opt.step()
+    assert torch.equal(disk.export_weight(), ram.weight.detach())
+    ram_state = ram_opt.rule.state_tensors(ram_opt.state[ram.weight], ram_opt.param_groups[0])
+    mask = torch.arange(40) != 2  # the padding row's state is never read
+    for mine, theirs in zip(disk.export_state(), ram_state, strict=True):
+        assert torch.equal(mine[mask], theirs[mask])
+    stats = disk.stats()
+    assert stats["prefetch_used"] > 20 and stats["rows_prefetched"] >= stats["prefetch_used"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    prefetched=st.lists(st.integers(0, 99), max_size=40, unique=True),
+    written=st.lists(st.integers(0, 99), max_size=30, unique=True),
+    wanted=st.lists(st.integers(0, 99), min_size=1, max_size=40, unique=True),
+    compact=st.booleans(),
+)
+def test_store_read_after_prefetch_equals_read_without(tmp_path_factory, prefetched, written, wanted, compact):
+    """Prefetch, then writes (and maybe a flush moving the log home), then a read: the same
+    rows and state as a read without prefetch; the prefetch serves exactly the rows it read
+    that were not written since."""
+    path = tmp_path_factory.mktemp("prefetch") / "t"
+    store = DiskRowStore.create(path, num_embeddings=100, embedding_dim=3, seed=5, io_threads=2)
+    store.bind_state("demo", [embtable.storage.disk.StateField("s", torch.float32, ())], bytes(4))
+    first = torch.arange(0, 100, 2)  # half the rows logged, the rest never written
+    store.write_rows(first, torch.randn(50, 3), [torch.rand(50)])
+    store.flush(compact=False)
+    store.prefetch(torch.tensor(prefetched, dtype=torch.int64))
+    if written:
+        ids = torch.tensor(written)
+        store.write_rows(ids, torch.randn(len(ids), 3), [torch.rand(len(ids))])
+    if compact:
+        store.flush(compact=True)
+    ids = torch.tensor(wanted)
+    rows, state = store.read(ids)
+    assert store.prefetch_used == len(set(prefetched) & set(wanted) - set(written))
+    again_rows, again_state = store.read(ids)  # no prefetch now: straight from the files
+    assert torch.equal(rows, again_rows) and torch.equal(state[0], again_state[0])
+    store.close()
+
+
+def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=5)
+    store.write_rows(torch.arange(10), torch.full((10, 2), 3.0))
+    original = store._batch.submit
+
+    def failing(tasks):
+        def boom():
+            raise OSError(errno.EIO, "injected")
+
+        return original([boom for _ in tasks] or [boom])
+
+    monkeypatch.setattr(store._batch, "submit", failing)
+    store.prefetch(torch.arange(10))
+    assert torch.equal(store.read_rows(torch.arange(10)), torch.full((10, 2), 3.0))
+    assert store.prefetch_used == 0
+    with pytest.raises(IndexError, match="DiskRowStore.prefetch"):
+        store.prefetch(torch.tensor([50]))
+    store.close()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     ids=st.lists(st.integers(0, 3000), max_size=30).map(sorted),

@@ -221,6 +221,40 @@ class DiskTableMixin:
             self._dirty[found.slots] = True
         return slots.reshape(ids.shape)
 
+    def prefetch(self, ids: Tensor) -> None:
+        """Start reading the rows (and fused-optimizer state) of the ``ids`` not in the cache
+        now, on the I/O threads (``Disk(io_threads=...)``), and return at once: call it with
+        the next batch's ids before the current step's backward, so that the next lookup's
+        misses are read while this step computes (the way FBGEMM's SSD tables pipeline
+        their prefetch).  The next lookup takes the rows it misses from the prefetch,
+        waiting for any still being read; results and training are exactly those without
+        the prefetch (a row written back since is read again).
+
+        Raises:
+            IndexError / TypeError: ids outside the table or not an integer tensor.
+            RuntimeError: the cache is unusable after an I/O error.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from embtable.nn.disk import DiskEmbedding
+            >>> from embtable.storage.disk import Disk
+            >>> table = DiskEmbedding(1000, 4, storage=Disk(tempfile.mkdtemp() + "/t", cache_rows=8))
+            >>> table.prefetch(torch.tensor([3, 4, 3]))   # read in the background
+            >>> out = table(torch.tensor([3, 4]))          # the misses come from the prefetch
+            >>> table.stats()["prefetch_used"]
+            2
+        """
+        api = f"{type(self).__name__}.prefetch"
+        ops.check_ids(ids, self.num_embeddings, api)
+        if self._broken:
+            raise RuntimeError(f"{api}: {self._broken}")
+        wanted = torch.unique(ids.reshape(-1).to(torch.int64))
+        if self.padding_idx is not None:
+            wanted = wanted[wanted != self.padding_idx]
+        missing = wanted[self._slot_map.find(wanted) < 0]
+        _, state = self._optimizer_state()
+        self.store.prefetch(missing, with_state=bool(state))
+
     def _write_back(self, ids: Tensor, slots: Tensor, state: list[Tensor]) -> None:
         if not ids.numel():
             return
@@ -284,9 +318,11 @@ class DiskTableMixin:
     def stats(self) -> dict[str, int]:
         """Cache and I/O counters: the slot map's (``size``, ``admitted``, ``evicted``,
         ``lookups``, ...) and the store's (``rows_read``, ``rows_written``,
-        ``rows_initialized``, ``bytes_read``, ``bytes_written``)."""
+        ``rows_initialized``, ``bytes_read``, ``bytes_written``, ``rows_prefetched``,
+        ``prefetch_used``)."""
         stats = dict(self._slot_map.stats())
-        for name in ("rows_read", "rows_written", "rows_initialized", "bytes_read", "bytes_written"):
+        for name in ("rows_read", "rows_written", "rows_initialized", "bytes_read", "bytes_written",
+                     "rows_prefetched", "prefetch_used"):
             stats[name] = getattr(self.store, name)
         return stats
 

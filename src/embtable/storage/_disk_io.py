@@ -8,14 +8,14 @@ import errno
 import functools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from embtable.storage._disk_files import runs
 
-__all__ = ["BatchIO"]
+__all__ = ["BatchIO", "Prefetch"]
 
 #: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
 _PARALLEL_RUNS = 64
@@ -76,7 +76,42 @@ class BatchIO:
             if error is not None:
                 raise error
 
+    def submit(self, tasks: list[Callable[[], None]]) -> list[Future[None]]:
+        """Start I/O tasks on the pool (always: the caller does not wait); their futures."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embtable-disk")
+        return [self._pool.submit(task) for task in tasks]
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+
+class Prefetch:
+    """A read started by :meth:`DiskRowStore.prefetch`: its I/O futures, the records they
+    fill, the steps that finish them, and which rows were written since (stale)."""
+
+    def __init__(
+        self, ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool,
+        futures: list[Future[None]], finish: list[Callable[[], None]],
+    ) -> None:
+        self.ids, self.rows, self.state, self.with_state = ids, rows, state, with_state
+        self.futures, self.finish = futures, finish
+        self.stale = np.zeros(len(ids), dtype=bool)
+
+    def invalidate(self, sorted_ids: np.ndarray) -> None:
+        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
+        self.stale[at[self.ids[at] == sorted_ids]] = True
+
+    def wait(self) -> bool:
+        """Wait for every read; ``True`` if all succeeded."""
+        return all(future.exception() is None for future in self.futures)
+
+    def complete(self) -> bool:
+        """Wait, then finish the records (on the caller's thread); ``False`` if a read failed."""
+        if not self.wait():
+            return False
+        for step in self.finish:
+            step()
+        return True

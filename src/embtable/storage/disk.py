@@ -79,7 +79,7 @@ from torch import Tensor
 
 from embtable._atomic import atomic_write_bytes
 from embtable.storage._disk_files import Bits, CorruptFileError
-from embtable.storage._disk_io import BatchIO
+from embtable.storage._disk_io import BatchIO, Prefetch
 from embtable.storage._disk_log import (
     CorruptLogError,
     RowLog,
@@ -160,6 +160,8 @@ class DiskRowStore:
         self.state_row_bytes = 0
         self._fresh_state = b""
         self.rows_read = self.rows_written = self.rows_initialized = 0
+        self.rows_prefetched = self.prefetch_used = 0
+        self._prefetch: Prefetch | None = None
         self.bytes_read = self.bytes_written = 0
         #: a flush moves the log to the rows' home places once the log's bytes reach this
         #: multiple of the page bytes the move writes (amortised writes per logged record
@@ -388,6 +390,7 @@ class DiskRowStore:
         record = sum(field.row_bytes for field in fields)
         if len(fresh) != record:
             raise ValueError(f"{api}: fresh holds {len(fresh)} bytes, the layout needs {record}")
+        self._drop_prefetch()  # its records have the old layout
         if record:
             self._begin_write()
             self._compact_now()  # logged records have the old layout
@@ -430,15 +433,47 @@ class DiskRowStore:
         A row's latest record comes from the write-back log if it has one there, else from
         its home place; rows never written are the initializer's values and fresh state.
         Each file is read in one sorted pass (one ``preadv`` per run of consecutive records).
+        Rows of a pending :meth:`prefetch` not written since are taken from it (the
+        prefetch is then used up).
         """
         sorted_ids, order = self._check_ids(ids, "DiskRowStore.read")
-        n, row_bytes = len(sorted_ids), self.row_bytes
+        n = len(sorted_ids)
         with_state = with_state and self.state_row_bytes > 0
-        rows = np.empty((n, row_bytes), dtype=np.uint8)
+        rows = np.empty((n, self.row_bytes), dtype=np.uint8)
         state = np.empty((n, self.state_row_bytes if with_state else 0), dtype=np.uint8)
+        covered = self._use_prefetch(sorted_ids, rows, state, with_state)
+        if covered is None:
+            tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, with_rows)
+            self._batch.run(tasks)
+            for step in finish:
+                step()
+        elif not covered.all():
+            todo = np.flatnonzero(~covered)
+            part_rows, part_state = rows[todo], state[todo]
+            tasks, finish = self._plan_read(sorted_ids[todo], part_rows, part_state, with_state, with_rows)
+            self._batch.run(tasks)
+            for step in finish:
+                step()
+            rows[todo], state[todo] = part_rows, part_state
+        out_rows = torch.empty((n if with_rows else 0, self.embedding_dim), dtype=self.dtype)
+        if with_rows:
+            out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
+        if not with_state:
+            return out_rows, []
+        unsorted = np.empty_like(state)
+        unsorted[order] = state
+        return out_rows, self._split_state(unsorted)
+
+    def _plan_read(
+        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool, with_rows: bool
+    ) -> tuple[list[Callable[[], None]], list[Callable[[], None]]]:
+        """``(tasks, finish)``: once the I/O ``tasks`` have run (on any thread) and then the
+        ``finish`` steps (on the caller's), ``rows`` / ``state`` (``[n, bytes]`` uint8) hold
+        the records of ``sorted_ids``: every file read in one pass over the pool."""
+        n, row_bytes = len(sorted_ids), self.row_bytes
         in_log, positions = self._log.find(sorted_ids) if self._log else (np.zeros(n, dtype=bool), None)
         tasks: list[Callable[[], None]] = []
-        finish: list[Callable[[], None]] = []  # all files are read in one pass over the pool
+        finish: list[Callable[[], None]] = []
         if in_log.any():
             log_tasks, logged = self._log.read_tasks(positions)
             tasks += log_tasks
@@ -462,17 +497,61 @@ class DiskRowStore:
                 out, more, done = self._home_tasks(home_ids, name, bits_name, record, fresh)
                 tasks += more
                 finish.append(functools.partial(self._put, target, home, out, done))
-        self._batch.run(tasks)
-        for step in finish:
-            step()
-        out_rows = torch.empty((n if with_rows else 0, self.embedding_dim), dtype=self.dtype)
-        if with_rows:
-            out_rows[torch.from_numpy(order)] = torch.from_numpy(rows).view(self.dtype).view(n, self.embedding_dim)
-        if not with_state:
-            return out_rows, []
-        unsorted = np.empty_like(state)
-        unsorted[order] = state
-        return out_rows, self._split_state(unsorted)
+        return tasks, finish
+
+    # -- prefetch: the next batch's misses read while the current step computes --------------
+
+    def prefetch(self, ids: Tensor, *, with_state: bool = True) -> None:
+        """Start reading rows ``ids`` (and, ``with_state``, their optimizer state) on the I/O
+        threads and return at once; the next :meth:`read` takes the prefetched records of
+        the rows it asks for, waiting for them if they are still being read.
+
+        The records are as of this call: a row written (:meth:`write_rows`) after it is read
+        again by that :meth:`read`, so a prefetch never changes what a read returns.  A new
+        prefetch replaces a pending one; one that failed is dropped (the read reads again and
+        raises if the files are at fault).  ``rows_prefetched`` and ``prefetch_used`` count
+        the rows prefetched and the rows reads took from a prefetch.
+
+        Raises:
+            TypeError / IndexError / ValueError: as :meth:`read` (nothing is started).
+        """
+        sorted_ids, _ = self._check_ids(ids, "DiskRowStore.prefetch")
+        self._drop_prefetch()
+        if not len(sorted_ids):
+            return
+        with_state = with_state and self.state_row_bytes > 0
+        rows = np.empty((len(sorted_ids), self.row_bytes), dtype=np.uint8)
+        state = np.empty((len(sorted_ids), self.state_row_bytes if with_state else 0), dtype=np.uint8)
+        tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, True)
+        self._prefetch = Prefetch(sorted_ids, rows, state, with_state, self._batch.submit(tasks), finish)
+        self.rows_prefetched += len(sorted_ids)
+
+    def wait_prefetch(self) -> None:
+        """Wait until a pending :meth:`prefetch` has read everything (its errors are kept
+        for the next :meth:`read`, which then reads again)."""
+        if self._prefetch is not None:
+            self._prefetch.wait()
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.wait()  # no read of it may outlive the files it reads
+            self._prefetch = None
+
+    def _use_prefetch(
+        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool
+    ) -> np.ndarray | None:
+        """Copy the pending prefetch's records of ``sorted_ids`` into ``rows`` / ``state``
+        and drop the prefetch; returns which ids it held (``None``: no usable prefetch)."""
+        pending, self._prefetch = self._prefetch, None
+        if pending is None or not pending.complete() or (with_state and not pending.with_state):
+            return None
+        at = np.searchsorted(pending.ids, sorted_ids).clip(max=len(pending.ids) - 1)
+        covered = (pending.ids[at] == sorted_ids) & ~pending.stale[at]
+        rows[covered] = pending.rows[at[covered]]
+        if with_state:
+            state[covered] = pending.state[at[covered]]
+        self.prefetch_used += int(covered.sum())
+        return covered
 
     @staticmethod
     def _put(target: np.ndarray, where: np.ndarray, out: np.ndarray, done: Callable[[], None]) -> None:
@@ -561,6 +640,8 @@ class DiskRowStore:
             states = torch.cat(parts, dim=1).numpy()[order]
         if not len(sorted_ids):
             return
+        if self._prefetch is not None:  # its records of these rows are now old
+            self._prefetch.invalidate(sorted_ids)
         buffer = rows.detach().contiguous().view(torch.uint8).numpy()[order]
         logged = states is not None or not self.state_row_bytes
         overflow = self._log is not None and self._log.nbytes > self.max_log_bytes
@@ -619,6 +700,7 @@ class DiskRowStore:
         once) and fsync the home files; the log itself is left for the caller to drop."""
         if self._log is None:
             return
+        self.wait_prefetch()  # its reads of the log are done before the log goes
         for ids, records in self._log.newest(_COMPACT_ROWS):
             states = records[:, self.row_bytes :] if self.state_row_bytes else None
             self._write_home(ids, records[:, : self.row_bytes], states)
@@ -743,6 +825,8 @@ class DiskRowStore:
         if self._lock_fd is not None:
             self._unlock()  # closes the lock file: releases the writer's lock
             self._lock_fd = None
+        if getattr(self, "_prefetch", None) is not None:
+            self._drop_prefetch()
         self._batch.close()
         if self._log is not None:
             self._log.close()  # part of the table (records past its manifest length are cut on open)
