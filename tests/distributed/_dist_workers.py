@@ -241,16 +241,20 @@ def train_and_compare(
     steps: int = 5,
     weighted: bool = False,
     exact_columns: bool = True,
+    tables: list[TableConfig] | None = None,
 ) -> Any:
-    """Forward outputs every step and all tables after ``steps`` equal the global-batch oracle."""
+    """Forward outputs every step and all tables after ``steps`` equal the global-batch oracle
+    (``tables``: instead of :func:`bag_tables`)."""
     torch.manual_seed(0)
-    reference = EmbeddingBagCollection(bag_tables(weighted), is_weighted=weighted)
+    tables = tables or bag_tables(weighted)
+    reference = EmbeddingBagCollection(tables, is_weighted=weighted)
     sharded = shard(reference, plan, exact_columns=exact_columns)
     ref_opt = embtable.optim.fuse(reference, rule, **options)
     embtable.optim.fuse(sharded, rule, **options)
     size = GLOBAL_BATCH // world
     for step in range(steps):
-        local, global_batch = batches(bag_features(), step, world, rank, weighted)
+        features = {f: c.num_embeddings for c in tables for f in c.feature_names}
+        local, global_batch = batches(features, step, world, rank, weighted)
         out = sharded(local)
         expected = reference(global_batch)
         for feature in out.keys():
@@ -266,6 +270,23 @@ def train_and_compare(
     _same_tables(sharded, reference, f"{rule} {options} plan {plan.to_dict()}")
     del ref_opt
     return sharded
+
+
+def even_columns(rank: int, world: int) -> None:
+    """Sum tables of equal dim, every one column-wise over all ranks: one column collection
+    per rank, pooled straight into the rows sent, the result one permuted copy; exact."""
+    tables = [
+        TableConfig(name="a", num_embeddings=40, embedding_dim=4, feature_names=["a1", "a2"]),
+        TableConfig(name="e", num_embeddings=20, embedding_dim=4),
+        TableConfig(name="g", num_embeddings=9, embedding_dim=4),
+    ]
+    plan = ShardingPlan(
+        world_size=world, tables={t.name: TableSharding.column_wise() for t in tables}
+    )
+    for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
+        sharded = train_and_compare(rank, world, plan, rule, options, tables=tables)
+        assert len(sharded.local_cols) == 1 and sharded._even_columns() == 4 // world
+    train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
 
 
 def check_sequences(
@@ -356,6 +377,7 @@ def check_constructor_init(rank: int, world: int) -> None:
 def group_of_two(rank: int, world: int, folder: str) -> None:
     """Every sharding type and pooling, three rules and two state dtypes, EC, failures, checkpoint."""
     exactness_matrix(rank, world)
+    even_columns(rank, world)
     train_and_compare(rank, world, mixed_plan(world, 0), "sgd", {"lr": 0.1, "momentum": 0.9})
     train_and_compare(
         rank, world, mixed_plan(world, 1), "rowwise_adagrad", {"lr": 0.1}, weighted=True
@@ -455,6 +477,7 @@ def _step(sharded: Any, step: int, world: int, rank: int) -> None:
 def group_of_four(rank: int, world: int, folder: str) -> None:
     """Mixed plans at world 4; the 2-rank checkpoint loaded on another plan resumes exactly."""
     train_and_compare(rank, world, mixed_plan(world, 1), "adam", {"lr": 0.05})  # row-wise max
+    even_columns(rank, world)
     train_and_compare(
         rank, world, mixed_plan(world, 0), "adagrad", {"lr": 0.1}, steps=3, weighted=True
     )
