@@ -21,7 +21,8 @@
 //   rowstat_reduce(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx)
 //       -> (rows, summed): the distinct non-padding rows of sum / mean bags and each row's
 //       summed gradient, contributions added in input order (pool_bags_backward's factors:
-//       1 / bag size in float64 for a mean, times the per-sample weight), in one call.
+//       1 / bag size in float64 for a mean, times the per-sample weight), in one call
+//       (first contributions written as 0 + t: no zeroed result first; rows prefetched).
 //   rowstat_distinct(ids, num_rows) -> (rows, inverse)
 //       torch.unique(ids, sorted=True, return_inverse=True) by a mark per table row (for
 //       tables of at most a few rows per id: one pass over the ids, one over the marks).
@@ -276,9 +277,15 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
   const int32_t* position = distinct.position.get();
   const int64_t count = distinct.rows.numel();
   at::Tensor rows = distinct.rows;
-  at::Tensor out = at::zeros({count, d}, grad.options());
+  // Each row's first contribution is written as 0 + t (what adding it to a zeroed row gives,
+  // bit for bit), so the [count, D] result is never zeroed first; the next ids' rows are
+  // prefetched (they are scattered over the result).
+  at::Tensor out = at::empty({count, d}, grad.options());
   float* yp = out.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
+  std::vector<uint8_t> seen(static_cast<size_t>(count) + 1, 0);
+  uint8_t* sp = seen.data();
+  const bool scaled = pp != nullptr || pooling == 2;
   for (int64_t b = 0; b < bags; ++b) {
     double inverse = 1.0;
     if (pooling == 2) {
@@ -289,18 +296,32 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
     const float* g = gp + b * d;
     const float mean_scale = static_cast<float>(inverse);
     for (int64_t i = op[b]; i < op[b + 1]; ++i) {
+      if (i + kAhead < n && ip[i + kAhead] != padding_idx) {
+        __builtin_prefetch(yp + static_cast<int64_t>(position[ip[i + kAhead]]) * d, 1);
+      }
       const int64_t id = ip[i];
       if (id == padding_idx) continue;
-      float* y = yp + static_cast<int64_t>(position[id]) * d;
+      const int64_t p = position[id];
+      float* y = yp + p * d;
+      float f = 1.0f;
       if (pp != nullptr) {
-        const float f = pooling == 2 ? static_cast<float>(static_cast<double>(pp[i]) * inverse) : pp[i];
+        f = pooling == 2 ? static_cast<float>(static_cast<double>(pp[i]) * inverse) : pp[i];
+      } else if (pooling == 2) {
+        f = mean_scale;
+      }
+      if (!sp[p]) {
+        sp[p] = 1;
+        if (scaled) {
+          for (int64_t j = 0; j < d; ++j) {
+            const float t = g[j] * f;
+            y[j] = 0.0f + t;
+          }
+        } else {
+          for (int64_t j = 0; j < d; ++j) y[j] = 0.0f + g[j];
+        }
+      } else if (scaled) {
         for (int64_t j = 0; j < d; ++j) {
           const float t = g[j] * f;
-          y[j] = y[j] + t;
-        }
-      } else if (pooling == 2) {
-        for (int64_t j = 0; j < d; ++j) {
-          const float t = g[j] * mean_scale;
           y[j] = y[j] + t;
         }
       } else {
