@@ -22,8 +22,9 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    of capacity + 1 rows fed hashed ids, same batches, alternating, after a warm-up that
    fills the dynamic table; medians of the step's CPU time.
    ``breakdown`` - the same dynamic step with its parts timed (median CPU time per step of the
-   SlotMap call, the new rows' initialization, the optimizer-state reset, the whole remap,
-   forward and backward), next to the static table's forward and backward.
+   SlotMap call, the new rows' initialization with their optimizer-state reset (one compiled
+   call), the whole remap, forward and backward), next to the static table's forward and
+   backward.
    ``aging`` - the cost of one LFU aging pass (``decay_every``): a full LFU map of
    ``--capacity`` slots, a 1-id call with aging on every call vs the same without aging.
 3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
@@ -281,8 +282,7 @@ def breakdown(cfg) -> None:
         setattr(owner, attr, wrapper)
 
     timed(dyn.slot_map, "lookup", "dynamic: SlotMap.lookup")
-    timed(dynamic_mod, "_init_rows_into", "dynamic: new rows' initialization")
-    timed(dynamic_mod, "_reset_optimizer_rows", "dynamic: optimizer-state reset")
+    timed(dynamic_mod, "_fresh_rows", "dynamic: new rows' init + state reset")
     timed(dyn.dynamic, "remap", "dynamic: whole remap")
     for _ in range(cfg["train_steps"]):
         ids = stream.ids(b * length).reshape(b, length)

@@ -216,6 +216,46 @@ def test_init_rows_compiled_matches_reference_bit_for_bit():
     assert abs(float(rows.mean())) < 0.01 and abs(float(rows.std()) - 1) < 0.01
 
 
+@pytest.mark.skipif(not _compiled_available(), reason="embtable._C (slot ops) is not built")
+def test_fresh_rows_compiled_matches_reference():
+    """slot_fresh_rows (new rows + optimizer-state reset in one pass) == its PyTorch twin, for
+    state tensors of several shapes and dtypes; bad arguments write nothing; opcheck."""
+    from embtable.nn.dynamic import fresh_rows_reference
+
+    g = torch.Generator().manual_seed(4)
+    rows, dim, offset = 30, 7, 5
+
+    def tables():
+        return (torch.randn(rows, dim, generator=g), torch.randn(rows, generator=g),
+                torch.randn(rows, dim, generator=g).to(torch.bfloat16),
+                torch.randint(-100, 100, (rows, dim), generator=g, dtype=torch.int8),
+                torch.randint(0, 9, (rows,), generator=g))
+
+    fresh = [torch.tensor(0.25), torch.full((dim,), 1.5, dtype=torch.bfloat16),
+             torch.arange(dim, dtype=torch.int8), torch.tensor(0)]
+    slots, ids = torch.tensor([0, 24, 3, 11]), torch.tensor([7, -(2**62), 10**15, 0])
+    got = tables()
+    want = tuple(t.clone() for t in got)
+    torch.ops.embtable.slot_fresh_rows(got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh)
+    fresh_rows_reference(want[0], offset, slots, ids, 9, 0.3, list(want[1:]), fresh)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    before = tuple(t.clone() for t in got)
+    with pytest.raises(RuntimeError, match="outside 30 rows"):
+        torch.ops.embtable.slot_fresh_rows(got[0], offset, torch.tensor([1, 25]), ids[:2], 9, 0.3,
+                                           list(got[1:]), fresh)
+    with pytest.raises(RuntimeError, match="fresh row 0 must be one contiguous row"):
+        torch.ops.embtable.slot_fresh_rows(got[0], offset, slots, ids, 9, 0.3, list(got[1:]),
+                                           [torch.zeros(2), *fresh[1:]])
+    for a, b in zip(got, before, strict=True):
+        assert torch.equal(a, b)
+    torch.library.opcheck(
+        torch.ops.embtable.slot_fresh_rows.default,
+        (got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 @pytest.mark.parametrize("collection_type", ["bag", "seq"])
 def test_dynamic_table_in_a_collection_matches_static(collection_type):
     from embtable import (

@@ -55,6 +55,7 @@ __all__ = [
     "DynamicEmbeddingBag",
     "DynamicRows",
     "DynamicTableState",
+    "fresh_rows_reference",
     "init_rows",
     "init_rows_reference",
     "plan_configs",
@@ -110,21 +111,76 @@ def _init_rows_into(rows: Tensor, slots: Tensor, ids: Tensor, seed: int, std: fl
         rows[slots] = init_rows(ids.to(rows.device), rows.shape[1], seed=seed, std=std, dtype=rows.dtype)
 
 
-def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
-    """Reset the fused-optimizer state of ``rows`` of ``weight`` to a fresh table's values."""
+def _optimizer_rows(weight: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """The fused-optimizer state tensors of ``weight`` that hold one row per row of it, and
+    one row of a fresh table's state for each (empty lists before the first step)."""
     optimizer = getattr(weight, FUSED_ATTR, None)
-    if optimizer is None or rows.numel() == 0:
-        return
+    if optimizer is None:
+        return [], []
     state = optimizer.state.get(weight)
     if not state:
-        return  # no step yet: the state is created fresh at the first backward
+        return [], []  # no step yet: the state is created fresh at the first backward
     group = optimizer._group_of[id(weight)]
     fresh = optimizer.rule.init_state(weight.detach()[:1], group)
+    tensors, rows = [], []
+    for key, value in fresh.items():
+        tensor = state.get(key)
+        if isinstance(tensor, Tensor) and tensor.dim() >= 1 and tensor.shape[0] == weight.shape[0]:
+            tensors.append(tensor)
+            rows.append(value[0])
+    return tensors, rows
+
+
+def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
+    """Reset the fused-optimizer state of ``rows`` of ``weight`` to a fresh table's values."""
+    if rows.numel() == 0:
+        return
+    tensors, fresh = _optimizer_rows(weight)
     with torch.no_grad():
-        for key, value in fresh.items():
-            tensor = state.get(key)
-            if isinstance(tensor, Tensor) and tensor.dim() >= 1 and tensor.shape[0] == weight.shape[0]:
-                tensor[rows] = value[0]
+        for tensor, value in zip(tensors, fresh, strict=True):
+            tensor[rows] = value
+
+
+def fresh_rows_reference(
+    weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: int, std: float,
+    states: Sequence[Tensor], fresh: Sequence[Tensor],
+) -> None:
+    """The pure-PyTorch twin of the compiled ``embtable::slot_fresh_rows`` (its oracle):
+    ``weight[offset + slots] = init_rows(ids)`` and ``states[k][offset + slots] = fresh[k]``.
+
+    Example:
+        >>> import torch
+        >>> w, s = torch.zeros(4, 2), torch.ones(4)
+        >>> fresh_rows_reference(w, 1, torch.tensor([2]), torch.tensor([9]), 0, 1.0,
+        ...                      [s], [torch.tensor(0.5)])
+        >>> torch.equal(w[3], init_rows(torch.tensor([9]), 2)[0]), s.tolist()
+        (True, [1.0, 1.0, 1.0, 0.5])
+    """
+    rows = slots.to(weight.device) + offset
+    with torch.no_grad():
+        weight[rows] = init_rows(ids.to(weight.device), weight.shape[1], seed=seed, std=std,
+                                 dtype=weight.dtype)
+        for tensor, value in zip(states, fresh, strict=True):
+            tensor[rows] = value
+
+
+def _fresh_rows(weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: int, std: float) -> None:
+    """New rows ``offset + slots`` of ``weight``: ``init_rows(ids)``, their fused-optimizer
+    state reset; one compiled pass for contiguous float32 CPU tables and states."""
+    states, fresh = _optimizer_rows(weight)
+    w = weight.detach()
+    if (
+        w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous()
+        and all(t.device.type == "cpu" and t.is_contiguous() for t in states)
+        and _compiled_available()
+    ):
+        fresh = [f.contiguous() for f in fresh]
+        torch.ops.embtable.slot_fresh_rows(w, offset, slots, ids, seed, float(std), states, fresh)
+    else:
+        rows = w.narrow(0, offset, w.shape[0] - offset)
+        with torch.no_grad():
+            _init_rows_into(rows, slots.to(w.device), ids, seed, std)
+        _reset_optimizer_rows(weight, slots.to(w.device) + offset)
 
 
 class DynamicRows:
@@ -210,10 +266,8 @@ class DynamicRows:
                 if self.keep_evicted:
                     self._evicted.append((result.evicted_ids, old))
             if result.new_ids.numel():
-                new_slots = result.new_slots.to(rows.device)
-                with torch.no_grad():
-                    _init_rows_into(rows, new_slots, result.new_ids, self.config.seed, self.init_std)
-                _reset_optimizer_rows(weight, new_slots + row_offset)
+                _fresh_rows(weight, row_offset, result.new_slots, result.new_ids, self.config.seed,
+                            self.init_std)
             self.slot_map.step()
         if self.config.default == "row":
             rows = weight.detach().narrow(0, row_offset, self.capacity + 1)

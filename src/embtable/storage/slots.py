@@ -118,6 +118,10 @@ def _register_fakes() -> None:
     def _slot_init_rows_into_fake(weight, slots, ids, seed, std):
         return None
 
+    @torch.library.register_fake("embtable::slot_fresh_rows")
+    def _slot_fresh_rows_fake(weight, offset, slots, ids, seed, std, states, fresh):
+        return None
+
     @torch.library.register_fake("embtable::slot_table_build")
     def _slot_table_build_fake(keys, values, size):
         return keys.new_empty((size, 2), dtype=torch.int64)

@@ -10,6 +10,8 @@
 //   slot_table_build(keys, values, size) -> table        (a [size, 2] (key, value) table)
 //   slot_init_rows(ids, dim, seed, std) -> rows           (float32 rows from (seed, id))
 //   slot_init_rows_into(weight, slots, ids, seed, std)    (the same rows, into weight[slots])
+//   slot_fresh_rows(weight, offset, slots, ids, seed, std, states[], fresh[])
+//                                                        (new rows and their optimizer state)
 //
 // Tables: `size` (a power of two) rows of (key, value) int64 pairs, linear probing, value -1
 // marks an empty row, deletion by backward shift (no tombstones).  The map's index holds
@@ -480,15 +482,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
   }
   const int64_t u = distinct.finish();
 
-  // 2. One index probe per distinct id (read only), the index rows prefetched kAhead ahead;
-  //    a hit's slot record is prefetched for step 4 as soon as its slot is known.
+  // 2. The index probes (read only; one per distinct id, the index rows prefetched kAhead
+  //    ahead).  Only a call with more distinct ids than the capacity runs them on their own
+  //    (step 3); otherwise they are fused with step 4.
   sc.uslot.resize(static_cast<size_t>(u));
-  for (int64_t d = 0; d < u; ++d) {
-    if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
-    const int64_t s = index.get(sc.uids[d]);
-    sc.uslot[d] = s;
-    if (s >= 0) __builtin_prefetch(map.row(s), 1, 1);
-  }
+  auto probe_all = [&]() {
+    for (int64_t d = 0; d < u; ++d) {
+      if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
+      sc.uslot[d] = index.get(sc.uids[d]);
+    }
+  };
   auto collect_misses = [&]() {
     sc.ids.clear();
     sc.count.clear();
@@ -504,6 +507,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
 
   // 3. More distinct ids than the capacity may overflow it: check without changing anything.
   if (u > map.capacity) {
+    probe_all();
     collect_misses();
     const int64_t hits = u - static_cast<int64_t>(sc.ids.size());
     if (counting) add_counts(+1);
@@ -514,22 +518,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
                       "; split the batch or raise the capacity");
   }
 
-  // 4. The call begins (LFU aging first), then the hits in first-occurrence order: counts,
-  //    recency (the slot moves to the recent end); slot rows prefetched kAhead ahead.
+  // 4. The call begins (LFU aging first), then one pass over the distinct ids probes the
+  //    index (read only, prefetched kAhead ahead) and updates the hits in first-occurrence
+  //    order: counts, recency (the slot moves to the recent end).  A hit's slot record is
+  //    prefetched when its probe finds the slot and updated kLag ids later, while it is in
+  //    flight: one pass over the distinct ids, not two.
   const int64_t call = ++meta[kCalls];
   const int64_t clock = meta[kClockStep];
   if (decay_every > 0 && call % decay_every == 0) decay_counts(map, meta[kSize]);
-  for (int64_t d = 0; d < u; ++d) {
-    if (d + kAhead < u && sc.uslot[d + kAhead] >= 0) __builtin_prefetch(map.row(sc.uslot[d + kAhead]), 1, 1);
+  auto hit = [&](int64_t d) {
     const int64_t s = sc.uslot[d];
-    if (s < 0) continue;
+    if (s < 0) return;
     int64_t* r = map.row(s);
     r[fFreq] += sc.ucount[d];
     r[fLastCall] = call;
     r[fLastStep] = clock;
     r[fFlags] |= kRef;
     if (listed) map.append(s);
+  };
+  constexpr int64_t kLag = 16;
+  for (int64_t d = 0; d < u; ++d) {
+    if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
+    const int64_t s = index.get(sc.uids[d]);
+    sc.uslot[d] = s;
+    if (s >= 0) __builtin_prefetch(map.row(s), 1, 3);
+    if (d >= kLag) hit(d - kLag);
   }
+  for (int64_t d = std::max<int64_t>(u - kLag, 0); d < u; ++d) hit(d);
 
   // 5. Admission counts of the misses.
   collect_misses();
@@ -708,6 +723,73 @@ void slot_init_rows_into_cpu(const at::Tensor& weight, const at::Tensor& slots_i
   }
 }
 
+// A dynamic table's new rows, in one pass: row `offset + slots[i]` of the float32 table
+// `weight` becomes ids[i]'s initial row (the values of slot_init_rows), and the same row of
+// each optimizer-state tensor states[k] becomes fresh[k] (one row of a fresh table's state,
+// of that tensor's dtype), replacing the Python glue of an index_put per state tensor.
+// The weight and state rows are prefetched kAhead rows ahead.  Every argument is checked
+// before anything is written.
+void slot_fresh_rows_cpu(const at::Tensor& weight, int64_t offset, const at::Tensor& slots_in,
+                         const at::Tensor& ids_in, int64_t seed, double std_dev,
+                         at::TensorList states, at::TensorList fresh) {
+  constexpr const char* api = "slot_fresh_rows";
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
+                  weight.is_contiguous(),
+              api, ": weight must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong && slots_in.scalar_type() == at::kLong &&
+                  ids_in.numel() == slots_in.numel(),
+              api, ": ids and slots must be int64 tensors of one length, got ", ids_in.numel(),
+              " and ", slots_in.numel());
+  TORCH_CHECK(states.size() == fresh.size(), api, ": ", states.size(), " state tensors but ",
+              fresh.size(), " fresh rows");
+  const int64_t rows = weight.size(0), dim = weight.size(1);
+  const size_t k_states = states.size();
+  std::vector<char*> state_ptr(k_states);
+  std::vector<const char*> fresh_ptr(k_states);
+  std::vector<int64_t> row_bytes(k_states);
+  for (size_t k = 0; k < k_states; ++k) {
+    const at::Tensor& s = states[k];
+    const at::Tensor& f = fresh[k];
+    TORCH_CHECK(s.device().is_cpu() && s.is_contiguous() && s.dim() >= 1 && s.size(0) == rows, api,
+                ": state tensor ", k, " must be a contiguous CPU tensor of ", rows, " rows");
+    TORCH_CHECK(f.device().is_cpu() && f.is_contiguous() && f.scalar_type() == s.scalar_type() &&
+                    f.numel() * rows == s.numel(),
+                api, ": fresh row ", k, " must be one contiguous row of state tensor ", k,
+                " (dtype ", s.scalar_type(), ", ", s.numel() / std::max<int64_t>(rows, 1),
+                " entries)");
+    state_ptr[k] = static_cast<char*>(s.data_ptr());
+    fresh_ptr[k] = static_cast<const char*>(f.data_ptr());
+    row_bytes[k] = f.numel() * static_cast<int64_t>(f.element_size());
+  }
+  const at::Tensor ids_t = ids_in.contiguous(), slots_t = slots_in.contiguous();
+  const int64_t n = ids_t.numel();
+  const int64_t* ids = ids_t.data_ptr<int64_t>();
+  const int64_t* slots = slots_t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = offset + slots[i];
+    TORCH_CHECK(r >= 0 && r < rows, api, ": row ", r, " (offset ", offset, " + slot ", slots[i],
+                ") outside ", rows, " rows");
+  }
+  float* w = weight.data_ptr<float>();
+  const uint64_t salt = mix(static_cast<uint64_t>(seed));
+  constexpr int64_t kLine = 64 / sizeof(float);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      const int64_t ahead = offset + slots[i + kAhead];
+      const float* wa = w + ahead * dim;
+      for (int64_t c = 0; c < dim; c += kLine) __builtin_prefetch(wa + c, 1, 1);
+      for (size_t k = 0; k < k_states; ++k) {
+        __builtin_prefetch(state_ptr[k] + ahead * row_bytes[k], 1, 1);
+      }
+    }
+    const int64_t r = offset + slots[i];
+    init_row(w + r * dim, ids[i], salt, dim, std_dev);
+    for (size_t k = 0; k < k_states; ++k) {
+      std::memcpy(state_ptr[k] + r * row_bytes[k], fresh_ptr[k], static_cast<size_t>(row_bytes[k]));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace embtable
 
@@ -719,6 +801,9 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
   m.def("slot_table_build(Tensor keys, Tensor values, int size) -> Tensor");
   m.def("slot_init_rows(Tensor ids, int dim, int seed, float std) -> Tensor");
   m.def("slot_init_rows_into(Tensor(a!) weight, Tensor slots, Tensor ids, int seed, float std) -> ()");
+  m.def(
+      "slot_fresh_rows(Tensor(a!) weight, int offset, Tensor slots, Tensor ids, int seed, "
+      "float std, Tensor(b!)[] states, Tensor[] fresh) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
@@ -727,4 +812,5 @@ TORCH_LIBRARY_IMPL(embtable, CPU, m) {
   m.impl("slot_table_build", &embtable::slot_table_build_cpu);
   m.impl("slot_init_rows", &embtable::slot_init_rows_cpu);
   m.impl("slot_init_rows_into", &embtable::slot_init_rows_into_cpu);
+  m.impl("slot_fresh_rows", &embtable::slot_fresh_rows_cpu);
 }
