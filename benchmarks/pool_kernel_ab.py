@@ -19,6 +19,11 @@ kernel on the shifted ids, as in ``coll`` (the shifting not timed there).
 ``adam:D``: one fused Adam step of that table (the current ``pool_bags`` forward, then
 ``fused_update_rows`` with float32 moments) with ``fused_update_cpu.cpp`` of the base
 revision vs the working tree's; no torch column (SparseAdam is ``train_step.py``'s peer).
+``bwd``: the collection's dense weight gradient (``pool_bags_backward`` of the grouped ids,
+sum pooling, [26 * B, 64] output gradient) of the base vs the working tree; the torch column
+is torch's ``embedding_bag`` forward + backward on the same ids (its backward alone is not
+reachable without its forward), so read ``new / old`` only.  ``--threads N`` times
+with N threads (wall time when N > 1: only meaningful on an idle machine).
 ``--batches N`` cycles through N id batches (rows then come from memory, not from the cache
 the previous call left warm); the default 1 reuses one batch, as ``bags.py`` does.  Every
 contender reads the same table, placed by ``_placement.apply`` (``--placement 4k``: 4 KiB
@@ -57,7 +62,9 @@ WRAPPER = """
   at::Tensor pool_bags_grouped_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, \\
       const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); \
   std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(const at::Tensor&, const at::Tensor&, \
-      const at::Tensor&, int64_t); }
+      const at::Tensor&, int64_t); \
+  at::Tensor pool_bags_backward_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&, \
+      const std::optional<at::Tensor>&, int64_t, int64_t, int64_t); }
 DECLARE(kernel_old)
 DECLARE(kernel_new)
 namespace kernel_new { at::Tensor pool_bucket_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -82,6 +89,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return kernel_old::pool_bags_grouped_cpu(w, ids, offsets, std::nullopt, 1, -1, r.size(0)); });
   m.def("bucket_new", [](at::Tensor w, at::Tensor v, at::Tensor l, at::Tensor r, int64_t batch) {
     return kernel_new::pool_bucket_cpu(w, v, l, r, std::nullopt, 1, -1, batch); });
+  m.def("bwd_old", [](at::Tensor g, at::Tensor i, at::Tensor o, int64_t rows) {
+    return kernel_old::pool_bags_backward_cpu(g, i, o, std::nullopt, rows, 1, -1); });
+  m.def("bwd_new", [](at::Tensor g, at::Tensor i, at::Tensor o, int64_t rows) {
+    return kernel_new::pool_bags_backward_cpu(g, i, o, std::nullopt, rows, 1, -1); });
   m.def("adam_old", [](at::Tensor w, std::vector<at::Tensor> st, at::Tensor i, at::Tensor o, at::Tensor g,
                        std::vector<double> h) { fused_old::fused_update_rows_cpu(w, st, i, o, g, std::nullopt, 1, -1,
                                                                                 false, 3, h); });
@@ -175,15 +186,52 @@ def time_adam(ext, dim: int, batches_wanted: int, repeats: int, placement: str) 
         for name, kernel in (("old", ext.adam_old), ("new", ext.adam_new)):
             ids = batches[calls % len(batches)]  # every call its own batch when several are cycled
             calls += 1
-            start = time.thread_time()
+            start = clock()()
             step(kernel, ids)
             if round_index >= 2:
-                samples[name].append((time.thread_time() - start) * 1e3)
+                samples[name].append((clock()() - start) * 1e3)
     return float("nan"), statistics.median(samples["old"]), statistics.median(samples["new"])
+
+
+def clock():
+    """The timing thread's CPU time at one thread, wall time with more."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def time_bwd(ext, repeats: int, placement: str) -> tuple[float, float, float]:
+    """Median ms of the collection's dense weight gradient, torch (fwd + bwd) / old / new."""
+    gen = torch.Generator().manual_seed(0)
+    weight, batches, offsets, _, _, _ = case_data("coll", 1, gen)
+    ids, rows = batches[0], weight.shape[0]
+    grad = torch.randn(offsets.numel() - 1, weight.shape[1], generator=gen)
+    table = weight.clone().requires_grad_()
+    _placement.apply(placement)
+    old, new = ext.bwd_old(grad, ids, offsets, rows), ext.bwd_new(grad, ids, offsets, rows)
+    torch.testing.assert_close(new, old, rtol=0, atol=0)  # the same sums in the same order
+    del old, new
+
+    def theirs() -> None:
+        table.grad = None
+        torch.nn.functional.embedding_bag(ids, table, offsets, mode="sum", include_last_offset=True).backward(grad)
+
+    runners = {"torch": theirs, "old": lambda: ext.bwd_old(grad, ids, offsets, rows),
+               "new": lambda: ext.bwd_new(grad, ids, offsets, rows)}
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    now = clock()
+    for round_index in range(2 + repeats):
+        for name, run in runners.items():
+            start = now()
+            run()
+            if round_index >= 2:
+                samples[name].append((now() - start) * 1e3)
+    medians = [statistics.median(samples[k]) for k in ("torch", "old", "new")]
+    return medians[0], medians[1], medians[2]
 
 
 def time_case(ext, case: str, batches_wanted: int, repeats: int, placement: str) -> tuple[float, float, float]:
     """Median ms of torch, the old and the new kernel on one case (outputs checked first)."""
+    if case == "bwd":
+        return time_bwd(ext, repeats, placement)
     if case.startswith("adam:"):
         return time_adam(ext, int(case.split(":")[1]), batches_wanted, repeats, placement)
     gen = torch.Generator().manual_seed(0)
@@ -219,10 +267,10 @@ def time_case(ext, case: str, batches_wanted: int, repeats: int, placement: str)
     for round_index in range(2 + repeats):
         ids = batches[round_index % len(batches)]  # the three contenders of a round share it
         for name, run in runners.items():
-            start = time.thread_time()
+            start = clock()()
             run(ids)
             if round_index >= 2:
-                samples[name].append((time.thread_time() - start) * 1e3)
+                samples[name].append((clock()() - start) * 1e3)
     medians = [statistics.median(samples[k]) for k in ("torch", "old", "new")]
     return medians[0], medians[1], medians[2]
 
@@ -231,17 +279,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="fbf335d~1", help="git revision of the 'old' kernel")
     parser.add_argument("--cases", default="16:sum,32:sum,64:sum,64:mean,64:wsum,128:sum,256:sum,coll",
-                        help="D:mode (sum, mean, wsum, max), coll, bucket or adam:D")
+                        help="D:mode (sum, mean, wsum, max), coll, bucket, bwd or adam:D")
+    parser.add_argument("--threads", type=int, default=1, help="threads (wall time when > 1)")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--batches", type=int, default=1, help="id batches to cycle through")
     parser.add_argument("--placement", choices=_placement.PLACEMENTS, default="4k",
                         help="4k: MADV_NOHUGEPAGE on the table; huge: MADV_HUGEPAGE + MADV_COLLAPSE")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="pool_kernel_ab_") as tmp:
         ext = build(args.base, Path(tmp))
         load = os.getloadavg()
-        print(f"base {args.base} vs working tree; one thread, CPU time medians (ms) of {args.repeats} rounds; "
+        clock_name = "one thread, CPU time" if args.threads == 1 else f"{args.threads} threads, wall time"
+        print(f"base {args.base} vs working tree; {clock_name} medians (ms) of {args.repeats} rounds; "
               f"{args.batches} id batch(es); placement {args.placement} (THP mode {_placement.thp_mode()}); load average {load[0]:.1f} / {load[1]:.1f}")
         print("| case | torch | old | new | old / torch | new / torch | new / old |")
         print("|---|---:|---:|---:|---:|---:|---:|")

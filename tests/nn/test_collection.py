@@ -534,3 +534,41 @@ def test_load_state_dict_is_all_or_nothing_and_copies_with_assign():
                                 "embedding_bags.b.weight": torch.zeros(3, 2)}, assign=True)
     assert collection.grouped_weight_0 is storage
     assert torch.equal(storage, torch.cat([torch.ones(4, 2), torch.zeros(3, 2)]))
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_dense_gradient_of_a_big_skewed_collection_at_one_and_two_threads(pooling):
+    """The compiled dense backward (issue 11, s4 D): a grouped table of >= 32 MiB gets a lazily
+    zeroed gradient, and each thread owns a run of rows holding ~half the ids (here the 8 small
+    tables, first in the grouped table, hold 8/9 of the ids).  Same sums in the same order at 1
+    and 2 threads; equal to the torch loop's gradients and zero where no id landed."""
+    tables = [TableConfig(name=f"s{t}", num_embeddings=50, embedding_dim=64, pooling=pooling,
+                          feature_names=[f"s{t}"]) for t in range(8)]
+    tables.append(TableConfig(name="big", num_embeddings=140_000, embedding_dim=64, pooling=pooling,
+                              feature_names=["big"]))
+    collection = EmbeddingBagCollection(tables)
+    oracle = TorchBagLoop(tables)
+    oracle.load_state_dict(collection.state_dict())
+    g = torch.Generator().manual_seed(0)
+    data = {f"s{t}": [torch.randint(0, 50, (3,), generator=g).tolist() for _ in range(64)] for t in range(8)}
+    data["big"] = [torch.randint(0, 140_000, (3,), generator=g).tolist() for _ in range(64)]
+    batch = KeyedJagged.from_dict(data)
+    upstream = torch.randn(64, 9 * 64, generator=g)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            collection.zero_grad(set_to_none=True)
+            collection(batch).values().backward(upstream)
+            grads.append(collection.grouped_weight_0.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert grads[0].nbytes >= 32 << 20
+    assert torch.equal(grads[0], grads[1])
+    expected = oracle(batch)
+    torch.cat([expected[f] for f in collection.feature_names], 1).backward(upstream)
+    compare_table_grads(collection, oracle.embedding_bags, tables)
+    untouched = torch.ones(140_000, dtype=torch.bool)
+    untouched[torch.tensor(data["big"]).flatten()] = False
+    assert not collection.table_grad("big")[untouched].any()
