@@ -44,7 +44,7 @@ allocations (they are re-created at every eviction), so the remap comparison is 
 
 Usage:
     python benchmarks/dynamic.py [--quick] [--parts remap,train,breakdown,aging,quality]
-        [--placement huge|4k]
+        [--placement huge|4k]  (parts also: pipeline)
 """
 
 from __future__ import annotations
@@ -263,6 +263,75 @@ def train(cfg) -> None:
     print(f"    ratio dynamic / static: {md / ms:.2f}")
 
 
+def pipeline(cfg) -> None:
+    """The prefetch pipeline: the dynamic table's lookup of batch i+1 runs on the background
+    thread during step i (``DynamicEmbeddingBag.prefetch``), against the plain steps and the
+    static table at one and at two intra-op threads (the same total thread count)."""
+    cap, b, length = cfg["capacity"], cfg["batch"], cfg["bag"]
+    print("\n2c. prefetch pipeline (fused RowWiseAdagrad, sum pooling, D = 64): warm-up until the "
+          "dynamic table is full")
+    stream, dyn, static, opt_d, opt_s, grad, warm = _step_pair(cfg)
+    piped = DynamicEmbeddingBag(cap, 64, mode="sum")
+    embtable.optim.fuse(piped, "rowwise_adagrad", lr=0.05)
+    replay = Stream(cfg["distinct"], seed=2)  # the same warm-up batches
+    for _ in range(warm):
+        piped(replay.ids(b * length).reshape(b, length)).backward(grad)
+    assert torch.equal(piped.weight, dyn.weight), "the pipelined table must start where the plain one is"
+    batches = [stream.ids(b * length).reshape(b, length) for _ in range(cfg["train_steps"] + 1)]
+    threads = torch.get_num_threads()
+    names = ("dynamic, plain", "dynamic, prefetch pipeline", "static", "static, 2 intra-op threads")
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    worker: list[float] = []  # the background thread's CPU time per lookup
+    inner = piped.dynamic._lookup
+
+    def lookup_timed(ids):
+        c0 = time.thread_time()
+        out = inner(ids)
+        worker.append((time.thread_time() - c0) * 1e3)
+        return out
+
+    piped.dynamic._lookup = lookup_timed
+    piped.prefetch(batches[0])
+    piped.dynamic._pending[-1].future.result()
+    for i in range(cfg["train_steps"]):
+        ids = batches[i]
+        rows = hash_rows(ids, cap)
+        for name in names:
+            torch.set_num_threads(2 if name.endswith("2 intra-op threads") else threads)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            if name == "dynamic, plain":
+                dyn(ids).backward(grad)
+            elif name == "dynamic, prefetch pipeline":
+                piped.prefetch(batches[i + 1])  # runs during this step
+                piped(ids).backward(grad)  # its own lookup ran during the previous step
+                piped.dynamic._pending[-1].future.result()  # no background work leaks out
+            else:
+                static(rows).backward(grad)
+            wall[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.thread_time() - c0) * 1e3)
+    torch.set_num_threads(threads)
+    dyn(batches[-1]).backward(grad)  # the pipeline's last prefetched batch
+    piped(batches[-1]).backward(grad)
+    same = torch.equal(piped.weight, dyn.weight) and piped.stats() == dyn.stats()
+    print(f"    warm-up {warm} steps; {cfg['train_steps']} timed steps, alternating; pipelined == plain "
+          f"(rows, map): {same}")
+    print(f"    {'contender':<30} {'wall ms/step':>13} {'range':>14} {'main-thread CPU ms':>19}")
+    for name in names:
+        w, c = wall[name], cpu[name]
+        cpu_text = "-" if name.endswith("threads") else f"{statistics.median(c):.1f}"
+        print(f"    {name:<30} {statistics.median(w):>13.1f} {min(w):>6.1f}-{max(w):<7.1f} {cpu_text:>19}")
+    print(f"    (the pipeline's background thread: {statistics.median(worker):.1f} ms CPU per lookup, "
+          "median, on top of its main thread)")
+    crit = statistics.median(cpu["dynamic, prefetch pipeline"]) / statistics.median(cpu["static"])
+    print(f"    main-thread CPU ratio, prefetch pipeline / static (1 thread): {crit:.2f}; plain / static: "
+          f"{statistics.median(cpu['dynamic, plain']) / statistics.median(cpu['static']):.2f}")
+    base = statistics.median(wall["static, 2 intra-op threads"])
+    for name in ("dynamic, plain", "dynamic, prefetch pipeline"):
+        print(f"    wall ratio {name} / static with 2 threads: {statistics.median(wall[name]) / base:.2f}; "
+              f"/ static with 1: {statistics.median(wall[name]) / statistics.median(wall['static']):.2f}")
+
+
 def breakdown(cfg) -> None:
     import embtable.nn.dynamic as dynamic_mod
 
@@ -414,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         remap(cfg)
     if "train" in parts:
         train(cfg)
+    if "pipeline" in parts:
+        pipeline(cfg)
     if "breakdown" in parts:
         breakdown(cfg)
     if "aging" in parts:

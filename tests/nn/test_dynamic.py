@@ -256,6 +256,73 @@ def test_fresh_rows_compiled_matches_reference():
     )
 
 
+@pytest.mark.parametrize("policy,extra", [("lru", {}), ("lfu", {"min_count": 2}), ("ttl", {"ttl": 1}),
+                                          ("clock", {})])
+def test_prefetch_pipeline_equals_sequential_training(policy, extra):
+    """prefetch(next batch) before each step (lookup on the background thread) gives the same
+    rows, optimizer state, map and exported evictions as plain training, also when a batch's
+    lookup evicts rows of the batch still in flight (capacity below two batches)."""
+    seen = {"seq": [], "pipe": []}
+    tables = {
+        name: DynamicEmbeddingBag(7, 3, mode="sum", policy=policy, keep_evicted=True, default="row",
+                                  on_evict=lambda i, r, name=name: seen[name].append((i, r)), **extra)
+        for name in ("seq", "pipe")
+    }
+    opts = {name: embtable.optim.fuse(t, "adam", lr=0.05) for name, t in tables.items()}
+    batches = _batches(5, 14, 12, batch=3, width=2)
+    target = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    for ids in batches:
+        (tables["seq"](ids) * target).sum().backward()
+        opts["seq"].step()
+    pipe = tables["pipe"]
+    pipe.prefetch(batches[0])
+    for i, ids in enumerate(batches):
+        if i + 1 < len(batches):
+            pipe.prefetch(batches[i + 1])
+        (pipe(ids) * target).sum().backward()
+        opts["pipe"].step()
+    seq = tables["seq"]
+    assert seq.stats() == pipe.stats() and seq.stats()["evicted"] > 0
+    assert torch.equal(seq.weight, pipe.weight)
+    for key, value in opts["seq"].state[seq.weight].items():
+        other = opts["pipe"].state[pipe.weight][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+    for a, b in zip(seq.live(), pipe.live(), strict=True):
+        assert torch.equal(a, b)
+    assert len(seen["seq"]) == len(seen["pipe"])
+    for (ia, ra), (ib, rb) in zip(seen["seq"], seen["pipe"], strict=True):
+        assert torch.equal(ia, ib) and torch.equal(ra, rb)
+    for a, b in zip(seq.evicted(), pipe.evicted(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_prefetch_pending_is_flushed_by_any_other_use():
+    """A pending prefetch is committed, in order, before a checkpoint, a copy, an eval or a
+    different batch; prefetch in eval mode and non-integer ids raise (nothing pending)."""
+    ref, table = DynamicEmbedding(4, 2), DynamicEmbedding(4, 2)
+    a, b = torch.tensor([1, 2, 3]), torch.tensor([4, 5])
+    for ids in (a, b, torch.tensor([9])):
+        ref(ids)
+    table.prefetch(a)
+    copied = copy.deepcopy(table)  # flushes: a is in the copy's map and rows
+    assert copied.stats()["size"] == 3
+    table.prefetch(b)
+    table(torch.tensor([9]))  # not the prefetched tensor: a and b first, then 9
+    assert torch.equal(table.weight, ref.weight) and table.stats() == ref.stats()
+    table.prefetch(torch.tensor([7]))
+    saved = table.state_dict()  # flushes: 7 is in the checkpoint
+    ref(torch.tensor([7]))
+    for key, value in ref.state_dict()["_extra_state"].items():
+        assert torch.equal(saved["_extra_state"][key], value), key
+    assert torch.equal(saved["weight"], ref.weight)
+    with pytest.raises(TypeError, match="ids must be an integer tensor"):
+        table.prefetch(torch.tensor([1.5]))
+    table.eval()
+    with pytest.raises(ValueError, match="eval mode"):
+        table.prefetch(a)
+    assert not table.dynamic._pending
+
+
 @pytest.mark.parametrize("collection_type", ["bag", "seq"])
 def test_dynamic_table_in_a_collection_matches_static(collection_type):
     from embtable import (

@@ -33,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,7 +50,7 @@ from embtable.functional import FUSED_ATTR
 from embtable.nn.bag import EmbeddingBag
 from embtable.nn.embedding import Embedding
 from embtable.nn.hashed import GOLDEN, hash_rows, mix64
-from embtable.storage.slots import SlotMap, _compiled_available
+from embtable.storage.slots import SlotLookup, SlotMap, _as_ids, _compiled_available
 
 __all__ = [
     "DynamicEmbedding",
@@ -183,6 +185,24 @@ def _fresh_rows(weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: i
         _reset_optimizer_rows(weight, slots.to(w.device) + offset)
 
 
+_PREFETCH: dict[str, ThreadPoolExecutor] = {}
+
+
+def _prefetch_executor() -> ThreadPoolExecutor:
+    """The one background thread that runs every dynamic table's prefetched lookups, in the
+    order they were asked for."""
+    if "executor" not in _PREFETCH:
+        _PREFETCH["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embtable-prefetch")
+    return _PREFETCH["executor"]
+
+
+class _Prefetched(NamedTuple):
+    ids: Tensor
+    future: Future[SlotLookup]
+    weight: Tensor
+    row_offset: int
+
+
 class DynamicRows:
     """The id -> row engine of one dynamic table: a SlotMap plus row and optimizer-state care.
 
@@ -222,11 +242,22 @@ class DynamicRows:
         self.init_std = float(init_std)
         self.on_evict = on_evict
         self.keep_evicted = keep_evicted
-        self.slot_map = SlotMap(
+        self._slot_map = SlotMap(
             capacity, config.policy, ttl=config.ttl, min_count=config.min_count,
             exact_counts=config.exact_counts, seed=config.seed, decay_every=config.decay_every,
         )
         self._evicted: list[tuple[Tensor, Tensor]] = []
+        self._pending: collections.deque[_Prefetched] = collections.deque()
+
+    @property
+    def slot_map(self) -> SlotMap:
+        """The id -> row map (after :meth:`flush`: every prefetched lookup is in it)."""
+        self.flush()
+        return self._slot_map
+
+    def __getstate__(self) -> dict[str, Any]:  # copy / deepcopy / pickle: no threads inside
+        self.flush()
+        return dict(self.__dict__)
 
     @property
     def default_row(self) -> int:
@@ -250,34 +281,80 @@ class DynamicRows:
 
         In training: admits, evicts (exporting evicted rows), initializes new rows and
         resets their optimizer state, advances the map's clock by one step.  Otherwise a
-        read-only lookup.  Not-admitted ids get ``capacity`` (the default row).
+        read-only lookup.  Not-admitted ids get ``capacity`` (the default row).  A training
+        call with the very tensor given to the oldest pending :meth:`prefetch` takes that
+        lookup's result; any other call first :meth:`flush` es the pending lookups.
         """
+        if self._pending:
+            head = self._pending[0]
+            if training and head.ids is ids and head.weight is weight and head.row_offset == row_offset:
+                self._pending.popleft()
+                slots = self._commit(head.future.result(), weight, row_offset)
+                self._refresh_default(weight, row_offset)
+                return slots
+            self.flush()
         if not training:
-            found = self.slot_map.find(ids)
+            found = self._slot_map.find(ids)
             slots = torch.where(found < 0, self.capacity, found)
         else:
-            result = self.slot_map.lookup(ids, missing=self.capacity)
-            slots = result.slots
-            rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
-            if result.evicted_ids.numel() and (self.on_evict is not None or self.keep_evicted):
-                old = rows[result.evicted_slots.to(rows.device)].clone()
-                if self.on_evict is not None:
-                    self.on_evict(result.evicted_ids, old)
-                if self.keep_evicted:
-                    self._evicted.append((result.evicted_ids, old))
-            if result.new_ids.numel():
-                _fresh_rows(weight, row_offset, result.new_slots, result.new_ids, self.config.seed,
-                            self.init_std)
-            self.slot_map.step()
+            slots = self._commit(self._lookup(ids), weight, row_offset)
+        self._refresh_default(weight, row_offset)
+        return slots
+
+    def _lookup(self, ids: Tensor) -> SlotLookup:
+        """The map's side of a training remap: the lookup, then one clock step."""
+        result = self._slot_map.lookup(ids, missing=self.capacity)
+        self._slot_map.step()
+        return result
+
+    def _commit(self, result: SlotLookup, weight: Tensor, row_offset: int) -> Tensor:
+        """The rows' side of a training remap: export the evicted rows, then initialize the
+        new rows and reset their optimizer state.  Returns the lookup's slots."""
+        rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
+        if result.evicted_ids.numel() and (self.on_evict is not None or self.keep_evicted):
+            old = rows[result.evicted_slots.to(rows.device)].clone()
+            if self.on_evict is not None:
+                self.on_evict(result.evicted_ids, old)
+            if self.keep_evicted:
+                self._evicted.append((result.evicted_ids, old))
+        if result.new_ids.numel():
+            _fresh_rows(weight, row_offset, result.new_slots, result.new_ids, self.config.seed,
+                        self.init_std)
+        return result.slots
+
+    def _refresh_default(self, weight: Tensor, row_offset: int) -> None:
         if self.config.default == "row":
             rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
             with torch.no_grad():  # undo any update the default row got through pooling
                 rows[self.capacity] = self._default_values(rows)
-        return slots
+
+    def prefetch(self, ids: Tensor, weight: Tensor, row_offset: int) -> None:
+        """Start the training lookup of ``ids`` on a background thread (the map's side only).
+
+        The next training :meth:`remap` with this very tensor takes the result and only
+        initializes the new rows (after the previous step's update, so the rows of a batch in
+        flight are never overwritten early).  Lookups run in the order they were asked for,
+        so every decision, row and optimizer state is the same as without prefetching.
+
+        Raises:
+            TypeError: ``ids`` is not an integer tensor (checked here; too many distinct ids
+                for the capacity raises at the :meth:`remap` that takes the result).
+        """
+        _as_ids("prefetch", ids)
+        job = _prefetch_executor().submit(self._lookup, ids)
+        self._pending.append(_Prefetched(ids, job, weight, row_offset))
+
+    def flush(self) -> None:
+        """Wait for every pending :meth:`prefetch` and commit each, oldest first (the rows'
+        side: export, initialization, state reset)."""
+        while self._pending:
+            job = self._pending.popleft()
+            self._commit(job.future.result(), job.weight, job.row_offset)
 
     def evicted(self) -> tuple[Tensor, Tensor]:
         """The evicted ``(ids, rows)`` kept since the last call (``keep_evicted=True``), oldest
         first; the buffer is emptied."""
+        self.flush()
         pairs, self._evicted = self._evicted, []
         if not pairs:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.embedding_dim)
@@ -341,6 +418,38 @@ class _DynamicMixin:
     def live(self) -> tuple[Tensor, Tensor]:
         """``(ids, rows)`` of every id that has a row, ordered by row."""
         return self.dynamic.live(self.weight, 0)
+
+    def prefetch(self, input: Tensor) -> None:
+        """Start the id -> row lookup of a coming training batch on a background thread.
+
+        A prefetch pipeline (as FBGEMM's SSD table ``prefetch()`` and TorchRec's
+        ``TrainPipelinePrefetch``): call ``prefetch(next_ids)`` before the current step, then
+        ``forward(next_ids)`` with the very same tensor at the next step.  The map's work
+        (admission, eviction) overlaps the current step; the forward then only initializes
+        the new rows.  Every decision, row and optimizer state is the same as without it.
+
+        Raises:
+            ValueError: the module is in eval mode (only training forwards change the map).
+            TypeError: ``input`` is not an integer tensor.
+
+        Example:
+            >>> import torch
+            >>> table = DynamicEmbedding(100, 4)
+            >>> batches = [torch.tensor([1, 2]), torch.tensor([2, 3])]
+            >>> table.prefetch(batches[0])
+            >>> for i, ids in enumerate(batches):
+            ...     if i + 1 < len(batches):
+            ...         table.prefetch(batches[i + 1])
+            ...     table(ids).sum().backward()
+            >>> table.stats()["size"]
+            3
+        """
+        if not self.training:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{type(self).__name__}.prefetch: the module is in eval mode; only training "
+                "forwards use a prefetched lookup"
+            )
+        self.dynamic.prefetch(input, self.weight, 0)
 
     def lookup_rows(self, ids: Tensor) -> Tensor:
         """The rows of ``weight`` that ``ids`` read now (no side effects)."""
