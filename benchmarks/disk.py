@@ -38,8 +38,10 @@ Usage (as root for the cgroup; otherwise the limit is replaced by RLIMIT_AS and 
 the file's pages, and the script says so):
     python benchmarks/disk.py [--rows 8000000] [--cache-rows 500000] [--limit-mib 768]
                               [--steps 10] [--warmup 20] [--hot-warmup 60] [--burst-s 0.3]
+                              [--io-threads 4] [--prefetch] [--kinds skewed,hot,uniform]
                               [--amortised-rows 500000] [--flush-every 5] [--compactions 2]
                               [--dir /var/tmp/embtable_disk_bench] [--quick]
+    python benchmarks/disk.py --log-index     # only the write-back log's index timing
 """
 
 from __future__ import annotations
@@ -230,15 +232,22 @@ def child_train(args: dict) -> dict:
     times, updated, updated_all, before, first = [], 0, 0, None, write_bytes()
     probe = DirectReads(Path(args["dir"]) / "table" / "rows.bin", args["io_threads"]) if args.get("bursts") else None
     bursts, step_reads = [], []
+    prefetch = args.get("prefetch", False)
+    following = batch(kind, rows, generator)
     for step in range(args["warmup"] + args["steps"]):
-        ids, offsets = batch(kind, rows, generator)
+        (ids, offsets), following = following, batch(kind, rows, generator)  # the same ids as before
         if step == args["warmup"]:
             before = (table.stats() if args["table"] == "disk" else {}, write_bytes())
             if probe:
                 bursts.append(probe.burst(args["bursts"]))
         read_before = table.stats()["rows_read"] if probe else 0
         start = time.perf_counter()
-        table(ids, offsets).sum().backward()
+        loss = table(ids, offsets).sum()
+        if prefetch:  # the next step's misses are read while this step's backward computes
+            table.prefetch(following[0])
+        loss.backward()
+        if prefetch and probe:  # ... and finish inside this step, not during the burst after it
+            table.store.wait_prefetch()
         times.append(time.perf_counter() - start)
         if probe and step >= args["warmup"]:
             step_reads.append(table.stats()["rows_read"] - read_before)
@@ -376,7 +385,62 @@ def run_child(args: dict) -> dict:
 # ------------------------------------------------------------------------------ parent
 
 
-def check_correctness() -> None:
+def print_disk_row(ids: str, contender: str, ram: dict, disk: dict) -> None:
+    print(
+        f"| {ids} | {contender} | {1 / disk['step_s']:.2f} | {ram['step_s'] / disk['step_s']:.2f} | "
+        f"{disk['hit_rate']:.3f} | {disk['rows_read']:,.0f} | {disk['rows_read'] / disk['step_s']:,.0f} | "
+        f"{disk['rows_written']:,.0f} | {disk['page_bytes_per_updated']:.0f}; "
+        f"{disk['logical_bytes_per_updated']:.0f}; {disk['page_bytes_per_updated_with_flush']:.0f} | "
+        f"{disk['record_bytes']} | {disk['flush_s']:.1f} | {1 / disk['amortized_step_s']:.2f} | "
+        f"{disk['cgroup_peak_mib']:.0f} | {disk['maxrss_mib']:.0f} |"
+    )
+
+
+def log_index_timing(rows: int = 8_000_000, logged: int = 2_000_000, batch_rows: int = 4_000, appends: int = 200) -> None:
+    """Thread CPU time of the write-back log's index: ``appends`` appends of ``batch_rows``
+    distinct random rows onto an index of ~``logged`` rows, then finds of such batches, for
+    the layered ``RunIndex`` and the whole-array index it replaced (the oracle of
+    tests/storage/test_disk.py, which copies the whole index on every append); alternated,
+    twice each, one thread."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "storage"))
+    from test_disk import _WholeIndexLog
+
+    from embtable.storage._disk_log import RunIndex
+
+    rng = np.random.default_rng(0)
+    start = np.unique(rng.integers(0, rows, logged))
+    batches = [np.unique(rng.integers(0, rows, batch_rows)) for _ in range(appends)]
+    print(f"log index: {appends} appends of ~{batch_rows:,} rows onto {len(start):,} logged rows (of {rows:,})")
+    print("| index | append ms (median of 2 runs) | find ms |")
+    print("|---|---|---|")
+    timings: dict[str, list[tuple[float, float]]] = {"whole array (before)": [], "RunIndex (layered)": []}
+    for _ in range(2):
+        for name in timings:
+            if name.startswith("whole"):
+                index = _WholeIndexLog()
+                index.append(start)
+                add = index.append
+            else:
+                index, count = RunIndex(), [len(start)]
+                index.add(start, np.arange(len(start)))
+
+                def add(ids: np.ndarray, index: RunIndex = index, count: list[int] = count) -> None:
+                    index.add(ids, np.arange(count[0], count[0] + len(ids)))
+                    count[0] += len(ids)
+
+            begin = time.thread_time()
+            for ids in batches:
+                add(ids)
+            appended = (time.thread_time() - begin) / appends
+            begin = time.thread_time()
+            for ids in batches[:50]:
+                index.find(ids)
+            timings[name].append((appended * 1e3, (time.thread_time() - begin) / 50 * 1e3))
+    for name, runs in timings.items():
+        print(f"| {name} | {statistics.median(r[0] for r in runs):.2f} | {statistics.median(r[1] for r in runs):.2f} |")
+
+
+def check_correctness(prefetch: bool = False) -> None:
     import embtable
     from embtable.nn.disk import DiskEmbeddingBag
     from embtable.storage.disk import Disk
@@ -387,14 +451,21 @@ def check_correctness() -> None:
         for table in (disk, ram):
             embtable.optim.fuse(table, "rowwise_adagrad", lr=0.01)
         generator = torch.Generator().manual_seed(0)
-        for _ in range(5):
-            ids, offsets = batch("uniform", 5000, generator)
-            ids, offsets = ids[:640], offsets[:32]
+        batches = [batch("uniform", 5000, generator) for _ in range(6)]
+        for step in range(5):
+            ids, offsets = batches[step][0][:640], batches[step][1][:32]
             for table in (disk, ram):
-                table(ids, offsets).pow(2).sum().backward()
+                loss = table(ids, offsets).pow(2).sum()
+                if prefetch and table is disk:
+                    disk.prefetch(batches[step + 1][0][:640])
+                loss.backward()
         assert torch.equal(disk.export_weight(), ram.weight.detach()), "disk table differs from RAM"
+        assert not prefetch or disk.stats()["prefetch_used"] > 0
         disk.store.close()
-    print("correctness: a 5000-row disk table with a 700-row cache equals the in-RAM table after 5 fused steps")
+    print(
+        "correctness: a 5000-row disk table with a 700-row cache equals the in-RAM table after 5 fused steps"
+        + (" (prefetching each next batch)" if prefetch else "")
+    )
 
 
 def build_table(directory: Path, rows: int) -> float:
@@ -434,12 +505,24 @@ def main() -> None:
     parser.add_argument("--amortised-cache", type=int, default=50_000)
     parser.add_argument("--flush-every", type=int, default=5)
     parser.add_argument("--compactions", type=int, default=2)
+    parser.add_argument("--prefetch", action="store_true",
+                        help="also train each stream with table.prefetch(next batch) (after the run without)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the id streams to run (comma-separated)")
+    parser.add_argument("--log-index", action="store_true",
+                        help="only time the write-back log's index: appends and finds, layered vs whole")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
     opts = parser.parse_args()
     if opts.child:
         child_main(opts.child)
         return
+    if opts.log_index:
+        log_index_timing()
+        return
+    kinds = [k for k in opts.kinds.split(",") if k]
+    if not kinds or any(k not in KINDS for k in kinds):
+        parser.error(f"--kinds must name some of {KINDS}, got {opts.kinds!r}")
+    disks = ["disk", "disk+prefetch"] if opts.prefetch else ["disk"]
     if opts.quick:
         opts.rows, opts.cache_rows, opts.limit_mib, opts.steps, opts.warmup = 1_000_000, 100_000, 400, 4, 2
         opts.hot_warmup = 4
@@ -447,6 +530,8 @@ def main() -> None:
     directory = Path(opts.dir)
     directory.mkdir(parents=True, exist_ok=True)
     check_correctness()
+    if opts.prefetch:
+        check_correctness(prefetch=True)
     built = build_table(directory, opts.rows)
     table_bytes = opts.rows * (DIM * 4 + 4)
     limit = opts.limit_mib << 20
@@ -463,16 +548,18 @@ def main() -> None:
     try:
         rate = run_child({**common, "job": "rate", "limit": limit, "seconds": 3.0})
         results = {}
-        for ids in KINDS:
+        for ids in kinds:
             warm = {"warmup": opts.hot_warmup if ids == "hot" else opts.warmup}
             results["ram", ids] = run_child({**common, **warm, "job": "train", "table": "ram", "ids": ids})
-            if group:  # a fresh cgroup per run, so its peak is the run's own
-                group.rmdir()
-                kind, group = make_cgroup(limit)
-                common["cgroup"] = str(group)
-            results["disk", ids] = run_child(
-                {**common, **warm, "job": "train", "table": "disk", "ids": ids, "limit": limit, "bursts": opts.burst_s}
-            )
+            for contender in disks:
+                if group:  # a fresh cgroup per run, so its peak is the run's own
+                    group.rmdir()
+                    kind, group = make_cgroup(limit)
+                    common["cgroup"] = str(group)
+                results[contender, ids] = run_child({
+                    **common, **warm, "job": "train", "table": "disk", "ids": ids, "limit": limit,
+                    "bursts": opts.burst_s, "prefetch": contender == "disk+prefetch",
+                })
         if opts.vector_words:
             build_vectors(directory, opts.vector_words)
             if group:
@@ -498,31 +585,27 @@ def main() -> None:
         "row+state bytes | flush s | steps/s incl. flush | peak cgroup MiB | peak RSS MiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for ids in KINDS:
-        ram, disk = results["ram", ids], results["disk", ids]
+    for ids in kinds:
+        ram = results["ram", ids]
         print(f"| {ids} | RAM | {1 / ram['step_s']:.2f} | 1.00 | - | - | - | - | - | - | - | - | - | {ram['maxrss_mib']:.0f} |")
-        print(
-            f"| {ids} | disk | {1 / disk['step_s']:.2f} | {ram['step_s'] / disk['step_s']:.2f} | "
-            f"{disk['hit_rate']:.3f} | {disk['rows_read']:,.0f} | {disk['rows_read'] / disk['step_s']:,.0f} | "
-            f"{disk['rows_written']:,.0f} | {disk['page_bytes_per_updated']:.0f}; "
-            f"{disk['logical_bytes_per_updated']:.0f}; {disk['page_bytes_per_updated_with_flush']:.0f} | "
-            f"{disk['record_bytes']} | {disk['flush_s']:.1f} | {1 / disk['amortized_step_s']:.2f} | "
-            f"{disk['cgroup_peak_mib']:.0f} | {disk['maxrss_mib']:.0f} |"
-        )
+        for contender in disks:
+            print_disk_row(ids, contender, ram, results[contender, ids])
     print("rows read/s of each timed step over the mean O_DIRECT rate of the bursts before and after it:")
-    print("| ids | " + " | ".join(f"pair {i + 1}" for i in range(opts.steps)) + " | median |")
-    print("|---|" + "---|" * (opts.steps + 1))
-    for ids in KINDS:
-        pairs = results["disk", ids]["pairs"]
-        cells = [f"{p['ratio']:.2f} ({p['rows_per_s'] / 1e3:.0f}k/{p['disk_per_s'] / 1e3:.0f}k)" for p in pairs]
-        print(f"| {ids} | " + " | ".join(cells) + f" | {statistics.median(p['ratio'] for p in pairs):.2f} |")
-    uniform = results["disk", "uniform"]
-    print(
-        f"uniform: rows read/s = {uniform['rows_read'] / uniform['step_s'] / rate['rows_per_s']:.2f}x the disk's "
-        f"random-read rate measured before the runs; "
-        + "; ".join(f"{k} step rate = {results['ram', k]['step_s'] / results['disk', k]['step_s']:.2f}x RAM"
-                    for k in ("skewed", "hot"))
-    )
+    print("| ids | table | " + " | ".join(f"pair {i + 1}" for i in range(opts.steps)) + " | median |")
+    print("|---|---|" + "---|" * (opts.steps + 1))
+    for ids in kinds:
+        for contender in disks:
+            pairs = results[contender, ids]["pairs"]
+            cells = [f"{p['ratio']:.2f} ({p['rows_per_s'] / 1e3:.0f}k/{p['disk_per_s'] / 1e3:.0f}k)" for p in pairs]
+            print(f"| {ids} | {contender} | " + " | ".join(cells) + f" | {statistics.median(p['ratio'] for p in pairs):.2f} |")
+    for contender in disks:
+        summary = [f"{k} step rate = {results['ram', k]['step_s'] / results[contender, k]['step_s']:.2f}x RAM"
+                   for k in kinds if k != "uniform"]
+        if "uniform" in kinds:
+            uniform = results[contender, "uniform"]
+            summary.insert(0, f"uniform rows read/s = {uniform['rows_read'] / uniform['step_s'] / rate['rows_per_s']:.2f}x "
+                           "the disk's random-read rate measured before the runs")
+        print(f"{contender}: " + "; ".join(summary))
     if opts.amortised_rows:
         a = amortised
         print(

@@ -585,6 +585,21 @@ def test_run_index_merges_keep_few_runs_and_copy_each_row_few_times():
     assert found.all() and np.array_equal(positions, np.arange(99_900, 100_000))
 
 
+def test_reads_and_writes_leave_the_log_index_runs_unmerged(tmp_path):
+    """Reads and prefetches leave the index's O(log n) runs as they are (a read that merged
+    them, as one testing the log's truth value did, costs O(logged rows) per step)."""
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=10_000, embedding_dim=2, seed=1)
+    store.write_rows(torch.arange(0, 8000), torch.zeros(8000, 2))
+    store.write_rows(torch.arange(100, 200), torch.ones(100, 2))
+    runs = len(store._log.index.runs)
+    assert runs == 2
+    assert torch.equal(store.read_rows(torch.tensor([150, 7000])), torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    store.prefetch(torch.tensor([5, 150]))
+    store.read_rows(torch.tensor([5, 150]))
+    assert len(store._log.index.runs) == runs and store.prefetch_used == 2
+    store.close()
+
+
 def test_compact_ratio_decides_whether_a_flush_moves_the_log(tmp_path):
     """Ratio 0 moves the log home at every flush, a huge ratio never does; the rows agree."""
     weights = []

@@ -98,9 +98,12 @@ class RunIndex:
     def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         (ids, pos), (new_ids, new_pos) = older, newer
         if len(ids) and len(new_ids):  # drop the older records of rewritten rows
-            at = np.searchsorted(new_ids, ids).clip(max=len(new_ids) - 1)
-            keep = new_ids[at] != ids
-            ids, pos = ids[keep], pos[keep]
+            at = np.searchsorted(ids, new_ids).clip(max=len(ids) - 1)  # (the newer run is the smaller)
+            stale = at[ids[at] == new_ids]
+            if len(stale):
+                keep = np.ones(len(ids), dtype=bool)
+                keep[stale] = False
+                ids, pos = ids[keep], pos[keep]
         where = np.searchsorted(ids, new_ids)
         return np.insert(ids, where, new_ids), np.insert(pos, where, new_pos)
 
@@ -203,7 +206,11 @@ class RowLog:
             self.index.add(ids, (records - 1 - first).astype(np.int64))
 
     def __len__(self) -> int:
+        """Distinct logged rows (merges the index's runs: test ``count`` for emptiness)."""
         return len(self.index)
+
+    def __bool__(self) -> bool:  # an open log is true, however many rows it holds (no merge)
+        return True
 
     @property
     def ids(self) -> np.ndarray:

@@ -471,7 +471,7 @@ class DiskRowStore:
         ``finish`` steps (on the caller's), ``rows`` / ``state`` (``[n, bytes]`` uint8) hold
         the records of ``sorted_ids``: every file read in one pass over the pool."""
         n, row_bytes = len(sorted_ids), self.row_bytes
-        in_log, positions = self._log.find(sorted_ids) if self._log else (np.zeros(n, dtype=bool), None)
+        in_log, positions = self._log.find(sorted_ids) if self._log is not None else (np.zeros(n, dtype=bool), None)
         tasks: list[Callable[[], None]] = []
         finish: list[Callable[[], None]] = []
         if in_log.any():
@@ -728,7 +728,7 @@ class DiskRowStore:
     def compaction_bytes(self) -> int:
         """Bytes (whole 4 KiB pages of the rows, state and bitmap files) that moving the
         write-back log to its rows' home places would write now."""
-        if not self._log:
+        if self._log is None or not self._log.count:
             return 0
         ids = self._log.ids
         return 4096 * (
@@ -738,7 +738,7 @@ class DiskRowStore:
 
     def _should_compact(self) -> bool:
         log = self._log
-        if log is None or not len(log):
+        if log is None or not log.count:
             return False
         return log.nbytes > self.max_log_bytes or log.nbytes >= self.compact_ratio * self.compaction_bytes()
 
