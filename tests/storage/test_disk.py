@@ -456,6 +456,40 @@ def test_store_read_after_prefetch_equals_read_without(tmp_path_factory, prefetc
     store.close()
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_prefetch_of_records_still_being_appended(tmp_path, monkeypatch, fail):
+    """A prefetch of rows whose log records a background append is still writing: its I/O
+    tasks wait for that append (not the caller); a failed append fails the prefetch, and
+    the read then raises the append's error."""
+    import time
+
+    from embtable.storage import _disk_log
+
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=5, io_threads=2)
+    write = _disk_log._full_write
+
+    def slow(fd, data, offset):
+        time.sleep(0.2)
+        if fail:
+            raise OSError(errno.ENOSPC, "injected")
+        write(fd, data, offset)
+
+    monkeypatch.setattr(_disk_log, "_full_write", slow)
+    store.write_rows(torch.arange(0, 40, 2), torch.full((20, 2), 4.0))
+    start = time.perf_counter()
+    store.prefetch(torch.tensor([2, 4, 5]))
+    assert time.perf_counter() - start < 0.15  # the caller did not wait for the append
+    if fail:
+        with pytest.raises(OSError, match="injected"):
+            store.read_rows(torch.tensor([2, 4, 5]))
+        store.close()
+        return
+    rows = store.read_rows(torch.tensor([2, 4, 5]))
+    assert torch.equal(rows[:2], torch.full((2, 2), 4.0)) and torch.equal(rows[2], init_rows(5, [5], 2)[0])
+    assert store.prefetch_used == 3
+    store.close()
+
+
 def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
     store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=5)
     store.write_rows(torch.arange(10), torch.full((10, 2), 3.0))

@@ -15,6 +15,7 @@ the whole index; a lookup searches the O(log) runs newest first.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -291,11 +292,20 @@ class RowLog:
         self._batch.run(tasks)
         return records()
 
-    def read_tasks(self, positions: np.ndarray) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:
+    def read_tasks(
+        self, positions: np.ndarray, *, wait: bool = True
+    ) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:
         """``(tasks, records)``: once the I/O ``tasks`` have run (:meth:`BatchIO.run`, maybe
-        with other files' tasks), ``records()`` is what :meth:`read` returns."""
+        with other files' tasks), ``records()`` is what :meth:`read` returns.  Records still
+        being appended are waited for here, or (``wait=False``) by the tasks themselves, on
+        the I/O threads (a failed append then fails the tasks)."""
+        appends: list[Future[None]] = []
         if len(positions):
-            self.wait(int(positions.max()))  # records still being appended
+            upto = int(positions.max())
+            if wait:
+                self.wait(upto)
+            else:
+                appends = [future for first, future in self._pending if first <= upto]
         order = np.argsort(positions, kind="stable")
         buffer = np.empty((len(positions), self.record), dtype=np.uint8)
 
@@ -304,7 +314,10 @@ class RowLog:
             out[order] = buffer
             return out
 
-        return self._batch.tasks(self.fd, False, positions[order], buffer, self.record), records
+        tasks = self._batch.tasks(self.fd, False, positions[order], buffer, self.record)
+        if appends:
+            tasks = [functools.partial(_after, appends, task) for task in tasks]
+        return tasks, records
 
     def newest(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(sorted ids, their newest records)`` in chunks of ``chunk`` ids (the log is
@@ -328,6 +341,12 @@ class RowLog:
         if remove:
             for path in self.paths:
                 path.unlink(missing_ok=True)
+
+
+def _after(appends: list[Future[None]], task: Callable[[], None]) -> None:
+    for future in appends:
+        future.result()
+    task()
 
 
 class CorruptLogError(ValueError):

@@ -465,17 +465,19 @@ class DiskRowStore:
         return out_rows, self._split_state(unsorted)
 
     def _plan_read(
-        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool, with_rows: bool
+        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool, with_rows: bool,
+        wait: bool = True,
     ) -> tuple[list[Callable[[], None]], list[Callable[[], None]]]:
         """``(tasks, finish)``: once the I/O ``tasks`` have run (on any thread) and then the
         ``finish`` steps (on the caller's), ``rows`` / ``state`` (``[n, bytes]`` uint8) hold
-        the records of ``sorted_ids``: every file read in one pass over the pool."""
+        the records of ``sorted_ids``: every file read in one pass over the pool (``wait``:
+        log appends still being written are waited for now, else by the tasks)."""
         n, row_bytes = len(sorted_ids), self.row_bytes
         in_log, positions = self._log.find(sorted_ids) if self._log is not None else (np.zeros(n, dtype=bool), None)
         tasks: list[Callable[[], None]] = []
         finish: list[Callable[[], None]] = []
         if in_log.any():
-            log_tasks, logged = self._log.read_tasks(positions)
+            log_tasks, logged = self._log.read_tasks(positions, wait=wait)
             tasks += log_tasks
 
             def from_log() -> None:
@@ -522,7 +524,7 @@ class DiskRowStore:
         with_state = with_state and self.state_row_bytes > 0
         rows = np.empty((len(sorted_ids), self.row_bytes), dtype=np.uint8)
         state = np.empty((len(sorted_ids), self.state_row_bytes if with_state else 0), dtype=np.uint8)
-        tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, True)
+        tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, True, wait=False)
         self._prefetch = Prefetch(sorted_ids, rows, state, with_state, self._batch.submit(tasks), finish)
         self.rows_prefetched += len(sorted_ids)
 
