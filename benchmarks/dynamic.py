@@ -282,16 +282,16 @@ def pipeline(cfg) -> None:
     names = ("dynamic, plain", "dynamic, prefetch pipeline", "static", "static, 2 intra-op threads")
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
-    worker: list[float] = []  # the background thread's CPU time per lookup
-    inner = piped.dynamic._lookup
+    worker: list[float] = []  # the background thread's CPU time per job (lookup + new rows' values)
+    inner = piped.dynamic._lookup_ahead
 
-    def lookup_timed(ids):
+    def job_timed(*args):
         c0 = time.thread_time()
-        out = inner(ids)
+        out = inner(*args)
         worker.append((time.thread_time() - c0) * 1e3)
         return out
 
-    piped.dynamic._lookup = lookup_timed
+    piped.dynamic._lookup_ahead = job_timed
     piped.prefetch(batches[0])
     piped.dynamic._pending[-1].future.result()
     for i in range(cfg["train_steps"]):
@@ -321,8 +321,8 @@ def pipeline(cfg) -> None:
         w, c = wall[name], cpu[name]
         cpu_text = "-" if name.endswith("threads") else f"{statistics.median(c):.1f}"
         print(f"    {name:<30} {statistics.median(w):>13.1f} {min(w):>6.1f}-{max(w):<7.1f} {cpu_text:>19}")
-    print(f"    (the pipeline's background thread: {statistics.median(worker):.1f} ms CPU per lookup, "
-          "median, on top of its main thread)")
+    print(f"    (the pipeline's background thread: {statistics.median(worker):.1f} ms CPU per batch for the "
+          "lookup and the new rows' values, median, on top of its main thread)")
     crit = statistics.median(cpu["dynamic, prefetch pipeline"]) / statistics.median(cpu["static"])
     print(f"    main-thread CPU ratio, prefetch pipeline / static (1 thread): {crit:.2f}; plain / static: "
           f"{statistics.median(cpu['dynamic, plain']) / statistics.median(cpu['static']):.2f}")

@@ -240,10 +240,17 @@ def test_fresh_rows_compiled_matches_reference():
     fresh_rows_reference(want[0], offset, slots, ids, 9, 0.3, list(want[1:]), fresh)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+    values = torch.randn(4, dim, generator=g)  # rows computed ahead (the prefetch thread)
+    torch.ops.embtable.slot_fresh_rows(got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh, values)
+    fresh_rows_reference(want[0], offset, slots, ids, 9, 0.3, list(want[1:]), fresh, values)
+    assert torch.equal(got[0][offset + slots], values) and torch.equal(got[0], want[0])
     before = tuple(t.clone() for t in got)
     with pytest.raises(RuntimeError, match="outside 30 rows"):
         torch.ops.embtable.slot_fresh_rows(got[0], offset, torch.tensor([1, 25]), ids[:2], 9, 0.3,
                                            list(got[1:]), fresh)
+    with pytest.raises(RuntimeError, match=r"values must be a contiguous float32 \[4, 7\]"):
+        torch.ops.embtable.slot_fresh_rows(got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh,
+                                           values[:3])
     with pytest.raises(RuntimeError, match="fresh row 0 must be one contiguous row"):
         torch.ops.embtable.slot_fresh_rows(got[0], offset, slots, ids, 9, 0.3, list(got[1:]),
                                            [torch.zeros(2), *fresh[1:]])
@@ -251,7 +258,7 @@ def test_fresh_rows_compiled_matches_reference():
         assert torch.equal(a, b)
     torch.library.opcheck(
         torch.ops.embtable.slot_fresh_rows.default,
-        (got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh),
+        (got[0], offset, slots, ids, 9, 0.3, list(got[1:]), fresh, values),
         test_utils=("test_schema", "test_faketensor"),
     )
 

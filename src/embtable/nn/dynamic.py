@@ -145,10 +145,11 @@ def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
 
 def fresh_rows_reference(
     weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: int, std: float,
-    states: Sequence[Tensor], fresh: Sequence[Tensor],
+    states: Sequence[Tensor], fresh: Sequence[Tensor], values: Tensor | None = None,
 ) -> None:
     """The pure-PyTorch twin of the compiled ``embtable::slot_fresh_rows`` (its oracle):
-    ``weight[offset + slots] = init_rows(ids)`` and ``states[k][offset + slots] = fresh[k]``.
+    ``weight[offset + slots] = init_rows(ids)`` (or ``= values``, computed ahead) and
+    ``states[k][offset + slots] = fresh[k]``.
 
     Example:
         >>> import torch
@@ -159,16 +160,21 @@ def fresh_rows_reference(
         (True, [1.0, 1.0, 1.0, 0.5])
     """
     rows = slots.to(weight.device) + offset
+    if values is None:
+        values = init_rows(ids.to(weight.device), weight.shape[1], seed=seed, std=std, dtype=weight.dtype)
     with torch.no_grad():
-        weight[rows] = init_rows(ids.to(weight.device), weight.shape[1], seed=seed, std=std,
-                                 dtype=weight.dtype)
+        weight[rows] = values.to(weight.device, weight.dtype)
         for tensor, value in zip(states, fresh, strict=True):
             tensor[rows] = value
 
 
-def _fresh_rows(weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: int, std: float) -> None:
-    """New rows ``offset + slots`` of ``weight``: ``init_rows(ids)``, their fused-optimizer
-    state reset; one compiled pass for contiguous float32 CPU tables and states."""
+def _fresh_rows(
+    weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: int, std: float,
+    values: Tensor | None = None,
+) -> None:
+    """New rows ``offset + slots`` of ``weight``: ``init_rows(ids)`` (``values`` where it was
+    computed ahead), their fused-optimizer state reset; one compiled pass for contiguous
+    float32 CPU tables and states."""
     states, fresh = _optimizer_rows(weight)
     w = weight.detach()
     if (
@@ -177,11 +183,14 @@ def _fresh_rows(weight: Tensor, offset: int, slots: Tensor, ids: Tensor, seed: i
         and _compiled_available()
     ):
         fresh = [f.contiguous() for f in fresh]
-        torch.ops.embtable.slot_fresh_rows(w, offset, slots, ids, seed, float(std), states, fresh)
+        torch.ops.embtable.slot_fresh_rows(w, offset, slots, ids, seed, float(std), states, fresh, values)
     else:
         rows = w.narrow(0, offset, w.shape[0] - offset)
         with torch.no_grad():
-            _init_rows_into(rows, slots.to(w.device), ids, seed, std)
+            if values is None:
+                _init_rows_into(rows, slots.to(w.device), ids, seed, std)
+            else:
+                rows[slots.to(w.device)] = values.to(w.device, w.dtype)
         _reset_optimizer_rows(weight, slots.to(w.device) + offset)
 
 
@@ -198,7 +207,7 @@ def _prefetch_executor() -> ThreadPoolExecutor:
 
 class _Prefetched(NamedTuple):
     ids: Tensor
-    future: Future[SlotLookup]
+    future: Future[tuple[SlotLookup, Tensor | None]]  # the lookup, the new rows' values
     weight: Tensor
     row_offset: int
 
@@ -289,7 +298,7 @@ class DynamicRows:
             head = self._pending[0]
             if training and head.ids is ids and head.weight is weight and head.row_offset == row_offset:
                 self._pending.popleft()
-                slots = self._commit(head.future.result(), weight, row_offset)
+                slots = self._commit(*head.future.result(), weight, row_offset)
                 self._refresh_default(weight, row_offset)
                 return slots
             self.flush()
@@ -297,7 +306,7 @@ class DynamicRows:
             found = self._slot_map.find(ids)
             slots = torch.where(found < 0, self.capacity, found)
         else:
-            slots = self._commit(self._lookup(ids), weight, row_offset)
+            slots = self._commit(self._lookup(ids), None, weight, row_offset)
         self._refresh_default(weight, row_offset)
         return slots
 
@@ -307,9 +316,18 @@ class DynamicRows:
         self._slot_map.step()
         return result
 
-    def _commit(self, result: SlotLookup, weight: Tensor, row_offset: int) -> Tensor:
+    def _lookup_ahead(self, ids: Tensor, dim: int | None) -> tuple[SlotLookup, Tensor | None]:
+        """The prefetch thread's job: :meth:`_lookup`, and the new rows' initial values
+        (``init_rows``, float32, where ``dim`` is given) so that the step only copies them."""
+        result = self._lookup(ids)
+        if dim is None or not result.new_ids.numel():
+            return result, None
+        return result, init_rows(result.new_ids, dim, seed=self.config.seed, std=self.init_std)
+
+    def _commit(self, result: SlotLookup, values: Tensor | None, weight: Tensor, row_offset: int) -> Tensor:
         """The rows' side of a training remap: export the evicted rows, then initialize the
-        new rows and reset their optimizer state.  Returns the lookup's slots."""
+        new rows (from ``values`` where computed ahead) and reset their optimizer state.
+        Returns the lookup's slots."""
         rows = weight.detach().narrow(0, row_offset, self.capacity + 1)
         if result.evicted_ids.numel() and (self.on_evict is not None or self.keep_evicted):
             old = rows[result.evicted_slots.to(rows.device)].clone()
@@ -319,7 +337,7 @@ class DynamicRows:
                 self._evicted.append((result.evicted_ids, old))
         if result.new_ids.numel():
             _fresh_rows(weight, row_offset, result.new_slots, result.new_ids, self.config.seed,
-                        self.init_std)
+                        self.init_std, values)
         return result.slots
 
     def _refresh_default(self, weight: Tensor, row_offset: int) -> None:
@@ -331,9 +349,10 @@ class DynamicRows:
     def prefetch(self, ids: Tensor, weight: Tensor, row_offset: int) -> None:
         """Start the training lookup of ``ids`` on a background thread (the map's side only).
 
-        The next training :meth:`remap` with this very tensor takes the result and only
-        initializes the new rows (after the previous step's update, so the rows of a batch in
-        flight are never overwritten early).  Lookups run in the order they were asked for,
+        The thread also computes the new rows' initial values (float32 CPU tables).  The next
+        training :meth:`remap` with this very tensor takes the result and only writes the new
+        rows and resets their state (after the previous step's update, so the rows of a batch
+        in flight are never overwritten early).  Lookups run in the order they were asked for,
         so every decision, row and optimizer state is the same as without prefetching.
 
         Raises:
@@ -341,7 +360,8 @@ class DynamicRows:
                 for the capacity raises at the :meth:`remap` that takes the result).
         """
         _as_ids("prefetch", ids)
-        job = _prefetch_executor().submit(self._lookup, ids)
+        ahead = weight.dtype == torch.float32 and weight.device.type == "cpu"
+        job = _prefetch_executor().submit(self._lookup_ahead, ids, weight.shape[1] if ahead else None)
         self._pending.append(_Prefetched(ids, job, weight, row_offset))
 
     def flush(self) -> None:
@@ -349,7 +369,7 @@ class DynamicRows:
         side: export, initialization, state reset)."""
         while self._pending:
             job = self._pending.popleft()
-            self._commit(job.future.result(), job.weight, job.row_offset)
+            self._commit(*job.future.result(), job.weight, job.row_offset)
 
     def evicted(self) -> tuple[Tensor, Tensor]:
         """The evicted ``(ids, rows)`` kept since the last call (``keep_evicted=True``), oldest

@@ -119,7 +119,7 @@ def _register_fakes() -> None:
         return None
 
     @torch.library.register_fake("embtable::slot_fresh_rows")
-    def _slot_fresh_rows_fake(weight, offset, slots, ids, seed, std, states, fresh):
+    def _slot_fresh_rows_fake(weight, offset, slots, ids, seed, std, states, fresh, values=None):
         return None
 
     @torch.library.register_fake("embtable::slot_table_build")

@@ -10,7 +10,7 @@
 //   slot_table_build(keys, values, size) -> table        (a [size, 2] (key, value) table)
 //   slot_init_rows(ids, dim, seed, std) -> rows           (float32 rows from (seed, id))
 //   slot_init_rows_into(weight, slots, ids, seed, std)    (the same rows, into weight[slots])
-//   slot_fresh_rows(weight, offset, slots, ids, seed, std, states[], fresh[])
+//   slot_fresh_rows(weight, offset, slots, ids, seed, std, states[], fresh[], values?)
 //                                                        (new rows and their optimizer state)
 //
 // Tables: `size` (a power of two) rows of (key, value) int64 pairs, linear probing, value -1
@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace embtable {
@@ -727,11 +728,14 @@ void slot_init_rows_into_cpu(const at::Tensor& weight, const at::Tensor& slots_i
 // `weight` becomes ids[i]'s initial row (the values of slot_init_rows), and the same row of
 // each optimizer-state tensor states[k] becomes fresh[k] (one row of a fresh table's state,
 // of that tensor's dtype), replacing the Python glue of an index_put per state tensor.
+// With `values` ([n, dim] float32: slot_init_rows(ids), computed ahead, e.g. by the prefetch
+// thread) the rows are copied from it instead of computed.
 // The weight and state rows are prefetched kAhead rows ahead.  Every argument is checked
 // before anything is written.
 void slot_fresh_rows_cpu(const at::Tensor& weight, int64_t offset, const at::Tensor& slots_in,
                          const at::Tensor& ids_in, int64_t seed, double std_dev,
-                         at::TensorList states, at::TensorList fresh) {
+                         at::TensorList states, at::TensorList fresh,
+                         const std::optional<at::Tensor>& values_in) {
   constexpr const char* api = "slot_fresh_rows";
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
                   weight.is_contiguous(),
@@ -763,6 +767,14 @@ void slot_fresh_rows_cpu(const at::Tensor& weight, int64_t offset, const at::Ten
   }
   const at::Tensor ids_t = ids_in.contiguous(), slots_t = slots_in.contiguous();
   const int64_t n = ids_t.numel();
+  const float* values = nullptr;
+  if (values_in.has_value() && values_in->defined()) {
+    const at::Tensor& v = *values_in;
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.is_contiguous() &&
+                    v.dim() == 2 && v.size(0) == n && v.size(1) == dim,
+                api, ": values must be a contiguous float32 [", n, ", ", dim, "] CPU tensor");
+    values = v.data_ptr<float>();
+  }
   const int64_t* ids = ids_t.data_ptr<int64_t>();
   const int64_t* slots = slots_t.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
@@ -783,7 +795,11 @@ void slot_fresh_rows_cpu(const at::Tensor& weight, int64_t offset, const at::Ten
       }
     }
     const int64_t r = offset + slots[i];
-    init_row(w + r * dim, ids[i], salt, dim, std_dev);
+    if (values != nullptr) {
+      std::memcpy(w + r * dim, values + i * dim, static_cast<size_t>(dim) * sizeof(float));
+    } else {
+      init_row(w + r * dim, ids[i], salt, dim, std_dev);
+    }
     for (size_t k = 0; k < k_states; ++k) {
       std::memcpy(state_ptr[k] + r * row_bytes[k], fresh_ptr[k], static_cast<size_t>(row_bytes[k]));
     }
@@ -803,7 +819,7 @@ TORCH_LIBRARY_FRAGMENT(embtable, m) {
   m.def("slot_init_rows_into(Tensor(a!) weight, Tensor slots, Tensor ids, int seed, float std) -> ()");
   m.def(
       "slot_fresh_rows(Tensor(a!) weight, int offset, Tensor slots, Tensor ids, int seed, "
-      "float std, Tensor(b!)[] states, Tensor[] fresh) -> ()");
+      "float std, Tensor(b!)[] states, Tensor[] fresh, Tensor? values=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(embtable, CPU, m) {
