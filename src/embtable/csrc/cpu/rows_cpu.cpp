@@ -294,21 +294,45 @@ std::tuple<at::Tensor, at::Tensor> pool_bags_impl(
 }
 
 // A zeroed [rows, D] float32 tensor.  A big one (>= kLazyZeroBytes) is a fresh anonymous
-// mapping, whose pages the OS zeroes on first touch: the dense gradients of large tables are
-// mostly rows no id touched, and at::zeros wrote every page of them (a page fault and a
-// cleared page per 4 KiB, then zeros written again by the fill); here only the pages an id
-// touches are faulted in.  Untouched pages read as zeros (the shared zero page).  Issue 11:
-// this fill was most of the 26-table collection's dense fwd+bwd (2.7M rows, 690 MB) and the
-// part that scaled worst to two threads.
+// mapping, whose pages the OS zeroes when first touched (`lazy` says which one it is): the
+// dense gradients of large tables are mostly rows no id touched, and at::zeros wrote every
+// page of them (a page fault and a cleared page per 4 KiB, then zeros written again by the
+// fill).  Untouched pages read as zeros (the shared zero page).  Issue 11: this fill was most
+// of the 26-table collection's dense fwd+bwd (2.7M rows, 690 MB) and the part that scaled
+// worst to two threads.
 constexpr int64_t kLazyZeroBytes = 32 << 20;  // glibc mmaps blocks this big anyway
-at::Tensor zeroed_rows(int64_t rows, int64_t D, const at::TensorOptions& options) {
+constexpr int64_t kPageBytes = 4096;
+at::Tensor zeroed_rows(int64_t rows, int64_t D, const at::TensorOptions& options, bool& lazy) {
   const int64_t bytes = rows * D * static_cast<int64_t>(sizeof(float));
+  lazy = false;
   if (bytes < kLazyZeroBytes) return at::zeros({rows, D}, options);
   void* p = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return at::zeros({rows, D}, options);
+  lazy = true;
   return at::from_blob(
       p, {rows, D}, [bytes](void* q) { munmap(q, static_cast<size_t>(bytes)); }, options);
+}
+
+// Fault in, writable, the pages [first, last] of `base` that `touched` marks, one madvise per
+// run of marked pages: the first `+=` into a fresh page would otherwise fault twice (a read
+// fault mapping the zero page, then a write fault copying it), one trap per page each time.
+void populate_touched(char* base, const std::vector<uint8_t>& touched, int64_t first, int64_t last) {
+#ifdef MADV_POPULATE_WRITE
+  for (int64_t p = first; p <= last;) {
+    if (!touched[p]) {
+      ++p;
+      continue;
+    }
+    int64_t q = p;
+    while (q + 1 <= last && touched[q + 1]) ++q;
+    // (a failure, e.g. a kernel before 5.14, leaves the pages to be faulted in one by one)
+    madvise(base + p * kPageBytes, static_cast<size_t>((q - p + 1) * kPageBytes), MADV_POPULATE_WRITE);
+    p = q + 1;
+  }
+#else
+  (void)base, (void)touched, (void)first, (void)last;
+#endif
 }
 
 }  // namespace
@@ -371,11 +395,16 @@ at::Tensor pool_bags_backward_cpu(
   // One pass over the ids: each checked, and (with several threads) counted per block of
   // rows, so that each thread can own a run of rows holding ~1/T of the ids (an even split
   // of the rows left one of two threads with ~94 % of a 26-table collection's ids: its small
-  // tables sit first in the grouped table and get as many ids as its big ones).
+  // tables sit first in the grouped table and get as many ids as its big ones).  For a lazily
+  // zeroed result, the pass also marks the pages that the ids' rows lie on.
   const int64_t n = ids.numel();
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_rows));
   const int64_t blocks = threads > 1 ? std::min<int64_t>(num_rows, 1024 * threads) : 1;
   const int64_t block_rows = std::max<int64_t>(1, (num_rows + blocks - 1) / blocks);
+  bool lazy = false;
+  at::Tensor out = zeroed_rows(num_rows, D, grad.options(), lazy);
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+  std::vector<uint8_t> touched(lazy ? (num_rows * row_bytes + kPageBytes - 1) / kPageBytes : 0, 0);
   std::vector<int64_t> count(threads > 1 ? blocks : 0, 0);
   int64_t bad = -1;
   for (int64_t i = 0; i < n; ++i) {
@@ -385,6 +414,10 @@ at::Tensor pool_bags_backward_cpu(
       break;
     }
     if (threads > 1) ++count[id / block_rows];
+    if (lazy && id != padding_idx) {
+      const int64_t last = ((id + 1) * row_bytes - 1) / kPageBytes;
+      for (int64_t p = id * row_bytes / kPageBytes; p <= last; ++p) touched[p] = 1;
+    }
   }
   TORCH_CHECK(bad < 0, api, ": id ", bad < 0 ? 0 : I[bad], " outside ", num_rows, " rows");
   // bounds[t] .. bounds[t + 1]: thread t's rows, block-aligned, ~n * t / T ids before bounds[t]
@@ -397,7 +430,6 @@ at::Tensor pool_bags_backward_cpu(
       while (t < threads && seen * threads >= n * t) bounds[t++] = std::min(num_rows, (k + 1) * block_rows);
     }
   }
-  at::Tensor out = zeroed_rows(num_rows, D, grad.options());
   float* Y = out.data_ptr<float>();
   const float* G = grad.data_ptr<float>();
   // Per bag: 1 / (non-padding ids) for a mean, rounded to float32 from double as the reference.
@@ -416,6 +448,10 @@ at::Tensor pool_bags_backward_cpu(
   for (int64_t t = 0; t < threads; ++t) {
     const int64_t lo = bounds[t], hi = bounds[t + 1];
     if (lo >= hi) continue;
+    if (lazy) {  // this thread's touched pages (a page shared with a neighbour: both, harmless)
+      populate_touched(reinterpret_cast<char*>(Y), touched, lo * row_bytes / kPageBytes,
+                       (hi * row_bytes - 1) / kPageBytes);
+    }
     for (int64_t b = 0; b < num_bags; ++b) {
       const float* __restrict__ g = G + b * D;
       const float mean_scale = pooling == kPoolMean ? static_cast<float>(inverse[b]) : 1.0f;
