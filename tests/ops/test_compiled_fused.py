@@ -137,6 +137,39 @@ def test_result_does_not_depend_on_thread_count(name, kind):
     assert all(torch.equal(a, b) for a, b in zip(one[1], two[1]))
 
 
+@pytest.mark.parametrize(
+    ("V", "n", "pooling", "weighted"),
+    [
+        (3000, 600, fref.POOL_SUM, False),  # 2 radix passes, 32-bit keys (12 + 7 bits)
+        (3000, 600, fref.POOL_NONE, True),  # 2 passes, 32-bit keys, source = position
+        (2**21 + 5, 2**11 + 1, fref.POOL_NONE, False),  # 2 passes, 22 + 12 bits: 64-bit keys
+        (2**22 + 5, 4000, fref.POOL_SUM, False),  # 3 passes, 32-bit keys (23 + 8 bits)
+        (2**22 + 5, 2**9 + 1, fref.POOL_MEAN, False),  # 3 passes, 23 + 10 bits: 64-bit keys
+    ],
+)
+def test_radix_sort_key_widths_and_pass_counts_match_reference(V, n, pooling, weighted):
+    """The sort of large tables: 2 and 3 radix passes, keys of 32 bits (id and source fit
+    together) and of 64 bits; skewed ids, so rows repeat (each must be one run of keys)."""
+    g = torch.Generator().manual_seed(V + n)
+    ids = (V * torch.rand(n, generator=g) ** 4).long().clamp_max(V - 1)
+    ids[::7] = 3  # padding
+    offsets = torch.cat([torch.tensor([0]), torch.sort(torch.randint(0, n + 1, (n // 16,), generator=g))[0],
+                         torch.tensor([n])]) if pooling != fref.POOL_NONE else torch.empty(0, dtype=torch.long)
+    rows = n if pooling == fref.POOL_NONE else offsets.numel() - 1
+    grad = torch.randn(rows, 1, generator=g)
+    psw = torch.rand(n, generator=g) if weighted else None
+    weight, state = torch.randn(V, 1, generator=g), torch.rand(V, generator=g)
+    before, expected, expected_state = weight.clone(), weight.clone(), state.clone()
+    # row-wise Adagrad: a row whose contributions were split over two runs would be updated
+    # twice (its state too), unlike the reference
+    args = (ids, offsets, grad, psw, pooling, 3, False, fref.OPT_ROWWISE_ADAGRAD, HPARAMS["rowwise"][1])
+    torch.ops.embtable.fused_update_rows(weight, [state], *args)
+    fref.fused_update_rows(expected, [expected_state], *args)
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state, expected_state, rtol=1e-6, atol=1e-6)
+    assert (weight != before).sum() > 10  # (rows were updated)
+
+
 def test_mismatched_state_is_refused_before_any_write():
     weight = torch.randn(10, 4)
     before = weight.clone()
