@@ -19,6 +19,12 @@ Clock: with one thread (``--threads 1``), the CPU time of the timing thread
 is left out); with more threads, wall time (``time.perf_counter``), which only means something
 on an idle machine.  ``--threads 1,2`` times both and adds the 1 -> 2 thread speed-ups.
 
+Column "faults t/e/f": the median minor page faults of the process per call of torch / embtable
+/ FBGEMM.  A call that gets fresh pages from the OS (glibc returned a freed 13.6 MB output to the
+OS, or a dense gradient of 690 MB is mapped anew) pays ~1.5 us per 4 KiB page on this VM, which
+can be a third of a collection forward; whether it happens depends on the heap's state, not on
+the kernel, so read a ratio with unequal faults with care.
+
 Every contender is first checked against torch (outputs, dense gradients, and the weights
 after one SGD step), then timed.  The contenders of one row are timed in turn, call after
 call, so that load changes on a shared machine hit them alike; the table shows medians (ms)
@@ -46,6 +52,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -64,6 +71,12 @@ Runner = Callable[[], None]
 class Timing(NamedTuple):
     median: float  # ms
     best: float  # ms, the fastest round
+    faults: float  # median minor page faults of the process per call (fresh memory touched)
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far (every thread)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def clock() -> Callable[[], float]:
@@ -74,15 +87,19 @@ def clock() -> Callable[[], float]:
 def interleaved_times(runners: dict[str, Runner], repeats: int, warmup: int = 2) -> dict[str, Timing]:
     """Median and best ms of each runner, timing the runners in turn (one call each per round)."""
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    faults: dict[str, list[int]] = {name: [] for name in runners}
     now = clock()
     for round_index in range(warmup + repeats):
         for name, run in runners.items():
+            before = minor_faults()
             start = now()
             run()
             elapsed = now() - start
             if round_index >= warmup:
                 samples[name].append(elapsed * 1e3)
-    return {name: Timing(statistics.median(v), min(v)) for name, v in samples.items()}
+                faults[name].append(minor_faults() - before)
+    return {name: Timing(statistics.median(v), min(v), statistics.median(faults[name]))
+            for name, v in samples.items()}
 
 
 def table_row(workload: str, phase: str, timing: dict[str, Timing]) -> tuple[str, ...]:
@@ -92,6 +109,7 @@ def table_row(workload: str, phase: str, timing: dict[str, Timing]) -> tuple[str
         workload, phase, str(torch.get_num_threads()), f"{torch_ms.median:.2f}", f"{ours.median:.2f}",
         "-" if fb is None else f"{fb.median:.2f}", f"{ours.median / torch_ms.median:.2f}",
         "-" if fb is None else f"{ours.median / fb.median:.2f}", f"{ours.best / torch_ms.best:.2f}",
+        "/".join(f"{t.faults:.0f}" for t in (torch_ms, ours, *([] if fb is None else [fb]))),
         f"{torch_ms.best:.4f}", f"{ours.best:.4f}",  # not printed: for the thread speed-ups
     )
 
@@ -451,10 +469,13 @@ def main() -> None:
     )
     print(
         "medians in ms (CPU time of the timing thread at 1 thread, wall time above); ratio = embtable / "
-        "peer (< 1: embtable faster); best = ratio of the fastest rounds; all outputs checked against torch"
+        "peer (< 1: embtable faster); best = ratio of the fastest rounds; faults = median minor page "
+        "faults per call (torch / embtable / fbgemm: fresh pages touched, e.g. an output the allocator "
+        "took from the OS again); all outputs checked against torch"
     )
-    header = ("workload", "phase", "thr", "torch", "embtable", "fbgemm", "vs torch", "vs fbgemm", "best")
-    widths = (24, 8, 3, 9, 9, 9, 9, 9, 6)
+    header = ("workload", "phase", "thr", "torch", "embtable", "fbgemm", "vs torch", "vs fbgemm", "best",
+              "faults t/e/f")
+    widths = (24, 8, 3, 9, 9, 9, 9, 9, 6, 16)
     for placement in _placement.chosen(args):
         gen = torch.Generator().manual_seed(0)
         print(f"\n## placement {placement}", flush=True)
