@@ -693,7 +693,8 @@ def test_too_many_lookups_before_backward(tmp_path):
         disk(torch.arange(5))  # more distinct ids than slots: the slot map refuses
 
 
-def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path, prefetch):
     configs = [
         embtable.TableConfig(name="a", num_embeddings=30, embedding_dim=4, pooling="mean", feature_names=["a1", "a2"]),
         embtable.TableConfig(
@@ -716,16 +717,21 @@ def test_collection_mixing_disk_and_ram_equals_all_ram(tmp_path):
     def bags(rows):
         return [torch.randint(0, rows, (int(n),), generator=generator).tolist() for n in torch.randint(0, 4, (3,), generator=generator)]
 
-    for _ in range(5):
-        batch = embtable.KeyedJagged.from_dict(
-            {"a1": bags(30), "a2": bags(30), "b": bags(50), "b2": bags(50), "c": bags(20)}
-        )
-        outs = [collection(batch).values() for collection in (mixed, ram)]
+    batches = [
+        embtable.KeyedJagged.from_dict({"a1": bags(30), "a2": bags(30), "b": bags(50), "b2": bags(50), "c": bags(20)})
+        for _ in range(6)
+    ]
+    for step in range(5):
+        outs = [collection(batches[step]).values() for collection in (mixed, ram)]
         assert torch.equal(outs[0], outs[1])
+        if prefetch:  # the next batch's disk rows are read during this backward
+            mixed.prefetch(batches[step + 1])
         for out in outs:
             out.pow(2).sum().backward()
     for key, value in ram.state_dict().items():
         assert torch.equal(mixed.state_dict()[key], value), key
+    used = sum(table.stats()["prefetch_used"] for table in mixed.embedding_bags.values())
+    assert (used > 0) == prefetch
     with pytest.raises(TypeError, match="storage must be None or an embtable.storage.disk.Disk"):
         embtable.TableConfig(name="x", num_embeddings=3, embedding_dim=2, storage="/tmp/x")
 

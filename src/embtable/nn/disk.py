@@ -607,10 +607,11 @@ class _DiskCollection(Module):
     def _disk(self) -> ModuleDict:
         return getattr(self, self._state_key)
 
-    def _lookups(self, features: KeyedJagged) -> tuple[Any, dict[str, Any]]:
-        """The inner collection's result and ``{disk table: its features' Jagged parts}``."""
+    def _lookups(self, features: KeyedJagged, with_ram: bool = True) -> tuple[Any, dict[str, Any]]:
+        """The inner collection's result (``with_ram``) and ``{disk table: its features'
+        Jagged parts}``."""
         api = type(self).__name__
-        inner = self.ram(features) if self.ram is not None else None
+        inner = self.ram(features) if self.ram is not None and with_ram else None
         parts = {}
         for config in self.tables:
             if config.storage is None:
@@ -620,6 +621,18 @@ class _DiskCollection(Module):
                     raise KeyError(f"{api}: the batch has no feature {feature!r} (table {config.name!r})")
             parts[config.name] = [features[feature] for feature in config.feature_names]
         return inner, parts
+
+    def prefetch(self, features: KeyedJagged) -> None:
+        """Start reading the uncached rows of a coming batch for every disk table
+        (:meth:`DiskTableMixin.prefetch`, all features of a table in one call); RAM tables
+        need none.  Call it with the next batch before this batch's backward.
+
+        Raises:
+            KeyError: the batch lacks a disk table's feature.
+        """
+        _, parts = self._lookups(features, with_ram=False)
+        for name, group in parts.items():
+            self._disk[name].prefetch(torch.cat([part.values for part in group]))
 
     def flush(self) -> None:
         """Flush every disk table (:meth:`DiskTableMixin.flush`)."""
