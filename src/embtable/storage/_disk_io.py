@@ -115,3 +115,16 @@ class Prefetch:
         for step in self.finish:
             step()
         return True
+
+    def take(self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool) -> np.ndarray | None:
+        """Wait, finish, and copy the records of ``sorted_ids`` not written since into
+        ``rows`` / ``state``; returns which ids were copied (``None``: the prefetch failed,
+        or lacks the state asked for)."""
+        if not self.complete() or (with_state and not self.with_state):
+            return None
+        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
+        covered = (self.ids[at] == sorted_ids) & ~self.stale[at]
+        rows[covered] = self.rows[at[covered]]
+        if with_state:
+            state[covered] = self.state[at[covered]]
+        return covered

@@ -545,14 +545,9 @@ class DiskRowStore:
         """Copy the pending prefetch's records of ``sorted_ids`` into ``rows`` / ``state``
         and drop the prefetch; returns which ids it held (``None``: no usable prefetch)."""
         pending, self._prefetch = self._prefetch, None
-        if pending is None or not pending.complete() or (with_state and not pending.with_state):
-            return None
-        at = np.searchsorted(pending.ids, sorted_ids).clip(max=len(pending.ids) - 1)
-        covered = (pending.ids[at] == sorted_ids) & ~pending.stale[at]
-        rows[covered] = pending.rows[at[covered]]
-        if with_state:
-            state[covered] = pending.state[at[covered]]
-        self.prefetch_used += int(covered.sum())
+        covered = None if pending is None else pending.take(sorted_ids, rows, state, with_state)
+        if covered is not None:
+            self.prefetch_used += int(covered.sum())
         return covered
 
     @staticmethod
