@@ -171,13 +171,18 @@ struct Map {
     const int64_t s = queue[static_cast<uint64_t>(pos) & queue_mask];
     return row(s)[fSeq] == pos && (row(s)[fFlags] & kLive);
   }
+  // (Both passes visit the slot records at random: each prefetches kAhead entries ahead.)
   void compact() {
     std::vector<int64_t> kept;
     kept.reserve(static_cast<size_t>(meta[kSize]));
     for (int64_t pos = meta[kHead]; pos < meta[kTail]; ++pos) {
+      if (pos + kAhead < meta[kTail]) {
+        __builtin_prefetch(row(queue[static_cast<uint64_t>(pos + kAhead) & queue_mask]), 0, 1);
+      }
       if (current(pos)) kept.push_back(queue[static_cast<uint64_t>(pos) & queue_mask]);
     }
     for (size_t i = 0; i < kept.size(); ++i) {
+      if (i + kAhead < kept.size()) __builtin_prefetch(row(kept[i + kAhead]), 1, 1);
       queue[i] = kept[i];
       row(kept[i])[fSeq] = static_cast<int64_t>(i);
     }
