@@ -39,9 +39,11 @@ the file's pages, and the script says so):
     python benchmarks/disk.py [--rows 8000000] [--cache-rows 500000] [--limit-mib 768]
                               [--steps 10] [--warmup 20] [--hot-warmup 60] [--burst-s 0.3]
                               [--io-threads 4] [--prefetch] [--kinds skewed,hot,uniform]
+                              [--policy lru | --policy clock,lru,lfu]
                               [--amortised-rows 500000] [--flush-every 5] [--compactions 2]
                               [--dir /var/tmp/embtable_disk_bench] [--quick]
     python benchmarks/disk.py --log-index     # only the write-back log's index timing
+    python benchmarks/disk.py --policy-misses # only the row cache's misses per eviction policy
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ def child_train(args: dict) -> dict:
     if args["table"] == "disk":
         table = DiskEmbeddingBag(
             rows, DIM, mode="sum",
-            storage=Disk(Path(args["dir"]) / "table", cache_rows=args["cache_rows"], io_threads=args["io_threads"]),
+            storage=Disk(Path(args["dir"]) / "table", cache_rows=args["cache_rows"], io_threads=args["io_threads"],
+                         policy=args.get("policy", "lru")),
         )
     else:
         table = embtable.EmbeddingBag(rows, DIM, mode="sum")
@@ -396,6 +399,35 @@ def print_disk_row(ids: str, contender: str, ram: dict, disk: dict) -> None:
     )
 
 
+def policy_misses(rows: int, cache_rows: int, steps: int = 240) -> None:
+    """The row cache alone (a ``SlotMap`` of ``cache_rows``, no files): misses per step of
+    each eviction policy on the hot-set stream, over the second half of ``steps`` steps (the
+    cache full), split into never-seen cold ids and hot-set rows; thread CPU time per lookup."""
+    from embtable.storage.slots import SlotMap
+
+    torch.set_num_threads(1)
+    hot_rows = max(1, int(rows * HOT_FRACTION))
+    is_hot = torch.zeros(rows, dtype=torch.bool)
+    is_hot[torch.arange(hot_rows) * 0x9E3779B1 % rows] = True
+    print(f"hot-set stream, {rows:,} rows, cache {cache_rows:,}, {BAGS} x {BAG_SIZE} ids, steps {steps // 2}-{steps}:")
+    print("| policy | misses/step | of them hot-set rows | lookup ms (thread CPU) |")
+    print("|---|---|---|---|")
+    for policy in ("clock", "lru", "lfu"):
+        slot_map, generator = SlotMap(cache_rows, policy=policy), torch.Generator().manual_seed(0)
+        missed = hot = 0
+        spent = 0.0
+        for step in range(steps):
+            ids, _ = batch("hot", rows, generator)
+            begin = time.thread_time()
+            found = slot_map.lookup(ids)
+            spent += time.thread_time() - begin
+            if step >= steps // 2:
+                missed += found.new_ids.numel()
+                hot += int(is_hot[found.new_ids].sum())
+        half = steps - steps // 2
+        print(f"| {policy} | {missed / half:,.0f} | {hot / half:,.0f} | {spent / steps * 1e3:.2f} |")
+
+
 def log_index_timing(rows: int = 8_000_000, logged: int = 2_000_000, batch_rows: int = 4_000, appends: int = 200) -> None:
     """Thread CPU time of the write-back log's index: ``appends`` appends of ``batch_rows``
     distinct random rows onto an index of ~``logged`` rows, then finds of such batches, for
@@ -508,8 +540,12 @@ def main() -> None:
     parser.add_argument("--prefetch", action="store_true",
                         help="also train each stream with table.prefetch(next batch) (after the run without)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="the id streams to run (comma-separated)")
+    parser.add_argument("--policy", default="lru",
+                        help="the disk table's eviction policy; several (comma-separated): one disk run each")
     parser.add_argument("--log-index", action="store_true",
                         help="only time the write-back log's index: appends and finds, layered vs whole")
+    parser.add_argument("--policy-misses", action="store_true",
+                        help="only simulate the row cache's misses per eviction policy on the hot stream")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
     opts = parser.parse_args()
@@ -519,10 +555,19 @@ def main() -> None:
     if opts.log_index:
         log_index_timing()
         return
+    if opts.policy_misses:
+        policy_misses(opts.rows, opts.cache_rows)
+        return
     kinds = [k for k in opts.kinds.split(",") if k]
     if not kinds or any(k not in KINDS for k in kinds):
         parser.error(f"--kinds must name some of {KINDS}, got {opts.kinds!r}")
-    disks = ["disk", "disk+prefetch"] if opts.prefetch else ["disk"]
+    policies = [p for p in opts.policy.split(",") if p]
+    if not policies or any(p not in ("lru", "lfu", "clock") for p in policies):
+        parser.error(f"--policy must name some of lru, lfu, clock, got {opts.policy!r}")
+    disks = [  # (name, eviction policy, prefetch)
+        (f"disk{'+prefetch' if prefetch else ''}{f' {policy}' if len(policies) > 1 else ''}", policy, prefetch)
+        for policy in policies for prefetch in ([False, True] if opts.prefetch else [False])
+    ]
     if opts.quick:
         opts.rows, opts.cache_rows, opts.limit_mib, opts.steps, opts.warmup = 1_000_000, 100_000, 400, 4, 2
         opts.hot_warmup = 4
@@ -538,7 +583,7 @@ def main() -> None:
     kind, group = make_cgroup(limit)
     print(
         f"table: {opts.rows:,} rows x {DIM} float32 + 4 B row-wise state = {table_bytes / 2**30:.2f} GiB "
-        f"(written in {built:.0f} s); cache {opts.cache_rows:,} rows; memory limit {opts.limit_mib} MiB "
+        f"(written in {built:.0f} s); cache {opts.cache_rows:,} rows ({opts.policy}); memory limit {opts.limit_mib} MiB "
         f"via {'cgroup ' + kind if group else 'RLIMIT_AS (no cgroup available: page cache not limited)'}"
     )
     common = {
@@ -551,14 +596,14 @@ def main() -> None:
         for ids in kinds:
             warm = {"warmup": opts.hot_warmup if ids == "hot" else opts.warmup}
             results["ram", ids] = run_child({**common, **warm, "job": "train", "table": "ram", "ids": ids})
-            for contender in disks:
+            for contender, policy, prefetch in disks:
                 if group:  # a fresh cgroup per run, so its peak is the run's own
                     group.rmdir()
                     kind, group = make_cgroup(limit)
                     common["cgroup"] = str(group)
                 results[contender, ids] = run_child({
                     **common, **warm, "job": "train", "table": "disk", "ids": ids, "limit": limit,
-                    "bursts": opts.burst_s, "prefetch": contender == "disk+prefetch",
+                    "bursts": opts.burst_s, "prefetch": prefetch, "policy": policy,
                 })
         if opts.vector_words:
             build_vectors(directory, opts.vector_words)
@@ -588,17 +633,17 @@ def main() -> None:
     for ids in kinds:
         ram = results["ram", ids]
         print(f"| {ids} | RAM | {1 / ram['step_s']:.2f} | 1.00 | - | - | - | - | - | - | - | - | - | {ram['maxrss_mib']:.0f} |")
-        for contender in disks:
+        for contender, _, _ in disks:
             print_disk_row(ids, contender, ram, results[contender, ids])
     print("rows read/s of each timed step over the mean O_DIRECT rate of the bursts before and after it:")
     print("| ids | table | " + " | ".join(f"pair {i + 1}" for i in range(opts.steps)) + " | median |")
     print("|---|---|" + "---|" * (opts.steps + 1))
     for ids in kinds:
-        for contender in disks:
+        for contender, _, _ in disks:
             pairs = results[contender, ids]["pairs"]
             cells = [f"{p['ratio']:.2f} ({p['rows_per_s'] / 1e3:.0f}k/{p['disk_per_s'] / 1e3:.0f}k)" for p in pairs]
             print(f"| {ids} | {contender} | " + " | ".join(cells) + f" | {statistics.median(p['ratio'] for p in pairs):.2f} |")
-    for contender in disks:
+    for contender, _, _ in disks:
         summary = [f"{k} step rate = {results['ram', k]['step_s'] / results[contender, k]['step_s']:.2f}x RAM"
                    for k in kinds if k != "uniform"]
         if "uniform" in kinds:

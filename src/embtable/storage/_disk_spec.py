@@ -14,7 +14,7 @@ from torch import Tensor
 
 __all__ = ["Disk", "init_rows"]
 
-_POLICIES = ("clock", "lru")
+_POLICIES = ("lru", "lfu", "clock")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class Disk:
         cache_rows: rows held in RAM (at least the number of distinct ids of one batch).
         cache_bytes: alternatively, the cache size in bytes of weights (rows of
             ``embedding_dim`` values; optimizer state comes on top: docs/storage.md).
-        policy: which cached row is evicted on a miss: ``"clock"`` (default) or ``"lru"``.
+        policy: which cached row is evicted on a miss: ``"lru"`` (default: the least recently
+            used), ``"lfu"`` (the least often used; no aging) or ``"clock"`` (second chance;
+            on a hot-set stream it evicts hot rows that LRU keeps: docs/storage.md).
         read_only: open for lookups only (serving); training or writing raises.
         seed: the initializer's seed: row ``r`` starts as ``init_rows(seed, r)``.
         io_threads: threads that issue the reads and writes of one batch.
@@ -48,14 +50,14 @@ class Disk:
     Example:
         >>> from embtable.storage.disk import Disk
         >>> Disk("/tmp/user_table", cache_rows=100_000)
-        Disk(path='/tmp/user_table', cache_rows=100000, policy='clock')
+        Disk(path='/tmp/user_table', cache_rows=100000, policy='lru')
     """
 
     path: str | os.PathLike[str]
     _: KW_ONLY
     cache_rows: int | None = None
     cache_bytes: int | None = None
-    policy: str = "clock"
+    policy: str = "lru"
     read_only: bool = False
     seed: int = 0
     io_threads: int = 4
