@@ -15,7 +15,7 @@ import numpy as np
 
 from embtable.storage._disk_files import runs
 
-__all__ = ["BatchIO", "Prefetch"]
+__all__ = ["BatchIO"]
 
 #: Runs of rows per thread task: below this a batch is read or written by the caller's thread.
 _PARALLEL_RUNS = 64
@@ -86,45 +86,3 @@ class BatchIO:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-
-class Prefetch:
-    """A read started by :meth:`DiskRowStore.prefetch`: its I/O futures, the records they
-    fill, the steps that finish them, and which rows were written since (stale)."""
-
-    def __init__(
-        self, ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool,
-        futures: list[Future[None]], finish: list[Callable[[], None]],
-    ) -> None:
-        self.ids, self.rows, self.state, self.with_state = ids, rows, state, with_state
-        self.futures, self.finish = futures, finish
-        self.stale = np.zeros(len(ids), dtype=bool)
-
-    def invalidate(self, sorted_ids: np.ndarray) -> None:
-        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
-        self.stale[at[self.ids[at] == sorted_ids]] = True
-
-    def wait(self) -> bool:
-        """Wait for every read; ``True`` if all succeeded."""
-        return all(future.exception() is None for future in self.futures)
-
-    def complete(self) -> bool:
-        """Wait, then finish the records (on the caller's thread); ``False`` if a read failed."""
-        if not self.wait():
-            return False
-        for step in self.finish:
-            step()
-        return True
-
-    def take(self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool) -> np.ndarray | None:
-        """Wait, finish, and copy the records of ``sorted_ids`` not written since into
-        ``rows`` / ``state``; returns which ids were copied (``None``: the prefetch failed,
-        or lacks the state asked for)."""
-        if not self.complete() or (with_state and not self.with_state):
-            return None
-        at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
-        covered = (self.ids[at] == sorted_ids) & ~self.stale[at]
-        rows[covered] = self.rows[at[covered]]
-        if with_state:
-            state[covered] = self.state[at[covered]]
-        return covered

@@ -79,7 +79,7 @@ from torch import Tensor
 
 from embtable._atomic import atomic_write_bytes
 from embtable.storage._disk_files import Bits, CorruptFileError
-from embtable.storage._disk_io import BatchIO, Prefetch
+from embtable.storage._disk_io import BatchIO
 from embtable.storage._disk_log import (
     CorruptLogError,
     RowLog,
@@ -105,6 +105,7 @@ from embtable.storage._disk_manifest import (
     new_manifest,
     state_fields,
 )
+from embtable.storage._disk_prefetch import Prefetch, PrefetchMixin
 from embtable.storage._disk_spec import Disk, init_rows
 
 __all__ = [
@@ -131,7 +132,7 @@ _COMPACT_ROWS = 1 << 16
 # ---------------------------------------------------------------------------------------------
 
 
-class DiskRowStore:
+class DiskRowStore(PrefetchMixin):
     """The files of one disk-backed table: batched row and optimizer-state I/O.
 
     Build with :meth:`create` or :meth:`open` (or :meth:`open_or_create`).  Ids passed to
@@ -500,55 +501,6 @@ class DiskRowStore:
                 tasks += more
                 finish.append(functools.partial(self._put, target, home, out, done))
         return tasks, finish
-
-    # -- prefetch: the next batch's misses read while the current step computes --------------
-
-    def prefetch(self, ids: Tensor, *, with_state: bool = True) -> None:
-        """Start reading rows ``ids`` (and, ``with_state``, their optimizer state) on the I/O
-        threads and return at once; the next :meth:`read` takes the prefetched records of
-        the rows it asks for, waiting for them if they are still being read.
-
-        The records are as of this call: a row written (:meth:`write_rows`) after it is read
-        again by that :meth:`read`, so a prefetch never changes what a read returns.  A new
-        prefetch replaces a pending one; one that failed is dropped (the read reads again and
-        raises if the files are at fault).  ``rows_prefetched`` and ``prefetch_used`` count
-        the rows prefetched and the rows reads took from a prefetch.
-
-        Raises:
-            TypeError / IndexError / ValueError: as :meth:`read` (nothing is started).
-        """
-        sorted_ids, _ = self._check_ids(ids, "DiskRowStore.prefetch")
-        self._drop_prefetch()
-        if not len(sorted_ids):
-            return
-        with_state = with_state and self.state_row_bytes > 0
-        rows = np.empty((len(sorted_ids), self.row_bytes), dtype=np.uint8)
-        state = np.empty((len(sorted_ids), self.state_row_bytes if with_state else 0), dtype=np.uint8)
-        tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, True, wait=False)
-        self._prefetch = Prefetch(sorted_ids, rows, state, with_state, self._batch.submit(tasks), finish)
-        self.rows_prefetched += len(sorted_ids)
-
-    def wait_prefetch(self) -> None:
-        """Wait until a pending :meth:`prefetch` has read everything (its errors are kept
-        for the next :meth:`read`, which then reads again)."""
-        if self._prefetch is not None:
-            self._prefetch.wait()
-
-    def _drop_prefetch(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.wait()  # no read of it may outlive the files it reads
-            self._prefetch = None
-
-    def _use_prefetch(
-        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool
-    ) -> np.ndarray | None:
-        """Copy the pending prefetch's records of ``sorted_ids`` into ``rows`` / ``state``
-        and drop the prefetch; returns which ids it held (``None``: no usable prefetch)."""
-        pending, self._prefetch = self._prefetch, None
-        covered = None if pending is None else pending.take(sorted_ids, rows, state, with_state)
-        if covered is not None:
-            self.prefetch_used += int(covered.sum())
-        return covered
 
     @staticmethod
     def _put(target: np.ndarray, where: np.ndarray, out: np.ndarray, done: Callable[[], None]) -> None:
