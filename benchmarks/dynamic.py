@@ -25,6 +25,13 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    SlotMap call, the new rows' initialization with their optimizer-state reset (one compiled
    call), the whole remap, forward and backward), next to the static table's forward and
    backward.
+   ``pipeline`` - the prefetch pipeline (``DynamicEmbeddingBag.prefetch``: the lookup of batch
+   i+1 runs on a background thread during step i) against the plain dynamic step, the static
+   step at one intra-op thread and at two (the pipeline's total thread count); same batches,
+   alternating; wall time per step (each pipelined step waits for its background lookup, so
+   no background work leaks into the next contender's time) and the main thread's CPU time,
+   and the background thread's CPU time per batch.  It checks that the pipelined table starts
+   and ends equal to the plain one (rows and map).
    ``aging`` - the cost of one LFU aging pass (``decay_every``): a full LFU map of
    ``--capacity`` slots, a 1-id call with aging on every call vs the same without aging.
 3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
@@ -44,7 +51,7 @@ allocations (they are re-created at every eviction), so the remap comparison is 
 
 Usage:
     python benchmarks/dynamic.py [--quick] [--parts remap,train,breakdown,aging,quality]
-        [--placement huge|4k]  (parts also: pipeline)
+        [--placement huge|4k]  (parts also: pipeline, aging)
 """
 
 from __future__ import annotations
