@@ -44,11 +44,13 @@ the file's pages, and the script says so):
                               [--dir /var/tmp/embtable_disk_bench] [--quick]
     python benchmarks/disk.py --log-index     # only the write-back log's index timing
     python benchmarks/disk.py --policy-misses # only the row cache's misses per eviction policy
+    python benchmarks/disk.py --read-path     # only the batched read calls, compiled vs Python
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -428,6 +430,44 @@ def policy_misses(rows: int, cache_rows: int, steps: int = 240) -> None:
         print(f"| {policy} | {missed / half:,.0f} | {hot / half:,.0f} | {spent / steps * 1e3:.2f} |")
 
 
+def read_path_timing(directory: Path, rows: int = 1_000_000, batch_rows: int = 38_308, repeats: int = 5) -> None:
+    """The store's batched read path on a file in the page cache (no disk: the cost of the
+    calls themselves): ``BatchIO`` reads of ``batch_rows`` sorted random 256-byte records,
+    each task's runs by one compiled ``embtable::disk_pread_runs`` call (without the GIL) or
+    by its Python twin (one ``preadv`` per run), at 1 and 8 threads, alternated; medians of
+    wall time and of the process's CPU time (all threads)."""
+    from unittest import mock
+
+    from embtable.storage import _disk_io
+
+    path = directory / "read_path.bin"
+    record = DIM * 4
+    if not path.exists() or path.stat().st_size != rows * record:
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, rows * record, dtype=np.uint8).tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    os.pread(fd, rows * record, 0)  # into the page cache
+    rng = np.random.default_rng(1)
+    batches = [np.sort(rng.choice(rows, batch_rows, replace=False)) for _ in range(repeats)]
+    print(f"read path: {batch_rows:,} sorted random {record}-byte records of a {rows:,}-record file in the page cache")
+    print("| threads | path | wall ms | CPU ms (all threads) |")
+    print("|---|---|---|---|")
+    for threads in (1, 8):
+        batch_io = _disk_io.BatchIO(directory, threads)
+        times: dict[str, list[tuple[float, float]]] = {"compiled": [], "Python": []}
+        for ids in batches:
+            for name in times:
+                buffer = np.empty((len(ids), record), dtype=np.uint8)
+                with mock.patch.object(_disk_io, "_compiled", lambda: False) if name == "Python" else contextlib.nullcontext():
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    batch_io.io(fd, False, ids, buffer, record)
+                    times[name].append(((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3))
+        batch_io.close()
+        for name, runs in times.items():
+            print(f"| {threads} | {name} | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} |")
+    os.close(fd)
+    path.unlink()
+
+
 def log_index_timing(rows: int = 8_000_000, logged: int = 2_000_000, batch_rows: int = 4_000, appends: int = 200) -> None:
     """Thread CPU time of the write-back log's index: ``appends`` appends of ``batch_rows``
     distinct random rows onto an index of ~``logged`` rows, then finds of such batches, for
@@ -546,6 +586,8 @@ def main() -> None:
                         help="only time the write-back log's index: appends and finds, layered vs whole")
     parser.add_argument("--policy-misses", action="store_true",
                         help="only simulate the row cache's misses per eviction policy on the hot stream")
+    parser.add_argument("--read-path", action="store_true",
+                        help="only time the batched read calls (compiled vs Python) on a file in the page cache")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the table file for the next run")
     opts = parser.parse_args()
@@ -557,6 +599,10 @@ def main() -> None:
         return
     if opts.policy_misses:
         policy_misses(opts.rows, opts.cache_rows)
+        return
+    if opts.read_path:
+        Path(opts.dir).mkdir(parents=True, exist_ok=True)
+        read_path_timing(Path(opts.dir))
         return
     kinds = [k for k in opts.kinds.split(",") if k]
     if not kinds or any(k not in KINDS for k in kinds):

@@ -509,6 +509,72 @@ def test_prefetch_of_records_still_being_appended(tmp_path, monkeypatch, fail):
     store.close()
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 1100), st.integers(0, 300)), max_size=12),
+)
+def test_compiled_pread_runs_equals_its_reference(tmp_path_factory, runs):
+    """embtable::disk_pread_runs against pread_runs_reference (and the bytes themselves):
+    runs anywhere in a 1,000-byte file, some past its end (short reads report the run)."""
+    import numpy as np
+
+    from embtable.storage import _disk_io
+
+    if not _disk_io._compiled():
+        pytest.skip("embtable._C is not built")
+    path = tmp_path_factory.mktemp("pread") / "f"
+    data = np.random.default_rng(len(runs)).integers(0, 256, 1000, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    offsets = np.array([r[0] for r in runs], dtype=np.int64)
+    lengths = np.array([r[1] for r in runs], dtype=np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        compiled = np.zeros(int(lengths.sum()), dtype=np.uint8)
+        reference = np.zeros_like(compiled)
+        result = _disk_io.pread_runs(fd, offsets, lengths, compiled)
+        assert result == _disk_io.pread_runs_reference(fd, offsets, lengths, reference)
+        assert np.array_equal(compiled, reference)
+        expected = np.concatenate([data[o : o + n] for o, n in runs] or [np.zeros(0, np.uint8)])
+        short = [i for i, (o, n) in enumerate(runs) if o + n > 1000 and n]
+        if short:
+            first = short[0]
+            assert result == (first, 0, max(0, 1000 - runs[first][0]))
+            upto = int(lengths[:first].sum()) + result[2]
+            assert np.array_equal(compiled[:upto], expected[:upto])
+        else:
+            assert result == (-1, 0, 0) and np.array_equal(compiled, expected)
+    finally:
+        os.close(fd)
+
+
+def test_compiled_pread_runs_opcheck_and_errors(tmp_path):
+    from embtable.storage import _disk_io
+
+    if not _disk_io._compiled():
+        pytest.skip("embtable._C is not built")
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(200)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        op = torch.ops.embtable.disk_pread_runs.default
+        args = (fd, torch.tensor([5, 100]), torch.tensor([10, 20]), torch.zeros(30, dtype=torch.uint8))
+        torch.library.opcheck(op, args)
+        with pytest.raises(RuntimeError, match="the runs hold 30 bytes, the buffer 29"):
+            op(fd, args[1], args[2], torch.zeros(29, dtype=torch.uint8))
+        with pytest.raises(RuntimeError, match="offsets and lengths must be 1-D int64"):
+            op(fd, args[1].int(), args[2], args[3])
+    finally:
+        os.close(fd)
+    import numpy as np
+
+    bad = 999_999  # no such descriptor
+    for read in (_disk_io.pread_runs, _disk_io.pread_runs_reference):
+        assert read(bad, np.array([0]), np.array([4]), np.zeros(4, dtype=np.uint8)) == (0, errno.EBADF, 0)
+    batch = _disk_io.BatchIO(tmp_path, 1)
+    with pytest.raises(OSError, match="at byte 0 failed: Bad file descriptor"):
+        batch.io(bad, False, np.array([0, 1]), np.zeros((2, 4), dtype=np.uint8), 4)
+
+
 def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
     store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=5)
     store.write_rows(torch.arange(10), torch.full((10, 2), 3.0))
