@@ -12,7 +12,9 @@ lets embtable's big tables and state take them):
   its shards) with the plan of ``plan_sharding`` (row-wise for tables above an even share,
   the others table-wise), each rank a local batch of ``batch / 2``; gloo over loopback.
 
-Per step (medians over ``--steps`` timed steps after warm-up): wall ms, samples/s, and the
+Per step (medians over ``--steps`` timed steps after warm-up): wall ms, CPU ms of the
+calling thread (and, printed below the table, of the whole process: gloo's transport
+threads included), samples/s, and the
 split into lookup (forward outside collectives), exchange (time inside ``all_to_all``,
 forward and backward; includes waiting for the other rank) and update (backward outside
 collectives: the fused optimizer); bytes each rank sends per step vs the plan's analytic
@@ -236,21 +238,22 @@ def sharded_worker(
         "plan": plan.describe(tables),
         "shard_bytes": shard_bytes,
     }
-    walls, cpus, lookups, exchanges, updates, sent = [], [], [], [], [], []
+    walls, cpus, procs, lookups, exchanges, updates, sent = [], [], [], [], [], [], []
     for step in range(args.warmup + args.steps):
         local = batches[step % len(batches)]
         sharded.stats.reset()
         dist.barrier(group=sharded.group)
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        wall0, cpu0, proc0 = time.perf_counter(), time.thread_time(), time.process_time()
         out = sharded(local)
         forward_done = time.perf_counter()
         forward_comm = sharded.stats.total_seconds()
         out.values().sum().backward()
-        wall1, cpu1 = time.perf_counter(), time.thread_time()
+        wall1, cpu1, proc1 = time.perf_counter(), time.thread_time(), time.process_time()
         comm = sharded.stats.total_seconds()
         if step >= args.warmup:
             walls.append(wall1 - wall0)
             cpus.append(cpu1 - cpu0)
+            procs.append(proc1 - proc0)
             lookups.append(forward_done - wall0 - forward_comm)
             exchanges.append(comm)
             updates.append(wall1 - forward_done - (comm - forward_comm))
@@ -258,6 +261,7 @@ def sharded_worker(
     result.update(
         wall_ms=statistics.median(walls) * 1e3,
         cpu_ms=statistics.median(cpus) * 1e3,
+        proc_ms=statistics.median(procs) * 1e3,
         lookup_ms=statistics.median(lookups) * 1e3,
         exchange_ms=statistics.median(exchanges) * 1e3,
         update_ms=statistics.median(updates) * 1e3,
@@ -324,15 +328,20 @@ def torchrec_worker(
             batches.append(
                 KeyedJaggedTensor(keys=local.keys(), values=local.values(), lengths=local.lengths())
             )
-        walls, cpus = [], []
+        walls, cpus, procs = [], [], []
         for step in range(args.warmup + args.steps):
             dist.barrier()
-            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            wall0, cpu0, proc0 = time.perf_counter(), time.thread_time(), time.process_time()
             model(batches[step % 4]).values().sum().backward()
             if step >= args.warmup:
                 walls.append(time.perf_counter() - wall0)
                 cpus.append(time.thread_time() - cpu0)
-        result.update(wall_ms=statistics.median(walls) * 1e3, cpu_ms=statistics.median(cpus) * 1e3)
+                procs.append(time.process_time() - proc0)
+        result.update(
+            wall_ms=statistics.median(walls) * 1e3,
+            cpu_ms=statistics.median(cpus) * 1e3,
+            proc_ms=statistics.median(procs) * 1e3,
+        )
     except Exception as error:  # report why it does not run
         result["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     _gather_results(rank, world, result, out_path)
@@ -723,6 +732,16 @@ def main() -> None:
             f"| TorchRec DMP {args.torchrec_sharding}, {args.world} processes, rank {rank} | {wall:.1f} | {cpu:.1f} | "
             f"{args.batch / wall * 1e3:,.0f} | - | - | - | - | - | - | - | - | - |"
         )
+    procs = [
+        f"rank {rank} {statistics.median(s[rank]['proc_ms'] for s in shardeds):.1f}"
+        for rank in range(args.world)
+    ]
+    if torchrecs and not any("error" in r for t in torchrecs for r in t):
+        procs += [
+            f"TorchRec rank {rank} {statistics.median(t[rank]['proc_ms'] for t in torchrecs):.1f}"
+            for rank in range(args.world)
+        ]
+    print(f"process CPU ms per step (all threads, gloo's included): {', '.join(procs)}")
     sys.stdout.flush()
 
 
