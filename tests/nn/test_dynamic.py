@@ -317,11 +317,18 @@ def test_prefetch_pending_is_flushed_by_any_other_use():
     table(torch.tensor([9]))  # not the prefetched tensor: a and b first, then 9
     assert torch.equal(table.weight, ref.weight) and table.stats() == ref.stats()
     table.prefetch(torch.tensor([7]))
-    saved = table.state_dict()  # flushes: 7 is in the checkpoint
+    saved = copy.deepcopy(table.state_dict())  # flushes: 7 is in the checkpoint
     ref(torch.tensor([7]))
     for key, value in ref.state_dict()["_extra_state"].items():
         assert torch.equal(saved["_extra_state"][key], value), key
     assert torch.equal(saved["weight"], ref.weight)
+    table.prefetch(torch.tensor([11, 12]))  # pending while a checkpoint is loaded: committed
+    table.load_state_dict(saved)  # first, so the loaded rows stay as saved
+    assert torch.equal(table.weight, saved["weight"]) and table.stats() == ref.stats()
+    table.prefetch(torch.tensor([1, 2, 3, 4, 5]))  # more distinct ids than rows
+    with pytest.raises(ValueError, match="at most capacity=4"):
+        table(torch.tensor([6]))  # commits the pending lookup first: its error, nothing changed
+    assert torch.equal(table.weight, saved["weight"]) and table.stats() == ref.stats()
     with pytest.raises(TypeError, match="ids must be an integer tensor"):
         table.prefetch(torch.tensor([1.5]))
     table.eval()

@@ -485,6 +485,12 @@ class _DynamicMixin:
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
         self.dynamic.load_state_dict(state)
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # Pending prefetched lookups are committed before the weight is overwritten (not into
+        # the loaded rows afterwards); the loaded map then replaces the map they changed.
+        self.dynamic.flush()
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[misc]
+
     def _dynamic_repr(self) -> str:
         c = self.dynamic.config
         text = f"capacity={self.capacity}, {self.embedding_dim}, policy={c.policy!r}"  # type: ignore[attr-defined]
