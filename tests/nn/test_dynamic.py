@@ -386,6 +386,61 @@ def test_dynamic_table_in_a_collection_matches_static(collection_type):
     assert torch.equal(copy_.table_weight("user"), dyn.table_weight("user"))
 
 
+def test_collection_prefetch_pipeline_equals_sequential_training():
+    """prefetch_batch on a collection (two dynamic tables, one static, fused Adam, a capacity
+    below two batches) gives the same rows, states and maps as plain training; a TorchRec
+    KeyedJaggedTensor batch is recognized too; eval mode raises."""
+    from embtable import DynamicConfig, EmbeddingBagCollection, KeyedJagged, TableConfig
+    from embtable.nn.dynamic import prefetch_batch
+
+    def make():
+        torch.manual_seed(0)
+        return EmbeddingBagCollection([
+            TableConfig(name="user", num_embeddings=10, embedding_dim=3, feature_names=["user", "friend"],
+                        dynamic=DynamicConfig(policy="lru")),
+            TableConfig(name="item", num_embeddings=5, embedding_dim=3),
+            TableConfig(name="query", num_embeddings=6, embedding_dim=3, dynamic=DynamicConfig(policy="lfu")),
+        ])
+
+    g = torch.Generator().manual_seed(8)
+    batches = []
+    for _ in range(8):
+        u = torch.randint(0, 12, (3, 3), generator=g) * 10**12
+        batches.append(KeyedJagged.from_dict({
+            "user": u[:, :2].tolist(), "friend": u[:, 2:].tolist(),
+            "item": torch.randint(0, 5, (3, 1), generator=g).tolist(),
+            "query": (torch.randint(0, 9, (3, 2), generator=g) - 4).tolist(),
+        }))
+    seq, pipe = make(), make()
+    opts = {id(m): embtable.optim.fuse(m, "adam", lr=0.05) for m in (seq, pipe)}
+    for b in batches:
+        seq(b).values().sum().backward()
+        opts[id(seq)].step()
+    prefetch_batch(pipe, batches[0])
+    for i, b in enumerate(batches):
+        if i + 1 < len(batches):
+            prefetch_batch(pipe, batches[i + 1])
+        pipe(b).values().sum().backward()
+        opts[id(pipe)].step()
+    for name in ("user", "query"):
+        a, b = seq.dynamic_tables[name].rows, pipe.dynamic_tables[name].rows
+        assert a.slot_map.stats() == b.slot_map.stats() and a.slot_map.stats()["evicted"] > 0
+    for w_seq, w_pipe in zip(seq.grouped_weights, pipe.grouped_weights, strict=True):
+        assert torch.equal(w_seq, w_pipe)
+        for key, value in opts[id(seq)].state[w_seq].items():
+            other = opts[id(pipe)].state[w_pipe][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    pytest.importorskip("torchrec")
+    kjt = batches[0].to_torchrec()
+    prefetch_batch(pipe, kjt)
+    assert len(pipe.dynamic_tables["user"].rows._pending) == 1
+    pipe(kjt)  # takes the prefetched lookups (matched by the values tensor)
+    assert not pipe.dynamic_tables["user"].rows._pending
+    pipe.eval()
+    with pytest.raises(ValueError, match="eval mode"):
+        prefetch_batch(pipe, batches[0])
+
+
 def test_table_config_dynamic_rejects_padding():
     from embtable import DynamicConfig, TableConfig
 

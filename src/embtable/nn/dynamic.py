@@ -61,6 +61,7 @@ __all__ = [
     "init_rows",
     "init_rows_reference",
     "plan_configs",
+    "prefetch_batch",
     "remap_batch",
     "reset_dynamic_tables",
 ]
@@ -206,7 +207,7 @@ def _prefetch_executor() -> ThreadPoolExecutor:
 
 
 class _Prefetched(NamedTuple):
-    ids: Tensor
+    key: Any  # what the consuming remap is recognized by: its ids, or its batch's values
     future: Future[tuple[SlotLookup, Tensor | None]]  # the lookup, the new rows' values
     weight: Tensor
     row_offset: int
@@ -285,18 +286,22 @@ class DynamicRows:
         return init_rows(key, rows.shape[1], seed=self.config.seed ^ 0x7F4A7C15, std=self.init_std,
                          dtype=rows.dtype)[0]
 
-    def remap(self, ids: Tensor, weight: Tensor, row_offset: int, training: bool) -> Tensor:
+    def remap(
+        self, ids: Tensor, weight: Tensor, row_offset: int, training: bool, *, key: Any = None
+    ) -> Tensor:
         """Rows (within the table, ``0 .. capacity``) of raw ``ids``; same shape, int64.
 
         In training: admits, evicts (exporting evicted rows), initializes new rows and
         resets their optimizer state, advances the map's clock by one step.  Otherwise a
         read-only lookup.  Not-admitted ids get ``capacity`` (the default row).  A training
-        call with the very tensor given to the oldest pending :meth:`prefetch` takes that
-        lookup's result; any other call first :meth:`flush` es the pending lookups.
+        call with the very tensor given to the oldest pending :meth:`prefetch` (or the same
+        ``key``) takes that lookup's result; any other call first :meth:`flush` es the
+        pending lookups.
         """
         if self._pending:
             head = self._pending[0]
-            if training and head.ids is ids and head.weight is weight and head.row_offset == row_offset:
+            mine = head.key is (ids if key is None else key)
+            if training and mine and head.weight is weight and head.row_offset == row_offset:
                 self._pending.popleft()
                 slots = self._commit(*head.future.result(), weight, row_offset)
                 self._refresh_default(weight, row_offset)
@@ -346,11 +351,12 @@ class DynamicRows:
             with torch.no_grad():  # undo any update the default row got through pooling
                 rows[self.capacity] = self._default_values(rows)
 
-    def prefetch(self, ids: Tensor, weight: Tensor, row_offset: int) -> None:
+    def prefetch(self, ids: Tensor, weight: Tensor, row_offset: int, *, key: Any = None) -> None:
         """Start the training lookup of ``ids`` on a background thread (the map's side only).
 
         The thread also computes the new rows' initial values (float32 CPU tables).  The next
-        training :meth:`remap` with this very tensor takes the result and only writes the new
+        training :meth:`remap` with this very tensor (or with the same ``key`` object, as
+        collections pass their batch's values) takes the result and only writes the new
         rows and resets their state (after the previous step's update, so the rows of a batch
         in flight are never overwritten early).  Lookups run in the order they were asked for,
         so every decision, row and optimizer state is the same as without prefetching.
@@ -362,7 +368,7 @@ class DynamicRows:
         _as_ids("prefetch", ids)
         ahead = weight.dtype == torch.float32 and weight.device.type == "cpu"
         job = _prefetch_executor().submit(self._lookup_ahead, ids, weight.shape[1] if ahead else None)
-        self._pending.append(_Prefetched(ids, job, weight, row_offset))
+        self._pending.append(_Prefetched(ids if key is None else key, job, weight, row_offset))
 
     def flush(self) -> None:
         """Wait for every pending :meth:`prefetch` and commit each, oldest first (the rows'
@@ -713,34 +719,40 @@ def plan_configs(tables: Sequence[TableConfig]) -> tuple[list[TableConfig], dict
     return planned, dynamic
 
 
+def _table_spans(collection: Any, features: Any, name: str) -> list[tuple[int, int]]:
+    """The value spans of ``features`` that belong to table ``name`` (its features present)."""
+    index_of = {key: i for i, key in enumerate(features.keys())}
+    starts = features.offset_per_key()
+    return [
+        (starts[index_of[f]], starts[index_of[f] + 1])
+        for f in collection.plan.configs[name].feature_names
+        if f in index_of  # a missing feature: the collection's checks name it
+    ]
+
+
 def remap_batch(collection: Any, features: Any) -> Any:
     """``features`` with every dynamic table's raw ids replaced by its rows (one SlotMap
     call per table, all its features together) and every hashed table's ids by
     ``hash_rows``; the batch itself when there is nothing to remap.  Training collections
-    admit and evict; in ``eval()`` ids are only looked up."""
+    admit and evict (taking the lookups :func:`prefetch_batch` started for this batch); in
+    ``eval()`` ids are only looked up."""
     from embtable.jagged import KeyedJagged
 
     states = getattr(collection, "dynamic_tables", None) or {}
     hashed = [c.name for c in collection.tables if getattr(c, "hashed", False)]
     if not (states or hashed) or not isinstance(features, KeyedJagged):
         return features
-    index_of = {key: i for i, key in enumerate(features.keys())}
-    starts = features.offset_per_key()
     values = features.values()
     new_values = None
     for name in [*states, *hashed]:
-        spans = [
-            (starts[index_of[f]], starts[index_of[f] + 1])
-            for f in collection.plan.configs[name].feature_names
-            if f in index_of  # a missing feature: the collection's checks name it
-        ]
+        spans = _table_spans(collection, features, name)
         if not spans:
             continue
         ids = torch.cat([values[a:b] for a, b in spans])
         if name in states:
             place = collection.plan.tables[name]
             weight = collection.grouped_weights[place.group]
-            rows = states[name].rows.remap(ids, weight, place.row_offset, collection.training)
+            rows = states[name].rows.remap(ids, weight, place.row_offset, collection.training, key=values)
         else:
             rows = hash_rows(ids, collection.plan.configs[name].num_embeddings)
         if new_values is None:
@@ -757,6 +769,55 @@ def remap_batch(collection: Any, features: Any) -> Any:
     )
     out._inverse_indices = features._inverse_indices
     return out
+
+
+def prefetch_batch(collection: Any, features: Any) -> None:
+    """Start the lookups of a coming batch's dynamic tables on the prefetch thread.
+
+    The collection's prefetch pipeline: call it with batch ``i + 1`` before step ``i``, then
+    pass the same batch to the collection's forward at step ``i + 1`` (see
+    :meth:`DynamicRows.prefetch`; the batch is recognized by its values tensor, so a
+    TorchRec ``KeyedJaggedTensor`` works too).  Results are the same as without it.
+
+    Raises:
+        ValueError: the collection is in eval mode.
+
+    Example:
+        >>> import torch
+        >>> from embtable import DynamicConfig, EmbeddingBagCollection, KeyedJagged, TableConfig
+        >>> ebc = EmbeddingBagCollection([TableConfig(name="u", num_embeddings=100,
+        ...                               embedding_dim=4, dynamic=DynamicConfig())])
+        >>> batches = [KeyedJagged.from_dict({"u": [[10**15], [7, 8]]}),
+        ...            KeyedJagged.from_dict({"u": [[7], [9]]})]
+        >>> prefetch_batch(ebc, batches[0])
+        >>> for i, batch in enumerate(batches):
+        ...     if i + 1 < len(batches):
+        ...         prefetch_batch(ebc, batches[i + 1])
+        ...     ebc(batch).values().sum().backward()
+        >>> ebc.dynamic_tables["u"].rows.slot_map.stats()["size"]
+        4
+    """
+    from embtable.jagged import KeyedJagged
+    from embtable.nn._torchrec import as_keyed_jagged
+
+    if not collection.training:
+        raise ValueError(
+            f"prefetch_batch: {type(collection).__name__} is in eval mode; only training "
+            "forwards use a prefetched lookup"
+        )
+    features = as_keyed_jagged(features)
+    states = getattr(collection, "dynamic_tables", None) or {}
+    if not states or not isinstance(features, KeyedJagged):
+        return
+    values = features.values()
+    for name, state in states.items():
+        spans = _table_spans(collection, features, name)
+        if not spans:
+            continue
+        ids = torch.cat([values[a:b] for a, b in spans])
+        place = collection.plan.tables[name]
+        weight = collection.grouped_weights[place.group]
+        state.rows.prefetch(ids, weight, place.row_offset, key=values)
 
 
 def reset_dynamic_tables(collection: Any) -> None:
