@@ -45,6 +45,7 @@ Usage:
     python benchmarks/bags.py --threads 1,2 --placement huge --dims 64,128
     python benchmarks/bags.py --quick    # small sizes, a smoke run
     python benchmarks/bags.py --workloads b --two-pass   # the collection forward before pool_bucket
+    python benchmarks/bags.py --workloads b --placement 4k --threads 2 --perf embtable:fwd+bwd --perf-out e2.data
 """
 
 from __future__ import annotations
@@ -341,6 +342,9 @@ def bench_collection(
     workload = "(b) 26-table collection"
     phases = [("forward", forward, args.repeats),
               ("fwd+bwd", {"torch": train_loop, "embtable": train_ours}, args.repeats_bwd)]
+    if args.perf:
+        profile_phase(args, dict((name, runners) for name, runners, _ in phases))
+        return [], []
     rows = timed_rows(workload, phases, args.threads)
     grouped = {count: interleaved_times({"torch": forward_loop, "grouped": forward_torch_grouped}, args.repeats)
                for count in args.threads if torch.set_num_threads(count) is None}
@@ -362,6 +366,32 @@ def bench_collection(
         step_note,
     ]
     return rows, notes
+
+
+def profile_phase(args: argparse.Namespace, phases: dict[str, dict[str, Runner]]) -> None:
+    """``--perf CONTENDER:PHASE``: after the setup and 3 warm-up calls, ``perf record -e cpu-clock
+    -g`` attached to this process over ``--perf-calls`` calls of that one runner (no setup in the
+    profile); the wall time of each call is printed."""
+    import signal
+    import subprocess
+
+    contender, phase = args.perf.split(":")
+    run = phases[phase][contender]
+    torch.set_num_threads(args.threads[0])
+    for _ in range(3):
+        run()
+    perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(os.getpid()),
+                             "-o", args.perf_out])
+    time.sleep(1.0)  # perf attached
+    times = []
+    for _ in range(args.perf_calls):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    perf.send_signal(signal.SIGINT)
+    perf.wait()
+    print(f"--perf {args.perf}: {args.perf_calls} calls at {args.threads[0]} thread(s), wall ms median "
+          f"{statistics.median(times):.2f}, best {min(times):.2f}; profile in {args.perf_out}")
 
 
 def sgd_steps(
@@ -442,6 +472,11 @@ def main() -> None:
     parser.add_argument("--two-pass", action="store_true",
                         help="(b) the collection forward without autograd as before embtable::pool_bucket: "
                              "bucket_ids, then pool_bags_grouped (a before/after check)")
+    parser.add_argument("--perf", default="", metavar="CONTENDER:PHASE",
+                        help="(b) profile one runner instead of timing, e.g. embtable:fwd+bwd or torch:forward "
+                             "(perf record -e cpu-clock -g over --perf-calls calls, after the setup)")
+    parser.add_argument("--perf-calls", type=int, default=12)
+    parser.add_argument("--perf-out", default="perf.data")
     _placement.add_arguments(parser)
     args = parser.parse_args()
     if args.two_pass:

@@ -111,7 +111,7 @@ def renamed(text: str, namespace: str) -> str:
     return text
 
 
-def build(base: str, directory: Path):
+def build(base: str, directory: Path, new_source: Path | None = None):
     from torch.utils.cpp_extension import load
 
     def at_base(path: str) -> str:
@@ -120,7 +120,7 @@ def build(base: str, directory: Path):
 
     (directory / "rows_cpu.h").write_text((ROOT / "src/embtable/csrc/cpu/rows_cpu.h").read_text())
     (directory / "old.cpp").write_text(renamed(at_base(SOURCE), "kernel_old"))
-    (directory / "new.cpp").write_text(renamed((ROOT / SOURCE).read_text(), "kernel_new"))
+    (directory / "new.cpp").write_text(renamed((new_source or ROOT / SOURCE).read_text(), "kernel_new"))
     (directory / "fused_old.cpp").write_text(renamed(at_base(FUSED), "fused_old"))
     (directory / "fused_new.cpp").write_text(renamed((ROOT / FUSED).read_text(), "fused_new"))
     (directory / "wrap.cpp").write_text(WRAPPER)
@@ -281,6 +281,8 @@ def main() -> None:
     parser.add_argument("--cases", default="16:sum,32:sum,64:sum,64:mean,64:wsum,128:sum,256:sum,coll",
                         help="D:mode (sum, mean, wsum, max), coll, bucket, bwd or adam:D")
     parser.add_argument("--threads", type=int, default=1, help="threads (wall time when > 1)")
+    parser.add_argument("--new-source", type=Path, default=None,
+                        help="a scratch copy of rows_cpu.cpp to time as 'new' (default: the working tree's)")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--batches", type=int, default=1, help="id batches to cycle through")
     parser.add_argument("--placement", choices=_placement.PLACEMENTS, default="4k",
@@ -288,7 +290,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="pool_kernel_ab_") as tmp:
-        ext = build(args.base, Path(tmp))
+        ext = build(args.base, Path(tmp), args.new_source)
         load = os.getloadavg()
         clock_name = "one thread, CPU time" if args.threads == 1 else f"{args.threads} threads, wall time"
         print(f"base {args.base} vs working tree; {clock_name} medians (ms) of {args.repeats} rounds; "

@@ -394,7 +394,7 @@ at::Tensor pool_bags_backward_cpu(
   }
   // One pass over the ids: each checked, and (with several threads) counted per block of
   // rows, so that each thread can own a run of rows holding ~1/T of the ids (an even split
-  // of the rows left one of two threads with ~94 % of a 26-table collection's ids: its small
+  // of the rows left one of two threads with ~95 % of a 26-table collection's ids: its small
   // tables sit first in the grouped table and get as many ids as its big ones).  For a lazily
   // zeroed result, the pass also marks the pages that the ids' rows lie on.
   const int64_t n = ids.numel();
