@@ -4,6 +4,7 @@ checkpoints mid-stream, export, errors."""
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -384,6 +385,30 @@ def test_dynamic_table_in_a_collection_matches_static(collection_type):
     copy_.load_state_dict(dyn.state_dict())
     assert copy_.dynamic_tables["user"].rows.slot_map.stats() == state.slot_map.stats()
     assert torch.equal(copy_.table_weight("user"), dyn.table_weight("user"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_prefetch_in_a_forked_child():
+    """A forked child gets its own prefetch thread (the parent's does not exist there: a
+    shared executor left the child waiting for ever)."""
+    table = DynamicEmbedding(10, 2)
+    table.prefetch(torch.tensor([1]))
+    table(torch.tensor([1]))  # the parent's prefetch thread exists now
+    pid = os.fork()
+    if pid == 0:  # child: always leaves through os._exit
+        code = 1
+        try:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(30, exit=True)  # never hang the suite
+            torch.set_num_threads(1)  # no OpenMP pool inherited across fork
+            table.prefetch(torch.tensor([2]))
+            table(torch.tensor([2]))
+            code = 0 if table.stats()["size"] == 2 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_collection_prefetch_pipeline_equals_sequential_training():

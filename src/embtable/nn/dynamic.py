@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -195,15 +196,17 @@ def _fresh_rows(
         _reset_optimizer_rows(weight, slots.to(w.device) + offset)
 
 
-_PREFETCH: dict[str, ThreadPoolExecutor] = {}
+_PREFETCH: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own
 
 
 def _prefetch_executor() -> ThreadPoolExecutor:
     """The one background thread that runs every dynamic table's prefetched lookups, in the
-    order they were asked for."""
-    if "executor" not in _PREFETCH:
-        _PREFETCH["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embtable-prefetch")
-    return _PREFETCH["executor"]
+    order they were asked for (one per process: a forked child does not inherit the thread)."""
+    pid = os.getpid()
+    if pid not in _PREFETCH:
+        _PREFETCH.clear()
+        _PREFETCH[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embtable-prefetch")
+    return _PREFETCH[pid]
 
 
 class _Prefetched(NamedTuple):
