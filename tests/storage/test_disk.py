@@ -575,6 +575,25 @@ def test_compiled_pread_runs_opcheck_and_errors(tmp_path):
         batch.io(bad, False, np.array([0, 1]), np.zeros((2, 4), dtype=np.uint8), 4)
 
 
+def test_first_reads_from_many_io_threads_at_once(tmp_path):
+    """A fresh process whose first reads come from 8 I/O threads at once (the compiled
+    read's fake kernel is registered once, under a lock)."""
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from embtable.storage.disk import DiskRowStore
+        store = DiskRowStore.create({str(tmp_path / "t")!r}, num_embeddings=5000, embedding_dim=2, io_threads=8)
+        ids = torch.arange(0, 5000, 2)
+        store.write_rows(ids, torch.ones(len(ids), 2))
+        store.flush(compact=True)
+        assert torch.equal(store.read_rows(ids), torch.ones(len(ids), 2))
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
     store = DiskRowStore.create(tmp_path / "t", num_embeddings=50, embedding_dim=2, seed=5)
     store.write_rows(torch.arange(10), torch.full((10, 2), 3.0))

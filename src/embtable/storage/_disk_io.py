@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ from embtable.storage._disk_files import runs
 __all__ = ["BatchIO", "pread_runs", "pread_runs_reference"]
 
 _FAKE = {"registered": False}
+_FAKE_LOCK = threading.Lock()  # the first calls come from several I/O threads at once
 
 
 def _compiled() -> bool:
@@ -46,12 +48,14 @@ def _compiled() -> bool:
     if not extension_available() or not hasattr(torch.ops.embtable, "disk_pread_runs"):
         return False
     if not _FAKE["registered"]:
-        _FAKE["registered"] = True
+        with _FAKE_LOCK:
+            if not _FAKE["registered"]:
 
-        @torch.library.register_fake("embtable::disk_pread_runs")
-        def _disk_pread_runs_fake(fd, offsets, lengths, buffer):
-            return offsets.new_empty((3,))
+                @torch.library.register_fake("embtable::disk_pread_runs")
+                def _disk_pread_runs_fake(fd, offsets, lengths, buffer):
+                    return offsets.new_empty((3,))
 
+                _FAKE["registered"] = True
     return True
 
 
