@@ -540,18 +540,18 @@ def test_load_state_dict_is_all_or_nothing_and_copies_with_assign():
 def test_dense_gradient_of_a_big_skewed_collection_at_one_and_two_threads(pooling):
     """The compiled dense backward (issue 11, s4 D): a grouped table of >= 32 MiB gets a lazily
     zeroed gradient, and each thread owns a run of rows holding ~half the ids (here the 8 small
-    tables, first in the grouped table, hold 8/9 of the ids).  Same sums in the same order at 1
+    tables, first in the grouped table, hold most of the ids); the big table has a padding row.  Same sums in the same order at 1
     and 2 threads; equal to the torch loop's gradients and zero where no id landed."""
     tables = [TableConfig(name=f"s{t}", num_embeddings=50, embedding_dim=64, pooling=pooling,
                           feature_names=[f"s{t}"]) for t in range(8)]
     tables.append(TableConfig(name="big", num_embeddings=140_000, embedding_dim=64, pooling=pooling,
-                              feature_names=["big"]))
+                              padding_idx=7, feature_names=["big"]))
     collection = EmbeddingBagCollection(tables)
     oracle = TorchBagLoop(tables)
     oracle.load_state_dict(collection.state_dict())
     g = torch.Generator().manual_seed(0)
     data = {f"s{t}": [torch.randint(0, 50, (3,), generator=g).tolist() for _ in range(64)] for t in range(8)}
-    data["big"] = [torch.randint(0, 140_000, (3,), generator=g).tolist() for _ in range(64)]
+    data["big"] = [torch.randint(0, 140_000, (3,), generator=g).tolist() + [7] * (e % 2) for e in range(64)]
     batch = KeyedJagged.from_dict(data)
     upstream = torch.randn(64, 9 * 64, generator=g)
     grads = []
@@ -570,5 +570,6 @@ def test_dense_gradient_of_a_big_skewed_collection_at_one_and_two_threads(poolin
     torch.cat([expected[f] for f in collection.feature_names], 1).backward(upstream)
     compare_table_grads(collection, oracle.embedding_bags, tables)
     untouched = torch.ones(140_000, dtype=torch.bool)
-    untouched[torch.tensor(data["big"]).flatten()] = False
+    untouched[torch.tensor([i for bag in data["big"] for i in bag])] = False
     assert not collection.table_grad("big")[untouched].any()
+    assert not collection.table_grad("big")[7].any()  # the padding row gets nothing
