@@ -2,7 +2,7 @@
 
 A disk-backed table keeps its rows and their fused-optimizer state in files
 (:class:`embtable.storage.disk.DiskRowStore`) and the hot rows in a bounded cache in RAM:
-a :class:`~embtable.storage.slots.SlotMap` (policy ``"clock"`` or ``"lru"``) maps ids to
+a :class:`~embtable.storage.slots.SlotMap` (policy ``"lru"``, ``"lfu"`` or ``"clock"``) maps ids to
 the slots of a dense slot tensor, which is the module's ``weight``.  A lookup
 
 1. remaps the ids to slots: hits cost nothing; misses take a slot (evicting a victim whose
