@@ -213,3 +213,6 @@ def test_bag_rows_opcheck_and_errors() -> None:
         _rowstat.bag_rows(ids, offsets, grad, None, 7, 1, -1)
     with pytest.raises(RuntimeError, match="offsets must run from 0 to 4"):
         torch.ops.embtable.rowstat_reduce(ids, torch.tensor([0, 1, 3]), grad, None, 8, 1, -1)
+    for no_bags in (torch.tensor([0]), torch.empty(0, dtype=torch.long)):  # ids in no bag
+        with pytest.raises(RuntimeError, match="offsets must run from 0 to 4"):
+            torch.ops.embtable.rowstat_reduce(ids, no_bags, torch.randn(0, 4), None, 8, 1, -1)

@@ -260,7 +260,9 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
   const int64_t n = c.numel(), d = grad.size(1);
   const int64_t* ip = c.data_ptr<int64_t>();
   const int64_t* op = o.data_ptr<int64_t>();
-  TORCH_CHECK(bags == 0 || (op[0] == 0 && op[bags] == n), kApi, ": offsets must run from 0 to ", n);
+  // (no bags: no ids either, else rows of ids in no bag would be returned unwritten)
+  TORCH_CHECK(bags == 0 ? n == 0 : (op[0] == 0 && op[bags] == n), kApi,
+              ": offsets must run from 0 to ", n);
   for (int64_t b = 0; b < bags; ++b) {
     TORCH_CHECK(op[b] <= op[b + 1], kApi, ": offsets must not decrease (bag ", b, ")");
   }
