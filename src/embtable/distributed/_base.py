@@ -105,7 +105,7 @@ class ShardedTables(Agreement, Exchange, Module):
             and c.pooling is PoolingMode.MAX
             and self._kind[c.name] is ShardingType.ROW_WISE
         }
-        # column shards: a collection each (their update spans the table's shards: _synced)
+        # column shards: a collection per layout (their update spans the shards: _synced)
         self._columns = [c.name for c in self.tables if self._kind[c.name] is ShardingType.COLUMN_WISE]
         local_all = [self._local_config(c) for c in self.tables]
         apart = self._exact_max | set(self._columns)

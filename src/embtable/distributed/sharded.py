@@ -94,8 +94,10 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             row-wise shards (``None`` if it holds none); fuse it (or the whole model) with
             :func:`embtable.optim.fuse`.
         local_max: the row-wise max-pooled shards (``None`` if none; see ``_maxpool``).
-        local_cols: a ``ModuleList`` of one collection per column shard held here (``None``
-            if none; their updates agree with the other shards: ``_synced``).
+        local_cols: a ``ModuleList`` of the column shards held here, one collection per
+            layout (tables split into the same columns on the same ranks; a table with a
+            ``padding_idx`` alone), ``None`` if none; their updates agree with the other
+            shards: ``_synced``.
         replicas: the collection of data-parallel tables (``None`` if none): each rank pools
             its own bags; the gradients are all-reduced.
         stats: bytes sent and seconds spent per exchange kind (:class:`CommStats`).
