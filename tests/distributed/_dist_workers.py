@@ -21,7 +21,7 @@ import embtable
 from embtable import EmbeddingBagCollection, EmbeddingCollection, KeyedJagged, TableConfig
 from embtable.distributed import ShardingPlan, TableSharding
 from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint
-from embtable.distributed.sharded import ShardedIndexError, shard
+from embtable.distributed.sharded import ShardedEmbeddingBagCollection, ShardedIndexError, shard
 
 GLOBAL_BATCH = 8
 RTOL, ATOL = 1e-5, 1e-6
@@ -283,10 +283,20 @@ def even_columns(rank: int, world: int) -> None:
     plan = ShardingPlan(
         world_size=world, tables={t.name: TableSharding.column_wise() for t in tables}
     )
-    for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
-        sharded = train_and_compare(rank, world, plan, rule, options, tables=tables)
-        assert len(sharded.local_cols) == 1 and sharded._even_columns() == 4 // world
-    train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
+    cls = ShardedEmbeddingBagCollection
+    lookup = cls._lookup
+
+    def assembled(*args: Any) -> None:  # the rows sent must come from the pooled call whole
+        raise AssertionError("even_columns: the rows sent were assembled per feature")
+
+    cls._lookup = assembled
+    try:
+        for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
+            sharded = train_and_compare(rank, world, plan, rule, options, tables=tables)
+            assert len(sharded.local_cols) == 1 and sharded._even_columns() == 4 // world
+        train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
+    finally:
+        cls._lookup = lookup
 
 
 def check_sequences(
