@@ -614,6 +614,32 @@ def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
     store.close()
 
 
+def test_waiting_for_a_failed_prefetch_waits_for_all_its_reads():
+    """Prefetch.wait (compaction's and close's guard) returns only once every read is done,
+    also when an earlier one failed: no read of a dropped prefetch outlives the log file."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from embtable.storage._disk_prefetch import Prefetch
+
+    finished = threading.Event()
+
+    def fail():
+        raise OSError(errno.EIO, "injected")
+
+    def slow():
+        time.sleep(0.2)
+        finished.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(fail), pool.submit(slow)]
+        pending = Prefetch(np.arange(2), np.zeros((2, 1), np.uint8), np.zeros((2, 0), np.uint8), False, futures, [])
+        assert pending.wait() is False and finished.is_set()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     ids=st.lists(st.integers(0, 3000), max_size=30).map(sorted),

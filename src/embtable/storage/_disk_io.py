@@ -116,20 +116,20 @@ class BatchIO:
     def tasks(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> list[Callable[[], None]]:
         """The work of :meth:`io` cut into tasks of a few runs each (for :meth:`run`)."""
         starts, lengths = runs(ids)
-        view = memoryview(buffer).cast("B")
         if not write:
             return self._read_tasks(fd, ids, buffer, record, starts, lengths)
+        view = memoryview(buffer).cast("B")
 
         def work(first: int, last: int) -> None:
             for start, length in zip(starts[first:last].tolist(), lengths[first:last].tolist()):
                 chunk = view[start * record : (start + length) * record]
                 offset = int(ids[start]) * record
-                done = (os.pwritev if write else os.preadv)(fd, [chunk], offset)
+                done = os.pwritev(fd, [chunk], offset)
                 if done != len(chunk):
                     raise OSError(
                         errno.EIO,
-                        f"DiskRowStore: short {'write' if write else 'read'} in {str(self.path)!r} at "
-                        f"byte {offset} ({done} of {len(chunk)} bytes); a file is truncated",
+                        f"DiskRowStore: short write in {str(self.path)!r} at byte {offset} "
+                        f"({done} of {len(chunk)} bytes); a file is truncated",
                     )
 
         return self._cut(work, len(starts))

@@ -32,8 +32,9 @@ class Prefetch:
         self.stale[at[self.ids[at] == sorted_ids]] = True
 
     def wait(self) -> bool:
-        """Wait for every read; ``True`` if all succeeded."""
-        return all(future.exception() is None for future in self.futures)
+        """Wait for every read (all of them, also past a failed one); ``True`` if all succeeded."""
+        errors = [future.exception() for future in self.futures]
+        return all(error is None for error in errors)
 
     def complete(self) -> bool:
         """Wait, then finish the records (on the caller's thread); ``False`` if a read failed."""

@@ -444,17 +444,11 @@ class DiskRowStore(PrefetchMixin):
         state = np.empty((n, self.state_row_bytes if with_state else 0), dtype=np.uint8)
         covered = self._use_prefetch(sorted_ids, rows, state, with_state)
         if covered is None:
-            tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, with_rows)
-            self._batch.run(tasks)
-            for step in finish:
-                step()
-        elif not covered.all():
+            self._read_into(sorted_ids, rows, state, with_state, with_rows)
+        elif not covered.all():  # the rest: read into parts, then put in place
             todo = np.flatnonzero(~covered)
             part_rows, part_state = rows[todo], state[todo]
-            tasks, finish = self._plan_read(sorted_ids[todo], part_rows, part_state, with_state, with_rows)
-            self._batch.run(tasks)
-            for step in finish:
-                step()
+            self._read_into(sorted_ids[todo], part_rows, part_state, with_state, with_rows)
             rows[todo], state[todo] = part_rows, part_state
         out_rows = torch.empty((n if with_rows else 0, self.embedding_dim), dtype=self.dtype)
         if with_rows:
@@ -464,6 +458,15 @@ class DiskRowStore(PrefetchMixin):
         unsorted = np.empty_like(state)
         unsorted[order] = state
         return out_rows, self._split_state(unsorted)
+
+    def _read_into(
+        self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool, with_rows: bool
+    ) -> None:
+        """Read the records of ``sorted_ids`` into ``rows`` / ``state`` now (:meth:`_plan_read`)."""
+        tasks, finish = self._plan_read(sorted_ids, rows, state, with_state, with_rows)
+        self._batch.run(tasks)
+        for step in finish:
+            step()
 
     def _plan_read(
         self, sorted_ids: np.ndarray, rows: np.ndarray, state: np.ndarray, with_state: bool, with_rows: bool,
