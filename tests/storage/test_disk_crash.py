@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -284,9 +285,11 @@ def test_kill_while_replacing_a_checkpoint_leaves_old_or_new(tmp_path, point):
     if not _disk_manifest.exchange_paths(probe / "a", probe / "b"):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     ckpt, rng = tmp_path / "ckpt", random.Random(point)
+    ready, ready_w = os.pipe()  # the child's first checkpoint exists (before a random kill)
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(ready)
             store = DiskRowStore.create(tmp_path / "t", num_embeddings=STORE_ROWS, embedding_dim=STORE_DIM, seed=4)
             store.write_rows(torch.arange(10), torch.full((10, STORE_DIM), 1.0))
             store.checkpoint(ckpt, table_step=1)  # the old checkpoint
@@ -298,7 +301,7 @@ def test_kill_while_replacing_a_checkpoint_leaves_old_or_new(tmp_path, point):
             elif point == "mid-removal-of-old":
                 _disk_manifest.os.unlink = _die_on(2)(os.unlink)  # some of the old files removed
             else:  # many replacements, killed from outside at a random moment
-                print("go", flush=True)
+                os.write(ready_w, b"go")
                 for step in range(2, 10**6):
                     store.write_rows(torch.arange(10), torch.full((10, STORE_DIM), float(step)))
                     store.checkpoint(ckpt, table_step=step)
@@ -309,9 +312,12 @@ def test_kill_while_replacing_a_checkpoint_leaves_old_or_new(tmp_path, point):
             traceback.print_exc()
         finally:
             os._exit(3)
+    os.close(ready_w)
     if point == "random":
-        time.sleep(rng.uniform(0.5, 1.5))
+        if select.select([ready], [], [], 120)[0] and os.read(ready, 2) == b"go":  # (else: the child died)
+            time.sleep(rng.uniform(0.05, 1.0))
         os.kill(pid, signal.SIGKILL)
+    os.close(ready)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child exited: {status}"
     store = DiskRowStore.open(ckpt, read_only=True)  # never missing, never half-written
