@@ -31,6 +31,7 @@ Usage:
     python benchmarks/sharded.py --rows-max 100000 --steps 10 --rounds 2
     python benchmarks/sharded.py --quick               # smoke run
     python benchmarks/sharded.py --kernel-calls 300    # the column path's row-statistic kernels
+    python benchmarks/sharded.py --kernel-calls 15 --kernel-workload columns  # reduction, 26 tables
 """
 
 from __future__ import annotations
@@ -551,11 +552,25 @@ def scaling_plot(path: str) -> None:
     fig.savefig(path, dpi=90)
 
 
+def column_bucket(bags: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The 26 tables' column bucket of the column-wise benchmark as one rank reduces it:
+    every feature's ids of a global batch of ``bags`` shifted into one grouped weight
+    (``bucket_ids``); returns ``(ids, offsets, rows)``."""
+    tables = table_configs(100_000)
+    kjt = global_batch(tables, bags, seed=0)
+    starts = np.cumsum([0] + [t.num_embeddings for t in tables])
+    feature_rows = torch.tensor([[int(s), t.num_embeddings] for s, t in zip(starts, tables)])
+    ids, offsets = embtable.ops.bucket_ids(kjt.values(), kjt.lengths(), feature_rows, bags)
+    return ids, offsets, int(starts[-1])
+
+
 def kernel_timings(args: argparse.Namespace) -> None:
     """The exact column path's row-statistic kernels alone on one table (V = 100K rows,
     D = 32, 4,096 bags of 1-20 Zipf-like ids), each against its pure-PyTorch oracle: a
     correctness check first, then thread CPU time at one thread, contenders alternating call
-    by call, same inputs and pages; medians over ``--kernel-calls`` calls."""
+    by call, same inputs and pages; medians over ``--kernel-calls`` calls.
+    ``--kernel-workload columns``: the reduction alone on the 26 tables' column bucket of
+    the column-wise run (:func:`column_bucket`, 4,096 bags per feature, D = 32)."""
     from embtable.distributed import _rowstat
 
     torch.set_num_threads(1)
@@ -565,6 +580,9 @@ def kernel_timings(args: argparse.Namespace) -> None:
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     ids = zipf_ids(rows, (int(offsets[-1]),), generator=gen)
     grad = torch.randn(bags, dim, generator=gen)
+    if args.kernel_workload == "columns":
+        ids, offsets, rows = column_bucket(bags)
+        grad = torch.randn(offsets.numel() - 1, dim, generator=gen)
     pairs = {
         "distinct rows": (
             lambda: _rowstat.distinct_rows(ids, rows),
@@ -575,12 +593,15 @@ def kernel_timings(args: argparse.Namespace) -> None:
             lambda: _rowstat.reference_bag_rows(ids, offsets, grad, None, rows, 1, -1),
         ),
     }
+    if args.kernel_workload == "columns":
+        del pairs["distinct rows"]  # (not on the bag path: rowstat_reduce finds the rows)
     for name, (compiled, oracle) in pairs.items():  # correctness first
         for got, want in zip(compiled(), oracle()):
             if not torch.equal(got, want):
                 raise SystemExit(f"{name}: the compiled kernel differs from its oracle")
     print(
-        f"{ids.numel():,} ids over {rows:,} rows, D {dim}, {bags} bags; one thread, thread CPU "
+        f"{ids.numel():,} ids over {rows:,} rows, D {dim}, {offsets.numel() - 1} bags; one "
+        "thread, thread CPU "
         f"time, medians of {args.kernel_calls} alternating calls"
     )
     print("| kernel | compiled us | oracle us | oracle / compiled |")
@@ -646,6 +667,12 @@ def main() -> None:
         type=int,
         default=0,
         help="only time the column path's row-statistic kernels (this many calls each)",
+    )
+    parser.add_argument(
+        "--kernel-workload",
+        choices=("table", "columns"),
+        default="table",
+        help="--kernel-calls on one 100K-row table, or on the 26 tables' column bucket",
     )
     args = parser.parse_args()
     if not args.hugepages:  # (the spawned ranks inherit it: one placement for every contender)
