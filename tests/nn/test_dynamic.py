@@ -315,7 +315,8 @@ def test_prefetch_pending_is_flushed_by_any_other_use():
     copied = copy.deepcopy(table)  # flushes: a is in the copy's map and rows
     assert copied.stats()["size"] == 3
     table.prefetch(b)
-    table(torch.tensor([9]))  # not the prefetched tensor: a and b first, then 9
+    with pytest.warns(UserWarning, match="not prefetched, while 1 prefetched lookup"):
+        table(torch.tensor([9]))  # not the prefetched tensor: a and b first, then 9
     assert torch.equal(table.weight, ref.weight) and table.stats() == ref.stats()
     table.prefetch(torch.tensor([7]))
     saved = copy.deepcopy(table.state_dict())  # flushes: 7 is in the checkpoint
@@ -327,7 +328,7 @@ def test_prefetch_pending_is_flushed_by_any_other_use():
     table.load_state_dict(saved)  # first, so the loaded rows stay as saved
     assert torch.equal(table.weight, saved["weight"]) and table.stats() == ref.stats()
     table.prefetch(torch.tensor([1, 2, 3, 4, 5]))  # more distinct ids than rows
-    with pytest.raises(ValueError, match="at most capacity=4"):
+    with pytest.raises(ValueError, match="at most capacity=4"), pytest.warns(UserWarning, match="not prefetched"):
         table(torch.tensor([6]))  # commits the pending lookup first: its error, nothing changed
     assert torch.equal(table.weight, saved["weight"]) and table.stats() == ref.stats()
     with pytest.raises(TypeError, match="ids must be an integer tensor"):
@@ -392,8 +393,9 @@ def test_prefetch_in_a_forked_child():
     """A forked child gets its own prefetch thread (the parent's does not exist there: a
     shared executor left the child waiting for ever)."""
     table = DynamicEmbedding(10, 2)
-    table.prefetch(torch.tensor([1]))
-    table(torch.tensor([1]))  # the parent's prefetch thread exists now
+    first = torch.tensor([1])
+    table.prefetch(first)
+    table(first)  # the parent's prefetch thread exists now
     pid = os.fork()
     if pid == 0:  # child: always leaves through os._exit
         code = 1
@@ -402,8 +404,9 @@ def test_prefetch_in_a_forked_child():
 
             faulthandler.dump_traceback_later(30, exit=True)  # never hang the suite
             torch.set_num_threads(1)  # no OpenMP pool inherited across fork
-            table.prefetch(torch.tensor([2]))
-            table(torch.tensor([2]))
+            second = torch.tensor([2])
+            table.prefetch(second)
+            table(second)
             code = 0 if table.stats()["size"] == 2 else 1
         finally:
             os._exit(code)

@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -299,7 +300,8 @@ class DynamicRows:
         read-only lookup.  Not-admitted ids get ``capacity`` (the default row).  A training
         call with the very tensor given to the oldest pending :meth:`prefetch` (or the same
         ``key``) takes that lookup's result; any other call first :meth:`flush` es the
-        pending lookups.
+        pending lookups (a training call warns: those lookups are then committed before its
+        own, and a later forward of their batches looks them up again).
         """
         if self._pending:
             head = self._pending[0]
@@ -309,6 +311,15 @@ class DynamicRows:
                 slots = self._commit(*head.future.result(), weight, row_offset)
                 self._refresh_default(weight, row_offset)
                 return slots
+            if training:
+                warnings.warn(
+                    f"DynamicRows.remap: a training lookup of a batch that was not prefetched, while "
+                    f"{len(self._pending)} prefetched lookup(s) are pending: they are committed first, "
+                    "and a later forward of their batches looks them up again (so training differs "
+                    "from training without prefetch). Prefetch every batch, the first one included, "
+                    "and forward the very tensor (or batch) that was prefetched.",
+                    stacklevel=3,
+                )
             self.flush()
         if not training:
             found = self._slot_map.find(ids)
