@@ -40,6 +40,7 @@ Usage:
     python benchmarks/train_step.py [--quick] [--reps 7] [--rounds 2] [--threads 1,2]
         [--placement 4k|huge|both]
     python benchmarks/train_step.py --phases [--reps 30] [--placement huge]
+    python benchmarks/train_step.py --perf et_sgd:bag --placement 4k --perf-out sgd.data
 """
 
 from __future__ import annotations
@@ -384,6 +385,39 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int,
 
 
 # --------------------------------------------------------------------------- correctness
+def perf_profile(args: argparse.Namespace, sizes_of: dict) -> None:
+    """``--perf CONFIG:WORKLOAD``: the step of one configuration in this process (one thread,
+    ``--placement``), 5 warm-up steps, then ``perf record -e cpu-clock -g`` attached over
+    ``--perf-steps`` steps; the process ends with ``os._exit``, so that the interpreter's
+    exit-time garbage collection is not sampled.  Read the shares with ``perf report -i
+    PERF_OUT --no-children --sort dso,sym``."""
+    import signal
+
+    config, workload = args.perf.split(":")
+    placement = _placement.chosen(args)[0]
+    os.environ["EMBTABLE_HUGEPAGES"] = "1" if placement == "huge" else "0"
+    torch.set_num_threads(1)
+    ids, offsets, grad_out = make_batch(workload, sizes_of[workload])
+    with _placement.setting(placement):
+        step, owners = build_step(config, workload, sizes_of[workload], ids, offsets, grad_out)
+    for _ in range(5):
+        step()
+    huge = placed(placement, {config: big_tensors(owners)})[config]
+    perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(os.getpid()),
+                             "-o", args.perf_out])
+    time.sleep(1.0)  # perf attached
+    start = time.thread_time()
+    for _ in range(args.perf_steps):
+        step()
+    ms = (time.thread_time() - start) / args.perf_steps * 1e3
+    perf.send_signal(signal.SIGINT)
+    perf.wait()
+    print(f"--perf {args.perf}: {args.perf_steps} steps, {placement} pages ({100 * huge:.0f} % on huge "
+          f"pages), {ms:.2f} ms/step thread CPU under perf, {load()}; profile in {args.perf_out}",
+          flush=True)
+    os._exit(0)
+
+
 def check_correctness() -> None:
     import embtable
 
@@ -581,6 +615,10 @@ def main() -> None:
                         help="only time the parts of a step (forward, kernels, backward, step()) "
                              "next to its peer, and the Adam update kernel per state dtype")
     parser.add_argument("--phases-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--perf", default="", metavar="CONFIG:WORKLOAD",
+                        help="only profile that step with perf record (see perf_profile), e.g. et_sgd:bag")
+    parser.add_argument("--perf-steps", type=int, default=1500)
+    parser.add_argument("--perf-out", default="perf.data")
     _placement.add_arguments(parser)
     args = parser.parse_args()
     sizes_of = QUICK if args.quick else WORKLOADS
@@ -600,6 +638,8 @@ def main() -> None:
             got = worker(config, workload, sizes_of[workload], args.reps, threads, placement)
         print(json.dumps(got))
         return
+    if args.perf:
+        perf_profile(args, sizes_of)
     if args.thp_system:
         parser.error("--thp-system is not supported here: every configuration runs in its own process "
                      "and is placed with madvise (see benchmarks/_placement.py)")
