@@ -414,6 +414,43 @@ def test_prefetch_in_a_forked_child():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_prefetch_still_running_at_a_fork_raises_in_the_child():
+    """A lookup still running on the parent's thread when the process forks: the child's
+    forward raises RuntimeError (it waited for ever before); the parent's completes."""
+    import threading
+
+    table = DynamicEmbedding(10, 2)
+    release = threading.Event()
+    inner = table.dynamic._lookup_ahead
+
+    def held(*args):
+        release.wait(30)
+        return inner(*args)
+
+    table.dynamic._lookup_ahead = held
+    ids = torch.tensor([3, 4])
+    table.prefetch(ids)
+    pid = os.fork()
+    if pid == 0:  # child: always leaves through os._exit
+        code = 1
+        try:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(30, exit=True)  # never hang the suite
+            try:
+                table(ids)
+            except RuntimeError as error:
+                code = 0 if "still running when this process was forked" in str(error) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    assert os.waitstatus_to_exitcode(status) == 0
+    table(ids)
+    assert table.stats()["size"] == 2
+
+
 def test_collection_prefetch_pipeline_equals_sequential_training():
     """prefetch_batch on a collection (two dynamic tables, one static, fused Adam, a capacity
     below two batches) gives the same rows, states and maps as plain training; a TorchRec

@@ -215,6 +215,22 @@ class _Prefetched(NamedTuple):
     future: Future[tuple[SlotLookup, Tensor | None]]  # the lookup, the new rows' values
     weight: Tensor
     row_offset: int
+    pid: int  # the process that asked for it (its thread does not exist in a forked child)
+
+    def result(self) -> tuple[SlotLookup, Tensor | None]:
+        """The lookup's result (waits for it).
+
+        Raises:
+            RuntimeError: it was still running when this process was forked from the one
+                that asked for it (the thread is not here: waiting would never end).
+        """
+        if self.pid != os.getpid() and not self.future.done():
+            raise RuntimeError(
+                "DynamicRows: a prefetched lookup was still running when this process was forked; "
+                "its thread is not in this process and the table's map may be half-updated here. "
+                "Call flush() (or a forward of the prefetched batch) before forking."
+            )
+        return self.future.result()
 
 
 class DynamicRows:
@@ -308,7 +324,7 @@ class DynamicRows:
             mine = head.key is (ids if key is None else key)
             if training and mine and head.weight is weight and head.row_offset == row_offset:
                 self._pending.popleft()
-                slots = self._commit(*head.future.result(), weight, row_offset)
+                slots = self._commit(*head.result(), weight, row_offset)
                 self._refresh_default(weight, row_offset)
                 return slots
             if training:
@@ -382,14 +398,14 @@ class DynamicRows:
         _as_ids("prefetch", ids)
         ahead = weight.dtype == torch.float32 and weight.device.type == "cpu"
         job = _prefetch_executor().submit(self._lookup_ahead, ids, weight.shape[1] if ahead else None)
-        self._pending.append(_Prefetched(ids if key is None else key, job, weight, row_offset))
+        self._pending.append(_Prefetched(ids if key is None else key, job, weight, row_offset, os.getpid()))
 
     def flush(self) -> None:
         """Wait for every pending :meth:`prefetch` and commit each, oldest first (the rows'
         side: export, initialization, state reset)."""
         while self._pending:
             job = self._pending.popleft()
-            self._commit(*job.future.result(), job.weight, job.row_offset)
+            self._commit(*job.result(), job.weight, job.row_offset)
 
     def evicted(self) -> tuple[Tensor, Tensor]:
         """The evicted ``(ids, rows)`` kept since the last call (``keep_evicted=True``), oldest
