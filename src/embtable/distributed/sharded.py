@@ -126,7 +126,7 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             send = self._lookup(kjt, columns).reshape(-1)
         else:
             send = torch.zeros(0, device=self._device(), requires_grad=True)
-        del kjt, columns
+        del kjt, columns, whole  # (``send`` is then the only holder of the rows to send)
         mine = widths[self.rank]
         back = differentiable_all_to_all(
             send,
