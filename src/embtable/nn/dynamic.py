@@ -108,14 +108,6 @@ def init_rows_reference(
     return (centred * math.sqrt(3.0) * std).to(dtype)
 
 
-def _init_rows_into(rows: Tensor, slots: Tensor, ids: Tensor, seed: int, std: float) -> None:
-    """``rows[slots] = init_rows(ids)``: compiled in place for float32 CPU tables."""
-    if rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous() and _compiled_available():
-        torch.ops.embtable.slot_init_rows_into(rows, slots, ids, seed, float(std))
-    else:
-        rows[slots] = init_rows(ids.to(rows.device), rows.shape[1], seed=seed, std=std, dtype=rows.dtype)
-
-
 def _optimizer_rows(weight: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """The fused-optimizer state tensors of ``weight`` that hold one row per row of it, and
     one row of a fresh table's state for each (empty lists before the first step)."""
@@ -134,16 +126,6 @@ def _optimizer_rows(weight: Tensor) -> tuple[list[Tensor], list[Tensor]]:
             tensors.append(tensor)
             rows.append(value[0])
     return tensors, rows
-
-
-def _reset_optimizer_rows(weight: Tensor, rows: Tensor) -> None:
-    """Reset the fused-optimizer state of ``rows`` of ``weight`` to a fresh table's values."""
-    if rows.numel() == 0:
-        return
-    tensors, fresh = _optimizer_rows(weight)
-    with torch.no_grad():
-        for tensor, value in zip(tensors, fresh, strict=True):
-            tensor[rows] = value
 
 
 def fresh_rows_reference(
@@ -177,7 +159,7 @@ def _fresh_rows(
 ) -> None:
     """New rows ``offset + slots`` of ``weight``: ``init_rows(ids)`` (``values`` where it was
     computed ahead), their fused-optimizer state reset; one compiled pass for contiguous
-    float32 CPU tables and states."""
+    float32 CPU tables and states, else :func:`fresh_rows_reference`."""
     states, fresh = _optimizer_rows(weight)
     w = weight.detach()
     if (
@@ -188,13 +170,7 @@ def _fresh_rows(
         fresh = [f.contiguous() for f in fresh]
         torch.ops.embtable.slot_fresh_rows(w, offset, slots, ids, seed, float(std), states, fresh, values)
     else:
-        rows = w.narrow(0, offset, w.shape[0] - offset)
-        with torch.no_grad():
-            if values is None:
-                _init_rows_into(rows, slots.to(w.device), ids, seed, std)
-            else:
-                rows[slots.to(w.device)] = values.to(w.device, w.dtype)
-        _reset_optimizer_rows(weight, slots.to(w.device) + offset)
+        fresh_rows_reference(w, offset, slots, ids, seed, std, states, fresh, values)
 
 
 _PREFETCH: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child makes its own
