@@ -30,6 +30,14 @@ constexpr int64_t kPrefetchDistance = 24;  // ids ahead, in the gathers
 // weighted sum), 1.00-1.01x at D = 16 and for the 26-table collection.  Rows of at most two lines (D <= 32) go further ahead: each
 // id costs less time, so the same lead takes more ids.
 constexpr int64_t kShortRowPrefetchDistance = 48;
+// In the collections' [batch, num_features * D] layout each bag's row block lies one output row
+// (num_features * D floats) past the previous bag's, so no hardware prefetcher predicts it and
+// every line of it is a read-for-ownership miss when the bag's sum is stored.  The pooled loop
+// prefetches the block of the bag kOutputAhead bags on for writing.  Issue 11 (s4 D), one
+// process alternating the kernels (benchmarks/pool_kernel_ab.py --new-source, the 26-table
+// collection, one thread, load 2-4): 0.87-1.00x the time without (median 0.96) for the grouped
+// pooling, both page sizes; 4 bags ahead 0.94-1.00x, 1 bag 0.98-1.01x.
+constexpr int64_t kOutputAhead = 2;
 template <int64_t kD>
 inline void prefetch_pooled_row(const float* row) {
   __builtin_prefetch(row, 0, 3);
@@ -80,6 +88,10 @@ int pool_sum_fixed_impl(const float* W, int64_t V, const int64_t* I, const int64
       next_shift = f + 1 < num_features ? R[2 * f + 2] : shift;
     }
     float* __restrict__ y = layout.at(Y, b);
+    if (num_features > 1 && b + kOutputAhead < num_bags) {  // see kOutputAhead
+      float* z = layout.at(Y, b + kOutputAhead);
+      for (int64_t o = 0; o < kD; o += 16) __builtin_prefetch(z + o, 1, 3);
+    }
     for (int64_t c = 0; c < kD; c += kC) {
       float acc[kC] = {};
       int64_t count = 0;
