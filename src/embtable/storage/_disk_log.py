@@ -6,8 +6,9 @@ appended.  The manifest names the segment and how many of its records belong to 
 (``{"segment": n, "records": N}``); records past ``N`` (appended after the last flush, or
 a half-written append of a killed process) are ignored and cut off when the table is next
 opened for writing.  A row's newest record within those ``N`` is its value: an in-RAM index
-(:class:`RunIndex`: sorted runs of row numbers and their record numbers, 16 bytes per logged
-row) finds it.  An append adds a run and merges runs of similar size (the logarithmic
+(:class:`RunIndex`: sorted runs of row numbers and their record numbers, 16 bytes per entry;
+each run at least twice the next newer one, so at most 32 bytes per logged row while older
+runs still hold rows that newer ones rewrote) finds it.  An append adds a run and merges runs of similar size (the logarithmic
 method), so it costs O(new rows) amortised (times log of the log's rows) instead of a copy of
 the whole index; a lookup searches the O(log) runs newest first.
 """
