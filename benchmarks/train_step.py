@@ -33,13 +33,15 @@ printed with every table).
 
 ``--phases`` instead times the parts of one embtable step (forward and its gather kernel,
 backward and its fused update kernel, ``opt.step()``) while it alternates with its peer's
-step (bag: row-wise Adagrad vs FBGEMM; seq: Adam vs SparseAdam), and the Adam update kernel
-alone with float32, bfloat16 and int8_rowwise moments.
+step (bag: row-wise Adagrad vs FBGEMM; seq: Adam vs SparseAdam; ``--phases-pair``: others),
+then the same parts alone, and the Adam update kernel alone with float32, bfloat16 and
+int8_rowwise moments.
 
 Usage:
     python benchmarks/train_step.py [--quick] [--reps 7] [--rounds 2] [--threads 1,2]
         [--placement 4k|huge|both]
     python benchmarks/train_step.py --phases [--reps 30] [--placement huge]
+        [--workloads bag --phases-pair et_adam:torch_sparse_adam]
     python benchmarks/train_step.py --perf et_sgd:bag --placement 4k --perf-out sgd.data
 """
 
@@ -314,19 +316,22 @@ def _timed(module, name: str, sink: list[float]):
     setattr(module, name, wrapper)
 
 
-def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int, placement: str) -> dict:
-    """Where an embtable step's time goes, next to its peer's step (steps alternating).
+def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int, placement: str,
+                  pair: str = "") -> dict:
+    """Where an embtable step's time goes, alone and next to its peer's step (alternating).
 
     Times (CPU, medians): the module forward and, inside it, the gather kernel; backward and,
-    inside it, the fused update kernel; ``opt.step()``; the peer's whole step.  Then the
-    update kernel alone, for fused Adam with each moment storage, on this workload's batch.
+    inside it, the fused update kernel; ``opt.step()``; the peer's whole step; the same parts
+    of the step alone (keys ending in "alone": the peer's step skipped).  Then the update
+    kernel alone, for fused Adam with each moment storage, on this workload's batch.
+    ``pair``: ``"MINE:PEER"`` configurations instead of ``PHASE_PEERS[workload]``.
     """
     import embtable
     from embtable import ops
 
     torch.set_num_threads(threads)
     ids, offsets, grad_out = make_batch(workload, sizes)
-    mine, peer = PHASE_PEERS[workload]
+    mine, peer = pair.split(":") if pair else PHASE_PEERS[workload]
     name, _ = ET_RULES[mine]
     V, D, B, L = sizes["V"], sizes["D"], sizes["B"], sizes["L"]
     bag = workload == "bag"
@@ -343,25 +348,33 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int,
     gather, update = [], []
     _timed(ops, "pool_bags" if bag else "gather_rows", gather)
     _timed(ops, "fused_update_rows", update)
-    times: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "step", "peer")}
-    for rep in range(reps + 3):
-        start = time.thread_time()
-        out = module(*args)
-        forward = time.thread_time()
-        out.backward(grad)
-        backward = time.thread_time()
-        opt.step()
-        stepped = time.thread_time()
-        del out
-        peer_step()
-        done = time.thread_time()
-        if rep >= 3:
-            for key, value in zip(times, (forward - start, backward - forward, stepped - backward, done - stepped)):
-                times[key].append(value)
-    result = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    result: dict[str, float] = {}
+    for suffix, with_peer in (("", True), (" alone", False)):
+        gather.clear()
+        update.clear()
+        times: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "step", "peer")}
+        for rep in range(reps + 3):
+            start = time.thread_time()
+            out = module(*args)
+            forward = time.thread_time()
+            out.backward(grad)
+            backward = time.thread_time()
+            opt.step()
+            stepped = time.thread_time()
+            del out
+            if with_peer:
+                peer_step()
+            done = time.thread_time()
+            if rep >= 3:
+                parts = (forward - start, backward - forward, stepped - backward, done - stepped)
+                for key, value in zip(times, parts):
+                    times[key].append(value)
+        if not with_peer:
+            del times["peer"]
+        result.update({k + suffix: statistics.median(v) * 1e3 for k, v in times.items()})
+        result["gather kernel" + suffix] = statistics.median(gather[3:]) * 1e3
+        result["update kernel" + suffix] = statistics.median(update[3:]) * 1e3
     result.update({f"share on huge pages, {c}": v for c, v in huge.items()})
-    result["gather kernel"] = statistics.median(gather[3:]) * 1e3
-    result["update kernel"] = statistics.median(update[3:]) * 1e3
     # The update kernel alone, fused Adam with each moment storage (same batch, fresh state).
     weight = module.weight.detach()
     pooling = 1 if bag else 0
@@ -369,7 +382,7 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int,
     for state_dtype in ("float32", "bfloat16", "int8_rowwise"):
         adam = embtable.optim.FusedOptimizer([weight], "adam", lr=LR, state_dtype=state_dtype)
         with _placement.setting(placement):
-            state = adam._state(weight, adam.param_groups[0])
+            state = adam.rule.init_state(weight, adam.param_groups[0])  # (as the first step makes it)
         _placement.apply(placement)
         tensors = adam.rule.state_tensors(state, adam.param_groups[0])
         hparams = adam.rule.hparams(adam.param_groups[0], 1)
@@ -384,7 +397,7 @@ def phases_worker(workload: str, sizes: dict[str, int], reps: int, threads: int,
     return result
 
 
-# --------------------------------------------------------------------------- correctness
+# --------------------------------------------------------------------------- perf
 def perf_profile(args: argparse.Namespace, sizes_of: dict) -> None:
     """``--perf CONFIG:WORKLOAD``: the step of one configuration in this process (one thread,
     ``--placement``), 5 warm-up steps, then ``perf record -e cpu-clock -g`` attached over
@@ -418,6 +431,7 @@ def perf_profile(args: argparse.Namespace, sizes_of: dict) -> None:
     os._exit(0)
 
 
+# --------------------------------------------------------------------------- correctness
 def check_correctness() -> None:
     import embtable
 
@@ -510,11 +524,12 @@ def run_worker(args: argparse.Namespace, flag: list[str], threads: int, placemen
 
 def print_phases(args: argparse.Namespace, threads: int, placement: str) -> None:
     for workload in args.workloads.split(","):
-        got = run_worker(args, ["--phases-worker", workload], threads, placement)
+        pair = ["--phases-pair", args.phases_pair] if args.phases_pair else []
+        got = run_worker(args, ["--phases-worker", workload, *pair], threads, placement)
         if isinstance(got, str):
             print(f"{workload}: failed\n{got}")
             continue
-        mine, peer = PHASE_PEERS[workload]
+        mine, peer = args.phases_pair.split(":") if args.phases_pair else PHASE_PEERS[workload]
         clock = "CPU-time" if threads == 1 else "wall-time"
         print(f"\n## {workload}: {dict(CONFIGS)[mine]}, steps alternating with {dict(CONFIGS)[peer]} "
               f"({args.reps} steps, {clock} medians, ms; placement {placement}, threads {threads}; {load()})")
@@ -615,6 +630,8 @@ def main() -> None:
                         help="only time the parts of a step (forward, kernels, backward, step()) "
                              "next to its peer, and the Adam update kernel per state dtype")
     parser.add_argument("--phases-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--phases-pair", default="", metavar="MINE:PEER",
+                        help="--phases with these two configurations, e.g. et_adam:torch_sparse_adam")
     parser.add_argument("--perf", default="", metavar="CONFIG:WORKLOAD",
                         help="only profile that step with perf record (see perf_profile), e.g. et_sgd:bag")
     parser.add_argument("--perf-steps", type=int, default=1500)
@@ -632,7 +649,8 @@ def main() -> None:
             first, second, workload = args.paired_worker
             got = paired_worker(first, second, workload, sizes_of[workload], args.reps, threads, placement)
         elif args.phases_worker:
-            got = phases_worker(args.phases_worker, sizes_of[args.phases_worker], args.reps, threads, placement)
+            got = phases_worker(args.phases_worker, sizes_of[args.phases_worker], args.reps, threads, placement,
+                                args.phases_pair)
         else:
             config, workload = args.worker
             got = worker(config, workload, sizes_of[workload], args.reps, threads, placement)
