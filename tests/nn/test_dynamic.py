@@ -324,6 +324,13 @@ def test_prefetch_pending_is_flushed_by_any_other_use():
     for key, value in ref.state_dict()["_extra_state"].items():
         assert torch.equal(saved["_extra_state"][key], value), key
     assert torch.equal(saved["weight"], ref.weight)
+    pending = torch.tensor([1, 2])  # pending at reset_parameters: committed before the zeroing
+    reset_ref, reset = DynamicEmbedding(4, 2), DynamicEmbedding(4, 2)
+    reset_ref(pending)
+    reset_ref.reset_parameters()
+    reset.prefetch(pending)
+    reset.reset_parameters()
+    assert reset.stats() == reset_ref.stats() and torch.equal(reset.weight, reset_ref.weight)
     table.prefetch(torch.tensor([11, 12]))  # pending while a checkpoint is loaded: committed
     table.load_state_dict(saved)  # first, so the loaded rows stay as saved
     assert torch.equal(table.weight, saved["weight"]) and table.stats() == ref.stats()

@@ -271,7 +271,9 @@ class DynamicRows:
         return self.capacity
 
     def init_table(self, rows: Tensor) -> None:
-        """Fill a fresh table's ``[capacity + 1, D]`` rows: zeros, and the default row."""
+        """Fill a fresh table's ``[capacity + 1, D]`` rows: zeros, and the default row (after
+        committing pending prefetched lookups, which would write their new rows later)."""
+        self.flush()
         with torch.no_grad():
             rows.zero_()
             if self.config.default == "row":
