@@ -614,6 +614,48 @@ def test_failed_prefetch_is_read_again(tmp_path, monkeypatch):
     store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reads_and_writes_with_its_own_io_threads(tmp_path):
+    """A store whose I/O threads ran in the parent, forked while a prefetch was still being
+    read: the child's reads and writes run on its own threads (they waited for ever on the
+    parent's), and the prefetch the parent's threads never finish there is read again."""
+    import threading
+
+    store = DiskRowStore.create(tmp_path / "t", num_embeddings=20_000, embedding_dim=2, seed=5, io_threads=4)
+    ids = torch.arange(0, 20_000, 2)
+    store.write_rows(ids, torch.full((len(ids), 2), 3.0))  # the log's writer thread, then the pool
+    assert torch.equal(store.read_rows(ids), torch.full((len(ids), 2), 3.0))
+    release, submit = threading.Event(), store._batch.submit
+
+    def held(tasks):
+        return submit([lambda: release.wait(30)] + tasks)
+
+    store._batch.submit = held
+    store.prefetch(ids[:3000])
+    pid = os.fork()
+    if pid == 0:  # child: always leaves through os._exit
+        code = 1
+        try:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(30, exit=True)  # never hang the suite
+            torch.set_num_threads(1)
+            rows = store.read_rows(ids[:5000])
+            store.write_rows(ids[:10], torch.full((10, 2), 4.0))
+            again = store.read_rows(ids[:20])
+            code = 0 if (
+                torch.equal(rows, torch.full((5000, 2), 3.0)) and store.prefetch_used == 0
+                and torch.equal(again[:10], torch.full((10, 2), 4.0)) and torch.equal(again[10:], torch.full((10, 2), 3.0))
+            ) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert torch.equal(store.read_rows(ids[:3000]), torch.full((3000, 2), 3.0)) and store.prefetch_used == 3000
+    store.close()
+
+
 def test_waiting_for_a_failed_prefetch_waits_for_all_its_reads():
     """Prefetch.wait (compaction's and close's guard) returns only once every read is done,
     also when an earlier one failed: no read of a dropped prefetch outlives the log file."""

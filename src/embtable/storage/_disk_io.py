@@ -107,6 +107,15 @@ class BatchIO:
     def __init__(self, path: Path, threads: int) -> None:
         self.path, self.threads = path, threads
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0  # the process that started the pool
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The pool, started on first use; a forked child starts its own (the parent's
+        threads do not exist in it: work given to the parent's pool would never run)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embtable-disk")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def io(self, fd: int, write: bool, ids: np.ndarray, buffer: np.ndarray, record: int) -> None:
         """preadv / pwritev the records of sorted ``ids`` (record numbers) of ``fd`` from / to
@@ -171,9 +180,8 @@ class BatchIO:
             for task in tasks:
                 task()
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embtable-disk")
-        futures = [self._pool.submit(task) for task in tasks]
+        pool = self._executor()
+        futures = [pool.submit(task) for task in tasks]
         errors = [future.exception() for future in futures]  # every task done before raising
         for error in errors:
             if error is not None:
@@ -181,11 +189,11 @@ class BatchIO:
 
     def submit(self, tasks: list[Callable[[], None]]) -> list[Future[None]]:
         """Start I/O tasks on the pool (always: the caller does not wait); their futures."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embtable-disk")
-        return [self._pool.submit(task) for task in tasks]
+        pool = self._executor()
+        return [pool.submit(task) for task in tasks]
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            if self._pool_pid == os.getpid():  # (a forked child has none of its threads to join)
+                self._pool.shutdown()
             self._pool = None

@@ -171,6 +171,7 @@ class RowLog:
                  writable: bool = True, background: bool = False) -> None:
         self.segment, self.record, self._batch = segment, record, batch
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="embtable-log") if background and writable else None
+        self._pid = os.getpid()  # the writer's process (a forked child writes on its own thread)
         self._pending: list[tuple[int, Future[None]]] = []  # (first record, its write)
         self._failed: BaseException | None = None
         self.paths = segment_paths(directory, segment)
@@ -240,7 +241,7 @@ class RowLog:
             _full_write(self.fd, memoryview(data).cast("B"), first * self.record)
             _full_write(self.ids_fd, memoryview(ids64).cast("B"), first * 8)
 
-        if self._writer is None:
+        if self._writer is None or self._pid != os.getpid():
             write()
         else:
             self._pending.append((first, self._writer.submit(write)))
@@ -253,7 +254,14 @@ class RowLog:
 
         Raises:
             OSError: a background write failed (now or earlier).
+            RuntimeError: in a process forked while an append was being written (the
+                parent's writer thread is not here).
         """
+        if self._pid != os.getpid() and not all(future.done() for _, future in self._pending):
+            raise RuntimeError(
+                f"DiskRowStore: an append to the write-back log {self.paths[0].name} was still being "
+                "written when this process was forked; flush the table before forking"
+            )
         keep = []
         for first, future in self._pending:
             if upto is None or first <= upto:
@@ -332,7 +340,8 @@ class RowLog:
         held were never named by a manifest)."""
         writer = getattr(self, "_writer", None)
         if writer is not None:
-            writer.shutdown(wait=True)
+            if self._pid == os.getpid():  # (a forked child has none of its threads to join)
+                writer.shutdown(wait=True)
             self._writer = None
         for name in ("fd", "ids_fd"):
             fd = getattr(self, name, None)

@@ -5,6 +5,7 @@ the current step computes.  Private to :mod:`embtable.storage.disk` (``DiskRowSt
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -26,13 +27,17 @@ class Prefetch:
         self.ids, self.rows, self.state, self.with_state = ids, rows, state, with_state
         self.futures, self.finish = futures, finish
         self.stale = np.zeros(len(ids), dtype=bool)
+        self.pid = os.getpid()  # the process whose I/O threads read it
 
     def invalidate(self, sorted_ids: np.ndarray) -> None:
         at = np.searchsorted(self.ids, sorted_ids).clip(max=len(self.ids) - 1)
         self.stale[at[self.ids[at] == sorted_ids]] = True
 
     def wait(self) -> bool:
-        """Wait for every read (all of them, also past a failed one); ``True`` if all succeeded."""
+        """Wait for every read (all of them, also past a failed one); ``True`` if all succeeded.
+        In a process forked while reads were pending, those never finish: ``False`` at once."""
+        if self.pid != os.getpid() and not all(future.done() for future in self.futures):
+            return False
         errors = [future.exception() for future in self.futures]
         return all(error is None for error in errors)
 
