@@ -160,3 +160,27 @@ def test_pooling_mode_enum_is_accepted_as_its_string() -> None:
     ids = torch.tensor([[0, 3]])
     expected = torch.maximum(bag.weight[0], bag.weight[3]).detach()
     torch.testing.assert_close(bag(ids)[0].detach(), expected)
+
+
+def test_big_dense_gradient_behaves_like_torchs() -> None:
+    """A dense gradient of >= 32 MiB is a lazily zeroed mapping (csrc/cpu/rows_cpu.cpp): it must
+    equal torch's, accumulate, save, and resize to a bigger shape as torch's gradient does."""
+    import io
+
+    ids = torch.tensor([[0, 5, 5], [199_999, 7, 0]])
+    ours = embtable.EmbeddingBag(200_000, 48, mode="sum")  # 36.6 MiB of float32
+    theirs = torch.nn.EmbeddingBag(200_000, 48, mode="sum")
+    theirs.weight.data.copy_(ours.weight.data)
+    for _ in range(2):  # the second backward accumulates into the first gradient
+        ours(ids).sum().backward()
+        theirs(ids).sum().backward()
+    assert torch.equal(ours.weight.grad, theirs.weight.grad)
+    buffer = io.BytesIO()
+    torch.save(ours.weight.grad, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), theirs.weight.grad)
+    for grad in (ours.weight.grad, theirs.weight.grad):
+        grad.resize_(300_000, 48)
+        grad[200_000:] = 1.0
+    assert torch.equal(ours.weight.grad[:200_000], theirs.weight.grad[:200_000])
+    assert torch.equal(ours.weight.grad, theirs.weight.grad)

@@ -7,6 +7,7 @@
 #include "rows_cpu.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <omp.h>
 #include <sys/mman.h>
 
@@ -314,6 +315,15 @@ std::tuple<at::Tensor, at::Tensor> pool_bags_impl(
 // worst to two threads.
 constexpr int64_t kLazyZeroBytes = 32 << 20;  // glibc mmaps blocks this big anyway
 constexpr int64_t kPageBytes = 4096;
+struct Mapping {
+  void* base;
+  size_t bytes;
+};
+void unmap_mapping(void* context) {
+  auto* mapping = static_cast<Mapping*>(context);
+  munmap(mapping->base, mapping->bytes);
+  delete mapping;
+}
 at::Tensor zeroed_rows(int64_t rows, int64_t D, const at::TensorOptions& options, bool& lazy) {
   const int64_t bytes = rows * D * static_cast<int64_t>(sizeof(float));
   lazy = false;
@@ -322,8 +332,13 @@ at::Tensor zeroed_rows(int64_t rows, int64_t D, const at::TensorOptions& options
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return at::zeros({rows, D}, options);
   lazy = true;
-  return at::from_blob(
-      p, {rows, D}, [bytes](void* q) { munmap(q, static_cast<size_t>(bytes)); }, options);
+  // A resizable storage with the default CPU allocator, as at::zeros gives: `grad.resize_` to a
+  // bigger shape reallocates (and unmaps this mapping) instead of failing.
+  auto* mapping = new Mapping{p, static_cast<size_t>(bytes)};
+  c10::DataPtr data(p, mapping, &unmap_mapping, at::Device(at::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
+                       c10::GetDefaultCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, options).set_(storage, 0, {rows, D}, {D, 1});
 }
 
 // Fault in, writable, the pages [first, last] of `base` that `touched` marks, one madvise per
