@@ -311,7 +311,7 @@ class RowLog:
         appends: list[Future[None]] = []
         if len(positions):
             upto = int(positions.max())
-            if wait:
+            if wait or self._pid != os.getpid():  # (a forked child: appends of the parent's raise)
                 self.wait(upto)
             else:
                 appends = [future for first, future in self._pending if first <= upto]
