@@ -196,7 +196,7 @@ def test_mismatched_state_is_refused_before_any_write():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    st.integers(1, 50), st.sampled_from([1, 3, 32, 64, 128]), st.integers(0, 200),
+    st.integers(1, 50), st.sampled_from([1, 3, 16, 32, 64, 128, 256]), st.integers(0, 200),
     st.sampled_from([torch.int32, torch.int64]), st.integers(0, 2**31),
 )
 def test_gather_rows_equals_index_select(V, D, n, dtype, seed):
@@ -213,6 +213,8 @@ def test_gather_rows_bad_ids_raise_index_error_and_opcheck():
     for bad in (torch.tensor([0, 6]), torch.tensor([-1, 2])):
         with pytest.raises(IndexError, match="outside the table of 6 rows"):
             torch.ops.embtable.gather_rows(weight, bad)
+        with pytest.raises(IndexError, match="outside the table of 6 rows"):  # a fixed width
+            torch.ops.embtable.gather_rows(torch.randn(6, 64), bad)
     torch.library.opcheck(torch.ops.embtable.gather_rows.default, (weight, torch.tensor([5, 0, 5])))
     # Other dtypes keep the reference path (index_select).
     half = weight.half()
