@@ -505,8 +505,8 @@ at::Tensor pool_bags_backward_cpu(
 // The gather at a width known at compile time: the row is copied by a fixed-length loop the
 // compiler vectorizes (a libc memcpy call per row was 1.1-1.2x torch's index_select), and only
 // the first line of the row `kPrefetchDistance` ids ahead is prefetched, as in the pooled
-// gather.  Issue 11, scratch A/B (not kept; one thread, 256 x 128 random ids, V = 10K / 1M,
-// D = 64 / 128, 05:05 UTC, load ~1): 0.73-0.93x torch's time, against 0.71-1.19x before.
+// gather.  Issue 11, `benchmarks/core.py --placement both` (one thread, load ~1): the
+// `Embedding` forward 0.83-1.07x torch's time, against 1.03-1.22x before (RESULTS.md).
 // Returns 1 if an id lies outside [0, V).
 template <int D>
 int gather_fixed(const float* W, const int64_t* I, float* Y, int64_t n, int64_t V) {
