@@ -502,29 +502,34 @@ at::Tensor pool_bags_backward_cpu(
   return out;
 }
 
-// The gather at a width known at compile time: the row is copied by a fixed-length loop the
-// compiler vectorizes (a libc memcpy call per row was 1.1-1.2x torch's index_select), and only
-// the first line of the row `kPrefetchDistance` ids ahead is prefetched, as in the pooled
-// gather.  Issue 11, `benchmarks/core.py --placement both` (one thread, load ~1): the
-// `Embedding` forward 0.83-1.07x torch's time, against 1.03-1.22x before (RESULTS.md).
-// Returns 1 if an id lies outside [0, V).
-template <int D>
-int gather_fixed(const float* W, const int64_t* I, float* Y, int64_t n, int64_t V) {
+// The gather.  At a width known at compile time (`FixedD` > 0) a row is copied by a
+// fixed-length loop the compiler vectorizes (a libc memcpy call per row was 1.03-1.22x torch's
+// `Embedding` forward); other widths (`FixedD` = 0) use memcpy.  Only the first line of the row
+// `kPrefetchDistance` ids ahead is prefetched, as in the pooled gather.  Issue 11,
+// `benchmarks/core.py --placement both` (one thread, load ~1): 0.83-1.09x torch's time, against
+// 1.03-1.22x before (RESULTS.md).  Returns 1 if an id lies outside [0, V).
+template <int FixedD>
+int gather_rows_impl(const float* W, const int64_t* I, float* Y, int64_t n, int64_t V, int64_t D) {
+  const int64_t width = FixedD > 0 ? FixedD : D;
   int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad)
   for (int64_t i = 0; i < n; ++i) {
     if (i + kPrefetchDistance < n) {
       const int64_t ahead = I[i + kPrefetchDistance];
-      if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) __builtin_prefetch(W + ahead * D, 0, 3);
+      if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) __builtin_prefetch(W + ahead * width, 0, 3);
     }
     const int64_t id = I[i];
     if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
       bad = 1;
       continue;
     }
-    const float* __restrict row = W + id * D;
-    float* __restrict out = Y + i * D;
-    for (int k = 0; k < D; ++k) out[k] = row[k];
+    const float* __restrict row = W + id * width;
+    float* __restrict out = Y + i * width;
+    if constexpr (FixedD > 0) {
+      for (int k = 0; k < FixedD; ++k) out[k] = row[k];
+    } else {
+      std::memcpy(out, row, static_cast<size_t>(width) * 4);
+    }
   }
   return bad;
 }
@@ -544,27 +549,12 @@ at::Tensor gather_rows_cpu(const at::Tensor& weight_in, const at::Tensor& ids_in
   float* Y = out.data_ptr<float>();
   int bad = 0;
   switch (D) {
-    case 16: bad = gather_fixed<16>(W, I, Y, n, V); break;
-    case 32: bad = gather_fixed<32>(W, I, Y, n, V); break;
-    case 64: bad = gather_fixed<64>(W, I, Y, n, V); break;
-    case 128: bad = gather_fixed<128>(W, I, Y, n, V); break;
-    case 256: bad = gather_fixed<256>(W, I, Y, n, V); break;
-    default: {
-      // Rows are read in id order, `kPrefetchDistance` ids ahead; each is copied whole.
-#pragma omp parallel for schedule(static) reduction(| : bad)
-      for (int64_t i = 0; i < n; ++i) {
-        if (i + kPrefetchDistance < n) {
-          const int64_t ahead = I[i + kPrefetchDistance];
-          if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) prefetch_row(W + ahead * D, D * 4, 0);
-        }
-        const int64_t id = I[i];
-        if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
-          bad = 1;
-          continue;
-        }
-        std::memcpy(Y + i * D, W + id * D, static_cast<size_t>(D) * 4);
-      }
-    }
+    case 16: bad = gather_rows_impl<16>(W, I, Y, n, V, D); break;
+    case 32: bad = gather_rows_impl<32>(W, I, Y, n, V, D); break;
+    case 64: bad = gather_rows_impl<64>(W, I, Y, n, V, D); break;
+    case 128: bad = gather_rows_impl<128>(W, I, Y, n, V, D); break;
+    case 256: bad = gather_rows_impl<256>(W, I, Y, n, V, D); break;
+    default: bad = gather_rows_impl<0>(W, I, Y, n, V, D);
   }
   TORCH_CHECK_INDEX(!bad, api, ": an id lies outside the table of ", V, " rows");
   return out;
