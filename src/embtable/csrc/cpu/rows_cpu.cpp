@@ -506,7 +506,7 @@ at::Tensor pool_bags_backward_cpu(
 // fixed-length loop the compiler vectorizes (a libc memcpy call per row was 1.03-1.22x torch's
 // `Embedding` forward); other widths (`FixedD` = 0) use memcpy.  Only the first line of the row
 // `kPrefetchDistance` ids ahead is prefetched, as in the pooled gather.  Issue 11,
-// `benchmarks/core.py --placement both` (one thread, load ~1): 0.83-1.09x torch's time, against
+// `benchmarks/core.py` (one thread, load ~1, four runs): 0.83-1.12x torch's time, against
 // 1.03-1.22x before (RESULTS.md).  Returns 1 if an id lies outside [0, V).
 template <int FixedD>
 int gather_rows_impl(const float* W, const int64_t* I, float* Y, int64_t n, int64_t V, int64_t D) {
@@ -516,7 +516,7 @@ int gather_rows_impl(const float* W, const int64_t* I, float* Y, int64_t n, int6
   for (int64_t i = 0; i < n; ++i) {
     if (i + kPrefetchDistance < n) {
       const int64_t ahead = I[i + kPrefetchDistance];
-      if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) __builtin_prefetch(W + ahead * width, 0, 3);
+      if (static_cast<uint64_t>(ahead) < static_cast<uint64_t>(V)) prefetch_pooled_row<FixedD>(W + ahead * width);
     }
     const int64_t id = I[i];
     if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(V)) {
