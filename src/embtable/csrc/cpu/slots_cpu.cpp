@@ -19,8 +19,10 @@
 //
 // A call is sequential (one thread), so decisions cannot depend on the thread count.  The
 // remap is bound by the latency of random reads in the index and the slot table, so a call
-// first deduplicates its ids in a small cache-resident table, then probes the index once
-// per distinct id, and every pass over the big tables prefetches kAhead entries ahead.
+// of at most `capacity` ids makes one pass over its positions (each probes the index and
+// updates a hit's slot record; only the misses are deduplicated, in a small cache-resident
+// table), a larger call deduplicates all its ids first; every pass over the big tables
+// prefetches kAhead entries ahead.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -139,6 +141,7 @@ struct Table {
 struct Scratch {
   std::vector<int64_t> uids, ucount, uslot, pos;  // distinct ids, counts, slots; positions
   std::vector<int64_t> ids, count, estimate, occ;  // the misses (occ: their distinct index)
+  std::vector<int64_t> mslot;    // the misses' new slots (-1: not admitted)
   std::vector<int64_t> aside;    // LFU: heap entries set aside (pinned) during a call
   std::vector<int32_t> tab32;    // dedup table of the call's ids: distinct index, -1 empty
   std::vector<int64_t> uhome;    // rows of tab32 in use (cleared after the call)
@@ -335,12 +338,9 @@ struct Distinct {
   ~Distinct() {
     for (int64_t d = 0; d < size; ++d) tab[uhome[d]] = -1;
   }
-  // Shrink sc.uids / sc.ucount to the distinct ids (call once, after the last add).
-  int64_t finish() {
-    sc.uids.resize(static_cast<size_t>(size));
-    sc.ucount.resize(static_cast<size_t>(size));
-    return size;
-  }
+  // The number of distinct ids (sc.uids / sc.ucount keep their n + 1 entries, so that the
+  // next call of the same size does not re-initialize them).
+  int64_t finish() const { return size; }
   void prefetch(int64_t key) const { __builtin_prefetch(tab + home(key, bits), 1, 3); }
   // The distinct index of `key` (added if new); counts one occurrence.  Whether the id is
   // new is not predictable, so that case is handled without a branch: the new entry is
@@ -478,30 +478,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     return admissible;
   };
 
-  // 1. The distinct ids, in first-occurrence order (sc.uids / sc.ucount), and each
-  //    position's distinct index (sc.pos).  Only this small table is probed per position.
+  // Two paths take the same decisions (the oracle's rules, in the same order):
+  //  - a call of at most `capacity` ids cannot overflow the map: one pass over the positions
+  //    probes each id in the index (prefetched kAhead ahead) and writes its slot straight to
+  //    the output; a hit's record is prefetched when its probe finds the slot and updated
+  //    kLag positions later: freq += 1 per occurrence (the same count as += its occurrences),
+  //    and at its first occurrence in the call (fLastCall != call) last call / step, the
+  //    reference bit and the recency append, so hits still reach the queue in first-occurrence
+  //    order.  Only the misses go through the small distinct table (their first-occurrence
+  //    order and counts, for admission).
+  //  - a larger call first deduplicates its ids (the overflow check needs the distinct count),
+  //    checks the capacity without changing anything, then probes and updates once per
+  //    distinct id and finally gathers each position's slot.
+  at::Tensor slots_out = at::empty({n}, ids_t.options());
+  int64_t* out = slots_out.data_ptr<int64_t>();
+  constexpr int64_t kLag = 16;
+  int64_t call = 0, clock = 0;
+  auto begin_call = [&]() {  // the call's clock advances (LFU aging first)
+    call = ++meta[kCalls];
+    clock = meta[kClockStep];
+    if (decay_every > 0 && call % decay_every == 0) decay_counts(map, meta[kSize]);
+  };
   Distinct distinct(sc, n);
-  sc.pos.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) distinct.prefetch(ids[i + kAhead]);
-    sc.pos[i] = distinct.add(ids[i]);
-  }
-  const int64_t u = distinct.finish();
+  const bool one_pass = n <= map.capacity;
+  int64_t u = 0, num_miss_pos = 0;
+  if (one_pass) {
+    // 1. The one pass over the positions (see above); sc.pos: the misses' positions,
+    //    sc.occ: their distinct-miss index.
+    begin_call();
+    sc.pos.resize(static_cast<size_t>(n));
+    sc.occ.resize(static_cast<size_t>(n));
+    int64_t* mpos = sc.pos.data();
+    int64_t* mocc = sc.occ.data();
+    auto visit = [&](int64_t i) {
+      const int64_t s = out[i];
+      if (s >= 0) {
+        int64_t* r = map.row(s);
+        r[fFreq] += 1;
+        if (r[fLastCall] != call) {
+          r[fLastCall] = call;
+          r[fLastStep] = clock;
+          r[fFlags] |= kRef;
+          if (listed) map.append(s);
+        }
+      } else {
+        mpos[num_miss_pos] = i;
+        mocc[num_miss_pos] = distinct.add(ids[i]);
+        ++num_miss_pos;
+      }
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) index.prefetch(ids[i + kAhead]);
+      const int64_t s = index.get(ids[i]);
+      out[i] = s;
+      if (s >= 0) __builtin_prefetch(map.row(s), 1, 3);
+      if (i >= kLag) visit(i - kLag);
+    }
+    for (int64_t i = std::max<int64_t>(n - kLag, 0); i < n; ++i) visit(i);
+    u = distinct.finish();
+    sc.ids.assign(sc.uids.begin(), sc.uids.begin() + u);
+    sc.count.assign(sc.ucount.begin(), sc.ucount.begin() + u);
+    if (counting) add_counts(+1);
+    estimate();
+  } else {
+    // 1. The distinct ids, in first-occurrence order (sc.uids / sc.ucount), and each
+    //    position's distinct index (sc.pos).  Only this small table is probed per position.
+    sc.pos.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) distinct.prefetch(ids[i + kAhead]);
+      sc.pos[i] = distinct.add(ids[i]);
+    }
+    u = distinct.finish();
 
-  // 2. The index probes (read only; one per distinct id, the index rows prefetched kAhead
-  //    ahead).  Only a call with more distinct ids than the capacity runs them on their own
-  //    (step 3); otherwise they are fused with step 4.
-  sc.uslot.resize(static_cast<size_t>(u));
-  auto probe_all = [&]() {
+    // 2. The index probes (read only; one per distinct id, prefetched kAhead ahead), then the
+    //    misses (sc.ids / sc.count, sc.occ: their distinct index).
+    sc.uslot.resize(static_cast<size_t>(u));
     for (int64_t d = 0; d < u; ++d) {
       if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
       sc.uslot[d] = index.get(sc.uids[d]);
     }
-  };
-  auto collect_misses = [&]() {
     sc.ids.clear();
     sc.count.clear();
-    sc.occ.clear();  // distinct index of each miss
+    sc.occ.clear();
     for (int64_t d = 0; d < u; ++d) {
       if (sc.uslot[d] < 0) {
         sc.ids.push_back(sc.uids[d]);
@@ -509,59 +567,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
         sc.occ.push_back(d);
       }
     }
-  };
 
-  // 3. More distinct ids than the capacity may overflow it: check without changing anything.
-  if (u > map.capacity) {
-    probe_all();
-    collect_misses();
-    const int64_t hits = u - static_cast<int64_t>(sc.ids.size());
+    // 3. More distinct ids than the capacity may overflow it: check without changing anything.
+    if (u > map.capacity) {
+      const int64_t hits = u - static_cast<int64_t>(sc.ids.size());
+      if (counting) add_counts(+1);
+      const int64_t admissible = estimate();
+      if (counting) add_counts(-1);
+      TORCH_CHECK_VALUE(hits + admissible <= map.capacity, kApi,
+                        ": a call may use at most capacity=", map.capacity,
+                        " distinct admitted ids, got ", hits + admissible,
+                        "; split the batch or raise the capacity");
+    }
+
+    // 4. The call begins, then the hits in first-occurrence order: counts, recency (the slot
+    //    moves to the recent end); each record prefetched kLag ids ahead.
+    begin_call();
+    auto hit = [&](int64_t d) {
+      const int64_t s = sc.uslot[d];
+      if (s < 0) return;
+      int64_t* r = map.row(s);
+      r[fFreq] += sc.ucount[d];
+      r[fLastCall] = call;
+      r[fLastStep] = clock;
+      r[fFlags] |= kRef;
+      if (listed) map.append(s);
+    };
+    for (int64_t d = 0; d < u; ++d) {
+      if (d + kLag < u && sc.uslot[d + kLag] >= 0) __builtin_prefetch(map.row(sc.uslot[d + kLag]), 1, 3);
+      hit(d);
+    }
+
+    // 5. Admission counts of the misses.
     if (counting) add_counts(+1);
-    const int64_t admissible = estimate();
-    if (counting) add_counts(-1);
-    TORCH_CHECK_VALUE(hits + admissible <= map.capacity, kApi, ": a call may use at most capacity=",
-                      map.capacity, " distinct admitted ids, got ", hits + admissible,
-                      "; split the batch or raise the capacity");
+    estimate();
   }
-
-  // 4. The call begins (LFU aging first), then one pass over the distinct ids probes the
-  //    index (read only, prefetched kAhead ahead) and updates the hits in first-occurrence
-  //    order: counts, recency (the slot moves to the recent end).  A hit's slot record is
-  //    prefetched when its probe finds the slot and updated kLag ids later, while it is in
-  //    flight: one pass over the distinct ids, not two.
-  const int64_t call = ++meta[kCalls];
-  const int64_t clock = meta[kClockStep];
-  if (decay_every > 0 && call % decay_every == 0) decay_counts(map, meta[kSize]);
-  auto hit = [&](int64_t d) {
-    const int64_t s = sc.uslot[d];
-    if (s < 0) return;
-    int64_t* r = map.row(s);
-    r[fFreq] += sc.ucount[d];
-    r[fLastCall] = call;
-    r[fLastStep] = clock;
-    r[fFlags] |= kRef;
-    if (listed) map.append(s);
-  };
-  constexpr int64_t kLag = 16;
-  for (int64_t d = 0; d < u; ++d) {
-    if (d + kAhead < u) index.prefetch(sc.uids[d + kAhead]);
-    const int64_t s = index.get(sc.uids[d]);
-    sc.uslot[d] = s;
-    if (s >= 0) __builtin_prefetch(map.row(s), 1, 3);
-    if (d >= kLag) hit(d - kLag);
-  }
-  for (int64_t d = std::max<int64_t>(u - kLag, 0); d < u; ++d) hit(d);
-
-  // 5. Admission counts of the misses.
-  collect_misses();
-  if (counting) add_counts(+1);
-  estimate();
 
   // 6. Admissions, in first-occurrence order: each admissible miss takes the lowest free
-  //    slot or a victim's; then the victims' ids leave the index and the new ids enter it
-  //    (one batch of probes each, prefetched: the index's layout may differ from one
-  //    insertion at a time, its content and every decision do not).
+  //    slot or a victim's (sc.mslot; -1: not admitted); then the victims' ids leave the index
+  //    and the new ids enter it (one batch of probes each, prefetched: the index's layout may
+  //    differ from one insertion at a time, its content and every decision do not).
   const int64_t num_miss = static_cast<int64_t>(sc.ids.size());
+  sc.mslot.assign(static_cast<size_t>(num_miss), -1);
   std::vector<int64_t> new_ids, new_slots, ev_ids, ev_slots;
   int64_t heap_n = meta[kSize];
   sc.aside.clear();
@@ -587,7 +634,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     r[fFlags] = kLive | kRef;
     if (listed) map.append(s);
     if (map.policy == kLfu) sc.aside.push_back(s);
-    sc.uslot[sc.occ[m]] = s;
+    sc.mslot[m] = s;
     new_ids.push_back(key);
     new_slots.push_back(s);
   }
@@ -607,19 +654,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     index.put(new_ids[k], new_slots[k]);
   }
 
-  // 7. Every position's slot (`missing` where its id has none), and the statistics.
+  // 7. The misses' slots (`missing` where an id has none) into the output, and the statistics.
   int64_t defaults = 0;
-  for (int64_t d = 0; d < u; ++d) {
-    if (sc.uslot[d] < 0) {
-      defaults += sc.ucount[d];
-      sc.uslot[d] = missing;
+  if (one_pass) {
+    const int64_t* mpos = sc.pos.data();
+    const int64_t* mocc = sc.occ.data();
+    for (int64_t j = 0; j < num_miss_pos; ++j) {
+      const int64_t s = sc.mslot[mocc[j]];
+      defaults += s < 0;
+      out[mpos[j]] = s < 0 ? missing : s;
     }
+  } else {
+    for (int64_t m = 0; m < num_miss; ++m) sc.uslot[sc.occ[m]] = sc.mslot[m];
+    for (int64_t d = 0; d < u; ++d) {
+      if (sc.uslot[d] < 0) {
+        defaults += sc.ucount[d];
+        sc.uslot[d] = missing;
+      }
+    }
+    const int64_t* uslot = sc.uslot.data();
+    const int64_t* pos = sc.pos.data();
+    for (int64_t i = 0; i < n; ++i) out[i] = uslot[pos[i]];
   }
-  at::Tensor slots = at::empty({n}, ids_t.options());
-  int64_t* out = slots.data_ptr<int64_t>();
-  const int64_t* uslot = sc.uslot.data();
-  const int64_t* pos = sc.pos.data();
-  for (int64_t i = 0; i < n; ++i) out[i] = uslot[pos[i]];
   meta[kLookups] += n;
   meta[kDefaultHits] += defaults;
   meta[kAdmitted] += num_new;
@@ -629,7 +685,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_look
     if (!v.empty()) std::memcpy(t.data_ptr<int64_t>(), v.data(), v.size() * sizeof(int64_t));
     return t;
   };
-  return {slots, to_tensor(new_ids), to_tensor(new_slots), to_tensor(ev_ids), to_tensor(ev_slots)};
+  return {slots_out, to_tensor(new_ids), to_tensor(new_slots), to_tensor(ev_ids),
+          to_tensor(ev_slots)};
 }
 
 at::Tensor slot_find_cpu(const at::Tensor& ids_in, const at::Tensor& index_t) {
