@@ -357,6 +357,46 @@ def check_bad_ids(rank: int, world: int) -> None:
         assert torch.equal(before[name], after[name]), name
 
 
+def check_wire(rank: int, world: int) -> None:
+    """A forward runs three collectives (agree, lengths + ids in one, rows); the ids exchange
+    sends int32 unless some rank needs int64 (forced here by lowering the limit below the
+    tables' rows), and training is exact on both."""
+    from embtable.distributed import _agree
+
+    plan = ShardingPlan(
+        world_size=world,
+        tables={
+            "a": TableSharding.column_wise(),
+            "b": TableSharding.table_wise(rank=1),
+            "c": TableSharding.table_wise(rank=0),
+            "d": TableSharding.column_wise(),
+        },
+    )
+    limit = _agree._INT32_LIMIT
+    for wide, itemsize in ((False, 4), (True, 8)):
+        _agree._INT32_LIMIT = 10 if wide else limit  # (tables of 12-40 rows: int64 ids)
+        try:
+            sharded = train_and_compare(rank, world, plan, "rowwise_adagrad", {"lr": 0.1}, steps=2)
+            local, _ = batches(bag_features(), 7, world, rank)
+            sharded.stats.reset()
+            sharded(local)
+        finally:
+            _agree._INT32_LIMIT = limit
+        size = GLOBAL_BATCH // world
+        starts = local.offset_per_key()
+        ids_of = {k: starts[i + 1] - starts[i] for i, k in enumerate(local.keys())}
+        # to every other rank: its features' bag lengths, then their ids (all of them here)
+        expected = sum(
+            size + ids_of[route.feature]
+            for other, routes in enumerate(sharded.routes)
+            if other != rank
+            for route in routes
+        )
+        assert sharded.stats.calls == 3, dict(sharded.stats.seconds)
+        assert sharded.stats.bytes_sent["ids"] == itemsize * expected, (wide, expected)
+        assert sharded.stats.bytes_sent["agree"] == 7 * 8 * (world - 1)
+
+
 def check_constructor_init(rank: int, world: int) -> None:
     """Built directly, shards differ across ranks from equal seeds, replicas are equal, and the
     caller's RNG state is untouched."""
@@ -423,6 +463,7 @@ def group_of_two(rank: int, world: int, folder: str) -> None:
         {"lr": 0.05, "state_dtype": "int8_rowwise"},
     )
     check_bad_ids(rank, world)
+    check_wire(rank, world)
     check_constructor_init(rank, world)
     checkpoint_source(rank, world, folder)
     check_interrupted_save(rank, world, folder)

@@ -1,6 +1,10 @@
 """The agreement before every exchange: each rank checks its local batch, one collective
 shares the verdicts, and every rank raises the first bad batch's error (naming its rank,
-feature and id) before anything is exchanged or updated."""
+feature and id) before anything is exchanged or updated.
+
+The same collective carries, per destination, how many ids this rank will send it, and
+whether the ids and bag lengths need int64 on the wire: the ids exchange that follows then
+sends lengths and ids in one ``all_to_all`` (:mod:`._exchange`)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from embtable.jagged import KeyedJagged
 __all__ = ["Agreement"]
 
 _OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT, _NO_WEIGHTS = 0, 1, 2, 3, 4, 5
+_INT32_LIMIT = 2**31 - 1  # ids and bag lengths up to this travel as int32 (tests lower it)
 
 
 class Agreement:
@@ -25,18 +30,35 @@ class Agreement:
     _is_weighted: bool
     feature_names: list[str]
 
-    def _agree(self, features: Any) -> tuple[int, bool]:
-        """Check the local batch, share the verdict with every rank, raise the first bad one."""
+    def _agree(self, features: Any) -> tuple[int, bool, dict[str, Any]]:
+        """Check the local batch, share the verdict with every rank, raise the first bad one.
+
+        A good local batch is split per shard first (:meth:`_split`), so that the verdict
+        sent to each rank also carries how many ids this rank will send it.
+
+        Returns:
+            ``(batch, weighted, split)``: the local batch size, whether weights travel, and
+            the split with ``incoming`` (ids each rank sends here) and ``wire`` (the dtype of
+            the ids exchange: int32 unless an id or a bag length of some rank needs int64).
+        """
         api = type(self).__name__
         report = self._local_verdict(features)
+        world = self.world_size
+        split: dict[str, Any] = {}
+        sends = [0] * world
+        if report[0] == _OK:
+            split = self._split(features, report[3])
+            sends = [sum(row) for row in self._sent_counts(split)]
+            rows_max = max((c.num_embeddings for c in self.tables), default=0)
+            report[5] = int(rows_max > _INT32_LIMIT or features.values().numel() > _INT32_LIMIT)
         device = self._device()
-        mine = torch.tensor(report, dtype=torch.int64, device=device)
-        size = [mine.numel()] * self.world_size
+        mine = torch.tensor([report + [n] for n in sends], dtype=torch.int64, device=device)
+        size = [len(report) + 1] * world
         everyone = all_to_all(
-            mine.repeat(self.world_size), size, size, self.group, self.rank, self.stats, "agree"
+            mine.view(-1), size, size, self.group, self.rank, self.stats, "agree"
         )
         rows = everyone.view(self.world_size, -1).cpu().tolist()
-        for rank, (code, feature, value, _, _, _) in enumerate(rows):
+        for rank, (code, feature, value, *_) in enumerate(rows):
             if code == _OK:
                 continue
             where = f"{api}: rank {rank}'s batch"
@@ -78,7 +100,9 @@ class Agreement:
                 f"{api}: some ranks' batches carry per-value weights and some do not "
                 f"({[bool(row[4]) for row in rows]}); give weights on every rank or on none"
             )
-        return rows[0][3], bool(rows[0][4])
+        split["incoming"] = [row[6] for row in rows]
+        split["wire"] = torch.int64 if any(row[5] for row in rows) else torch.int32
+        return rows[0][3], bool(rows[0][4]), split
 
     def _local_verdict(self, features: Any) -> list[int]:
         if not isinstance(features, KeyedJagged):

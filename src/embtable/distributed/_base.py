@@ -22,7 +22,7 @@ from embtable.distributed._synced import Job, SyncedLookup, pooling_code
 from embtable.distributed.errors import ShardedValueError
 from embtable.distributed.plan import Shard, ShardingPlan, ShardingType
 from embtable.jagged import KeyedJagged
-from embtable.nn.collection import BucketInput, _bucket_slices
+from embtable.nn.collection import BucketInput, _bucket_values
 from embtable.nn.grouping import plan_groups
 
 __all__ = ["Route", "ShardedTables"]
@@ -422,20 +422,19 @@ def _column_inputs(holder: Module, sub: KeyedJagged) -> list[BucketInput] | None
         weighted = holder._is_weighted
         if len(bucket.padding_rows) > 1 or (weighted and bucket.pooling is not PoolingMode.SUM):
             return None
-        positions = [index_of[f] for f in bucket.features]
-        values, lengths, per_value = _bucket_slices(sub, positions, batch)
+        dtype = holder.grouped_weights[bucket.group].dtype
+        values, lengths, per_value = _bucket_values(sub, index_of, bucket, batch, weighted, dtype)
         try:
             ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
         except (RuntimeError, IndexError):
             return None
-        weight = holder.grouped_weights[bucket.group]
         inputs.append(
             BucketInput(
                 ids,
                 offsets,
-                per_value.to(weight.dtype) if weighted else None,
+                per_value,
                 bucket.padding_rows[0] if bucket.padding_rows else None,
-                [starts[p + 1] - starts[p] for p in positions],
+                [starts[index_of[f] + 1] - starts[index_of[f]] for f in bucket.features],
             )
         )
     return inputs

@@ -1,4 +1,5 @@
-"""Routing a local batch to the shards that hold its rows (forward ``all_to_all`` of ids)."""
+"""Routing a local batch to the shards that hold its rows (forward ``all_to_all`` of bag
+lengths and ids)."""
 
 from __future__ import annotations
 
@@ -68,57 +69,56 @@ class Exchange:
         self, split: dict[str, Any], batch: int, weighted: bool
     ) -> tuple[KeyedJagged | None, list[list[int]]]:
         """Send every rank its features' bags: the local batch of ``world x B`` bags per
-        feature (``None``: no routed feature here) and ``[source][feature]`` id counts."""
-        pieces = split["pieces"]
+        feature (``None``: no routed feature here) and ``[source][feature]`` id counts.
+
+        One ``all_to_all`` carries, per destination, the bag lengths of its features and then
+        their ids, in ``split["wire"]``'s dtype (int32 unless some rank needs int64; the
+        sizes come from the agreement's ``incoming`` counts); per-value weights take a second.
+        """
+        pieces, wire = split["pieces"], split["wire"]
         world, device = self.world_size, self._device()
-        send_lengths, send_values, send_weights = [], [], []
-        for routes in self.routes:
-            for route in routes:
-                ids, lens, w = pieces[(route.feature, route.index)]
-                send_lengths.append(lens)
-                send_values.append(ids)
-                if weighted:
-                    send_weights.append(w)
         mine = self.routes[self.rank]
         nf = len(mine)
-        length_in = [batch * len(routes) for routes in self.routes]
-        length_out = [batch * nf] * world
-        lengths = all_to_all(
-            _cat(send_lengths, torch.int64, device),
-            length_out,
-            length_in,
-            self.group,
-            self.rank,
-            self.stats,
-            "lengths",
+        parts: list[Tensor] = []
+        send_weights: list[Tensor] = []
+        value_in: list[int] = []
+        for routes in self.routes:
+            sent = [pieces[(route.feature, route.index)] for route in routes]
+            parts += [lens for _, lens, _ in sent]
+            parts += [ids for ids, _, _ in sent]
+            value_in.append(sum(int(ids.numel()) for ids, _, _ in sent))
+            if weighted:
+                send_weights += [w for _, _, w in sent]
+        value_out = split["incoming"]
+        in_sizes = [batch * len(routes) + n for routes, n in zip(self.routes, value_in)]
+        out_sizes = [batch * nf + n for n in value_out]
+        received = all_to_all(
+            _cat(parts, wire, device), out_sizes, in_sizes, self.group, self.rank, self.stats,
+            "ids",
         )
-        value_in = [sum(row) for row in self._sent_counts(split)]
-        grid = lengths.view(world, nf, batch)
+        blocks = received.split(out_sizes)
+        grid = torch.stack([block[: batch * nf] for block in blocks]).view(world, nf, batch)
         counts = grid.sum(2).tolist()  # [source][feature]
-        value_out = [sum(row) for row in counts]
-
-        def send(parts: list[Tensor], dtype: torch.dtype, kind: str) -> Tensor:
-            """One ``all_to_all`` of per-id values (ids, weights)."""
-            return all_to_all(
-                _cat(parts, dtype, device), value_out, value_in, self.group, self.rank,
-                self.stats, kind,
-            )
-
-        values = send(send_values, torch.int64, "ids")
         weights = None
         if weighted:
             dtype = send_weights[0].dtype if send_weights else torch.float32
-            weights = send(send_weights, dtype, "weights")
+            weights = all_to_all(
+                _cat(send_weights, dtype, device), value_out, value_in, self.group, self.rank,
+                self.stats, "weights",
+            )
         if not nf:
             return None, counts
-        flat = [c for row in counts for c in row]
-        v_parts = values.split(flat)
-        w_parts = weights.split(flat) if weights is not None else None
+        v_parts = [
+            part
+            for s, block in enumerate(blocks)
+            for part in block[batch * nf :].split(counts[s])
+        ]
+        w_parts = weights.split([c for row in counts for c in row]) if weights is not None else None
         order = [s * nf + f for f in range(nf) for s in range(world)]  # feature-major, then source
         kjt = KeyedJagged(
             [route.feature for route in mine],
-            torch.cat([v_parts[i] for i in order]),
-            grid.permute(1, 0, 2).reshape(-1),
+            _cat([v_parts[i] for i in order], torch.int64, device),
+            _cat([grid.permute(1, 0, 2).reshape(-1)], torch.int64, device),
             weights=None if w_parts is None else torch.cat([w_parts[i] for i in order]),
             validate=False,
         )
@@ -133,6 +133,8 @@ class Exchange:
 
 
 def _cat(parts: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
-    if not parts:
-        return torch.zeros(0, dtype=dtype, device=device)
-    return torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+    """``parts`` concatenated into a new ``dtype`` tensor on ``device`` (cast while copied)."""
+    out = torch.empty(sum(int(p.numel()) for p in parts), dtype=dtype, device=device)
+    if parts:
+        torch.cat([p.to(device=device) for p in parts], out=out)
+    return out

@@ -112,8 +112,7 @@ class ShardedEmbeddingBagCollection(ShardedTables):
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
         """Pool this rank's local batch; returns ``[B, D_f]`` per feature, like the unsharded module."""
-        batch, weighted = self._agree(features)
-        split = self._split(features, batch)
+        batch, weighted, split = self._agree(features)  # (and the split of the batch)
         kjt, counts = self._exchange_ids(split, batch, weighted)
         del split["pieces"]  # (sent: the routed ids are no longer needed)
         columns, replicas, anchor, whole = self._synced_lookup(kjt, features)
@@ -146,6 +145,77 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             del back
             views = list(values.split(self.embedding_dims, 1))
             return PooledEmbeddings(self.feature_names, views, values=values)
+        extra = split["extra"]
+        del split
+        if self._exact_max:  # (row-wise max tables: their parts are combined by MaxCombine)
+            values = self._combined(back, batch, widths, extra, replicas)
+        else:
+            layout, extras = self._layout(batch, widths, extra, replicas)
+            values = _Assemble.apply(back, layout, *extras)
+        del back
+        views = list(values.split(self.embedding_dims, 1))
+        return PooledEmbeddings(self.feature_names, views, values=values)
+
+    def _layout(
+        self, batch: int, widths: list[int], extra: dict[str, Any], replicas: dict[str, Tensor]
+    ) -> tuple[tuple[Any, ...], list[Tensor]]:
+        """Where each feature's columns of the ``[B, sum D]`` result come from, for
+        :class:`_Assemble`: ``(batch, sum D, blocks, slots, placed)`` and the tensors placed
+        as they are (replicas).  ``blocks``: per source rank, the offset and width of its
+        ``[B, w]`` block of the received rows; ``slots``: ``(column, width, parts, divisor)``
+        with ``parts`` the ``(source, column)`` of each shard's partial result (several:
+        row-wise partial sums) and ``divisor`` the bag's id count (row-wise mean) or ``None``;
+        ``placed``: ``(column, width)`` of each tensor placed as it is."""
+        blocks, offset = [], 0
+        where: dict[tuple[str, int], tuple[int, int]] = {}
+        for s, routes in enumerate(self.routes):
+            blocks.append((offset, widths[s]))
+            offset += batch * widths[s]
+            col = 0
+            for route in routes:
+                where[(route.feature, route.index)] = (s, col)
+                col += route.shard.num_cols
+        slots: list[tuple[int, int, tuple[tuple[int, int], ...], Tensor | None]] = []
+        placed: list[tuple[int, int]] = []
+        extras: list[Tensor] = []
+        dst = 0
+        for name, dim in zip(self.feature_names, self.embedding_dims):
+            if name in replicas:
+                placed.append((dst, dim))
+                extras.append(replicas[name])
+                dst += dim
+                continue
+            table = self._table_of[name]
+            shards = self._shards[table]
+            if self._kind[table] is ShardingType.COLUMN_WISE:
+                for k, shard in enumerate(shards):
+                    slots.append((dst + shard.col_offset, shard.num_cols, (where[(name, k)],), None))
+            else:
+                parts = tuple(where[(name, k)] for k in range(len(shards)))
+                divisor = None
+                if (
+                    self._kind[table] is ShardingType.ROW_WISE
+                    and self._configs[table].pooling is PoolingMode.MEAN
+                ):
+                    counts = extra[name][0]  # [shards, B] non-padding ids per bag per shard
+                    divisor = counts.sum(0).clamp(min=1).to(self._dtype_of(table)).unsqueeze(1)
+                slots.append((dst, dim, parts, divisor))
+            dst += dim
+        return (batch, dst, blocks, slots, placed), extras
+
+    def _dtype_of(self, table: str) -> torch.dtype:
+        return self._configs[table].dtype
+
+    def _combined(
+        self,
+        back: Tensor,
+        batch: int,
+        widths: list[int],
+        extra: dict[str, Any],
+        replicas: dict[str, Tensor],
+    ) -> Tensor:
+        """The ``[B, sum D]`` result from views of the received rows (plans with row-wise
+        max tables, whose parts :class:`MaxCombine` combines)."""
         # split (not slicing): backward then assembles the gradient with one concatenation
         partial: dict[tuple[str, int], Tensor] = {}
         blocks = back.split([batch * w for w in widths])
@@ -155,9 +225,6 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             columns = blocks[s].view(batch, widths[s]).split([r.shard.num_cols for r in routes], 1)
             for route, part in zip(routes, columns):
                 partial[(route.feature, route.index)] = part
-        # one [B, sum D] result whose features are views: the received rows are freed here
-        # instead of living beside a later values() copy (13.6 MB a step in the benchmark);
-        # column shards go straight into it (no per-feature concatenation first)
         tensors: list[Tensor] = []
         for name in self.feature_names:
             if name in replicas:
@@ -168,11 +235,8 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             if self._kind[table] is ShardingType.COLUMN_WISE:
                 tensors += parts
                 continue
-            tensors.append(self._combine(table, parts, split["extra"].get(name)))
-        values = torch.cat(tensors, 1) if len(tensors) > 1 else tensors[0]
-        del partial, blocks, back, tensors
-        views = list(values.split(self.embedding_dims, 1))
-        return PooledEmbeddings(self.feature_names, views, values=values)
+            tensors.append(self._combine(table, parts, extra.get(name)))
+        return torch.cat(tensors, 1) if len(tensors) > 1 else tensors[0]
 
     def _even_columns(self) -> int:
         """``d`` when every feature's table is column-wise in ``d`` columns on each of ranks
@@ -250,8 +314,7 @@ class ShardedEmbeddingCollection(ShardedTables):
 
     def forward(self, features: KeyedJagged) -> JaggedEmbeddings:
         """Look up every id of this rank's local batch; per feature ``[N_f, D_f]`` rows and lengths."""
-        batch, _ = self._agree(features)
-        split = self._split(features, batch)
+        batch, _, split = self._agree(features)
         kjt, counts = self._exchange_ids(split, batch, False)
         columns, replicas, anchor, _ = self._synced_lookup(kjt, features)
         world = self.world_size
@@ -314,6 +377,55 @@ class ShardedEmbeddingCollection(ShardedTables):
             p = index_of[name]
             found[name] = JaggedRows(rows, features.lengths()[p * batch : (p + 1) * batch])
         return JaggedEmbeddings(self.feature_names, [found[f] for f in self.feature_names])
+
+
+class _Assemble(torch.autograd.Function):
+    """The ``[B, sum D]`` result from the received rows in one copy (see
+    :meth:`ShardedEmbeddingBagCollection._layout`); backward writes the gradient of the
+    received rows straight into the one buffer sent back (no per-block concatenations, and
+    an expanded gradient, e.g. of ``values().sum()``, is read without being materialized).
+    The received rows are not saved: they are freed once the result is built."""
+
+    @staticmethod
+    def forward(ctx: Any, back: Tensor, layout: tuple[Any, ...], *placed_tensors: Tensor) -> Tensor:  # type: ignore[override]
+        batch, total, blocks, slots, placed = layout
+        ctx.layout = layout
+        ctx.numel = back.numel()
+        out = back.new_empty((batch, total))
+        views = [back[o : o + batch * w].view(batch, w) for o, w in blocks]
+        for dst, width, parts, divisor in slots:
+            target = out[:, dst : dst + width]
+            pieces = [views[s][:, c : c + width] for s, c in parts]
+            if len(pieces) == 1:
+                target.copy_(pieces[0])
+            else:  # row-wise partial sums, in shard order (as sum_parts)
+                torch.add(pieces[0], pieces[1], out=target)
+                for piece in pieces[2:]:
+                    target.add_(piece)
+            if divisor is not None:
+                target.div_(divisor)
+        for (dst, width), tensor in zip(placed, placed_tensors):
+            out[:, dst : dst + width].copy_(tensor)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        batch, _, blocks, slots, placed = ctx.layout
+        back = None
+        if ctx.needs_input_grad[0]:
+            back = grad.new_empty(ctx.numel)  # (every column of every block is one slot's part)
+            views = [back[o : o + batch * w].view(batch, w) for o, w in blocks]
+            for dst, width, parts, divisor in slots:
+                source = grad[:, dst : dst + width]
+                if divisor is not None:
+                    source = source / divisor
+                for s, c in parts:
+                    views[s][:, c : c + width].copy_(source)
+        others = [
+            grad[:, dst : dst + width] if ctx.needs_input_grad[2 + i] else None
+            for i, (dst, width) in enumerate(placed)
+        ]
+        return (back, None, *others)
 
 
 def shard(

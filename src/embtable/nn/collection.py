@@ -548,13 +548,10 @@ class EmbeddingBagCollection(_GroupedTables):
         pooled: dict[str, Tensor] = {}
         outs = []
         for bucket, consts in zip(self.plan.buckets, self._bucket_consts):
-            positions = [index_of[f] for f in bucket.features]
-            values, lengths, per_value = _bucket_slices(features, positions, batch)
-            if not weighted:
-                per_value = None
             weight = weights[bucket.group]
-            if per_value is not None:
-                per_value = per_value.to(weight.dtype)
+            values, lengths, per_value = _bucket_values(
+                features, index_of, bucket, batch, weighted, weight.dtype
+            )
             pad = bucket.padding_rows[0] if bucket.padding_rows else -1
             num = len(bucket.features)
             code = _POOL_CODES[bucket.pooling]
@@ -722,6 +719,26 @@ def _strides(features: Any) -> dict[str, int] | None:
     if not isinstance(features, KeyedJagged) or not features.variable_stride_per_key():
         return None
     return dict(zip(features.keys(), features.stride_per_key()))
+
+
+def _bucket_values(
+    features: KeyedJagged,
+    index_of: dict[str, int],
+    bucket: LookupBucket,
+    batch: int,
+    weighted: bool,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A bucket's raw ids and lengths (its features in bucket order, feature-major), and its
+    per-value weights in ``dtype`` when ``weighted`` (else ``None``): the inputs of
+    :func:`~embtable.ops.bucket_ids` and ``pool_bucket`` (``index_of``: feature -> position
+    in ``features``; shared by :meth:`EmbeddingBagCollection._compiled_forward` and the
+    sharded column shards)."""
+    positions = [index_of[f] for f in bucket.features]
+    values, lengths, per_value = _bucket_slices(features, positions, batch)
+    if not weighted or per_value is None:
+        return values, lengths, None
+    return values, lengths, per_value.to(dtype)
 
 
 def _bucket_slices(
