@@ -304,6 +304,28 @@ def test_opcheck():
     )
 
 
+@needs_ext
+@pytest.mark.parametrize("dim", [1, 8, 15, 64, 67])
+def test_new_rows_bit_for_bit_at_every_width(dim):
+    """The compiled new rows (eight columns per vector step, then a scalar tail) have the bits
+    of the PyTorch twin below, at and across the vector width, in slot_init_rows and in
+    slot_fresh_rows (which also resets the state rows and leaves the other rows alone)."""
+    from embtable.nn.dynamic import init_rows_reference
+
+    g = torch.Generator().manual_seed(dim)
+    ids = torch.cat([torch.randint(-(2**63), 2**63 - 1, (50,), generator=g), torch.arange(-2, 2)])
+    want = init_rows_reference(ids, dim, seed=11, std=0.02)
+    assert torch.equal(torch.ops.embtable.slot_init_rows(ids, dim, 11, 0.02), want)
+    table, state = torch.zeros(60, dim), torch.ones(60)
+    slots = torch.randperm(58, generator=g)[:54]
+    torch.ops.embtable.slot_fresh_rows(table, 2, slots, ids, 11, 0.02, [state], [torch.tensor(0.0)])
+    assert torch.equal(table[slots + 2], want)
+    untouched = torch.ones(60, dtype=torch.bool)
+    untouched[slots + 2] = False
+    assert table[untouched].abs().sum() == 0 and state[untouched].eq(1).all()
+    assert state[slots + 2].eq(0).all()
+
+
 def test_lfu_aging_by_hand():
     """Hand-computed: without aging an old heavy hitter keeps its row for good; with
     ``decay_every=2`` its count halves every second call and it is evicted."""

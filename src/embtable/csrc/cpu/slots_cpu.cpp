@@ -733,16 +733,45 @@ at::Tensor slot_table_build_cpu(const at::Tensor& keys_in, const at::Tensor& val
 // product is a power-of-two scaling), so both give the same bits.
 constexpr double kSqrt3 = 1.7320508075688772;
 
+// One entry of (seed, id)'s row: column c of the row whose key is mix(id ^ salt).
+inline float init_entry(uint64_t key, int64_t c, double std_dev) {
+  const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
+  const int64_t sum = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) +
+                                           ((z >> 32) & 0xFFFF) + (z >> 48));
+  const double centred = static_cast<double>(sum + 2) * (1.0 / 65536.0) - 2.0;
+  return static_cast<float>(centred * kSqrt3 * std_dev);
+}
+
+// Eight entries at once: the same operations lane by lane (GCC / Clang vector extensions:
+// one 512-bit register per step where AVX-512 is enabled, split into narrower ones where
+// not), so every entry has init_entry's bits.  The compiler's own vectorization of the
+// scalar loop used 256-bit registers only (-march=native prefers them), about 1.6 times
+// slower per row on this project's machines.
+typedef uint64_t u64x8 __attribute__((vector_size(64)));
+typedef double f64x8 __attribute__((vector_size(64)));
+typedef float f32x8 __attribute__((vector_size(32)));
+
+inline u64x8 mix8(u64x8 z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
 // One row: `dim` entries of (seed, id)'s row into `o`.
 inline void init_row(float* __restrict o, int64_t id, uint64_t salt, int64_t dim, double std_dev) {
   const uint64_t key = mix(static_cast<uint64_t>(id) ^ salt);
-  for (int64_t c = 0; c < dim; ++c) {
-    const uint64_t z = mix(key + static_cast<uint64_t>(c + 1) * 0x9E3779B97F4A7C15ULL);
-    const int64_t sum = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) +
-                                             ((z >> 32) & 0xFFFF) + (z >> 48));
-    const double centred = static_cast<double>(sum + 2) * (1.0 / 65536.0) - 2.0;
-    o[c] = static_cast<float>(centred * kSqrt3 * std_dev);
+  // (c + 1) * golden of the eight columns, advanced by addition (the same value mod 2**64).
+  constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+  u64x8 col = u64x8{1, 2, 3, 4, 5, 6, 7, 8} * kGolden;
+  int64_t c = 0;
+  for (; c + 8 <= dim; c += 8, col += 8 * kGolden) {
+    const u64x8 z = mix8(key + col);
+    const u64x8 sum = (z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + (z >> 48);
+    const f64x8 centred = __builtin_convertvector(sum + 2, f64x8) * (1.0 / 65536.0) - 2.0;
+    const f32x8 out = __builtin_convertvector(centred * kSqrt3 * std_dev, f32x8);
+    std::memcpy(o + c, &out, sizeof(out));
   }
+  for (; c < dim; ++c) o[c] = init_entry(key, c, std_dev);
 }
 
 at::Tensor slot_init_rows_cpu(const at::Tensor& ids_in, int64_t dim, int64_t seed, double std_dev) {
