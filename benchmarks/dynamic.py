@@ -32,6 +32,10 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    no background work leaks into the next contender's time) and the main thread's CPU time,
    and the background thread's CPU time per batch.  It checks that the pipelined table starts
    and ends equal to the plain one (rows and map).
+   ``floor`` - the floor of the dynamic step's extra work: in the training step's cache state,
+   a read-only probe of every position (``SlotMap.find``) and the writes of the batch's new
+   rows (values computed ahead) on copies; (static + both) / static is the best ratio any
+   remap could reach on this machine.
    ``aging`` - the cost of one LFU aging pass (``decay_every``): a full LFU map of
    ``--capacity`` slots, a 1-id call with aging on every call vs the same without aging.
 3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
@@ -51,7 +55,7 @@ allocations (they are re-created at every eviction), so the remap comparison is 
 
 Usage:
     python benchmarks/dynamic.py [--quick] [--parts remap,train,breakdown,aging,quality]
-        [--placement huge|4k]  (parts also: pipeline, aging)
+        [--placement huge|4k]  (parts also: pipeline, aging, floor)
 """
 
 from __future__ import annotations
@@ -375,6 +379,66 @@ def breakdown(cfg) -> None:
         print(f"    {key:<40} {statistics.median(values) * 1e3:>8.3f}")
 
 
+def floor(cfg) -> None:
+    """The floor of the dynamic step's extra work: the memory work no remap can avoid, timed in
+    the training step's cache state.  Each timed step runs, on the same batch: ``SlotMap.find``
+    of every position on the dynamic table's map (a read-only probe of each id: no dedup, no
+    recency, no admission; it sees the caches the previous steps left, as the dynamic step's
+    lookup does), the dynamic step, the static step (as ``train``), then the dynamic step's
+    new rows written at their slots into a separate table of the same shape
+    (``slot_fresh_rows`` with the values computed ahead: the row copies and the optimizer-state
+    reset, no RNG).  Floor ratio = (static + probe + write) / static.  (The probe warms the
+    index for the dynamic step that follows, so this part's dynamic step is a little fast:
+    ``train`` gives the step ratio.)"""
+    from embtable.nn.dynamic import init_rows
+
+    cap, b, length = cfg["capacity"], cfg["batch"], cfg["bag"]
+    print("\n2d. floor of the dynamic step's extra work (read-only probe of every position + the "
+          "new rows' writes), in the training step's cache state")
+    stream, dyn, static, opt_d, opt_s, grad, warm = _step_pair(cfg)
+    smap = dyn.slot_map
+    inner = smap.lookup
+    last = []
+
+    def keep(*args, **kwargs):
+        last.append(inner(*args, **kwargs))
+        return last[-1]
+
+    smap.lookup = keep
+    weight = torch.zeros(cap + 1, 64)
+    state = torch.zeros(cap + 1)
+    fresh = [torch.zeros(())]
+    seed, std = dyn.dynamic.config.seed, dyn.dynamic.init_std
+    times: dict[str, list[float]] = {k: [] for k in ("probe", "dynamic", "static", "write")}
+    for _ in range(cfg["train_steps"]):
+        ids = stream.ids(b * length).reshape(b, length)
+        rows = hash_rows(ids, cap)
+        t0 = time.thread_time()
+        smap.find(ids)
+        times["probe"].append((time.thread_time() - t0) * 1e3)
+        for name, model, opt, x in (("dynamic", dyn, opt_d, ids), ("static", static, opt_s, rows)):
+            t0 = time.thread_time()
+            model(x).backward(grad)
+            opt.step()
+            times[name].append((time.thread_time() - t0) * 1e3)
+        result = last.pop()
+        values = init_rows(result.new_ids, 64, seed=seed, std=std)
+        t0 = time.thread_time()
+        torch.ops.embtable.slot_fresh_rows(weight, 0, result.new_slots, result.new_ids, seed, std,
+                                           [state], fresh, values)
+        times["write"].append((time.thread_time() - t0) * 1e3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"    warm-up {warm} steps; {cfg['train_steps']} timed steps; "
+          f"{result.new_ids.numel()} new rows in the last one")
+    for key, label in (("static", "static step"), ("dynamic", "dynamic step (index warmed)"),
+                       ("probe", "floor: SlotMap.find, every position"),
+                       ("write", "floor: new rows written (values ahead)")):
+        print(f"    {label:<40} {med[key]:>8.3f} ms")
+    print(f"    floor (static + probe + write) / static: "
+          f"{(med['static'] + med['probe'] + med['write']) / med['static']:.2f}; the 1.3x target "
+          f"leaves {0.3 * med['static']:.3f} ms for the remap")
+
+
 def aging(cfg) -> None:
     cap = cfg["capacity"]
     ids = torch.randint(-(2**62), 2**62, (cap,), generator=torch.Generator().manual_seed(3))
@@ -494,6 +558,8 @@ def main(argv: list[str] | None = None) -> None:
         pipeline(cfg)
     if "breakdown" in parts:
         breakdown(cfg)
+    if "floor" in parts:
+        floor(cfg)
     if "aging" in parts:
         aging(cfg)
     if "quality" in parts:
