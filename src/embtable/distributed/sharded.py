@@ -45,6 +45,7 @@ from torch import Tensor
 
 from embtable.config import PoolingMode
 from embtable.distributed._base import ShardedTables
+from embtable.distributed._chunked import Chunking, exchange_in_chunks, make_chunking
 from embtable.distributed._comm import differentiable_all_to_all
 from embtable.distributed._maxpool import ExactMax, MaxCombine, sum_parts
 from embtable.distributed.errors import ShardedError, ShardedIndexError, ShardedValueError
@@ -63,6 +64,11 @@ __all__ = [
 ]
 
 _ShardedTables = ShardedTables  # (the name checkpoint.py and older callers import)
+
+#: Bytes of the ``[B, sum D]`` result per chunk when ``memory_chunks`` is ``None``.
+CHUNK_BYTES = 4 << 20
+#: The most chunks chosen by ``memory_chunks=None``.
+MAX_CHUNKS = 8
 
 
 class ShardedEmbeddingBagCollection(ShardedTables):
@@ -101,6 +107,14 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         replicas: the collection of data-parallel tables (``None`` if none): each rank pools
             its own bags; the gradients are all-reduced.
         stats: bytes sent and seconds spent per exchange kind (:class:`CommStats`).
+        memory_chunks: how many chunks of features a step's pooled rows are exchanged in
+            (and, for a fused table-/row-wise lookup, pooled and updated in), one after the
+            other, so that one chunk's buffers are alive at a time
+            (:mod:`embtable.distributed._chunked`; same results, more ``all_to_all`` calls of
+            the same total bytes).  ``None`` (default): one chunk per :data:`CHUNK_BYTES`
+            (4 MiB) of this rank's ``[B, sum D]`` result, at most :data:`MAX_CHUNKS`; set the
+            same value on every rank.  Plans with row-wise max tables or only even column
+            shards exchange their rows at once.
 
     Raises:
         ValueError: torch.distributed not initialized, a plan for another world size or
@@ -109,13 +123,23 @@ class ShardedEmbeddingBagCollection(ShardedTables):
 
     _pooled = True
     _collection = EmbeddingBagCollection
+    memory_chunks: int | None = None
 
     def forward(self, features: KeyedJagged) -> PooledEmbeddings:
         """Pool this rank's local batch; returns ``[B, D_f]`` per feature, like the unsharded module."""
         batch, weighted, split = self._agree(features)  # (and the split of the batch)
+        chunks = self._chunks_for(batch)
         kjt, counts = self._exchange_ids(split, batch, weighted)
         del split["pieces"]  # (sent: the routed ids are no longer needed)
         columns, replicas, anchor, whole = self._synced_lookup(kjt, features)
+        if chunks > 1 and not self._exact_max and not self._even_columns():
+            looked = [kjt, columns, whole]
+            del kjt, columns, whole  # (handed over: freed there once pooled)
+            values = exchange_in_chunks(
+                self, batch, chunks, looked, replicas, anchor, split["extra"]
+            )
+            views = list(values.split(self.embedding_dims, 1))
+            return PooledEmbeddings(self.feature_names, views, values=values)
         world = self.world_size
         widths = [sum(r.shard.num_cols for r in routes) for routes in self.routes]
         if whole is not None:  # (column shards pooled straight into the rows to send)
@@ -237,6 +261,32 @@ class ShardedEmbeddingBagCollection(ShardedTables):
                 continue
             tensors.append(self._combine(table, parts, extra.get(name)))
         return torch.cat(tensors, 1) if len(tensors) > 1 else tensors[0]
+
+    def _chunks_for(self, batch: int) -> int:
+        """How many chunks a step of ``batch`` examples exchanges its rows in (the same on
+        every rank): :attr:`memory_chunks`, or with ``None`` one per
+        :data:`CHUNK_BYTES` of the ``[B, sum D]`` result, at most :data:`MAX_CHUNKS`."""
+        if self.memory_chunks is not None:
+            chunks = self.memory_chunks
+            if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+                raise ShardedValueError(
+                    f"{type(self).__name__}: memory_chunks must be None or an int >= 1, got "
+                    f"{chunks!r}"
+                )
+            return chunks
+        size = batch * sum(self.embedding_dims) * self._row_bytes()
+        return max(1, min(MAX_CHUNKS, round(size / CHUNK_BYTES)))
+
+    def _row_bytes(self) -> int:
+        return max(torch.empty(0, dtype=c.dtype).element_size() for c in self.tables)
+
+    def _chunking(self, chunks: int) -> Chunking:
+        """The features each rank serves, cut into ``chunks`` slices (cached)."""
+        found = self.__dict__.get("_chunks")
+        if found is None or found[0] != chunks:
+            found = (chunks, make_chunking(self.routes, self.rank, chunks))
+            self.__dict__["_chunks"] = found
+        return found[1]
 
     def _even_columns(self) -> int:
         """``d`` when every feature's table is column-wise in ``d`` columns on each of ranks

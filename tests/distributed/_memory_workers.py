@@ -1,0 +1,91 @@
+"""Worker of ``test_memory_chunks.py`` (imported by name in the spawned processes)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def chunked_worker(rank: int, world: int) -> None:
+    import _dist_workers as workers
+
+    import embtable
+    from embtable import EmbeddingBagCollection, TableConfig
+    from embtable.distributed import (
+        ShardedEmbeddingBagCollection,
+        ShardingPlan,
+        TableSharding,
+        _chunked,
+    )
+
+    cls = ShardedEmbeddingBagCollection
+    # sum tables of one dim: the fused lookup is split by chunk (one bucket), a row-wise table
+    # (partial sums from both ranks) among table-wise ones, a table read by two features
+    tables = [
+        TableConfig(name="t0", num_embeddings=30, embedding_dim=8, feature_names=["f0", "g0"]),
+        TableConfig(name="t1", num_embeddings=50, embedding_dim=8),
+        TableConfig(name="t2", num_embeddings=20, embedding_dim=8, padding_idx=2),
+        TableConfig(name="t3", num_embeddings=60, embedding_dim=8),
+        TableConfig(name="t4", num_embeddings=10, embedding_dim=8),
+        TableConfig(name="t5", num_embeddings=40, embedding_dim=8),
+    ]
+    fused_plan = ShardingPlan(
+        world_size=world,
+        tables={
+            "t0": TableSharding.table_wise(rank=0),
+            "t1": TableSharding.table_wise(rank=1),
+            "t2": TableSharding.table_wise(rank=0),
+            "t3": TableSharding.row_wise(boundaries=[0, 25, 60]),
+            "t4": TableSharding.table_wise(rank=1),
+            "t5": TableSharding.table_wise(rank=0),
+        },
+    )
+    taken = []
+    fused_local = _chunked.fused_local
+
+    def spy(*args):
+        found = fused_local(*args)
+        taken.append(found is not None)
+        return found
+
+    _chunked.fused_local = spy
+    features = {f: c.num_embeddings for c in tables for f in c.feature_names}
+    for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
+        made = []
+        for chunks in (1, 3):
+            torch.manual_seed(0)
+            source = EmbeddingBagCollection(tables)
+            module = embtable.distributed.shard(source, fused_plan)
+            module.memory_chunks = chunks
+            embtable.optim.fuse(module, rule, **options)
+            made.append(module)
+        for step in range(3):
+            local, _ = workers.batches(features, step, world, rank)
+            outs = []
+            for module in made:
+                module.stats.reset()
+                out = module(local).values()
+                workers._loss(out).backward()
+                outs.append((out.detach(), module.stats.calls, module.stats.total_bytes()))
+            (one, calls_one, bytes_one), (chunked, calls_chunked, bytes_chunked) = outs
+            assert torch.equal(one, chunked), f"{rule} step {step}: outputs differ"
+            # 3 chunks: 2 more all_to_alls of rows forward and 2 more backward; same bytes
+            assert calls_chunked == calls_one + 4 and bytes_chunked == bytes_one
+        for name, table in made[0].full_tables().items():
+            assert torch.equal(table, made[1].full_tables()[name]), f"{rule}: table {name}"
+    assert taken and all(taken), "the fused lookup was not split by chunk"
+    _chunked.fused_local = fused_local
+
+    # mixed plans (row-wise mean with padding, column-wise, data-parallel; several buckets:
+    # the rows are pooled at once and exchanged in chunks) against one process
+    default = cls.memory_chunks
+    cls.memory_chunks = 3
+    try:
+        for variant in (0, 3):
+            workers.train_and_compare(
+                rank, world, workers.mixed_plan(world, variant), "adam", {"lr": 0.05}, steps=3
+            )
+        workers.train_and_compare(
+            rank, world, fused_plan, "rowwise_adagrad", {"lr": 0.1}, steps=3, tables=tables
+        )
+    finally:
+        cls.memory_chunks = default
