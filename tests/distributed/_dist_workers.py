@@ -294,6 +294,14 @@ def even_columns(rank: int, world: int) -> None:
         for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
             sharded = train_and_compare(rank, world, plan, rule, options, tables=tables)
             assert len(sharded.local_cols) == 1 and sharded._even_columns() == 4 // world
+        # the rows sent (and their gradients back): every other rank's bags x 4 features x
+        # this rank's columns, float32; nothing more
+        local, _ = batches({"a1": 40, "a2": 40, "e": 20, "g": 9}, 9, world, rank)
+        sharded.stats.reset()
+        _loss(sharded(local).values()).backward()
+        rows = (world - 1) * (GLOBAL_BATCH // world) * 4 * (4 // world) * 4
+        assert sharded.stats.bytes_sent["rows"] == rows, dict(sharded.stats.bytes_sent)
+        assert sharded.stats.bytes_sent["rows_grad"] == rows, dict(sharded.stats.bytes_sent)
         train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
     finally:
         cls._lookup = lookup

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["CommStats", "all_reduce", "all_to_all", "differentiable_all_to_all"]
+__all__ = [
+    "CommStats",
+    "all_reduce",
+    "all_to_all",
+    "differentiable_all_to_all",
+    "exchange_even_columns",
+]
 
 
 @dataclass
@@ -58,9 +65,12 @@ def all_to_all(
     rank: int,
     stats: CommStats | None,
     kind: str,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """``all_to_all_single`` of the first dimension of ``x`` (block ``d`` of ``x`` goes to rank ``d``)."""
-    out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
+    """``all_to_all_single`` of the first dimension of ``x`` (block ``d`` of ``x`` goes to rank
+    ``d``), received into ``out`` (contiguous) or a new tensor."""
+    if out is None:
+        out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
     start = time.perf_counter()
     dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
     if stats is not None:
@@ -111,6 +121,103 @@ def differentiable_all_to_all(
     gets an empty gradient from it): the same order of collectives on every rank.
     """
     return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind, after)
+
+
+class _EvenColumns(torch.autograd.Function):
+    """:func:`exchange_even_columns` (forward and backward)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        shape: tuple[int, int, int, int],
+        group: Any,
+        rank: int,
+        stats: CommStats | None,
+        kind: str,
+        after: Tensor | None,
+    ) -> Tensor:
+        world, batch, features, width = shape
+        ctx.meta = (shape, group, rank, stats, kind)
+        blocks = x.view(world, batch, features, width)
+        out = x.new_empty(batch, features, world, width)
+        rows = _others(rank, world)
+        # (the own block is copied into place while the others' are on the wire)
+        done = _all_to_all_others(blocks[rows].reshape(-1), None, group, rank, world, stats, kind)
+        out[:, :, rank].copy_(blocks[rank])
+        got = done()
+        out[:, :, rows].copy_(got.view(-1, batch, features, width).permute(1, 2, 0, 3))
+        return out.view(batch, features * world * width)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        shape, group, rank, stats, kind = ctx.meta
+        world, batch, features, width = shape
+        g = grad.reshape(batch, features, world, width)
+        back = grad.new_empty(world, batch, features, width)
+        rows = _others(rank, world)
+        sent = g[:, :, rows].permute(2, 0, 1, 3).reshape(-1)
+        done = _all_to_all_others(
+            sent, back[rows].view(-1), group, rank, world, stats, kind + "_grad"
+        )
+        if rows.stop - rows.start < world:  # (a middle rank receives its own block too)
+            back[rank].copy_(g[:, :, rank])
+        done()
+        after = torch.zeros(0, device=grad.device) if ctx.needs_input_grad[6] else None
+        return (back.view(-1),) + (None,) * 5 + (after,)
+
+
+def _others(rank: int, world: int) -> slice:
+    """The blocks a rank exchanges: every other rank's when they lie side by side (rank ``0``
+    or ``W - 1``), else every rank's (a middle rank sends its own block to itself)."""
+    if rank == 0:
+        return slice(1, world)
+    if rank == world - 1:
+        return slice(0, world - 1)
+    return slice(0, world)
+
+
+def _all_to_all_others(
+    x: Tensor, into: Tensor | None, group: Any, rank: int, world: int, stats: CommStats | None,
+    kind: str,
+) -> Callable[[], Tensor]:
+    """Start sending ``x`` (equal blocks for the ranks of :func:`_others`) and receiving theirs
+    (into ``into``, or a new tensor); returns the call that waits for it and returns it."""
+    rows = _others(rank, world)
+    n = x.numel() // max(1, len(range(world)[rows]))
+    splits = [n if rows.start <= s < rows.stop else 0 for s in range(world)]
+    out = x.new_empty(sum(splits)) if into is None else into
+    start = time.perf_counter()
+    work = dist.all_to_all_single(out, x.contiguous(), splits, splits, group=group, async_op=True)
+
+    def done() -> Tensor:
+        work.wait()
+        if stats is not None:
+            stats.record(kind, (x.numel() - splits[rank]) * x.element_size(), start)
+        return out
+
+    return done
+
+
+def exchange_even_columns(
+    x: Tensor,
+    shape: tuple[int, int, int, int],
+    group: Any,
+    rank: int,
+    stats: CommStats | None,
+    kind: str,
+    after: Tensor | None = None,
+) -> Tensor:
+    """The rows of an all-column plan in equal blocks, sent and assembled in one step.
+
+    ``x``: this rank's pooled columns ``[W, B, F, d]`` (flat; block ``s``: the bags of rank
+    ``s``); returns ``[B, F * W * d]``, feature ``f``'s columns ``s d .. (s + 1) d`` from rank
+    ``s``.  Rank ``0`` and rank ``W - 1`` (every rank of two) send only the other ranks'
+    blocks and receive the others' straight into place (no copy of their own block through
+    the collective); backward sends the gradient back the same way.  ``after``: as for
+    :func:`differentiable_all_to_all`.
+    """
+    return _EvenColumns.apply(x, shape, group, rank, stats, kind, after)
 
 
 def all_reduce(x: Tensor, op: Any, group: Any, stats: CommStats | None, kind: str) -> Tensor:

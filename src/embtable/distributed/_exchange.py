@@ -74,51 +74,62 @@ class Exchange:
         One ``all_to_all`` carries, per destination, the bag lengths of its features and then
         their ids, in ``split["wire"]``'s dtype (int32 unless some rank needs int64; the
         sizes come from the agreement's ``incoming`` counts); per-value weights take a second.
+        This rank's own bags are not sent to itself: they go into the result from ``split``.
         """
         pieces, wire = split["pieces"], split["wire"]
-        world, device = self.world_size, self._device()
-        mine = self.routes[self.rank]
+        world, device, rank = self.world_size, self._device(), self.rank
+        mine = self.routes[rank]
         nf = len(mine)
+        own = [pieces[(route.feature, route.index)] for route in mine]
         parts: list[Tensor] = []
         send_weights: list[Tensor] = []
+        in_sizes: list[int] = []
         value_in: list[int] = []
-        for routes in self.routes:
-            sent = [pieces[(route.feature, route.index)] for route in routes]
-            parts += [lens for _, lens, _ in sent]
-            parts += [ids for ids, _, _ in sent]
+        for d, routes in enumerate(self.routes):
+            sent = [] if d == rank else [pieces[(r.feature, r.index)] for r in routes]
+            parts += [lens for _, lens, _ in sent] + [ids for ids, _, _ in sent]
             value_in.append(sum(int(ids.numel()) for ids, _, _ in sent))
+            in_sizes.append(batch * len(sent) + value_in[-1])
             if weighted:
                 send_weights += [w for _, _, w in sent]
-        value_out = split["incoming"]
-        in_sizes = [batch * len(routes) + n for routes, n in zip(self.routes, value_in)]
-        out_sizes = [batch * nf + n for n in value_out]
-        received = all_to_all(
-            _cat(parts, wire, device), out_sizes, in_sizes, self.group, self.rank, self.stats,
-            "ids",
-        )
-        blocks = received.split(out_sizes)
-        grid = torch.stack([block[: batch * nf] for block in blocks]).view(world, nf, batch)
+        incoming = [0 if s == rank else n for s, n in enumerate(split["incoming"])]
+        out_sizes = [0 if s == rank else batch * nf + n for s, n in enumerate(incoming)]
+        blocks = all_to_all(
+            _cat(parts, wire, device), out_sizes, in_sizes, self.group, rank, self.stats, "ids"
+        ).split(out_sizes)
+        lengths = [
+            part
+            for s, block in enumerate(blocks)
+            for part in ([lens for _, lens, _ in own] if s == rank else [block[: batch * nf]])
+        ]
+        grid = _cat(lengths, torch.int64, device).view(world, nf, batch)
         counts = grid.sum(2).tolist()  # [source][feature]
-        weights = None
+        w_parts = None
         if weighted:
             dtype = send_weights[0].dtype if send_weights else torch.float32
-            weights = all_to_all(
-                _cat(send_weights, dtype, device), value_out, value_in, self.group, self.rank,
+            got = all_to_all(
+                _cat(send_weights, dtype, device), incoming, value_in, self.group, rank,
                 self.stats, "weights",
-            )
+            ).split(incoming)
+            w_parts = [
+                part
+                for s, block in enumerate(got)
+                for part in ([w for _, _, w in own] if s == rank else block.split(counts[s]))
+            ]
         if not nf:
             return None, counts
         v_parts = [
             part
             for s, block in enumerate(blocks)
-            for part in block[batch * nf :].split(counts[s])
+            for part in (
+                [ids for ids, _, _ in own] if s == rank else block[batch * nf :].split(counts[s])
+            )
         ]
-        w_parts = weights.split([c for row in counts for c in row]) if weights is not None else None
         order = [s * nf + f for f in range(nf) for s in range(world)]  # feature-major, then source
         kjt = KeyedJagged(
             [route.feature for route in mine],
             _cat([v_parts[i] for i in order], torch.int64, device),
-            _cat([grid.permute(1, 0, 2).reshape(-1)], torch.int64, device),
+            grid.permute(1, 0, 2).reshape(-1),
             weights=None if w_parts is None else torch.cat([w_parts[i] for i in order]),
             validate=False,
         )

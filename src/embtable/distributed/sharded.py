@@ -46,7 +46,7 @@ from torch import Tensor
 from embtable.config import PoolingMode
 from embtable.distributed._base import ShardedTables
 from embtable.distributed._chunked import Chunking, exchange_in_chunks, make_chunking
-from embtable.distributed._comm import differentiable_all_to_all
+from embtable.distributed._comm import differentiable_all_to_all, exchange_even_columns
 from embtable.distributed._maxpool import ExactMax, MaxCombine, sum_parts
 from embtable.distributed.errors import ShardedError, ShardedIndexError, ShardedValueError
 from embtable.distributed.plan import ShardingPlan, ShardingType
@@ -151,6 +151,15 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             send = torch.zeros(0, device=self._device(), requires_grad=True)
         del kjt, columns, whole  # (``send`` is then the only holder of the rows to send)
         mine = widths[self.rank]
+        even = self._even_columns()
+        if even:  # every feature split in d columns over ranks 0..W-1: received into place
+            shape = (world, batch, len(self.feature_names), even)
+            values = exchange_even_columns(
+                send, shape, self.group, self.rank, self.stats, "rows", after=anchor
+            )
+            del send
+            views = list(values.split(self.embedding_dims, 1))
+            return PooledEmbeddings(self.feature_names, views, values=values)
         back = differentiable_all_to_all(
             send,
             [batch * w for w in widths],
@@ -162,13 +171,6 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             after=anchor,
         )
         del send
-        even = self._even_columns()
-        if even:  # every feature split in d columns over ranks 0..W-1: one permuted copy
-            values = back.view(world, batch, len(self.feature_names), even)
-            values = values.permute(1, 2, 0, 3).reshape(batch, -1)
-            del back
-            views = list(values.split(self.embedding_dims, 1))
-            return PooledEmbeddings(self.feature_names, views, values=values)
         extra = split["extra"]
         del split
         if self._exact_max:  # (row-wise max tables: their parts are combined by MaxCombine)
