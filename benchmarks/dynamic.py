@@ -391,6 +391,7 @@ def floor(cfg) -> None:
     index for the dynamic step that follows, so this part's dynamic step is a little fast:
     ``train`` gives the step ratio.)"""
     from embtable.nn.dynamic import init_rows
+    from embtable.ops._memory import empty_table
 
     cap, b, length = cfg["capacity"], cfg["batch"], cfg["bag"]
     print("\n2d. floor of the dynamic step's extra work (read-only probe of every position + the "
@@ -405,8 +406,8 @@ def floor(cfg) -> None:
         return last[-1]
 
     smap.lookup = keep
-    weight = torch.zeros(cap + 1, 64)
-    state = torch.zeros(cap + 1)
+    weight = empty_table((cap + 1, 64), torch.float32, "cpu").zero_()  # placed as the tables
+    state = empty_table((cap + 1,), torch.float32, "cpu").zero_()
     fresh = [torch.zeros(())]
     seed, std = dyn.dynamic.config.seed, dyn.dynamic.init_std
     times: dict[str, list[float]] = {k: [] for k in ("probe", "dynamic", "static", "write")}
