@@ -19,7 +19,7 @@ import torch
 
 import embtable
 from embtable import EmbeddingBagCollection, EmbeddingCollection, KeyedJagged, TableConfig
-from embtable.distributed import ShardingPlan, TableSharding
+from embtable.distributed import ShardingPlan, TableSharding, _synced
 from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint
 from embtable.distributed.sharded import ShardedEmbeddingBagCollection, ShardedIndexError, shard
 
@@ -289,22 +289,29 @@ def even_columns(rank: int, world: int) -> None:
     def assembled(*args: Any) -> None:  # the rows sent must come from the pooled call whole
         raise AssertionError("even_columns: the rows sent were assembled per feature")
 
+    pipeline = _synced._PIPELINE_ROWS
     cls._lookup = assembled
     try:
-        for rule, options in (("rowwise_adagrad", {"lr": 0.1}), ("adam", {"lr": 0.05})):
+        for rule, options in (("adam", {"lr": 0.05}), ("rowwise_adagrad", {"lr": 0.1})):
+            # (row-wise Adagrad: the squares agreed in two parts from 2 distinct rows on)
+            _synced._PIPELINE_ROWS = 2 if rule == "rowwise_adagrad" else pipeline
             sharded = train_and_compare(rank, world, plan, rule, options, tables=tables)
             assert len(sharded.local_cols) == 1 and sharded._even_columns() == 4 // world
         # the rows sent (and their gradients back): every other rank's bags x 4 features x
-        # this rank's columns, float32; nothing more
+        # this rank's columns, float32; nothing more; a step runs 6 collectives (agree, ids,
+        # rows, rows_grad, the squares in two parts)
         local, _ = batches({"a1": 40, "a2": 40, "e": 20, "g": 9}, 9, world, rank)
         sharded.stats.reset()
         _loss(sharded(local).values()).backward()
         rows = (world - 1) * (GLOBAL_BATCH // world) * 4 * (4 // world) * 4
         assert sharded.stats.bytes_sent["rows"] == rows, dict(sharded.stats.bytes_sent)
         assert sharded.stats.bytes_sent["rows_grad"] == rows, dict(sharded.stats.bytes_sent)
+        assert sharded.stats.calls == 6, dict(sharded.stats.seconds)
+        _synced._PIPELINE_ROWS = pipeline
         train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
     finally:
         cls._lookup = lookup
+        _synced._PIPELINE_ROWS = pipeline
 
 
 def check_sequences(

@@ -24,6 +24,7 @@ __all__ = [
     "all_to_all",
     "differentiable_all_to_all",
     "exchange_even_columns",
+    "start_all_reduce",
 ]
 
 
@@ -189,11 +190,22 @@ def _all_to_all_others(
     out = x.new_empty(sum(splits)) if into is None else into
     start = time.perf_counter()
     work = dist.all_to_all_single(out, x.contiguous(), splits, splits, group=group, async_op=True)
+    return _waiter(work, out, stats, kind, (x.numel() - splits[rank]) * x.element_size(), start)
+
+
+def _waiter(
+    work: Any, out: Tensor, stats: CommStats | None, kind: str, nbytes: int, start: float
+) -> Callable[[], Tensor]:
+    """The call that waits for an asynchronous collective begun at ``start`` and returns
+    ``out``; ``stats`` counts the time spent starting it and waiting for it (not the work
+    done in between)."""
+    launch = time.perf_counter() - start
 
     def done() -> Tensor:
+        begin = time.perf_counter() - launch
         work.wait()
         if stats is not None:
-            stats.record(kind, (x.numel() - splits[rank]) * x.element_size(), start)
+            stats.record(kind, nbytes, begin)
         return out
 
     return done
@@ -218,6 +230,17 @@ def exchange_even_columns(
     :func:`differentiable_all_to_all`.
     """
     return _EvenColumns.apply(x, shape, group, rank, stats, kind, after)
+
+
+def start_all_reduce(
+    x: Tensor, op: Any, group: Any, stats: CommStats | None, kind: str
+) -> Callable[[], Tensor]:
+    """:func:`all_reduce` begun asynchronously: returns the call that waits for it (and
+    returns ``x``, reduced in place)."""
+    start = time.perf_counter()
+    work = dist.all_reduce(x, op=op, group=group, async_op=True)
+    ranks = dist.get_world_size(group)
+    return _waiter(work, x, stats, kind, 2 * x.numel() * x.element_size() * (ranks - 1) // ranks, start)
 
 
 def all_reduce(x: Tensor, op: Any, group: Any, stats: CommStats | None, kind: str) -> Tensor:

@@ -42,6 +42,7 @@ order: column tables in plan order, then the replicas.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ from torch import Tensor
 from embtable import ops
 from embtable._functions import feature_major
 from embtable.config import PoolingMode
-from embtable.distributed._comm import CommStats, all_reduce
+from embtable.distributed._comm import CommStats, all_reduce, start_all_reduce
 from embtable.distributed._maxpool import winner_rows
 from embtable.distributed._rowstat import (
     bag_rows,
@@ -80,6 +81,7 @@ from embtable.optim._rule import INT8_ROWWISE, weight_decay_mode
 __all__ = ["Job", "SyncedLookup", "pooling_code"]
 
 _NO_OFFSETS = torch.empty(0, dtype=torch.int64)
+_PIPELINE_ROWS = 4096  # row-wise Adagrad squares of a table of this many rows a step: two parts
 _CODES = {PoolingMode.SUM: ops.POOL_SUM, PoolingMode.MEAN: ops.POOL_MEAN, PoolingMode.MAX: POOL_MAX}
 
 
@@ -227,6 +229,7 @@ class _Pending:
     candidates: Tensor | None = None  # max pooling: the distinct rows of the step
     touched: Tensor | None = None  # max pooling: 0/1 per candidate, summed over the shards
     square: Tensor | None = None  # row-wise Adagrad: the rows' squared gradient, all columns
+    parts: list[Any] | None = None  # ... or agreed in parts: (begin, end, square, wait) each
 
 
 def _columns_backward(
@@ -271,19 +274,34 @@ def _columns_backward(
             full[torch.searchsorted(item.candidates, item.rows)] = item.grad
             keep = item.touched > 0
             item.rows, item.grad = item.candidates[keep], full[keep]
-        if item.optimizer is not None and item.optimizer.rule.code == OPT_ROWWISE_ADAGRAD:
-            group = item.optimizer._group_of[id(item.job.weight)]
-            item.square = row_square(
-                item.job.weight.detach(), item.rows, item.grad, float(group["weight_decay"]),
-                weight_decay_mode(group),
-            )
+    rowwise = [
+        item
+        for item in pending
+        if item.optimizer is not None and item.optimizer.rule.code == OPT_ROWWISE_ADAGRAD
+    ]
+    shared = Counter(id(item.job.group) for item in rowwise)
+    for item in rowwise:
+        group = item.optimizer._group_of[id(item.job.weight)]
+        decay, mode = float(group["weight_decay"]), weight_decay_mode(group)
+        weight = item.job.weight.detach()
+        rows = item.rows.numel()  # (the same distinct rows on every shard of the table)
+        if item.job.group is None or shared[id(item.job.group)] > 1 or rows < _PIPELINE_ROWS:
+            item.square = row_square(weight, item.rows, item.grad, decay, mode)
+            continue
+        # alone in its group: agreed in two halves, each all_reduce running while the next
+        # half's squares (then the first half's update) are computed
+        item.parts = []
+        for begin, end in ((0, rows // 2), (rows // 2, rows)):
+            square = row_square(weight, item.rows[begin:end], item.grad[begin:end], decay, mode)
+            wait = start_all_reduce(square, dist.ReduceOp.SUM, item.job.group, stats, "col_stats")
+            item.parts.append((begin, end, square, wait))
     _agree(pending, "square", stats, "col_stats")
     for item in pending:
         job = item.job
         if item.optimizer is None:
             _add_dense(dense, job.weight, item.rows, item.grad)
             continue
-        kernel = ColumnUpdate(job.group, job.full_dim, stats, square=item.square)
+        kernel = ColumnUpdate(job.group, job.full_dim, stats, square=item.square, parts=item.parts)
         item.optimizer.apply_update(
             job.weight, item.rows, _NO_OFFSETS, item.grad, None, POOL_NONE, -1, False,
             kernel=kernel,
@@ -341,9 +359,15 @@ class ColumnUpdate:
     int8_rowwise scales (the whole row's maximum)."""
 
     def __init__(
-        self, group: Any, full_dim: int, stats: CommStats | None, square: Tensor | None = None
+        self,
+        group: Any,
+        full_dim: int,
+        stats: CommStats | None,
+        square: Tensor | None = None,
+        parts: list[Any] | None = None,
     ) -> None:
         self.group, self.full_dim, self.stats, self.square = group, full_dim, stats, square
+        self.parts = parts  # row-wise Adagrad: (begin, end, square, wait) per part of the rows
 
     def __call__(
         self,
@@ -379,6 +403,14 @@ class ColumnUpdate:
         wd: float, mode: int, eps: float,
     ) -> None:
         """The compiled update given the whole rows' squares (:mod:`._rowstat`)."""
+        for begin, end, part, wait in self.parts or ():  # (each part once its squares arrive)
+            wait()
+            rowwise_adagrad_rows(
+                weight, accumulator, rows[begin:end], g[begin:end], part, self.full_dim, lr, wd,
+                mode, eps,
+            )
+        if self.parts:
+            return
         square = self.square  # (agreed by the caller for every table at once)
         if square is None:
             square = row_square(weight, rows, g, wd, mode)
