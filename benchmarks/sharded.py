@@ -31,6 +31,7 @@ Usage:
     python benchmarks/sharded.py --rows-max 100000 --steps 10 --rounds 2
     python benchmarks/sharded.py --quick               # smoke run
     python benchmarks/sharded.py --kernel-calls 300    # the column path's row-statistic kernels
+    python benchmarks/sharded.py --rows-max 4000000 --memory-phases --phase-steps 8  # memory per step
     python benchmarks/sharded.py --kernel-calls 15 --kernel-workload columns  # reduction, 26 tables
 """
 
@@ -229,6 +230,8 @@ def sharded_worker(
     plan = make_plan(tables, world, args.sharding, args.data_parallel_bytes)
     torch.manual_seed(0)
     sharded = ShardedEmbeddingBagCollection(tables, plan, exact_columns=not args.inexact_columns)
+    if args.memory_chunks is not None:
+        sharded.memory_chunks = args.memory_chunks
     embtable.optim.fuse(sharded, RULE, lr=0.05)
     shard_bytes = sum(
         s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
@@ -238,6 +241,7 @@ def sharded_worker(
         "rank": rank,
         "plan": plan.describe(tables),
         "shard_bytes": shard_bytes,
+        "chunks": sharded._chunks_for(batches[0].stride()),
     }
     walls, cpus, procs, lookups, exchanges, updates, sent = [], [], [], [], [], [], []
     for step in range(args.warmup + args.steps):
@@ -250,6 +254,7 @@ def sharded_worker(
         forward_comm = sharded.stats.total_seconds()
         out.values().sum().backward()
         wall1, cpu1, proc1 = time.perf_counter(), time.thread_time(), time.process_time()
+        del out  # (a training loop does not keep the pooled rows into the next step)
         comm = sharded.stats.total_seconds()
         if step >= args.warmup:
             walls.append(wall1 - wall0)
@@ -357,8 +362,9 @@ def _reset_peak() -> None:
 def memory_worker(
     rank: int, world: int, port: int, args: argparse.Namespace, out_path: str
 ) -> None:
-    """Where a step's memory goes: for steps 0..2, RSS above the step's start (MB) at the
-    forward's peak, after forward, at the backward's peak and after the step (outputs dropped)."""
+    """Where a step's memory goes: for steps 0 .. ``--phase-steps`` - 1, RSS above the step's
+    start (MB) at the forward's peak, after forward, at the backward's peak and after the step
+    (outputs dropped); and the peak RSS growth over all steps (VmHWM, as the main table's)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -370,13 +376,15 @@ def memory_worker(
     sharded = ShardedEmbeddingBagCollection(
         tables, make_plan(tables, world, args.sharding, args.data_parallel_bytes)
     )
+    if args.memory_chunks is not None:
+        sharded.memory_chunks = args.memory_chunks
     embtable.optim.fuse(sharded, RULE, lr=0.05)
     shards = sum(
         s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
         for s, _ in sharded.shard_weights().values()
     )
-    rows = []
-    for step in range(3):
+    rows, high = [], 0
+    for step in range(args.phase_steps):
         start = current_rss()
         _reset_peak()
         values = sharded(batches[step % 2]).values()
@@ -384,9 +392,17 @@ def memory_worker(
         _reset_peak()
         values.sum().backward()
         backward_peak = peak_rss() - start
+        high = max(high, forward_peak + start, backward_peak + start)
         del values
         rows.append([step, forward_peak, forward_kept, backward_peak, current_rss() - start])
-    result = {"rank": rank, "steps": rows, "shards": shards, "growth": current_rss() - base}
+    result = {
+        "rank": rank,
+        "steps": rows,
+        "shards": shards,
+        "growth": current_rss() - base,
+        "peak": max(peak_rss(), high) - base,
+        "chunks": sharded._chunks_for(batches[0].stride()),
+    }
     _gather_results(rank, world, result, out_path)
 
 
@@ -401,9 +417,10 @@ def print_memory_phases(args: argparse.Namespace) -> None:
             print(f"| {result['rank']} | {step} | {cells} |")
     for result in results:
         print(
-            f"rank {result['rank']}: RSS growth after 3 steps {result['growth'] / 1e6:.1f} MB, "
-            f"shards + state {result['shards'] / 1e6:.1f} MB "
-            f"({result['growth'] / result['shards']:.2f}x)"
+            f"rank {result['rank']}: RSS growth after {args.phase_steps} steps "
+            f"{result['growth'] / 1e6:.1f} MB, peak {result['peak'] / 1e6:.1f} MB, shards + "
+            f"state {result['shards'] / 1e6:.1f} MB ({result['growth'] / result['shards']:.2f}x, "
+            f"peak {result['peak'] / result['shards']:.2f}x; {result['chunks']} memory chunks)"
         )
 
 
@@ -444,6 +461,7 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         mid = time.perf_counter()
         out.values().sum().backward()
         wall1, cpu1 = time.perf_counter(), time.thread_time()
+        del out
         if step >= args.warmup:
             walls.append(wall1 - wall0)
             cpus.append(cpu1 - cpu0)
@@ -658,6 +676,16 @@ def main() -> None:
         help="only measure where a step's memory goes (RSS per phase, 3 steps)",
     )
     parser.add_argument(
+        "--phase-steps", type=int, default=3, help="steps of --memory-phases (default 3)"
+    )
+    parser.add_argument(
+        "--memory-chunks",
+        type=int,
+        default=None,
+        help="ShardedEmbeddingBagCollection.memory_chunks (default: the library's choice; "
+        "1: the rows exchanged at once)",
+    )
+    parser.add_argument(
         "--hugepages",
         action="store_true",
         help="let embtable put big tables and state on huge pages (TorchRec's stay off them)",
@@ -769,6 +797,7 @@ def main() -> None:
             for rank in range(args.world)
         ]
     print(f"process CPU ms per step (all threads, gloo's included): {', '.join(procs)}")
+    print(f"memory chunks per step (sharded contender): {shardeds[0][0]['chunks']}")
     sys.stdout.flush()
 
 
