@@ -75,6 +75,21 @@ def chunked_worker(rank: int, world: int) -> None:
     assert taken and all(taken), "the fused lookup was not split by chunk"
     _chunked.fused_local = fused_local
 
+    # not fused: the rows pooled at once (autograd), exchanged in chunks; equal gradients
+    made = []
+    for chunks in (1, 3):
+        torch.manual_seed(0)
+        module = embtable.distributed.shard(EmbeddingBagCollection(tables), fused_plan)
+        module.memory_chunks = chunks
+        local, _ = workers.batches(features, 0, world, rank)
+        out = module(local).values()
+        workers._loss(out).backward()
+        grads = [p.grad.to_dense() for p in module.parameters()]
+        made.append((out.detach(), grads))
+    assert torch.equal(made[0][0], made[1][0]), "not fused: outputs differ"
+    for one, chunked in zip(made[0][1], made[1][1]):
+        assert torch.equal(one, chunked), "not fused: gradients differ"
+
     # mixed plans (row-wise mean with padding, column-wise, data-parallel; several buckets:
     # the rows are pooled at once and exchanged in chunks) against one process
     default = cls.memory_chunks

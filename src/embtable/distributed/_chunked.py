@@ -239,7 +239,11 @@ class _ChunkedRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, step: _Step, rows: Tensor, anchor: Tensor, *replicas: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.step = step
+        if step.local is not None:  # (saved tensors: freed after backward, as autograd's own)
+            ctx.save_for_backward(step.local.ids, step.local.offsets)
+            ctx.step = step._replace(local=step.local._replace(ids=None, offsets=None))
+        else:
+            ctx.step = step
         ctx.rows_shape = rows.shape
         batch, world, rank = step.batch, step.world, step.rank
         out = rows.new_empty((batch, step.total))
@@ -287,6 +291,10 @@ class _ChunkedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         step = ctx.step
+        if step.local is not None:
+            ids, offsets = ctx.saved_tensors
+            step = step._replace(local=step.local._replace(ids=ids, offsets=offsets))
+            del ids, offsets
         batch, world, rank = step.batch, step.world, step.rank
         local = step.local
         scaled = {
