@@ -141,14 +141,16 @@ class _EvenColumns(torch.autograd.Function):
         world, batch, features, width = shape
         ctx.meta = (shape, group, rank, stats, kind)
         blocks = x.view(world, batch, features, width)
-        out = x.new_empty(batch, features, world, width)
+        full = x.new_empty(world, batch, features, width)  # every rank's block, rank order
         rows = _others(rank, world)
-        # (the own block is copied into place while the others' are on the wire)
-        done = _all_to_all_others(blocks[rows].reshape(-1), None, group, rank, world, stats, kind)
-        out[:, :, rank].copy_(blocks[rank])
-        got = done()
-        out[:, :, rows].copy_(got.view(-1, batch, features, width).permute(1, 2, 0, 3))
-        return out.view(batch, features * world * width)
+        done = _all_to_all_others(
+            blocks[rows].reshape(-1), full[rows].view(-1), group, rank, world, stats, kind
+        )
+        if rows.stop - rows.start < world:  # (copied while the others' are on the wire)
+            full[rank].copy_(blocks[rank])
+        done()
+        # one copy into the result's layout (a contiguous destination: the fast direction)
+        return full.permute(1, 2, 0, 3).reshape(batch, features * world * width)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
