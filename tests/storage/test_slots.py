@@ -384,3 +384,94 @@ def test_decay_is_part_of_the_config():
     again = SlotMap(4, "lfu", decay_every=5)
     again.load_state_dict(aged.state_dict())
     assert again.find(torch.tensor([1, 2])).tolist() == [0, 1]
+
+
+def _same_state(smap, ref):
+    """The compiled map's canonical state equals the oracle's (counts, clocks, recency, counters)."""
+    sd, want = smap.state_dict(), ref.state_dict()
+    if not ref.listed:
+        want["recency"] = torch.zeros(0, dtype=torch.int64)
+    for key, value in want.items():
+        assert torch.equal(sd[key], value.reshape(sd[key].shape).to(sd[key].dtype)), key
+
+
+def _lookup_both(smap, ref, ids, missing=-1):
+    """One call on both maps: the five outputs (``missing`` where the oracle says -1), the
+    stats and the whole state agree; an overflow raises in both and changes nothing."""
+    before = smap.state_dict()
+    try:
+        got = smap.lookup(ids, missing=missing)
+    except ValueError:
+        with pytest.raises(ValueError, match="capacity"):
+            ref.lookup(ids)
+        after = smap.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        _same_state(smap, ref)
+        return None
+    want = ref.lookup(ids)
+    want = (torch.where(want[0] < 0, missing, want[0]), *want[1:])
+    for name, a, b in zip(FIELDS, got, want, strict=True):
+        assert torch.equal(a, b), (name, a, b)
+    assert smap.stats() == ref.stats()
+    _same_state(smap, ref)
+    return got
+
+
+@needs_ext
+@settings(max_examples=25, deadline=None)
+@given(
+    policy_kw=POLICY_KW,
+    capacity=st.integers(17, 60),
+    min_count=st.integers(1, 3),
+    exact=st.booleans(),
+    missing_kind=st.sampled_from(["default", "row", "zero"]),
+    seed=st.integers(0, 2**16),
+)
+def test_one_pass_and_dedup_paths_match_the_oracle(policy_kw, capacity, min_count, exact, missing_kind, seed):
+    """Calls longer than the kernel's prefetch lag (16) and distance (32): n = capacity,
+    capacity +- 1 (the one-pass / dedup boundary), shorter and longer calls; one hot id makes
+    up ~30 % of each call (a hit repeated many times, or a miss admitted and met again later
+    in the call); ``missing`` -1, the default row's index, or 0 (a real slot). The whole state
+    is compared after every call, not only the outputs."""
+    policy, kw = policy_kw
+    smap, ref = _pair(capacity, policy, min_count=min_count, exact_counts=exact, sketch_width=16, seed=seed, **kw)
+    missing = {"default": -1, "row": capacity, "zero": 0}[missing_kind]
+    rng = random.Random(seed)
+    universe = rng.randint(capacity // 2, 3 * capacity)
+    for _ in range(12):
+        n = rng.choice([capacity, capacity - 1, capacity + 1, rng.randint(0, capacity), rng.randint(capacity, 2 * capacity)])
+        hot = rng.randint(-universe, universe)
+        ids = [hot if rng.random() < 0.3 else rng.randint(-universe, universe) for _ in range(n)]
+        _lookup_both(smap, ref, torch.tensor(ids, dtype=torch.int64), missing)
+        if rng.random() < 0.3:
+            smap.step()
+            ref.step()
+
+
+@needs_ext
+def test_one_pass_edge_cases_by_hand():
+    """Hand-computed, and each call against the oracle: hits reach the recency order in
+    first-occurrence order across the prefetch lag; a hit's count grows per occurrence; a miss
+    admitted in a call and met again later in it reads its new slot everywhere; capacity 1."""
+    # n == capacity == 40: all hits, first occurrences reversed; then 40 new ids evict in that order.
+    smap, ref = _pair(40, "lru")
+    _lookup_both(smap, ref, torch.arange(40))
+    _lookup_both(smap, ref, torch.arange(39, -1, -1))
+    out = _lookup_both(smap, ref, torch.arange(100, 140))
+    assert out.evicted_ids.tolist() == list(range(39, -1, -1)) == out.new_slots.tolist()
+    # LFU: a miss repeated 35 times is admitted with count 35 (all its positions read its slot);
+    # then a hit repeated 39 times across the lag: 35 + 39.
+    smap, ref = _pair(40, "lfu")
+    out = _lookup_both(smap, ref, torch.tensor([1, 2, 3, 4, 5] + [7] * 35))
+    assert out.slots.tolist() == [0, 1, 2, 3, 4] + [5] * 35
+    out = _lookup_both(smap, ref, torch.tensor([7] * 20 + [8] + [7] * 19), missing=40)
+    assert out.slots.tolist() == [5] * 20 + [6] + [5] * 19
+    assert smap.state_dict()["freq"][5] == 35 + 39
+    # Capacity 1: a hit repeated past the lag; two distinct admitted ids overflow (nothing
+    # changes); a longer call of one new id (the dedup path, no overflow) evicts the old one.
+    smap, ref = _pair(1, "clock")
+    assert _lookup_both(smap, ref, torch.tensor([5] * 40)).slots.eq(0).all()
+    assert _lookup_both(smap, ref, torch.tensor([6, 6, 5])) is None
+    out = _lookup_both(smap, ref, torch.tensor([6] * 20))
+    assert out.evicted_ids.tolist() == [5] and out.slots.eq(0).all()
+    assert smap.stats() == dict(size=1, admitted=2, evicted=1, default_hits=0, lookups=60)
