@@ -751,10 +751,12 @@ typedef uint64_t u64x8 __attribute__((vector_size(64)));
 typedef double f64x8 __attribute__((vector_size(64)));
 typedef float f32x8 __attribute__((vector_size(32)));
 
-inline u64x8 mix8(u64x8 z) {
+// mix() lane by lane, in place (a 64-byte vector is not passed or returned by value: without
+// AVX-512 that would change the ABI, and GCC warns, -Wpsabi).
+inline void mix8(u64x8& z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
+  z ^= z >> 31;
 }
 
 // One row: `dim` entries of (seed, id)'s row into `o`.
@@ -765,7 +767,8 @@ inline void init_row(float* __restrict o, int64_t id, uint64_t salt, int64_t dim
   u64x8 col = u64x8{1, 2, 3, 4, 5, 6, 7, 8} * kGolden;
   int64_t c = 0;
   for (; c + 8 <= dim; c += 8, col += 8 * kGolden) {
-    const u64x8 z = mix8(key + col);
+    u64x8 z = key + col;
+    mix8(z);
     const u64x8 sum = (z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + (z >> 48);
     const f64x8 centred = __builtin_convertvector(sum + 2, f64x8) * (1.0 / 65536.0) - 2.0;
     const f32x8 out = __builtin_convertvector(centred * kSqrt3 * std_dev, f32x8);
