@@ -9,8 +9,8 @@ size of the step's rows).  With ``memory_chunks = K`` every rank splits the feat
 serves into ``K`` slices of about equal width (cut between tables) and runs, for chunk
 ``k = 0 .. K-1`` in turn: pool its slice, ``all_to_all`` the pooled rows, place the rows it
 received into the result; backward, again per chunk: send the slice's gradient, receive it,
-copy it feature-major and update the slice's rows, before the next chunk.  Only the result
-(the caller's) and one chunk's buffers are alive at once.
+copy it feature-major and update the slice's rows.  Only the result (the caller's), the
+ids and the buffers of two chunks are alive at once.
 
 The fused update runs once per table per step as before: one
 :meth:`~embtable.optim.FusedOptimizer.apply_update` of the grouped weight (one
@@ -21,19 +21,25 @@ column shards, several buckets) pools its rows at once and only exchanges them i
 (the collectives are the same on every rank).
 
 Every rank runs ``K`` ``all_to_all`` calls where one ran before, forward and backward; the
-bytes are the same.
+bytes are the same.  Each is started asynchronously one chunk ahead: forward pools chunk
+``k + 1`` while chunk ``k``'s rows travel and places chunk ``k`` while chunk ``k + 1``'s
+travel; backward updates chunk ``k`` while chunk ``k + 1``'s gradient travels.  So two
+chunks' buffers are alive at a time, and the waits for the other ranks overlap work.
+:class:`~embtable.distributed._comm.CommStats` counts the time spent waiting.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from embtable import ops
 from embtable.config import PoolingMode
-from embtable.distributed._comm import CommStats, all_to_all
+from embtable.distributed._comm import CommStats
 from embtable.distributed.plan import ShardingType
 
 __all__ = ["Chunking", "chunk_routes", "exchange_in_chunks"]
@@ -231,6 +237,38 @@ def exchange_in_chunks(
     return _ChunkedRows.apply(step, rows, anchor, *extras)
 
 
+class _Pending(NamedTuple):
+    """An ``all_to_all`` in flight: its work handle, buffers and what it counts."""
+
+    work: Any
+    out: Tensor
+    send: Tensor
+    nbytes: int
+    kind: str
+
+
+def _start(
+    send: Tensor, out_splits: list[int], in_splits: list[int], step: _Step, kind: str
+) -> _Pending:
+    """Start an ``all_to_all_single`` of the flat ``send`` (its blocks per destination)."""
+    out = send.new_empty(sum(out_splits))
+    work = dist.all_to_all_single(
+        out, send, out_splits, in_splits, group=step.group, async_op=True
+    )
+    nbytes = (sum(in_splits) - in_splits[step.rank]) * send.element_size()
+    return _Pending(work, out, send, nbytes, kind)
+
+
+def _finish(pending: _Pending, stats: CommStats | None) -> Tensor:
+    """Wait for ``pending`` (the wait is what :class:`CommStats` counts) and return what
+    was received."""
+    start = time.perf_counter()
+    pending.work.wait()
+    if stats is not None:
+        stats.record(pending.kind, pending.nbytes, start)
+    return pending.out
+
+
 class _ChunkedRows(torch.autograd.Function):
     """``rows``: the grouped weight of a chunked fused lookup (its backward updates it and
     returns no gradient), or the rank's pooled rows ``[world x B, width]``; ``anchor``: an
@@ -238,7 +276,9 @@ class _ChunkedRows(torch.autograd.Function):
     gradient); then the replicas' pooled ``[B, D]``, placed as they are."""
 
     @staticmethod
-    def forward(ctx: Any, step: _Step, rows: Tensor, anchor: Tensor, *replicas: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, step: _Step, rows: Tensor, anchor: Tensor, *replicas: Tensor
+    ) -> Tensor:
         if step.local is not None:  # (saved tensors: freed after backward, as autograd's own)
             ctx.save_for_backward(step.local.ids, step.local.offsets)
             ctx.step = step._replace(local=step.local._replace(ids=None, offsets=None))
@@ -247,29 +287,39 @@ class _ChunkedRows(torch.autograd.Function):
         ctx.rows_shape = rows.shape
         batch, world, rank = step.batch, step.world, step.rank
         out = rows.new_empty((batch, step.total))
-        local, feature = step.local, 0
-        for k, widths in enumerate(step.chunking.widths):
-            mine = widths[rank]
+        local = step.local
+        chunks = len(step.chunking.widths)
+        firsts = [0]
+        for k in range(chunks):
+            firsts.append(firsts[-1] + (local.counts[k] if local is not None else 0))
+
+        def pooled(k: int) -> Tensor:
+            """Chunk ``k`` of this rank's rows for every rank's bags, flat."""
+            mine = step.chunking.widths[k][rank]
             if local is not None:
                 count = local.counts[k]
-                if count:
-                    ids, offsets = _chunk_of(local, feature, count)
-                    send = ops.pool_bags_grouped(
-                        local.weight.detach(), ids, offsets, None, local.pooling, local.padding,
-                        count,
-                    )
-                    del ids, offsets
-                else:
-                    send = rows.new_empty((world * batch, 0))
-                feature += count
-            else:
-                start = step.chunking.columns[k]
-                send = rows.detach()[:, start : start + mine].contiguous()
-            back = all_to_all(
-                send.reshape(-1), [batch * w for w in widths], [batch * mine] * world,
-                step.group, rank, step.stats, "rows",
+                if not count:
+                    return rows.new_empty(0)
+                ids, offsets = _chunk_of(local, firsts[k], count)
+                return ops.pool_bags_grouped(
+                    local.weight.detach(), ids, offsets, None, local.pooling, local.padding, count
+                ).reshape(-1)
+            start = step.chunking.columns[k]
+            return rows.detach()[:, start : start + mine].contiguous().reshape(-1)
+
+        def sent(k: int, send: Tensor) -> _Pending:
+            widths = step.chunking.widths[k]
+            return _start(
+                send, [batch * w for w in widths], [batch * widths[rank]] * world, step, "rows"
             )
-            del send
+
+        # chunk k + 1 is pooled while chunk k's rows travel, and sent while they are placed
+        pending = sent(0, pooled(0))
+        for k, widths in enumerate(step.chunking.widths):
+            ahead = pooled(k + 1) if k + 1 < chunks else None
+            back = _finish(pending, step.stats)
+            pending = sent(k + 1, ahead) if ahead is not None else None
+            del ahead
             offset = 0
             for s, items in enumerate(step.places[k]):
                 block = back[offset : offset + batch * widths[s]].view(batch, widths[s])
@@ -302,8 +352,8 @@ class _ChunkedRows(torch.autograd.Function):
             for dst, (width, counts) in step.divisors.items()
         }
 
-        def received(k: int) -> Tensor:
-            """Chunk ``k``'s gradient of this rank's rows, ``[world x B, width]``."""
+        def sent(k: int) -> _Pending:
+            """Start chunk ``k``'s exchange: the gradient of every rank's rows in the chunk."""
             widths = step.chunking.widths[k]
             send = grad.new_empty(batch * sum(widths))
             offset = 0
@@ -314,11 +364,22 @@ class _ChunkedRows(torch.autograd.Function):
                     source = scaled[dst] if dst in scaled else grad[:, dst : dst + width]
                     block[:, col : col + width].copy_(source)
                 del block
-            back = all_to_all(
-                send, [batch * widths[rank]] * world, [batch * w for w in widths],
-                step.group, rank, step.stats, "rows_grad",
+            return _start(
+                send, [batch * widths[rank]] * world, [batch * w for w in widths], step,
+                "rows_grad",
             )
-            return back.view(world * batch, widths[rank])
+
+        def received() -> Any:
+            """Chunk after chunk, a one-item list holding this rank's rows' gradient
+            ``[world x B, width]`` (taken out by the caller, so that it is freed once used);
+            the next chunk's exchange is started before the caller uses this one."""
+            chunks = len(step.chunking.widths)
+            pending = sent(0)
+            for k in range(chunks):
+                width = step.chunking.widths[k][rank]
+                box = [_finish(pending, step.stats).view(world * batch, width)]
+                pending = sent(k + 1) if k + 1 < chunks else None
+                yield box
 
         rows_grad = None
         if local is not None:
@@ -329,19 +390,20 @@ class _ChunkedRows(torch.autograd.Function):
                 but for the rule's code and hyperparameters)."""
                 code, hparams = args[-2], args[-1]
                 feature = 0
-                for k in range(len(step.chunking.widths)):
-                    rows = received(k)
+                for k, box in enumerate(received()):
+                    rows = box.pop()
                     count = local.counts[k]
                     if count:
                         dim = rows.shape[1] // count
                         major = rows.view(-1, count, dim).transpose(0, 1).reshape(-1, dim)
-                        del rows
+                        rows = None
                         ids, offsets = _chunk_of(local, feature, count)
                         ops.fused_update_rows(
                             weight, state, ids, offsets, major, None, local.pooling,
                             local.padding, False, code, hparams,
                         )
                         del major
+                    del rows
                     feature += count
 
             fused_optimizer_of(local.weight).apply_update(
@@ -350,9 +412,11 @@ class _ChunkedRows(torch.autograd.Function):
             )
         else:
             rows_grad = grad.new_empty(ctx.rows_shape)
-            for k, widths in enumerate(step.chunking.widths):
+            for k, box in enumerate(received()):
                 start = step.chunking.columns[k]
-                rows_grad[:, start : start + widths[rank]] = received(k)
+                part = box.pop()
+                rows_grad[:, start : start + part.shape[1]] = part
+                del part
             if not ctx.needs_input_grad[1]:
                 rows_grad = None
         anchor = torch.zeros(0, device=grad.device) if ctx.needs_input_grad[2] else None

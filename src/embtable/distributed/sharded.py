@@ -66,7 +66,7 @@ __all__ = [
 _ShardedTables = ShardedTables  # (the name checkpoint.py and older callers import)
 
 #: Bytes of the ``[B, sum D]`` result per chunk when ``memory_chunks`` is ``None``.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 #: The most chunks chosen by ``memory_chunks=None``.
 MAX_CHUNKS = 8
 
@@ -112,7 +112,7 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             other, so that one chunk's buffers are alive at a time
             (:mod:`embtable.distributed._chunked`; same results, more ``all_to_all`` calls of
             the same total bytes).  ``None`` (default): one chunk per :data:`CHUNK_BYTES`
-            (4 MiB) of this rank's ``[B, sum D]`` result, at most :data:`MAX_CHUNKS`; set the
+            (1 MiB) of this rank's ``[B, sum D]`` result, at most :data:`MAX_CHUNKS`; set the
             same value on every rank.  Plans with row-wise max tables or only even column
             shards exchange their rows at once.
 
@@ -215,7 +215,8 @@ class ShardedEmbeddingBagCollection(ShardedTables):
             shards = self._shards[table]
             if self._kind[table] is ShardingType.COLUMN_WISE:
                 for k, shard in enumerate(shards):
-                    slots.append((dst + shard.col_offset, shard.num_cols, (where[(name, k)],), None))
+                    part = (where[(name, k)],)
+                    slots.append((dst + shard.col_offset, shard.num_cols, part, None))
             else:
                 parts = tuple(where[(name, k)] for k in range(len(shards)))
                 divisor = None
@@ -439,7 +440,9 @@ class _Assemble(torch.autograd.Function):
     The received rows are not saved: they are freed once the result is built."""
 
     @staticmethod
-    def forward(ctx: Any, back: Tensor, layout: tuple[Any, ...], *placed_tensors: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, back: Tensor, layout: tuple[Any, ...], *placed_tensors: Tensor
+    ) -> Tensor:
         batch, total, blocks, slots, placed = layout
         ctx.layout = layout
         ctx.numel = back.numel()
