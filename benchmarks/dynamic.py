@@ -34,8 +34,9 @@ proportional to r**-1.05) over ``--distinct`` ranks, each rank mapped to a rando
    and ends equal to the plain one (rows and map).
    ``floor`` - the floor of the dynamic step's extra work: in the training step's cache state,
    a read-only probe of every position (``SlotMap.find``) and the writes of the batch's new
-   rows (values computed ahead) on copies; (static + both) / static is the best ratio any
-   remap could reach on this machine.
+   rows (values computed ahead) on copies; (static + both) / static is the best one-thread
+   ratio a remap through this map's index could reach on this machine (a more compact index,
+   or a remap off the step's thread, is not bound by it).
    ``aging`` - the cost of one LFU aging pass (``decay_every``): a full LFU map of
    ``--capacity`` slots, a 1-id call with aging on every call vs the same without aging.
 3. ``quality`` - a synthetic click-through task whose true model needs every id: id ``x``
@@ -380,8 +381,9 @@ def breakdown(cfg) -> None:
 
 
 def floor(cfg) -> None:
-    """The floor of the dynamic step's extra work: the memory work no remap can avoid, timed in
-    the training step's cache state.  Each timed step runs, on the same batch: ``SlotMap.find``
+    """The floor of the dynamic step's extra work: the memory work no remap through this map's
+    index (32 MB at 1 M slots) can avoid on the step's thread, timed in the training step's
+    cache state.  Each timed step runs, on the same batch: ``SlotMap.find``
     of every position on the dynamic table's map (a read-only probe of each id: no dedup, no
     recency, no admission; it sees the caches the previous steps left, as the dynamic step's
     lookup does), the dynamic step, the static step (as ``train``), then the dynamic step's
