@@ -73,7 +73,7 @@ import torch
 import embtable
 from embtable.nn.dynamic import DynamicEmbeddingBag
 from embtable.nn.hashed import HashedEmbeddingBag, QREmbeddingBag, hash_rows, mix64
-from embtable.storage.slots import SlotMap
+from embtable.storage.slots import _M, _S, SlotMap
 
 FULL = dict(lookups=50_000_000, distinct=10_000_000, capacity=1_000_000, batch=2048, bag=20,
             paired=20, train_steps=15, ctr_distinct=5_000_000, ctr_rows=1_000_000,
@@ -168,13 +168,18 @@ def remap(cfg) -> None:
     stream = Stream(cfg["distinct"], seed=0)
     smap = SlotMap(cfg["capacity"], "lru")
     total, full_at, per_batch = 0.0, None, []
+    meta = smap._state[_S["meta"]]
+    compacted = []  # batches whose call compacted the recency queue (its tail moved back)
     for b in range(batches):
         ids = stream.ids(n)
+        tail = int(meta[_M["tail"]])
         t0 = time.thread_time()
         smap.lookup(ids)
         dt = time.thread_time() - t0
         total += dt
         per_batch.append(dt / n * 1e9)
+        if int(meta[_M["tail"]]) < tail:
+            compacted.append(b)
         if full_at is None and len(smap) == cfg["capacity"]:
             full_at = b + 1
     st = smap.stats()
@@ -186,6 +191,15 @@ def remap(cfg) -> None:
           f"(batch {full_at}): median {statistics.median(per_batch[full_at or 0:] or [0]):.1f} ns/id")
     print(f"    admitted {st['admitted']}, evicted {st['evicted']} "
           f"({st['evicted'] / max(batches - (full_at or batches), 1):.0f} per batch once full)")
+    if compacted:
+        gaps = [b - a for a, b in zip(compacted, compacted[1:], strict=False)]
+        skip = set(compacted)
+        ms = [per_batch[b] * n / 1e6 for b in compacted]
+        rest = [t * n / 1e6 for b, t in enumerate(per_batch) if b >= (full_at or 0) and b not in skip]
+        print(f"    recency-queue compactions: {len(compacted)} (first at batch {compacted[0] + 1}, "
+              f"then every {statistics.median(gaps or [0]):.0f} batches, median); a batch with "
+              f"one: median {statistics.median(ms):.1f} ms, the others once full "
+              f"{statistics.median(rest or [0]):.2f} ms")
 
     # 1b. paired contenders on the same batches, after the same warm-up prefix
     warm = full_at or batches
