@@ -46,6 +46,15 @@ def _canonical(sd):
     return {k: v for k, v in sd.items() if k != "config"}
 
 
+def _same_state(smap, ref):
+    """The compiled map's canonical state equals the oracle's (counts, clocks, recency, counters)."""
+    sd, want = smap.state_dict(), ref.state_dict()
+    if not ref.listed:
+        want["recency"] = torch.zeros(0, dtype=torch.int64)
+    for key, value in want.items():
+        assert torch.equal(sd[key], value.reshape(sd[key].shape).to(sd[key].dtype)), key
+
+
 def _run_against_oracle(smap, ref, rng, calls, universe, reload_every=0):
     for t, ids in enumerate(_stream(rng, smap.capacity, calls, universe)):
         try:
@@ -66,12 +75,8 @@ def _run_against_oracle(smap, ref, rng, calls, universe, reload_every=0):
             smap.step()
             ref.step()
         if reload_every and t % reload_every == reload_every - 1:
+            _same_state(smap, ref)
             sd = smap.state_dict()
-            ref_sd = ref.state_dict()
-            if not ref.listed:
-                ref_sd["recency"] = torch.zeros(0, dtype=torch.int64)
-            for key, value in ref_sd.items():
-                assert torch.equal(sd[key], value.reshape(sd[key].shape).to(sd[key].dtype)), key
             fresh = SlotMap(
                 smap.capacity, smap.policy, ttl=smap.ttl, min_count=smap.min_count,
                 exact_counts=smap.exact_counts, seed=smap.seed, sketch_width=smap.sketch_width,
@@ -384,15 +389,6 @@ def test_decay_is_part_of_the_config():
     again = SlotMap(4, "lfu", decay_every=5)
     again.load_state_dict(aged.state_dict())
     assert again.find(torch.tensor([1, 2])).tolist() == [0, 1]
-
-
-def _same_state(smap, ref):
-    """The compiled map's canonical state equals the oracle's (counts, clocks, recency, counters)."""
-    sd, want = smap.state_dict(), ref.state_dict()
-    if not ref.listed:
-        want["recency"] = torch.zeros(0, dtype=torch.int64)
-    for key, value in want.items():
-        assert torch.equal(sd[key], value.reshape(sd[key].shape).to(sd[key].dtype)), key
 
 
 def _lookup_both(smap, ref, ids, missing=-1):
