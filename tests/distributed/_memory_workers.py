@@ -91,11 +91,12 @@ def chunked_worker(rank: int, world: int) -> None:
         assert torch.equal(one, chunked), "not fused: gradients differ"
 
     # mixed plans (row-wise mean with padding, column-wise, data-parallel; several buckets:
-    # the rows are pooled at once and exchanged in chunks) against one process
+    # the rows are pooled at once and exchanged in chunks) against one process; 8 chunks:
+    # more chunks than a rank has tables (empty chunks on every rank)
     default = cls.memory_chunks
-    cls.memory_chunks = 3
     try:
-        for variant in (0, 3):
+        for variant, chunks in ((0, 3), (3, 8)):
+            cls.memory_chunks = chunks
             workers.train_and_compare(
                 rank, world, workers.mixed_plan(world, variant), "adam", {"lr": 0.05}, steps=3
             )
