@@ -32,6 +32,7 @@ Usage:
     python benchmarks/sharded.py --quick               # smoke run
     python benchmarks/sharded.py --kernel-calls 300    # the column path's row-statistic kernels
     python benchmarks/sharded.py --rows-max 4000000 --memory-phases --phase-steps 8  # memory per step
+    python benchmarks/sharded.py --memory-account --phase-steps 8  # live tensors, glibc's count
     python benchmarks/sharded.py --kernel-calls 15 --kernel-workload columns  # reduction, 26 tables
 """
 
@@ -53,6 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import _memory_account  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 import embtable
 from embtable import EmbeddingBagCollection, KeyedJagged, TableConfig
 from embtable._atomic import atomic_write_bytes
@@ -372,7 +374,7 @@ def memory_worker(
     )
     tables = table_configs(args.rows_max)
     batches = [local_slice(global_batch(tables, args.batch, seed=s), rank, world) for s in range(2)]
-    base = current_rss()
+    base, heap0 = current_rss(), _memory_account.heap()
     sharded = ShardedEmbeddingBagCollection(
         tables, make_plan(tables, world, args.sharding, args.data_parallel_bytes)
     )
@@ -383,9 +385,13 @@ def memory_worker(
         s.num_rows * s.num_cols * 4 + s.num_rows * state_bytes_per_row(RULE, s.num_cols)
         for s, _ in sharded.shard_weights().values()
     )
-    rows, high = [], 0
+    rows, high, heaps, accounts = [], 0, [], []
     for step in range(args.phase_steps):
+        last = step == args.phase_steps - 1  # (the profiler's own records grow the heap)
+        prof = _memory_account.profiler() if args.memory_account and last else None
         start = current_rss()
+        if prof is not None:
+            prof.__enter__()
         _reset_peak()
         values = sharded(batches[step % 2]).values()
         forward_peak, forward_kept = peak_rss() - start, current_rss() - start
@@ -394,14 +400,22 @@ def memory_worker(
         backward_peak = peak_rss() - start
         high = max(high, forward_peak + start, backward_peak + start)
         del values
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            accounts.append(_memory_account.live_at_peak(prof))
+            del prof
         rows.append([step, forward_peak, forward_kept, backward_peak, current_rss() - start])
+        heaps.append({"rss": current_rss() - base, **_memory_account.heap()})
     result = {
         "rank": rank,
         "steps": rows,
+        "heaps": heaps,
+        "accounts": accounts,
         "shards": shards,
         "growth": current_rss() - base,
         "peak": max(peak_rss(), high) - base,
         "chunks": sharded._chunks_for(batches[0].stride()),
+        "heap0": heap0,
     }
     _gather_results(rank, world, result, out_path)
 
@@ -422,6 +436,35 @@ def print_memory_phases(args: argparse.Namespace) -> None:
             f"state {result['shards'] / 1e6:.1f} MB ({result['growth'] / result['shards']:.2f}x, "
             f"peak {result['peak'] / result['shards']:.2f}x; {result['chunks']} memory chunks)"
         )
+    if args.memory_account:
+        print_memory_account(results)
+
+
+def print_memory_account(results: list[dict[str, Any]]) -> None:
+    """``--memory-account``: per step, RSS growth since the worker's start and glibc's count
+    after the step (in use and free bytes in the heap, the main arena); the tensors allocated
+    in the last step and alive at its peak (only that step is profiled: the profiler's own
+    records would grow the heap), in all and by call chain."""
+    print("\n| rank | step | RSS growth MB | heap in use MB | heap free MB | arena MB "
+          "| live at peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    for result in results:
+        inuse0 = result["heap0"]["inuse"]
+        for (step, *_), heap in zip(result["steps"], result["heaps"]):
+            live = result["accounts"][-1]["live"] if step == len(result["steps"]) - 1 else None
+            print(
+                f"| {result['rank']} | {step} | {heap['rss'] / 1e6:.1f} | "
+                f"{(heap['inuse'] - inuse0) / 1e6:.1f} | {heap['free'] / 1e6:.1f} | "
+                f"{heap['arena'] / 1e6:.1f} | {'' if live is None else f'{live / 1e6:.1f}'} |"
+            )
+    for result in results:
+        last = result["accounts"][-1]
+        print(f"\nrank {result['rank']}, step {len(result['steps']) - 1}: tensors alive at "
+              f"the peak {last['live'] / 1e6:.1f} MB (allocated in the step: "
+              f"{last['peak'] / 1e6:.1f} MB)")
+        for chain, size, count in last["groups"]:
+            if size >= 100_000:
+                print(f"  {size / 1e6:6.2f} MB x{count:<4d} {chain}")
 
 
 def run_sharded(args: argparse.Namespace, world: int, worker: Any = None) -> list[dict[str, Any]]:
@@ -679,6 +722,12 @@ def main() -> None:
         "--phase-steps", type=int, default=3, help="steps of --memory-phases (default 3)"
     )
     parser.add_argument(
+        "--memory-account",
+        action="store_true",
+        help="--memory-phases plus glibc's mallinfo2 after each step and the tensors alive at "
+        "the last step's peak (the torch profiler's allocation events, that step only)",
+    )
+    parser.add_argument(
         "--memory-chunks",
         type=int,
         default=None,
@@ -711,7 +760,7 @@ def main() -> None:
     if args.kernel_calls:
         kernel_timings(args)
         return
-    if args.memory_phases:
+    if args.memory_phases or args.memory_account:
         print_memory_phases(args)
         return
     if args.quick:
