@@ -307,6 +307,22 @@ def even_columns(rank: int, world: int) -> None:
         assert sharded.stats.bytes_sent["rows"] == rows, dict(sharded.stats.bytes_sent)
         assert sharded.stats.bytes_sent["rows_grad"] == rows, dict(sharded.stats.bytes_sent)
         assert sharded.stats.calls == 6, dict(sharded.stats.seconds)
+        # the result's buffer is reused by the next step once the caller dropped it, and a
+        # result the caller keeps is never written over
+        kept = sharded(local).values()
+        _loss(kept).backward()
+        copy, first = kept.detach().clone(), kept.data_ptr()
+        again = sharded(local).values()
+        _loss(again).backward()
+        assert torch.equal(kept, copy) and again.data_ptr() != first
+        free = sharded._kept["out"].data_ptr()
+        del kept, again
+        again = sharded(local).values()
+        _loss(again).backward()
+        assert again.data_ptr() == free
+        later = sharded(local).values()
+        assert later.data_ptr() != again.data_ptr()  # (``again`` still held here)
+        del later
         _synced._PIPELINE_ROWS = pipeline
         train_and_compare(rank, world, plan, "sgd", {"lr": 0.1}, weighted=True, tables=tables)
     finally:

@@ -124,6 +124,32 @@ def differentiable_all_to_all(
     return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind, after)
 
 
+def _buffer(
+    kept: dict[str, Tensor] | None, name: str, like: Tensor, shape: tuple[int, ...]
+) -> Tensor:
+    """A buffer of ``shape`` for one role (``name``), taken from and left in ``kept`` (the
+    module's workspace; ``None``: a new one each call), new when the kept one has another
+    shape, or is still referenced elsewhere (e.g. a caller kept its result or views of it).
+
+    Keeping the step's four large buffers keeps glibc from giving their pages back at the end
+    of a step and faulting them in again in the next (10-18K page faults a step on the
+    benchmark's all-column plan, 15-20 ms of CPU, when the caller drops the result)."""
+    if kept is None:
+        return like.new_empty(shape)
+    found = kept.get(name)
+    if (
+        found is not None
+        and found.shape == shape
+        and found.dtype == like.dtype
+        and found.device == like.device
+        # (2: ``found`` and the temporary storage object: nothing else holds its memory)
+        and torch._C._storage_Use_Count(found.untyped_storage()._cdata) == 2
+    ):
+        return found
+    found = kept[name] = like.new_empty(shape).detach()
+    return found
+
+
 class _EvenColumns(torch.autograd.Function):
     """:func:`exchange_even_columns` (forward and backward)."""
 
@@ -137,11 +163,12 @@ class _EvenColumns(torch.autograd.Function):
         stats: CommStats | None,
         kind: str,
         after: Tensor | None,
+        kept: dict[str, Tensor] | None,
     ) -> Tensor:
         world, batch, features, width = shape
-        ctx.meta = (shape, group, rank, stats, kind)
+        ctx.meta = (shape, group, rank, stats, kind, kept)
         blocks = x.view(world, batch, features, width)
-        full = x.new_empty(world, batch, features, width)  # every rank's block, rank order
+        full = _buffer(kept, "full", x, (world, batch, features, width))
         rows = _others(rank, world)
         done = _all_to_all_others(
             blocks[rows].reshape(-1), full[rows].view(-1), group, rank, world, stats, kind
@@ -150,16 +177,20 @@ class _EvenColumns(torch.autograd.Function):
             full[rank].copy_(blocks[rank])
         done()
         # one copy into the result's layout (a contiguous destination: the fast direction)
-        return full.permute(1, 2, 0, 3).reshape(batch, features * world * width)
+        out = _buffer(kept, "out", x, (batch, features, world, width))
+        out.copy_(full.permute(1, 2, 0, 3))
+        return out.view(batch, features * world * width)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        shape, group, rank, stats, kind = ctx.meta
+        shape, group, rank, stats, kind, kept = ctx.meta
         world, batch, features, width = shape
         g = grad.reshape(batch, features, world, width)
-        back = grad.new_empty(world, batch, features, width)
+        back = _buffer(kept, "back", grad, (world, batch, features, width))
         rows = _others(rank, world)
-        sent = g[:, :, rows].permute(2, 0, 1, 3).reshape(-1)
+        sent = _buffer(kept, "send", grad, (len(range(world)[rows]), batch, features, width))
+        sent.copy_(g[:, :, rows].permute(2, 0, 1, 3))
+        sent = sent.view(-1)
         done = _all_to_all_others(
             sent, back[rows].view(-1), group, rank, world, stats, kind + "_grad"
         )
@@ -167,7 +198,7 @@ class _EvenColumns(torch.autograd.Function):
             back[rank].copy_(g[:, :, rank])
         done()
         after = torch.zeros(0, device=grad.device) if ctx.needs_input_grad[6] else None
-        return (back.view(-1),) + (None,) * 5 + (after,)
+        return (back.view(-1),) + (None,) * 5 + (after, None)
 
 
 def _others(rank: int, world: int) -> slice:
@@ -221,6 +252,7 @@ def exchange_even_columns(
     stats: CommStats | None,
     kind: str,
     after: Tensor | None = None,
+    kept: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """The rows of an all-column plan in equal blocks, sent and assembled in one step.
 
@@ -229,9 +261,10 @@ def exchange_even_columns(
     ``s``.  Rank ``0`` and rank ``W - 1`` (every rank of two) send only the other ranks'
     blocks and receive the others' straight into place (no copy of their own block through
     the collective); backward sends the gradient back the same way.  ``after``: as for
-    :func:`differentiable_all_to_all`.
+    :func:`differentiable_all_to_all`.  ``kept``: the caller's workspace, where the receive
+    buffer, the result and backward's two buffers stay from step to step (:func:`_buffer`).
     """
-    return _EvenColumns.apply(x, shape, group, rank, stats, kind, after)
+    return _EvenColumns.apply(x, shape, group, rank, stats, kind, after, kept)
 
 
 def start_all_reduce(

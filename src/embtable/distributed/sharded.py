@@ -3,14 +3,16 @@ r"""Sharded collections: each rank holds only its shards and looks up its local 
 A forward pass of :class:`ShardedEmbeddingBagCollection` on every rank (each with its own
 local batch of ``B`` examples):
 
-1. **agree** -- one ``all_gather`` of 6 integers per rank: batch size, weights present, and
-   the first bad input found locally (missing feature, id outside its table, weights on a
-   mean / max table).  If any rank's batch is bad, every rank raises the same error naming
-   that rank, feature and id, before anything is exchanged or updated;
+1. **agree** -- one ``all_to_all`` of 7 integers per rank and destination: batch size,
+   weights present, the first bad input found locally (missing feature, id outside its
+   table, weights on a mean / max table), the number of ids it will send that destination
+   and whether they need int64.  If any rank's batch is bad, every rank raises the same
+   error naming that rank, feature and id, before anything is exchanged or updated;
 2. **route ids** -- each feature's ids go to the ranks that hold its table: all of them to
    the owner (table-wise), to every column shard (column-wise), or each id to the rank
-   owning its row, shifted to the shard's local row (row-wise); ``all_to_all_single`` of the
-   bag lengths, then of the ids (and per-value weights);
+   owning its row, shifted to the shard's local row (row-wise); one ``all_to_all_single``
+   of the bag lengths and ids (int32 unless some rank needs int64; per-value weights take a
+   second);
 3. **look up** -- each rank pools the received bags of all ranks (``world x B`` bags per
    feature: the global batch) with an ordinary :class:`~embtable.EmbeddingBagCollection` of
    its shards (the compiled kernels, fused optimizers);
@@ -155,7 +157,7 @@ class ShardedEmbeddingBagCollection(ShardedTables):
         if even:  # every feature split in d columns over ranks 0..W-1: received into place
             shape = (world, batch, len(self.feature_names), even)
             values = exchange_even_columns(
-                send, shape, self.group, self.rank, self.stats, "rows", after=anchor
+                send, shape, self.group, self.rank, self.stats, "rows", anchor, self._kept
             )
             del send
             views = list(values.split(self.embedding_dims, 1))
