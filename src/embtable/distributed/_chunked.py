@@ -133,7 +133,11 @@ def fused_local(module: Any, kjt: Any, chunking: Chunking, rank: int) -> _Local 
     pooling = ops.POOL_SUM if bucket.pooling is PoolingMode.SUM else ops.POOL_MEAN
     pad = -1 if lookup.padding_idx is None else lookup.padding_idx
     counts = [len(chunking.routes[k][rank]) for k in range(len(chunking.routes))]
-    return _Local(weight, lookup.ids, lookup.offsets, pooling, pad, kjt.stride(), counts)
+    ids = lookup.ids
+    if ids.dtype == torch.int64 and weight.shape[0] <= torch.iinfo(torch.int32).max:
+        # (kept until backward's update: half the bytes; the kernels widen a chunk's slice)
+        ids = ids.to(torch.int32)
+    return _Local(weight, ids, lookup.offsets, pooling, pad, kjt.stride(), counts)
 
 
 def _chunk_of(local: _Local, first: int, count: int) -> tuple[Tensor, Tensor]:
