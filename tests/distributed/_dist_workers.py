@@ -315,11 +315,11 @@ def even_columns(rank: int, world: int) -> None:
         again = sharded(local).values()
         _loss(again).backward()
         assert torch.equal(kept, copy) and again.data_ptr() != first
-        free = sharded._kept["out"].data_ptr()
+        free = {t.data_ptr() for t in sharded._kept["out"]}  # (held by the workspace alone)
         del kept, again
         again = sharded(local).values()
         _loss(again).backward()
-        assert again.data_ptr() == free
+        assert again.data_ptr() in free
         later = sharded(local).values()
         assert later.data_ptr() != again.data_ptr()  # (``again`` still held here)
         del later

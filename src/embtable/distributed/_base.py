@@ -205,6 +205,7 @@ class ShardedTables(Agreement, Exchange, Module):
                         num_features=len(bucket.features)
                         if name and pooling in (ops.POOL_SUM, ops.POOL_MEAN)
                         else 0,
+                        kept=self._kept,
                     )
                 )
         weights = list({id(j.weight): j.weight for j in jobs}.values())

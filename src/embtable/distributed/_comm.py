@@ -24,6 +24,7 @@ __all__ = [
     "all_to_all",
     "differentiable_all_to_all",
     "exchange_even_columns",
+    "kept_buffer",
     "start_all_reduce",
 ]
 
@@ -124,30 +125,37 @@ def differentiable_all_to_all(
     return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind, after)
 
 
-def _buffer(
-    kept: dict[str, Tensor] | None, name: str, like: Tensor, shape: tuple[int, ...]
+def kept_buffer(
+    kept: dict[str, Any] | None, name: str, like: Tensor, shape: tuple[int, ...]
 ) -> Tensor:
     """A buffer of ``shape`` for one role (``name``), taken from and left in ``kept`` (the
-    module's workspace; ``None``: a new one each call), new when the kept one has another
-    shape, or is still referenced elsewhere (e.g. a caller kept its result or views of it).
+    module's workspace; ``None``: a new one each call). Up to two are kept per role (a
+    caller that keeps each result until the next step's returns gets them in turn); one is
+    reused only while nothing else holds its memory (e.g. a result, or views of it, that a
+    caller kept), else a new one is made. 1-D buffers: a slice of a kept one at least as
+    long (grown by a quarter when none is).
 
-    Keeping the step's four large buffers keeps glibc from giving their pages back at the end
-    of a step and faulting them in again in the next (10-18K page faults a step on the
-    benchmark's all-column plan, 15-20 ms of CPU, when the caller drops the result)."""
+    Keeping the step's large buffers keeps glibc from giving their pages back at the end of
+    a step and faulting them in again in the next (3-18K page faults a step on the
+    benchmark's all-column plan, up to 20 ms of CPU, when the caller drops the result)."""
     if kept is None:
         return like.new_empty(shape)
-    found = kept.get(name)
-    if (
-        found is not None
-        and found.shape == shape
-        and found.dtype == like.dtype
-        and found.device == like.device
-        # (2: ``found`` and the temporary storage object: nothing else holds its memory)
-        and torch._C._storage_Use_Count(found.untyped_storage()._cdata) == 2
-    ):
-        return found
-    found = kept[name] = like.new_empty(shape).detach()
-    return found
+    flat = len(shape) == 1
+    pool = kept.setdefault(name, [])
+    for found in pool:
+        if (
+            (found.numel() >= shape[0] if flat else found.shape == shape)
+            and found.dtype == like.dtype
+            and found.device == like.device
+            # (2: ``found`` and the temporary storage object: nothing else holds its memory)
+            and torch._C._storage_Use_Count(found.untyped_storage()._cdata) == 2
+        ):
+            return found[: shape[0]] if flat else found
+    found = like.new_empty((shape[0] + shape[0] // 4,) if flat else shape).detach()
+    if len(pool) == 2:
+        pool.pop(0)
+    pool.append(found)
+    return found[: shape[0]] if flat else found
 
 
 class _EvenColumns(torch.autograd.Function):
@@ -168,7 +176,7 @@ class _EvenColumns(torch.autograd.Function):
         world, batch, features, width = shape
         ctx.meta = (shape, group, rank, stats, kind, kept)
         blocks = x.view(world, batch, features, width)
-        full = _buffer(kept, "full", x, (world, batch, features, width))
+        full = kept_buffer(kept, "full", x, (world, batch, features, width))
         rows = _others(rank, world)
         done = _all_to_all_others(
             blocks[rows].reshape(-1), full[rows].view(-1), group, rank, world, stats, kind
@@ -177,7 +185,7 @@ class _EvenColumns(torch.autograd.Function):
             full[rank].copy_(blocks[rank])
         done()
         # one copy into the result's layout (a contiguous destination: the fast direction)
-        out = _buffer(kept, "out", x, (batch, features, world, width))
+        out = kept_buffer(kept, "out", x, (batch, features, world, width))
         out.copy_(full.permute(1, 2, 0, 3))
         return out.view(batch, features * world * width)
 
@@ -186,9 +194,9 @@ class _EvenColumns(torch.autograd.Function):
         shape, group, rank, stats, kind, kept = ctx.meta
         world, batch, features, width = shape
         g = grad.reshape(batch, features, world, width)
-        back = _buffer(kept, "back", grad, (world, batch, features, width))
+        back = kept_buffer(kept, "back", grad, (world, batch, features, width))
         rows = _others(rank, world)
-        sent = _buffer(kept, "send", grad, (len(range(world)[rows]), batch, features, width))
+        sent = kept_buffer(kept, "send", grad, (len(range(world)[rows]), batch, features, width))
         sent.copy_(g[:, :, rows].permute(2, 0, 1, 3))
         sent = sent.view(-1)
         done = _all_to_all_others(
@@ -262,7 +270,7 @@ def exchange_even_columns(
     blocks and receive the others' straight into place (no copy of their own block through
     the collective); backward sends the gradient back the same way.  ``after``: as for
     :func:`differentiable_all_to_all`.  ``kept``: the caller's workspace, where the receive
-    buffer, the result and backward's two buffers stay from step to step (:func:`_buffer`).
+    buffer, the result and backward's two buffers stay from step to step (:func:`kept_buffer`).
     """
     return _EvenColumns.apply(x, shape, group, rank, stats, kind, after, kept)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from embtable.config import PoolingMode
-from embtable.distributed._comm import all_to_all
+from embtable.distributed._comm import all_to_all, kept_buffer
 from embtable.distributed.plan import ShardingType
 from embtable.jagged import KeyedJagged
 
@@ -128,7 +128,7 @@ class Exchange:
         order = [s * nf + f for f in range(nf) for s in range(world)]  # feature-major, then source
         kjt = KeyedJagged(
             [route.feature for route in mine],
-            _cat([v_parts[i] for i in order], torch.int64, device),
+            _cat([v_parts[i] for i in order], torch.int64, device, self._kept),
             grid.permute(1, 0, 2).reshape(-1),
             weights=None if w_parts is None else torch.cat([w_parts[i] for i in order]),
             validate=False,
@@ -143,9 +143,18 @@ class Exchange:
         ]
 
 
-def _cat(parts: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``parts`` concatenated into a new ``dtype`` tensor on ``device`` (cast while copied)."""
-    out = torch.empty(sum(int(p.numel()) for p in parts), dtype=dtype, device=device)
+def _cat(
+    parts: list[Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+    kept: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """``parts`` concatenated into a ``dtype`` tensor on ``device`` (cast while copied): a
+    new one, or with ``kept`` (the module's workspace) the received ids' buffer reused from
+    step to step while nothing else holds it (:func:`~._comm.kept_buffer`)."""
+    size = sum(int(p.numel()) for p in parts)
+    like = torch.empty(0, dtype=dtype, device=device)
+    out = kept_buffer(kept, "ids", like, (size,)) if kept is not None else like.new_empty(size)
     if parts:
         torch.cat([p.to(device=device) for p in parts], out=out)
     return out

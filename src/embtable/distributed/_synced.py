@@ -53,7 +53,7 @@ from torch import Tensor
 from embtable import ops
 from embtable._functions import feature_major
 from embtable.config import PoolingMode
-from embtable.distributed._comm import CommStats, all_reduce, start_all_reduce
+from embtable.distributed._comm import CommStats, all_reduce, kept_buffer, start_all_reduce
 from embtable.distributed._maxpool import winner_rows
 from embtable.distributed._rowstat import (
     bag_rows,
@@ -120,6 +120,7 @@ class Job:
     max_ids: Tensor | None = None
     agree: bool = True
     num_features: int = 0
+    kept: dict[str, Tensor] | None = None  # the module's workspace (feature-major gradient)
 
 
 class SyncedLookup(torch.autograd.Function):
@@ -165,7 +166,8 @@ class SyncedLookup(torch.autograd.Function):
         jobs, stats = ctx.jobs, ctx.stats
         # (example-major outputs: their gradient feature-major, as the kernels read it)
         grads = tuple(
-            feature_major(g, j.num_features) if j.num_features else g for j, g in zip(jobs, grads)
+            _feature_major(g, j, k) if j.num_features else g
+            for k, (j, g) in enumerate(zip(jobs, grads))
         )
         dense: dict[int, Tensor] = {}
         columns = [(j, g) for j, g in zip(jobs, grads) if j.table is not None]
@@ -176,6 +178,18 @@ class SyncedLookup(torch.autograd.Function):
         out = [dense.get(id(w)) for w in ctx.weights]
         out = [None if d is None else d.to(w.dtype) for d, w in zip(out, ctx.weights)]
         return (None, None, None, None, *out)
+
+
+def _feature_major(grad: Tensor, job: Job, k: int) -> Tensor:
+    """:func:`~embtable._functions.feature_major` of job ``k``'s gradient, into a buffer of
+    the module's workspace when it has one (reused from step to step: :func:`kept_buffer`)."""
+    if job.kept is None:
+        return feature_major(grad, job.num_features)
+    bags, width = grad.shape
+    num, dim = job.num_features, width // job.num_features
+    out = kept_buffer(job.kept, f"grad{k}", grad, (num, bags, dim))
+    out.copy_(grad.reshape(bags, num, dim).transpose(0, 1))
+    return out.view(num * bags, dim)
 
 
 def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
