@@ -91,7 +91,7 @@ class ShardedTables(Agreement, Exchange, Module):
         self.feature_names = list(groups.features)
         self.embedding_dims = [groups.features[f].embedding_dim for f in self.feature_names]
         self.stats = CommStats()
-        self._kept: dict[str, Tensor] = {}  # large exchange buffers reused step to step
+        self._kept: dict[str, Any] = {}  # large step buffers reused step to step (_comm)
         self._configs = {c.name: c for c in self.tables}
         self._table_of = {f: groups.features[f].table for f in self.feature_names}
         self._kind = {c.name: plan.tables[c.name].sharding_type for c in self.tables}

@@ -125,6 +125,9 @@ def differentiable_all_to_all(
     return _AllToAll.apply(x, out_splits, in_splits, group, rank, stats, kind, after)
 
 
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # (tensors sharing a storage)
+
+
 def kept_buffer(
     kept: dict[str, Any] | None, name: str, like: Tensor, shape: tuple[int, ...]
 ) -> Tensor:
@@ -138,7 +141,7 @@ def kept_buffer(
     Keeping the step's large buffers keeps glibc from giving their pages back at the end of
     a step and faulting them in again in the next (3-18K page faults a step on the
     benchmark's all-column plan, up to 20 ms of CPU, when the caller drops the result)."""
-    if kept is None:
+    if kept is None or _use_count is None:  # (no way to tell a free buffer: never reuse)
         return like.new_empty(shape)
     flat = len(shape) == 1
     pool = kept.setdefault(name, [])
@@ -148,7 +151,7 @@ def kept_buffer(
             and found.dtype == like.dtype
             and found.device == like.device
             # (2: ``found`` and the temporary storage object: nothing else holds its memory)
-            and torch._C._storage_Use_Count(found.untyped_storage()._cdata) == 2
+            and _use_count(found.untyped_storage()._cdata) == 2
         ):
             return found[: shape[0]] if flat else found
     found = like.new_empty((shape[0] + shape[0] // 4,) if flat else shape).detach()
@@ -171,7 +174,7 @@ class _EvenColumns(torch.autograd.Function):
         stats: CommStats | None,
         kind: str,
         after: Tensor | None,
-        kept: dict[str, Tensor] | None,
+        kept: dict[str, Any] | None,
     ) -> Tensor:
         world, batch, features, width = shape
         ctx.meta = (shape, group, rank, stats, kind, kept)
@@ -260,7 +263,7 @@ def exchange_even_columns(
     stats: CommStats | None,
     kind: str,
     after: Tensor | None = None,
-    kept: dict[str, Tensor] | None = None,
+    kept: dict[str, Any] | None = None,
 ) -> Tensor:
     """The rows of an all-column plan in equal blocks, sent and assembled in one step.
 

@@ -147,7 +147,7 @@ def _cat(
     parts: list[Tensor],
     dtype: torch.dtype,
     device: torch.device,
-    kept: dict[str, Tensor] | None = None,
+    kept: dict[str, Any] | None = None,
 ) -> Tensor:
     """``parts`` concatenated into a ``dtype`` tensor on ``device`` (cast while copied): a
     new one, or with ``kept`` (the module's workspace) the received ids' buffer reused from

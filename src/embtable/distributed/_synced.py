@@ -120,7 +120,7 @@ class Job:
     max_ids: Tensor | None = None
     agree: bool = True
     num_features: int = 0
-    kept: dict[str, Tensor] | None = None  # the module's workspace (feature-major gradient)
+    kept: dict[str, Any] | None = None  # the module's workspace (feature-major gradient)
 
 
 class SyncedLookup(torch.autograd.Function):
