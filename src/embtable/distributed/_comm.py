@@ -8,6 +8,7 @@ the collective, per kind (``"ids"``, ``"rows"``, ``"rows_grad"``, ...), in a :cl
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -146,19 +147,24 @@ def kept_buffer(
     flat = len(shape) == 1
     pool = kept.setdefault(name, [])
     for found in pool:
-        if (
+        if not (
             (found.numel() >= shape[0] if flat else found.shape == shape)
             and found.dtype == like.dtype
             and found.device == like.device
-            # (2: ``found`` and the temporary storage object: nothing else holds its memory)
-            and _use_count(found.untyped_storage()._cdata) == 2
         ):
-            return found[: shape[0]] if flat else found
+            continue
+        storage = found.untyped_storage()
+        # nothing else holds its memory: 2 references to the storage (``found`` and ``storage``)
+        # and no other holder of its Python object (``storage``, the argument, torch's own)
+        if _use_count(storage._cdata) == 2 and sys.getrefcount(storage) <= 3:
+            return found[: shape[0]] if flat else found.view(shape)
     found = like.new_empty((shape[0] + shape[0] // 4,) if flat else shape).detach()
     if len(pool) == 2:
         pool.pop(0)
     pool.append(found)
-    return found[: shape[0]] if flat else found
+    # (always a new view, never ``found`` itself: a caller, a saved tensor or a DLPack capsule
+    # holding the returned tensor then holds the storage too, which the count above sees)
+    return found[: shape[0]] if flat else found.view(shape)
 
 
 class _EvenColumns(torch.autograd.Function):
