@@ -68,12 +68,10 @@ def all_to_all(
     rank: int,
     stats: CommStats | None,
     kind: str,
-    out: Tensor | None = None,
 ) -> Tensor:
     """``all_to_all_single`` of the first dimension of ``x`` (block ``d`` of ``x`` goes to rank
-    ``d``), received into ``out`` (contiguous) or a new tensor."""
-    if out is None:
-        out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
+    ``d``), received into a new tensor."""
+    out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
     start = time.perf_counter()
     dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
     if stats is not None:
