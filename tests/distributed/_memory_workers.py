@@ -75,6 +75,32 @@ def chunked_worker(rank: int, world: int) -> None:
     assert taken and all(taken), "the fused lookup was not split by chunk"
     _chunked.fused_local = fused_local
 
+    # the workspace: a result kept past the next step is not written over (its values are
+    # those of a module that makes every buffer anew); a dropped one's buffer is reused
+    made = []
+    for kept in (True, False):
+        torch.manual_seed(0)
+        module = embtable.distributed.shard(EmbeddingBagCollection(tables), fused_plan)
+        module.memory_chunks = 3
+        embtable.optim.fuse(module, "rowwise_adagrad", lr=0.1)
+        if not kept:
+            module._kept = None
+        made.append(module)
+    outs = {}  # (step, module): result; step 0's kept to the end, step 1's dropped
+    for step in range(3):
+        local, _ = workers.batches(features, step, world, rank)
+        for i, module in enumerate(made):
+            out = module(local).values()
+            workers._loss(out).backward()
+            outs[step, i] = out
+        del out
+        if step == 1:
+            pointer = outs.pop((1, 0)).data_ptr()
+            del outs[1, 1]
+    assert torch.equal(outs[0, 0], outs[0, 1]), "a kept result was written over"
+    assert outs[2, 0].data_ptr() == pointer, "a dropped result's buffer was not reused"
+    assert torch.equal(outs[2, 0], outs[2, 1]), "outputs differ from a module without one"
+
     # not fused: the rows pooled at once (autograd), exchanged in chunks; equal gradients
     made = []
     for chunks in (1, 3):
