@@ -96,3 +96,14 @@ def test_a_result_returned_by_autograd_and_kept_is_not_written_over() -> None:
     del results, out
     again = _Result.apply(x * 9, kept)  # (all dropped: a kept buffer is reused)
     assert again.data_ptr() in {t.data_ptr() for t in kept["result"]}
+
+
+def test_a_result_returned_by_autograd_can_be_modified_in_place() -> None:
+    # (a view returned by a custom Function may not be modified in place: autograd raises)
+    kept: dict[str, Any] = {}
+    x = torch.ones(3, 4, requires_grad=True)
+    out = _Result.apply(x * 3, kept)
+    out.mul_(2.0)
+    out.sum().backward()
+    assert torch.equal(out, torch.full((3, 4), 6.0))
+    assert torch.equal(x.grad, torch.full((3, 4), 6.0))

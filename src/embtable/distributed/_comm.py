@@ -155,14 +155,20 @@ def kept_buffer(
         # nothing else holds its memory: 2 references to the storage (``found`` and ``storage``)
         # and no other holder of its Python object (``storage``, the argument, torch's own)
         if _use_count(storage._cdata) == 2 and sys.getrefcount(storage) <= 3:
-            return found[: shape[0]] if flat else found.view(shape)
+            return _alias(found, shape, flat)
     found = like.new_empty((shape[0] + shape[0] // 4,) if flat else shape).detach()
     if len(pool) == 2:
         pool.pop(0)
     pool.append(found)
-    # (always a new view, never ``found`` itself: a caller, a saved tensor or a DLPack capsule
-    # holding the returned tensor then holds the storage too, which the count above sees)
-    return found[: shape[0]] if flat else found.view(shape)
+    return _alias(found, shape, flat)
+
+
+def _alias(found: Tensor, shape: tuple[int, ...], flat: bool) -> Tensor:
+    """A new tensor on ``found``'s memory, never ``found`` itself: whoever holds it (a caller,
+    a tensor autograd saved, a DLPack capsule) then holds the storage too, which
+    :func:`kept_buffer`'s count sees. Detached, so not a view: an autograd Function may
+    return it as its output and the caller may still modify that in place."""
+    return (found[: shape[0]] if flat else found).detach()
 
 
 class _EvenColumns(torch.autograd.Function):
@@ -194,7 +200,7 @@ class _EvenColumns(torch.autograd.Function):
         # one copy into the result's layout (a contiguous destination: the fast direction)
         out = kept_buffer(kept, "out", x, (batch, features, world, width))
         out.copy_(full.permute(1, 2, 0, 3))
-        return out.view(batch, features * world * width)
+        return out.view(batch, features * world * width).detach()  # (not a view: see _alias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
