@@ -31,21 +31,21 @@ module's workspace (:func:`~embtable.distributed._comm.kept_buffer`): one is reu
 step to step while nothing else holds its memory (a result the caller keeps is never written
 over; a new one is made), so glibc's heap is not left with freed step buffers of many sizes
 (its free memory between steps: 16-23 MB instead of 39-56 MB on the 1M-row benchmark).
-:class:`~embtable.distributed._comm.CommStats` counts the time spent waiting.
+:class:`~embtable.distributed._comm.CommStats` counts the time spent starting and waiting
+(:func:`~embtable.distributed._comm.start_all_to_all`).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from embtable import ops
 from embtable.config import PoolingMode
-from embtable.distributed._comm import CommStats, kept_buffer
+from embtable.distributed._comm import CommStats, kept_buffer, start_all_to_all
 from embtable.distributed.plan import ShardingType
 
 __all__ = ["Chunking", "chunk_routes", "exchange_in_chunks"]
@@ -248,36 +248,13 @@ def exchange_in_chunks(
     return _ChunkedRows.apply(step, rows, anchor, *extras)
 
 
-class _Pending(NamedTuple):
-    """An ``all_to_all`` in flight: its work handle, buffers and what it counts."""
-
-    work: Any
-    out: Tensor
-    send: Tensor
-    nbytes: int
-    kind: str
-
-
 def _start(
     send: Tensor, out_splits: list[int], in_splits: list[int], step: _Step, kind: str
-) -> _Pending:
-    """Start an ``all_to_all_single`` of the flat ``send`` (its blocks per destination)."""
+) -> Callable[[], Tensor]:
+    """Start an ``all_to_all_single`` of the flat ``send`` into the workspace's receive
+    buffer; returns the call that waits for it and returns what was received."""
     out = kept_buffer(step.kept, "chunk_received", send, (sum(out_splits),))
-    work = dist.all_to_all_single(
-        out, send, out_splits, in_splits, group=step.group, async_op=True
-    )
-    nbytes = (sum(in_splits) - in_splits[step.rank]) * send.element_size()
-    return _Pending(work, out, send, nbytes, kind)
-
-
-def _finish(pending: _Pending, stats: CommStats | None) -> Tensor:
-    """Wait for ``pending`` (the wait is what :class:`CommStats` counts) and return what
-    was received."""
-    start = time.perf_counter()
-    pending.work.wait()
-    if stats is not None:
-        stats.record(pending.kind, pending.nbytes, start)
-    return pending.out
+    return start_all_to_all(out, send, out_splits, in_splits, step.group, step.rank, step.stats, kind)
 
 
 class _ChunkedRows(torch.autograd.Function):
@@ -318,7 +295,7 @@ class _ChunkedRows(torch.autograd.Function):
             start = step.chunking.columns[k]
             return rows.detach()[:, start : start + mine].contiguous().reshape(-1)
 
-        def sent(k: int, send: Tensor) -> _Pending:
+        def sent(k: int, send: Tensor) -> Callable[[], Tensor]:
             widths = step.chunking.widths[k]
             return _start(
                 send, [batch * w for w in widths], [batch * widths[rank]] * world, step, "rows"
@@ -328,7 +305,7 @@ class _ChunkedRows(torch.autograd.Function):
         pending = sent(0, pooled(0))
         for k, widths in enumerate(step.chunking.widths):
             ahead = pooled(k + 1) if k + 1 < chunks else None
-            back = _finish(pending, step.stats)
+            back = pending()
             pending = sent(k + 1, ahead) if ahead is not None else None
             del ahead
             offset = 0
@@ -363,7 +340,7 @@ class _ChunkedRows(torch.autograd.Function):
             for dst, (width, counts) in step.divisors.items()
         }
 
-        def sent(k: int) -> _Pending:
+        def sent(k: int) -> Callable[[], Tensor]:
             """Start chunk ``k``'s exchange: the gradient of every rank's rows in the chunk."""
             widths = step.chunking.widths[k]
             send = kept_buffer(step.kept, "chunk_sent", grad, (batch * sum(widths),))
@@ -388,7 +365,7 @@ class _ChunkedRows(torch.autograd.Function):
             pending = sent(0)
             for k in range(chunks):
                 width = step.chunking.widths[k][rank]
-                box = [_finish(pending, step.stats).view(world * batch, width)]
+                box = [pending().view(world * batch, width)]
                 pending = sent(k + 1) if k + 1 < chunks else None
                 yield box
 

@@ -27,6 +27,7 @@ __all__ = [
     "exchange_even_columns",
     "kept_buffer",
     "start_all_reduce",
+    "start_all_to_all",
 ]
 
 
@@ -242,9 +243,26 @@ def _all_to_all_others(
     n = x.numel() // max(1, len(range(world)[rows]))
     splits = [n if rows.start <= s < rows.stop else 0 for s in range(world)]
     out = x.new_empty(sum(splits)) if into is None else into
+    return start_all_to_all(out, x.contiguous(), splits, splits, group, rank, stats, kind)
+
+
+def start_all_to_all(
+    out: Tensor,
+    send: Tensor,
+    out_splits: list[int],
+    in_splits: list[int],
+    group: Any,
+    rank: int,
+    stats: CommStats | None,
+    kind: str,
+) -> Callable[[], Tensor]:
+    """Start an ``all_to_all_single`` of the flat ``send`` (its blocks per destination) into
+    ``out``; returns the call that waits for it and returns ``out`` (``stats`` counts the
+    bytes sent to other ranks and the time spent starting and waiting, see :func:`_waiter`)."""
     start = time.perf_counter()
-    work = dist.all_to_all_single(out, x.contiguous(), splits, splits, group=group, async_op=True)
-    return _waiter(work, out, stats, kind, (x.numel() - splits[rank]) * x.element_size(), start)
+    work = dist.all_to_all_single(out, send, out_splits, in_splits, group=group, async_op=True)
+    nbytes = (sum(in_splits) - in_splits[rank]) * send.element_size()
+    return _waiter(work, out, stats, kind, nbytes, start)
 
 
 def _waiter(
