@@ -139,8 +139,7 @@ def kept_buffer(
     long (grown by a quarter when none is).
 
     Keeping the step's large buffers keeps glibc from giving their pages back at the end of
-    a step and faulting them in again in the next (3-18K page faults a step on the
-    benchmark's all-column plan, up to 20 ms of CPU, when the caller drops the result)."""
+    a step and faulting them in again in the next, when the caller drops each result."""
     if kept is None or _use_count is None:  # (no way to tell a free buffer: never reuse)
         return like.new_empty(shape)
     flat = len(shape) == 1
