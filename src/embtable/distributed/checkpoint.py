@@ -336,6 +336,20 @@ def _check_tables(manifest: dict[str, Any], tables: dict[str, list[int]]) -> Non
         )
 
 
+def _read_plain(path: str | os.PathLike[str], wanted: Any) -> dict[str, Tensor]:
+    """The checkpoint's entries whose key ``wanted(key)`` accepts, as plain tensors (no dist)."""
+    reader = dcp.FileSystemReader(os.fspath(path))
+    metadata = reader.read_metadata()
+    state = {}
+    for key, meta in metadata.state_dict_metadata.items():
+        if wanted(key) and hasattr(meta, "size"):
+            state[key] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+    if state:
+        with _quiet():
+            dcp.load(state, storage_reader=reader, no_dist=True)
+    return state
+
+
 def load_tables(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The checkpoint's tables as plain tensors, in one process (no torch.distributed needed).
 
@@ -348,22 +362,85 @@ def load_tables(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         FileNotFoundError: no complete checkpoint at ``path``.
     """
     read_manifest(path)
-    reader = dcp.FileSystemReader(os.fspath(path))
-    metadata = reader.read_metadata()
-    state = {}
-    for key, meta in metadata.state_dict_metadata.items():
-        if key.endswith(".weight") and not key.startswith("optimizer."):
-            state[key] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-    with _quiet():
-        dcp.load(state, storage_reader=reader, no_dist=True)
-    return state
+    return _read_plain(path, lambda k: k.endswith(".weight") and not k.startswith("optimizer."))
 
 
-def load_unsharded(path: str | os.PathLike[str], collection: torch.nn.Module) -> None:
+def _plain_optimizer_state(
+    path: str | os.PathLike[str], collection: torch.nn.Module
+) -> list[tuple[Any, Tensor, dict[str, Any], dict[str, Tensor], int]]:
+    """For each fused grouped weight of a plain ``collection``: (optimizer, weight, param
+    group, ``{state name: [group rows, ...] tensor}`` read from the checkpoint, table step).
+    Reads and checks everything; changes nothing."""
+    from embtable.functional import FUSED_ATTR
+
+    plan = getattr(collection, "plan", None)
+    if plan is None or not hasattr(collection, "grouped_weights"):
+        return []
+    saved = _read_plain(path, lambda k: k.startswith("optimizer."))
+    by_group: dict[int, list[str]] = {}
+    for name, place in plan.tables.items():
+        by_group.setdefault(place.group, []).append(name)
+    found = []
+    for group_index, names in by_group.items():
+        weight = collection.grouped_weights[group_index]
+        optimizer = getattr(weight, FUSED_ATTR, None)
+        if optimizer is None:
+            continue
+        group = optimizer._group_of[id(weight)]
+        current = optimizer.state.get(weight) or optimizer.rule.init_state(weight.detach(), group)
+        wanted = {k: v for k, v in current.items() if isinstance(v, Tensor)}
+        full = {k: torch.empty_like(v) for k, v in wanted.items()}
+        step = 0
+        for table in names:
+            place = plan.tables[table]
+            for state_name, tensor in wanted.items():
+                key = f"optimizer.{table}.{state_name}"
+                value = saved.get(key)
+                expected = (place.num_rows, *tensor.shape[1:])
+                if value is None or tuple(value.shape) != expected or value.dtype != tensor.dtype:
+                    held = sorted(
+                        k.rsplit(".", 1)[1] for k in saved if k.startswith(f"optimizer.{table}.")
+                    )
+                    got = None if value is None else (tuple(value.shape), value.dtype)
+                    raise ValueError(
+                        f"load_unsharded: the checkpoint's optimizer state of table {table!r} does "
+                        f"not fit the collection's fused optimizer: {key} is {got}, expected "
+                        f"{(expected, tensor.dtype)} (saved states {held}; fuse with the saved "
+                        f"run's rule and state_dtype, or pass optimizer=False)"
+                    )
+                full[state_name].narrow(0, place.row_offset, place.num_rows).copy_(value)
+            table_step = saved.get(f"optimizer.{table}.table_step")
+            step = max(step, 0 if table_step is None else int(table_step))
+        found.append((optimizer, weight, group, full, step))
+    return found
+
+
+def load_unsharded(
+    path: str | os.PathLike[str], collection: torch.nn.Module, *, optimizer: bool = True
+) -> None:
     """Load a sharded checkpoint into a plain (unsharded) collection, in one process.
+
+    With ``optimizer=True`` and ``collection`` fused (:func:`embtable.optim.fuse` with the
+    saved run's rule and ``state_dtype``, before loading), the fused optimizer state is
+    loaded too (moments, row steps; a group of tables takes the largest ``table_step`` of
+    its tables), so training resumed in one process continues as the sharded run would
+    have.  An unfused collection (or ``optimizer=False``) loads the weights only.
 
     Raises:
         FileNotFoundError: no complete checkpoint at ``path``.
+        ValueError: the saved optimizer state does not fit the fused optimizer (another rule
+            or state dtype); nothing is loaded then.
         RuntimeError: the collection's tables do not match (``load_state_dict``'s error).
     """
-    collection.load_state_dict(load_tables(path))
+    manifest = read_manifest(path)
+    tables = load_tables(path)
+    states = []
+    if optimizer and manifest.get("optimizer"):
+        states = _plain_optimizer_state(path, collection)
+    collection.load_state_dict(tables)
+    for fused, weight, group, full, step in states:
+        state = _ensure_state(fused, weight, group)
+        with torch.no_grad():
+            for name, value in full.items():
+                state[name].copy_(value)
+        state["table_step"] = step

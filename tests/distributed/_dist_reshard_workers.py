@@ -1,0 +1,151 @@
+"""What each spawned rank runs in tests/distributed/test_reshard.py.
+
+Importable by the children by name.  Built on ``_dist_workers`` (its tables, batches, plans,
+loss and the global-batch oracle ``train_and_compare``): the parts of issue 17 that
+``test_sharded.py`` leaves out: the exactness matrix on 4 ranks, half-precision state,
+``EmbeddingCollection`` on 4 ranks, checkpoints resumed after 2 -> 4 and 4 -> 2 into plans
+with column shards (their per-row state spread to every column shard), and a rank that
+dies outright.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import _dist_workers as _w
+import torch
+
+import embtable
+from embtable import EmbeddingBagCollection
+from embtable.distributed import ShardingPlan, TableSharding
+from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint
+from embtable.distributed.sharded import shard
+
+#: The rule of the resharded checkpoints: int8_rowwise moments (codes + a per-row scale)
+#: and Adam's per-row step, the per-row state column shards must agree on.
+CKPT_RULE = ("adam", {"lr": 0.05, "state_dtype": "int8_rowwise"})
+
+
+def _fresh(plan: ShardingPlan, seed: int) -> Any:
+    torch.manual_seed(seed)
+    sharded = shard(EmbeddingBagCollection(_w.bag_tables()), plan)
+    embtable.optim.fuse(sharded, CKPT_RULE[0], **CKPT_RULE[1])
+    return sharded
+
+
+def _steps(sharded: Any, steps: range, world: int, rank: int) -> None:
+    for step in steps:
+        _w._step(sharded, step, world, rank)
+
+
+def _same(sharded: Any, expected: dict[str, torch.Tensor], what: str) -> None:
+    for name, table in sharded.full_tables().items():
+        torch.testing.assert_close(
+            table,
+            expected[name],
+            rtol=_w.RTOL,
+            atol=_w.ATOL,
+            msg=lambda m, n=name: f"{what}: table {n}: {m}",
+        )
+
+
+def columns_on_four() -> ShardingPlan:
+    """4 ranks: column shards on some ranks, row-, table-wise and replicated tables."""
+    return ShardingPlan(
+        world_size=4,
+        tables={
+            "a": TableSharding.column_wise(ranks=[1, 3]),
+            "b": TableSharding.table_wise(rank=2),
+            "c": TableSharding.row_wise(),
+            "d": TableSharding.column_wise(),
+        },
+    )
+
+
+def group_of_two_source(rank: int, world: int, folder: str) -> None:
+    """Half-precision state on every sharding type; then the checkpoint to reshard: 3 steps,
+    save, 2 more steps (rank 0 keeps the tables at the save and at the end)."""
+    for turn in range(len(_w.KINDS)):
+        for rule, options in (("adam", {"lr": 0.05, "state_dtype": "bfloat16"}),
+                              ("adagrad", {"lr": 0.1, "state_dtype": "float16"})):  # fmt: skip
+            _w.train_and_compare(rank, world, _w.rotated_plan(world, turn), rule, options, steps=3)
+    sharded = _fresh(_w.mixed_plan(world, 0), seed=11)  # column-wise d, row-wise a and b
+    _steps(sharded, range(3), world, rank)
+    save_checkpoint(os.path.join(folder, "two"), sharded)
+    saved = sharded.full_tables()
+    _steps(sharded, range(3, 5), world, rank)
+    final = sharded.full_tables()  # (a collective)
+    if rank == 0:
+        torch.save({"saved": saved, "final": final}, os.path.join(folder, "two.pt"))
+
+
+def group_of_four(rank: int, world: int, folder: str) -> None:
+    """The matrix of ``_dist_workers.exactness_matrix``'s first part on 4 ranks (every
+    sharding type x pooling x rule and state dtype); EmbeddingCollection; the 2-rank
+    checkpoint resumed on a plan with column shards; a 4-rank checkpoint for 4 -> 2."""
+    for turn in range(len(_w.KINDS)):
+        for rule, options in _w.RULES:
+            _w.train_and_compare(rank, world, _w.rotated_plan(world, turn), rule, options)
+    _w.check_sequences(
+        rank,
+        world,
+        ShardingPlan(
+            world_size=world,
+            tables={"w": TableSharding.row_wise(), "v": TableSharding.column_wise(ranks=[3, 0])},
+        ),
+    )
+    _w.check_sequences(
+        rank,
+        world,
+        ShardingPlan(
+            world_size=world,
+            tables={"w": TableSharding.table_wise(rank=2), "v": TableSharding.data_parallel()},
+        ),
+        "rowwise_adagrad",
+        {"lr": 0.1},
+    )
+    expected = torch.load(os.path.join(folder, "two.pt"))
+    sharded = _fresh(columns_on_four(), seed=12)
+    load_checkpoint(os.path.join(folder, "two"), sharded)
+    _same(sharded, expected["saved"], "loaded 2 -> 4")
+    _steps(sharded, range(3, 5), world, rank)
+    _same(sharded, expected["final"], "resumed 2 -> 4")
+    save_checkpoint(os.path.join(folder, "four"), sharded)
+    _steps(sharded, range(5, 7), world, rank)
+    final = sharded.full_tables()
+    if rank == 0:
+        torch.save(final, os.path.join(folder, "four.pt"))
+
+
+def group_of_two_resume(rank: int, world: int, folder: str) -> None:
+    """The 4-rank checkpoint on 2 ranks, every table column-wise but one: resumes exactly."""
+    sharded = _fresh(_w.mixed_plan(world, 2), seed=13)
+    load_checkpoint(os.path.join(folder, "four"), sharded)
+    _steps(sharded, range(5, 7), world, rank)
+    _same(sharded, torch.load(os.path.join(folder, "four.pt")), "resumed 4 -> 2")
+
+
+DEATH_TIMEOUT_S = 30.0
+
+
+def group_with_a_kill(rank: int, world: int, folder: str) -> None:
+    """Rank 1 exits in the middle of a step (after forward); rank 0's backward must raise
+    soon, not wait for the process group's timeout (DEATH_TIMEOUT_S)."""
+    sharded = _fresh(_w.mixed_plan(world, 0), seed=14)
+    local, _ = _w.batches(_w.bag_features(), 0, world, rank)
+    torch.distributed.barrier()
+    out = sharded(local)
+    if rank == 1:
+        os._exit(17)  # killed mid-step
+    start = time.monotonic()
+    try:
+        out.values().sum().backward()
+    except Exception as error:  # gloo: connection closed by peer
+        with open(os.path.join(folder, "kill.txt"), "w") as handle:
+            handle.write(
+                f"{time.monotonic() - start:.3f} {type(error).__name__}: {str(error)[:200]}"
+            )
+        os._exit(0)
+    raise AssertionError("backward succeeded although rank 1 died")
