@@ -11,17 +11,21 @@ dies outright.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
-import _dist_workers as _w
 import torch
 
-import embtable
-from embtable import EmbeddingBagCollection
-from embtable.distributed import ShardingPlan, TableSharding
-from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint
-from embtable.distributed.sharded import shard
+# (pytest's --doctest-modules imports this file before any test put its folder on sys.path)
+sys.path.insert(0, os.path.dirname(__file__))
+import _dist_workers as _w  # noqa: E402
+
+import embtable  # noqa: E402
+from embtable import EmbeddingBagCollection  # noqa: E402
+from embtable.distributed import ShardingPlan, TableSharding  # noqa: E402
+from embtable.distributed.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from embtable.distributed.sharded import shard  # noqa: E402
 
 #: The rule of the resharded checkpoints: int8_rowwise moments (codes + a per-row scale)
 #: and Adam's per-row step, the per-row state column shards must agree on.
