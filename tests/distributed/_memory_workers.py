@@ -9,36 +9,11 @@ def chunked_worker(rank: int, world: int) -> None:
     import _dist_workers as workers
 
     import embtable
-    from embtable import EmbeddingBagCollection, TableConfig
-    from embtable.distributed import (
-        ShardedEmbeddingBagCollection,
-        ShardingPlan,
-        TableSharding,
-        _chunked,
-    )
+    from embtable import EmbeddingBagCollection
+    from embtable.distributed import ShardedEmbeddingBagCollection, _chunked
 
     cls = ShardedEmbeddingBagCollection
-    # sum tables of one dim: the fused lookup is split by chunk (one bucket), a row-wise table
-    # (partial sums from both ranks) among table-wise ones, a table read by two features
-    tables = [
-        TableConfig(name="t0", num_embeddings=30, embedding_dim=8, feature_names=["f0", "g0"]),
-        TableConfig(name="t1", num_embeddings=50, embedding_dim=8),
-        TableConfig(name="t2", num_embeddings=20, embedding_dim=8, padding_idx=2),
-        TableConfig(name="t3", num_embeddings=60, embedding_dim=8),
-        TableConfig(name="t4", num_embeddings=10, embedding_dim=8),
-        TableConfig(name="t5", num_embeddings=40, embedding_dim=8),
-    ]
-    fused_plan = ShardingPlan(
-        world_size=world,
-        tables={
-            "t0": TableSharding.table_wise(rank=0),
-            "t1": TableSharding.table_wise(rank=1),
-            "t2": TableSharding.table_wise(rank=0),
-            "t3": TableSharding.row_wise(boundaries=[0, 25, 60]),
-            "t4": TableSharding.table_wise(rank=1),
-            "t5": TableSharding.table_wise(rank=0),
-        },
-    )
+    tables, fused_plan = _fused_case(world)
     taken = []
     fused_local = _chunked.fused_local
 
@@ -131,3 +106,65 @@ def chunked_worker(rank: int, world: int) -> None:
         )
     finally:
         cls.memory_chunks = default
+
+
+def int32_ids_worker(rank: int, world: int) -> None:
+    """The received ids stay int32 where the wire is int32: the workspace's ids buffer is
+    int32 and the ids the chunked fused lookup keeps for backward are that buffer (shifted in
+    place), not a copy; outputs and tables equal one process's, also with an int64 wire."""
+    import _dist_workers as workers
+
+    from embtable.distributed import ShardedEmbeddingBagCollection, _agree
+
+    cls = ShardedEmbeddingBagCollection
+    tables, plan = _fused_case(world)
+    features = {f: c.num_embeddings for c in tables for f in c.feature_names}
+    default, limit = cls.memory_chunks, _agree._INT32_LIMIT
+    try:
+        cls.memory_chunks = 3
+        for wide in (False, True):
+            _agree._INT32_LIMIT = 10 if wide else limit  # (tables of 10-60 rows: int64 ids)
+            sharded = workers.train_and_compare(
+                rank, world, plan, "rowwise_adagrad", {"lr": 0.1}, steps=3, tables=tables
+            )
+            local, _ = workers.batches(features, 5, world, rank)
+            out = sharded(local).values()
+            pool = sharded._kept["ids"]
+            ids, offsets = out.grad_fn.saved_tensors  # (_ChunkedRows: the fused lookup's)
+            want = torch.int64 if wide else torch.int32
+            assert {b.dtype for b in pool} == {want}, f"wide={wide}: the ids buffers' dtype"
+            assert ids.dtype == torch.int32 and offsets.dtype == torch.int64
+            at = ids.untyped_storage().data_ptr()
+            shared = any(at == b.untyped_storage().data_ptr() for b in pool)
+            assert shared != wide, f"wide={wide}: kept ids shared with the buffer: {shared}"
+            workers._loss(out).backward()
+    finally:
+        cls.memory_chunks, _agree._INT32_LIMIT = default, limit
+
+
+def _fused_case(world: int):
+    """Sum tables of one dim: the fused lookup is split by chunk (one bucket), a row-wise table
+    (partial sums from both ranks) among table-wise ones, a table read by two features."""
+    from embtable import TableConfig
+    from embtable.distributed import ShardingPlan, TableSharding
+
+    tables = [
+        TableConfig(name="t0", num_embeddings=30, embedding_dim=8, feature_names=["f0", "g0"]),
+        TableConfig(name="t1", num_embeddings=50, embedding_dim=8),
+        TableConfig(name="t2", num_embeddings=20, embedding_dim=8, padding_idx=2),
+        TableConfig(name="t3", num_embeddings=60, embedding_dim=8),
+        TableConfig(name="t4", num_embeddings=10, embedding_dim=8),
+        TableConfig(name="t5", num_embeddings=40, embedding_dim=8),
+    ]
+    fused_plan = ShardingPlan(
+        world_size=world,
+        tables={
+            "t0": TableSharding.table_wise(rank=0),
+            "t1": TableSharding.table_wise(rank=1),
+            "t2": TableSharding.table_wise(rank=0),
+            "t3": TableSharding.row_wise(boundaries=[0, 25, 60]),
+            "t4": TableSharding.table_wise(rank=1),
+            "t5": TableSharding.table_wise(rank=0),
+        },
+    )
+    return tables, fused_plan

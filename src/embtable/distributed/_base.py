@@ -403,11 +403,19 @@ def _column_sets(configs: list[TableConfig], shards: dict[str, list[Shard]]) -> 
     return list(sets.values())
 
 
-def _column_inputs(holder: Module, sub: KeyedJagged) -> list[BucketInput] | None:
+def _column_inputs(
+    holder: Module, sub: KeyedJagged, *, in_place: bool = False
+) -> list[BucketInput] | None:
     """The bucket inputs of a column collection from the exchanged bags (already checked by
     the agreement): ids shifted and offsets built by one compiled pass per bucket
     (:func:`~embtable.ops.bucket_ids`); ``None`` where that does not apply (the caller
-    takes :meth:`bucket_inputs`, which also names a bad id)."""
+    takes :meth:`bucket_inputs`, which also names a bad id).
+
+    ``in_place``: ``sub``'s ids are the caller's own (the received bags): int32 ids of a
+    grouped weight of fewer than 2^31 rows are shifted where they are (then ``sub`` holds
+    the grouped rows' ids) and the bucket's ids are a view of them, int32, not a new int64
+    tensor; each id was checked against its table by the agreement on the rank that sent it
+    (the kernels that take them check the grouped weight's bounds)."""
     if (
         not holder._pooled
         or not ops.extension_available()
@@ -420,16 +428,23 @@ def _column_inputs(holder: Module, sub: KeyedJagged) -> list[BucketInput] | None
     index_of = {key: i for i, key in enumerate(sub.keys())}
     starts = sub.offset_per_key()
     inputs = []
-    for bucket, consts in zip(holder.plan.buckets, holder._bucket_consts):
-        weighted = holder._is_weighted
+    weighted = holder._is_weighted
+    in_place = in_place and len(holder.plan.buckets) == 1  # (no None once ids are shifted)
+    for bucket in holder.plan.buckets:
         if len(bucket.padding_rows) > 1 or (weighted and bucket.pooling is not PoolingMode.SUM):
             return None
-        dtype = holder.grouped_weights[bucket.group].dtype
-        values, lengths, per_value = _bucket_values(sub, index_of, bucket, batch, weighted, dtype)
-        try:
-            ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
-        except (RuntimeError, IndexError):
-            return None
+    for bucket, consts in zip(holder.plan.buckets, holder._bucket_consts):
+        weight = holder.grouped_weights[bucket.group]
+        values, lengths, per_value = _bucket_values(
+            sub, index_of, bucket, batch, weighted, weight.dtype
+        )
+        if in_place and values.dtype == torch.int32 and weight.shape[0] <= _INT32_MAX:
+            ids, offsets = _shift_in_place(values, lengths, consts["feature_rows"], batch)
+        else:
+            try:
+                ids, offsets = ops.bucket_ids(values, lengths, consts["feature_rows"], batch)
+            except (RuntimeError, IndexError):
+                return None
         inputs.append(
             BucketInput(
                 ids,
@@ -440,3 +455,24 @@ def _column_inputs(holder: Module, sub: KeyedJagged) -> list[BucketInput] | None
             )
         )
     return inputs
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _shift_in_place(
+    values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`~embtable.ops.bucket_ids` without new ids: each feature's slice of ``values``
+    (feature-major, ``batch`` bags per feature) shifted in place by its table's row offset
+    (``feature_rows[f, 0]``); returns ``values`` and the int64 bag offsets of ``lengths``.
+    No bounds check: the ids were checked before they were sent."""
+    offsets = lengths.new_zeros(lengths.numel() + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, dtype=torch.int64, out=offsets[1:])
+    ends = offsets[batch :: batch].tolist() if batch else [0] * feature_rows.shape[0]
+    begin = 0
+    for (shift, _), end in zip(feature_rows.tolist(), ends):
+        if shift and end > begin:
+            values[begin:end].add_(shift)
+        begin = end
+    return values, offsets

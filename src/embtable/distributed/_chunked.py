@@ -132,7 +132,9 @@ def fused_local(module: Any, kjt: Any, chunking: Chunking, rank: int) -> _Local 
         or getattr(weight, FUSED_ATTR, None) is None
     ):
         return None
-    inputs = _column_inputs(local, kjt.select(local.feature_names))
+    # the received ids (int32 on an int32 wire) are shifted in place into the grouped
+    # weight's rows: what is kept until backward's update is that buffer, not a copy
+    inputs = _column_inputs(local, kjt.select(local.feature_names), in_place=True)
     if inputs is None or len(inputs) != 1 or inputs[0].per_sample_weights is not None:
         return None
     lookup = inputs[0]
@@ -141,7 +143,7 @@ def fused_local(module: Any, kjt: Any, chunking: Chunking, rank: int) -> _Local 
     counts = [len(chunking.routes[k][rank]) for k in range(len(chunking.routes))]
     ids = lookup.ids
     if ids.dtype == torch.int64 and weight.shape[0] <= torch.iinfo(torch.int32).max:
-        # (kept until backward's update: half the bytes; the kernels widen a chunk's slice)
+        # (an int64 wire: kept as int32 until backward; the kernels widen a chunk's slice)
         ids = ids.to(torch.int32)
     return _Local(weight, ids, lookup.offsets, pooling, pad, kjt.stride(), counts)
 

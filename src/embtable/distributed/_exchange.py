@@ -75,6 +75,8 @@ class Exchange:
         their ids, in ``split["wire"]``'s dtype (int32 unless some rank needs int64; the
         sizes come from the agreement's ``incoming`` counts); per-value weights take a second.
         This rank's own bags are not sent to itself: they go into the result from ``split``.
+        The received bags keep the wire's dtype (int32 ids, half the bytes of int64, in the
+        module's workspace buffer ``"ids"``); the lookups widen them where they need int64.
         """
         pieces, wire = split["pieces"], split["wire"]
         world, device, rank = self.world_size, self._device(), self.rank
@@ -126,9 +128,9 @@ class Exchange:
             )
         ]
         order = [s * nf + f for f in range(nf) for s in range(world)]  # feature-major, then source
-        kjt = KeyedJagged(
+        kjt = KeyedJagged(  # (ids in the wire's dtype: int32 where every id fits)
             [route.feature for route in mine],
-            _cat([v_parts[i] for i in order], torch.int64, device, self._kept),
+            _cat([v_parts[i] for i in order], wire, device, self._kept),
             grid.permute(1, 0, 2).reshape(-1),
             weights=None if w_parts is None else torch.cat([w_parts[i] for i in order]),
             validate=False,
