@@ -16,6 +16,12 @@ update is bit for bit its oracle's; the square is summed in 8 lanes per row (as 
 one-process compiled row-wise Adagrad sums its row), within a few ulp of the oracle's
 ``sum(1)``.
 
+Before them, :func:`bag_rows` finds the step's distinct rows and their summed gradient
+(``embtable::rowstat_reduce_strided``, ``csrc/cpu/rowstat_strided_cpu.cpp``; oracle
+:func:`reference_bag_rows`, bit for bit): it reads a column collection's example-major
+``[bags, F * d]`` gradient in place through a ``[F, bags, d]`` view, so no feature-major
+copy of it is made.
+
 Example:
     >>> import torch
     >>> weight = torch.ones(3, 2)
@@ -79,6 +85,11 @@ def _register_fakes() -> None:
         count = torch.library.get_ctx().new_dynamic_size()
         return ids.new_empty((count,)), grad.new_empty((count, grad.shape[1]))
 
+    @torch.library.register_fake("embtable::rowstat_reduce_strided")
+    def _strided_fake(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx):
+        count = torch.library.get_ctx().new_dynamic_size()
+        return ids.new_empty((count,)), grad.new_empty((count, grad.shape[2]))
+
     @torch.library.register_fake("embtable::rowstat_rowwise_adagrad_")
     def _update_fake(weight, accumulator, rows, grad, square, full_dim, lr, weight_decay, decay_mode, eps):
         return None
@@ -88,7 +99,7 @@ def _compiled(*tensors: Tensor) -> bool:
     """Float32 contiguous CPU tensors and a loaded extension that has the ops."""
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
-    if not extension_available() or not hasattr(torch.ops.embtable, "rowstat_square"):
+    if not extension_available() or not hasattr(torch.ops.embtable, "rowstat_reduce_strided"):
         return False
     _register_fakes()
     return True
@@ -146,7 +157,10 @@ def reference_bag_rows(
     """The oracle of :func:`bag_rows`: :func:`reference_distinct_rows`, then the pure-PyTorch
     :func:`embtable.ops._reference.pool_bags_backward` over the distinct rows, the padding
     row dropped (the compiled ``pool_bags_backward`` may contract ``y += g * w`` into an FMA:
-    1 ulp off with per-sample weights)."""
+    1 ulp off with per-sample weights).  A 3-D ``grad`` ``[F, nb, D]`` is read as its
+    feature-major copy ``[F * nb, D]``."""
+    if grad.dim() == 3:
+        grad = grad.reshape(-1, grad.shape[2])
     rows, compact = reference_distinct_rows(ids, num_rows)
     where = int(torch.searchsorted(rows, padding_idx)) if padding_idx >= 0 else -1
     if where >= 0 and (where >= rows.numel() or int(rows[where]) != padding_idx):
@@ -167,12 +181,16 @@ def bag_rows(
     num_rows: int, pooling: int, padding_idx: int,
 ) -> tuple[Tensor, Tensor]:
     """The distinct rows of sum / mean bags and their summed gradient, in one pass
-    (``embtable::rowstat_reduce``; contributions in input order per row).
+    (``embtable::rowstat_reduce_strided``, else ``embtable::rowstat_reduce``; contributions
+    in input order per row).
 
     Args:
         ids: 1-D int64 ids of the bags.
         offsets: int64 bag offsets (``len(bags) + 1``).
-        grad: ``[bags, D]`` gradient of the pooled bags.
+        grad: ``[bags, D]`` gradient of the pooled bags, or ``[F, nb, D]`` with any strides
+            (bag ``f * nb + b`` reads ``grad[f, b]``): e.g. the transposed view
+            ``g.view(nb, F, D).transpose(0, 1)`` of an example-major ``[nb, F * D]``
+            gradient, read in place (no feature-major copy).
         per_sample_weights: a weight per id, or ``None``.
         num_rows: the table's rows.
         pooling: 1 (sum) or 2 (mean).
@@ -191,6 +209,11 @@ def bag_rows(
         >>> rows, summed
         (tensor([0, 2]), tensor([[1.],
                 [2.]]))
+        >>> example_major = torch.tensor([[1.0, 10.0], [2.0, 20.0]])  # 2 bags x 2 features
+        >>> bag_rows(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 2, 3, 4]),
+        ...          example_major.view(2, 2, 1).transpose(0, 1), None, 2, 1, -1)[1]
+        tensor([[ 1.],
+                [32.]])
     """
     if (
         ids.dtype == torch.int64
@@ -200,8 +223,10 @@ def bag_rows(
         and ids.device.type == "cpu"
         and _compiled(grad)
     ):
-        return torch.ops.embtable.rowstat_reduce(
-            ids, offsets, grad, per_sample_weights, int(num_rows), int(pooling), int(padding_idx)
+        grouped = grad if grad.dim() == 3 else grad.unsqueeze(0)
+        return torch.ops.embtable.rowstat_reduce_strided(
+            ids, offsets, grouped, per_sample_weights, int(num_rows), int(pooling),
+            int(padding_idx),
         )
     return reference_bag_rows(ids, offsets, grad, per_sample_weights, num_rows, pooling, padding_idx)
 

@@ -164,13 +164,10 @@ class SyncedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, _anchor: Tensor, *grads: Tensor) -> tuple[Tensor | None, ...]:
         jobs, stats = ctx.jobs, ctx.stats
-        # (example-major outputs: their gradient feature-major, as the kernels read it)
-        grads = tuple(
-            _feature_major(g, j, k) if j.num_features else g
-            for k, (j, g) in enumerate(zip(jobs, grads))
-        )
+        # (example-major outputs keep their gradient example-major: the row statistics read it
+        # in place, the fused update takes a feature-major copy: _columns_backward)
         dense: dict[int, Tensor] = {}
-        columns = [(j, g) for j, g in zip(jobs, grads) if j.table is not None]
+        columns = [(j, g, k) for k, (j, g) in enumerate(zip(jobs, grads)) if j.table is not None]
         replicas = [(j, g) for j, g in zip(jobs, grads) if j.table is None]
         _columns_backward(columns, stats, dense)
         if ctx.replica_group is not None:
@@ -193,8 +190,16 @@ def _feature_major(grad: Tensor, job: Job, k: int) -> Tensor:
 
 
 def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """The distinct rows this rank's bags of ``job`` touched and their summed gradient."""
+    """The distinct rows this rank's bags of ``job`` touched and their summed gradient
+    (``grad`` example-major ``[bags, F * d]`` when ``job.num_features``, else feature-major)."""
     lookup = job.lookup
+    if job.num_features:  # sum / mean: read in place through the feature-major view
+        bags, width = grad.shape
+        view = grad.view(bags, job.num_features, width // job.num_features).transpose(0, 1)
+        return bag_rows(
+            lookup.ids, lookup.offsets, view.float(), lookup.per_sample_weights,
+            job.weight.shape[0], job.pooling, -1 if lookup.padding_idx is None else lookup.padding_idx,
+        )
     grad = grad.reshape(-1, job.weight.shape[1])
     if job.pooling == POOL_MAX:
         return winner_rows(job.max_ids, grad, job.max_ids >= 0, torch.float32)
@@ -247,14 +252,15 @@ class _Pending:
 
 
 def _columns_backward(
-    columns: list[tuple[Job, Tensor]], stats: CommStats, dense: dict[int, Tensor]
+    columns: list[tuple[Job, Tensor, int]], stats: CommStats, dense: dict[int, Tensor]
 ) -> None:
-    """Update the column shards of ``columns`` (plan order).  Statistics are agreed in two
+    """Update the column shards of ``columns`` (plan order; each ``(job, gradient of its
+    output, its output's index)``).  Statistics are agreed in two
     rounds, each one ``all_reduce`` per process group over the concatenation of its tables'
     vectors (the touched rows of max tables, then row-wise Adagrad's squares); int8_rowwise
     scales take one ``all_reduce`` per table inside its update."""
     pending: list[_Pending] = []
-    for job, grad in columns:
+    for job, grad, k in columns:
         optimizer = getattr(job.weight, FUSED_ATTR, None)
         if optimizer is not None and not job.agree and job.pooling == POOL_MAX:
             rows, row_grad = _local_rows(job, grad)  # (per-shard winners: TorchRec's meaning)
@@ -265,6 +271,8 @@ def _columns_backward(
         if optimizer is not None and not (job.agree and _needs_agreement(job, optimizer)):
             lookup = job.lookup
             pad = -1 if lookup.padding_idx is None else lookup.padding_idx
+            if job.num_features:  # (the fused update reads the gradient feature-major)
+                grad = _feature_major(grad, job, k)
             grad = grad.reshape(-1, job.weight.shape[1]).contiguous()
             optimizer.apply_update(
                 job.weight, lookup.ids, lookup.offsets, grad, lookup.per_sample_weights,
