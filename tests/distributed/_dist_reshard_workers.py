@@ -75,6 +75,7 @@ def group_of_two_source(rank: int, world: int, folder: str) -> None:
         for rule, options in (("adam", {"lr": 0.05, "state_dtype": "bfloat16"}),
                               ("adagrad", {"lr": 0.1, "state_dtype": "float16"})):  # fmt: skip
             _w.train_and_compare(rank, world, _w.rotated_plan(world, turn), rule, options, steps=3)
+    seq_checkpoint(rank, world, folder)
     sharded = _fresh(_w.mixed_plan(world, 0), seed=11)  # column-wise d, row-wise a and b
     _steps(sharded, range(3), world, rank)
     save_checkpoint(os.path.join(folder, "two"), sharded)
@@ -83,6 +84,34 @@ def group_of_two_source(rank: int, world: int, folder: str) -> None:
     final = sharded.full_tables()  # (a collective)
     if rank == 0:
         torch.save({"saved": saved, "final": final}, os.path.join(folder, "two.pt"))
+
+
+SEQ_FEATURES = {"w": 30, "v1": 16, "v2": 16}
+
+
+def seq_step(collection: Any, batch: Any) -> None:
+    """One training step of an (un)sharded EmbeddingCollection: the rows' sum of squares."""
+    out = collection(batch)
+    sum(out[f].values.pow(2).sum() for f in out.keys()).backward()
+
+
+def seq_checkpoint(rank: int, world: int, folder: str) -> None:
+    """A ShardedEmbeddingCollection (row- and column-wise, Adam): 2 steps, save, 2 more steps;
+    rank 0 keeps the tables at the save and at the end."""
+    torch.manual_seed(1)
+    plan = ShardingPlan(
+        world_size=world, tables={"w": TableSharding.row_wise(), "v": TableSharding.column_wise()}
+    )
+    sharded = shard(embtable.EmbeddingCollection(_w.seq_tables()), plan)
+    embtable.optim.fuse(sharded, "adam", lr=0.05)
+    for step in range(4):
+        if step == 2:
+            save_checkpoint(os.path.join(folder, "seq"), sharded)
+            saved = sharded.full_tables()
+        seq_step(sharded, _w.batches(SEQ_FEATURES, step, world, rank)[0])
+    final = sharded.full_tables()
+    if rank == 0:
+        torch.save({"saved": saved, "final": final}, os.path.join(folder, "seq.pt"))
 
 
 def group_of_four(rank: int, world: int, folder: str) -> None:

@@ -7,7 +7,8 @@
 - a checkpoint of 2 ranks resumed on 4 (column shards on some ranks: their per-row state,
   int8 scales and Adam's row steps, given to every column shard), of 4 resumed on 2, and of
   2 resumed in one process as the plain collection (``load_unsharded`` with its fused
-  optimizer state): each continues as the run that never stopped;
+  optimizer state; also a ``ShardedEmbeddingCollection``'s): each continues as the run that
+  never stopped;
 - the checkpoint loaded into TorchRec's ``EmbeddingBagCollection`` by its ``state_dict`` keys
   (same weights, same pooled sum outputs as the plain collection);
 - a rank killed mid-step: the other raises at once, long before the group's timeout.
@@ -64,6 +65,25 @@ def test_two_to_one_resumes_in_the_plain_collection(folder: str) -> None:
     for step in range(3, 5):  # the global batches of the steps the 2 ranks ran after the save
         _, global_batch = _w.batches(_w.bag_features(), step, 2, 0)
         _w._loss(plain(global_batch).values()).backward()
+    for name, table in expected["final"].items():
+        torch.testing.assert_close(
+            plain.table_weight(name).detach(), table, rtol=_w.RTOL, atol=_w.ATOL
+        )
+
+
+def test_embedding_collection_two_to_one_resumes(folder: str) -> None:
+    _needs(folder, "seq")
+    path = os.path.join(folder, "seq")
+    assert sorted(load_tables(path)) == ["embeddings.v.weight", "embeddings.w.weight"]
+    expected = torch.load(os.path.join(folder, "seq.pt"))
+    torch.manual_seed(98)
+    plain = embtable.EmbeddingCollection(_w.seq_tables())
+    embtable.optim.fuse(plain, "adam", lr=0.05)
+    load_unsharded(path, plain)
+    for name, table in expected["saved"].items():
+        assert torch.equal(plain.table_weight(name).detach(), table), name
+    for step in range(2, 4):
+        _r.seq_step(plain, _w.batches(_r.SEQ_FEATURES, step, 2, 0)[1])
     for name, table in expected["final"].items():
         torch.testing.assert_close(
             plain.table_weight(name).detach(), table, rtol=_w.RTOL, atol=_w.ATOL
