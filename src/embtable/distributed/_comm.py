@@ -189,17 +189,20 @@ class _EvenColumns(torch.autograd.Function):
         world, batch, features, width = shape
         ctx.meta = (shape, group, rank, stats, kind, kept)
         blocks = x.view(world, batch, features, width)
-        full = kept_buffer(kept, "full", x, (world, batch, features, width))
         rows = _others(rank, world)
+        count = rows.stop - rows.start
+        received = kept_buffer(kept, "full", x, (count, batch, features, width))
         done = _all_to_all_others(
-            blocks[rows].reshape(-1), full[rows].view(-1), group, rank, world, stats, kind
+            blocks[rows].reshape(-1), received.view(-1), group, rank, world, stats, kind
         )
-        if rows.stop - rows.start < world:  # (copied while the others' are on the wire)
-            full[rank].copy_(blocks[rank])
-        done()
-        # one copy into the result's layout (a contiguous destination: the fast direction)
         out = kept_buffer(kept, "out", x, (batch, features, world, width))
-        out.copy_(full.permute(1, 2, 0, 3))
+        if count < world:  # (its own block placed while the others' are on the wire)
+            out[:, :, rank].copy_(blocks[rank])
+        done()
+        # the others' blocks into the result's layout: one copy (strided destination rows of
+        # count * width columns; cheaper than passing the own block through a [W, B, F, d]
+        # buffer and permuting all of it, as before session 6)
+        out[:, :, rows].copy_(received.permute(1, 2, 0, 3))
         return out.view(batch, features * world * width).detach()  # (not a view: see _alias)
 
     @staticmethod
