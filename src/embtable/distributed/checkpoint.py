@@ -12,8 +12,9 @@ r"""Checkpoints of sharded tables that load on any number of ranks, or without t
 
 Each sharded tensor is saved as the chunks its ranks hold, so DCP reshards on load:
 :func:`load_checkpoint` reads a checkpoint of N ranks into a collection sharded over M
-ranks with any plan, :func:`load_unsharded` into a plain collection in one process, and
-:func:`load_tables` gives plain ``{key: tensor}`` for ``torch.nn`` modules.
+ranks with any plan, :func:`load_unsharded` into a plain collection in one process (with
+its fused optimizer's state when it is fused), and :func:`load_tables` gives plain
+``{key: tensor}`` for ``torch.nn`` modules and TorchRec's ``EmbeddingBagCollection``.
 
 Atomicity: the ranks write into ``<path>.partial-<token>``; only after every rank's part is
 written does rank 0 add ``embtable_manifest.json`` (last, fsynced) and rename the folder to
