@@ -69,12 +69,14 @@ def columns_on_four() -> ShardingPlan:
 
 
 def group_of_two_source(rank: int, world: int, folder: str) -> None:
-    """Half-precision state on every sharding type; then the checkpoint to reshard: 3 steps,
+    """Half-precision state on every sharding type; bad batches; an EmbeddingCollection's
+    checkpoint; then the checkpoint to reshard: 3 steps,
     save, 2 more steps (rank 0 keeps the tables at the save and at the end)."""
     for turn in range(len(_w.KINDS)):
         for rule, options in (("adam", {"lr": 0.05, "state_dtype": "bfloat16"}),
                               ("adagrad", {"lr": 0.1, "state_dtype": "float16"})):  # fmt: skip
             _w.train_and_compare(rank, world, _w.rotated_plan(world, turn), rule, options, steps=3)
+    check_bad_batches(rank, world)
     seq_checkpoint(rank, world, folder)
     sharded = _fresh(_w.mixed_plan(world, 0), seed=11)  # column-wise d, row-wise a and b
     _steps(sharded, range(3), world, rank)
@@ -84,6 +86,44 @@ def group_of_two_source(rank: int, world: int, folder: str) -> None:
     final = sharded.full_tables()  # (a collective)
     if rank == 0:
         torch.save({"saved": saved, "final": final}, os.path.join(folder, "two.pt"))
+
+
+def check_bad_batches(rank: int, world: int) -> None:
+    """Other bad batches on one rank (a missing feature, another batch size, a negative id):
+    every rank raises the same error naming that rank, no table changes, and the ranks stay
+    in step (a good step afterwards equals the oracle's)."""
+    from embtable.distributed import ShardedIndexError, ShardedValueError
+
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(_w.bag_tables())
+    sharded = shard(reference, _w.mixed_plan(world, 0))
+    embtable.optim.fuse(sharded, "adam", lr=0.1)
+    before = sharded.full_tables()
+    size = _w.GLOBAL_BATCH // world
+    ids, _ = _w._rows(_w.bag_features(), 0, False)
+    good = _w._kjt(ids, {}, rank * size, (rank + 1) * size)
+    no_d = {k: v for k, v in ids.items() if k != "d"}
+    negative = {k: [list(bag) for bag in v] for k, v in ids.items()}
+    negative["a2"][0] = [-1]
+    cases = [
+        (1, _w._kjt(no_d, {}, rank * size, (rank + 1) * size), ShardedValueError,
+         "rank 1's batch has no feature 'd'"),
+        (0, _w._kjt(ids, {}, 0, size - 1), ShardedValueError, "the same local batch size"),
+        (0, _w._kjt(negative, {}, 0, size), ShardedIndexError, "rank 0's batch: feature 'a2' holds id -1"),
+    ]  # fmt: skip
+    for bad_rank, bad, error, text in cases:
+        try:
+            sharded(bad if rank == bad_rank else good)
+        except error as raised:
+            assert text in str(raised), (text, str(raised))
+        else:
+            raise AssertionError(f"no error for {text!r}")
+    for name, table in sharded.full_tables().items():
+        assert torch.equal(table, before[name]), name
+    out = sharded(good)
+    expected = reference(_w._kjt(ids, {}, 0, _w.GLOBAL_BATCH))
+    for feature in out.keys():
+        torch.testing.assert_close(out[feature], expected[feature][rank * size : (rank + 1) * size])
 
 
 SEQ_FEATURES = {"w": 30, "v1": 16, "v2": 16}

@@ -11,6 +11,8 @@
   never stopped;
 - the checkpoint loaded into TorchRec's ``EmbeddingBagCollection`` by its ``state_dict`` keys
   (same weights, same pooled sum outputs as the plain collection);
+- other bad batches on one rank (a missing feature, another batch size, a negative id):
+  every rank raises naming it, nothing changes, the ranks stay in step;
 - a rank killed mid-step: the other raises at once, long before the group's timeout.
 """
 
