@@ -90,7 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=int, default=d.topk, help="k of Recall@k and NDCG@k")
     p.add_argument("--nproc", type=int, default=1,
                    help="train with the tables sharded over N local gloo processes (sharded "
-                        "collection + DDP head; docs/distributed.md); --batch-size is per process")  # fmt: skip
+                        "collection + DDP head; docs/distributed.md); --batch-size is per process; "
+                        "no validation split, early stopping, --folds, --l2, --optimizer, "
+                        "--no-side-features or --topk then")  # fmt: skip
 
 
 def _resolve_optimizer(name: str) -> str:
@@ -396,6 +398,31 @@ class _Bar:
             self._bar.close()
 
 
+#: Options the sharded demo (``--nproc N``) does not apply: it trains the tables with side
+#: features by fused Adam and scores the test split once (no validation split, early
+#: stopping, folds, L2 penalty or top-k metrics); setting one of them with --nproc is refused.
+_NOT_SHARDED = ("valid_fraction", "patience", "folds", "l2", "optimizer", "side_features", "topk")
+
+
+def _check_sharded(options: MovieLensOptions, nproc: int) -> None:
+    defaults = MovieLensOptions()
+    flags = {"side_features": "--no-side-features"}
+    if options.patience is None:  # (--patience 0)
+        flags["patience"] = "--patience 0"
+    unused = [
+        flags.get(name, f"--{name.replace('_', '-')} {getattr(options, name)}")
+        for name in _NOT_SHARDED
+        if getattr(options, name) != getattr(defaults, name)
+        and not (name == "optimizer" and options.optimizer == "fused")
+    ]
+    if unused:
+        raise CliError(
+            f"--nproc {nproc}: the sharded demo does not apply {', '.join(unused)} (it trains "
+            f"the tables with side features by fused Adam and scores the test split once: no "
+            f"validation split, early stopping, folds, L2 penalty or top-k metrics); drop them"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     options = MovieLensOptions(
         data=args.data, out=args.out, split=args.split, test_fraction=args.test_fraction,
@@ -408,6 +435,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "nproc", 1) != 1:
         if args.nproc < 1:
             raise CliError(f"--nproc must be >= 1, got {args.nproc}")
+        _check_sharded(options, args.nproc)
         from embtable.distributed.movielens import train_movielens_sharded
 
         _check(options)
