@@ -158,9 +158,38 @@ def seq_checkpoint(rank: int, world: int, folder: str) -> None:
         torch.save({"saved": saved, "final": final}, os.path.join(folder, "seq.pt"))
 
 
+def check_subgroups(rank: int, world: int) -> None:
+    """``shard(..., process_group=)``: ranks 0, 1 and ranks 2, 3 each shard their own collection
+    over their pair (row-, table- and column-wise tables), both equal the oracle."""
+    import torch.distributed as dist
+
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # (every rank makes every group)
+    group, mine = pairs[rank // 2], rank % 2
+    torch.manual_seed(0)
+    reference = EmbeddingBagCollection(_w.bag_tables())
+    sharded = shard(reference, _w.mixed_plan(2, 0), process_group=group)
+    assert (sharded.rank, sharded.world_size) == (mine, 2)
+    embtable.optim.fuse(reference, "rowwise_adagrad", lr=0.1)
+    embtable.optim.fuse(sharded, "rowwise_adagrad", lr=0.1)
+    size = _w.GLOBAL_BATCH // 2
+    for step in range(3):
+        local, global_batch = _w.batches(_w.bag_features(), step, 2, mine)
+        out, expected = sharded(local), reference(global_batch)
+        for feature in out.keys():
+            torch.testing.assert_close(
+                out[feature], expected[feature][mine * size : (mine + 1) * size]
+            )
+        _w._loss(out.values()).backward()
+        _w._loss(expected.values()).backward()
+    _w._same_tables(
+        sharded, reference, f"process_group of ranks {[2 * (rank // 2), 2 * (rank // 2) + 1]}"
+    )
+
+
 def group_of_four(rank: int, world: int, folder: str) -> None:
     """The matrix of ``_dist_workers.exactness_matrix``'s first part on 4 ranks (every
-    sharding type x pooling x rule and state dtype); EmbeddingCollection; the 2-rank
+    sharding type x pooling x rule and state dtype); EmbeddingCollection; two collections
+    sharded over subgroups (``process_group=``); the 2-rank
     checkpoint resumed on a plan with column shards; a 4-rank checkpoint for 4 -> 2."""
     for turn in range(len(_w.KINDS)):
         for rule, options in _w.RULES:
@@ -183,6 +212,7 @@ def group_of_four(rank: int, world: int, folder: str) -> None:
         "rowwise_adagrad",
         {"lr": 0.1},
     )
+    check_subgroups(rank, world)
     expected = torch.load(os.path.join(folder, "two.pt"))
     sharded = _fresh(columns_on_four(), seed=12)
     load_checkpoint(os.path.join(folder, "two"), sharded)

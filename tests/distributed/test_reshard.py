@@ -3,7 +3,8 @@
 - the exactness matrix (every sharding type x sum / mean with padding / max x SGD, row-wise
   Adagrad, Adam with float32 and int8_rowwise state) on 4 ranks, and bfloat16 / float16
   state on 2: outputs and tables equal the unsharded collection trained on the global
-  batches (1e-5 relative); ``EmbeddingCollection`` on 4 ranks;
+  batches (1e-5 relative); ``EmbeddingCollection`` on 4 ranks; two collections sharded
+  over subgroups of 4 ranks (``process_group=``);
 - a checkpoint of 2 ranks resumed on 4 (column shards on some ranks: their per-row state,
   int8 scales and Adam's row steps, given to every column shard), of 4 resumed on 2, and of
   2 resumed in one process as the plain collection (``load_unsharded`` with its fused
