@@ -72,6 +72,7 @@ def group_of_two_source(rank: int, world: int, folder: str) -> None:
     """Half-precision state on every sharding type; bad batches; an EmbeddingCollection's
     checkpoint; then the checkpoint to reshard: 3 steps,
     save, 2 more steps (rank 0 keeps the tables at the save and at the end)."""
+    check_only_local_shards_allocated(rank, world)
     for turn in range(len(_w.KINDS)):
         for rule, options in (("adam", {"lr": 0.05, "state_dtype": "bfloat16"}),
                               ("adagrad", {"lr": 0.1, "state_dtype": "float16"})):  # fmt: skip
@@ -86,6 +87,31 @@ def group_of_two_source(rank: int, world: int, folder: str) -> None:
     final = sharded.full_tables()  # (a collective)
     if rank == 0:
         torch.save({"saved": saved, "final": final}, os.path.join(folder, "two.pt"))
+
+
+def check_only_local_shards_allocated(rank: int, world: int) -> None:
+    """Built directly, a collection allocates its shard of a row-wise table, never the whole
+    table: its parameters hold the shard, and the rank's resident high-water mark grows by
+    about the shard (32 MB), not by the whole table (64 MB on 2 ranks). First in a fresh
+    process, so the high-water mark before is about the resident size before."""
+    import resource
+
+    from embtable import TableConfig
+    from embtable.distributed import ShardedEmbeddingBagCollection
+
+    rows, dim = 1_000_000, 16
+    tables = [TableConfig(name="big", num_embeddings=rows, embedding_dim=dim)]
+    plan = ShardingPlan(world_size=world, tables={"big": TableSharding.row_wise()})
+    with open("/proc/self/statm") as handle:
+        resident = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    sharded = ShardedEmbeddingBagCollection(tables, plan)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
+    shard_bytes = rows // world * dim * 4
+    assert sum(p.numel() * p.element_size() for p in sharded.parameters()) == shard_bytes
+    assert peak - resident < shard_bytes + (rows * dim * 4 - shard_bytes) // 2, (
+        f"the rank grew by {(peak - resident) / 2**20:.1f} MiB for a {shard_bytes / 2**20:.1f} "
+        f"MiB shard of a {rows * dim * 4 / 2**20:.1f} MiB table"
+    )
 
 
 def check_bad_batches(rank: int, world: int) -> None:
