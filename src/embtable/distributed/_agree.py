@@ -19,7 +19,7 @@ from embtable.jagged import KeyedJagged
 
 __all__ = ["Agreement"]
 
-_OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT, _NO_WEIGHTS = 0, 1, 2, 3, 4, 5
+_OK, _MISSING, _BAD_ID, _BAD_WEIGHTS, _NOT_KJT, _NO_WEIGHTS, _WEIGHTS_GRAD = 0, 1, 2, 3, 4, 5, 6
 _INT32_LIMIT = 2**31 - 1  # ids and bag lengths up to this travel as int32 (tests lower it)
 
 
@@ -68,6 +68,13 @@ class Agreement:
                     f"{where} is not a KeyedJagged with one batch size for every feature "
                     f"(a batch size per feature is not sharded yet){suffix}"
                 )
+            if code == _WEIGHTS_GRAD:
+                raise ShardedValueError(
+                    f"{where} carries per-value weights that require a gradient; the sharded "
+                    f"collections do not return a gradient to the weights (they travel to the "
+                    f"rows' owners outside autograd): pass weights.detach(), or run the forward "
+                    f"under torch.no_grad(){suffix}"
+                )
             name = self.feature_names[feature]
             table = self._table_of[name]
             if code == _MISSING:
@@ -113,6 +120,8 @@ class Agreement:
         weighted = self._is_weighted and features.weights() is not None
         if self._is_weighted and not weighted:
             return [_NO_WEIGHTS, 0, 0, batch, 0, 0]
+        if weighted and features.weights().requires_grad and torch.is_grad_enabled():
+            return [_WEIGHTS_GRAD, 0, 0, batch, 1, 0]
         index_of = {k: i for i, k in enumerate(features.keys())}
         starts = features.offset_per_key()
         bounds, order = [], []
