@@ -540,20 +540,30 @@ def run_single_process(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_bytes_per_step(
-    kind: str, world: int, batch: int, ids_per_bag: float, dim: int, rows: float = 0
+    kind: str,
+    world: int,
+    batch: int,
+    ids_per_bag: float,
+    dim: int,
+    rows: float = 0,
+    id_bytes: int = 8,
 ) -> float:
     """Bytes one rank sends per step for one feature of one table (docs/distributed.md, formulas):
-    int64 ids (8 bytes), float32 pooled rows and gradients (4 bytes per value), ``batch`` bags
+    ids of ``id_bytes`` (8: int64; 4: int32, as they travel when every table has fewer than
+    2^31 rows), float32 pooled rows and gradients (4 bytes per value), ``batch`` bags
     per rank of ``ids_per_bag`` ids, the ids' owners uniform over the rows; a data-parallel
     table of ``rows`` rows all-reduces its dense gradient and touched column (ring).  (Column
-    shards' per-row statistics, one float per distinct row and statistic, are left out.)"""
-    w, b, L, d = world, batch, ids_per_bag, dim
+    shards' per-row statistics, one float per distinct row and statistic, are left out;
+    column-wise needs ``world <= dim``: ``nan`` beyond.)"""
+    w, b, L, d, i = world, batch, ids_per_bag, dim, id_bytes
     if kind == "row_wise":
-        return 8 * b * L * (w - 1) / w + 2 * 4 * b * d * (w - 1)
+        return i * b * L * (w - 1) / w + 2 * 4 * b * d * (w - 1)
     if kind == "table_wise":  # the owner's load: every other rank's rows out, its gradients in
         return 4 * b * d * (w - 1)
     if kind == "column_wise":
-        return 8 * b * L * (w - 1) + 2 * 4 * b * d * (w - 1) / w
+        if w > d:
+            return float("nan")
+        return i * b * L * (w - 1) + 2 * 4 * b * d * (w - 1) / w
     if kind == "data_parallel":
         return 2 * 4 * rows * (d + 1) * (w - 1) / w
     raise ValueError(kind)
@@ -583,7 +593,10 @@ def scaling_plot(path: str) -> None:
     for kind in kinds:
         left.plot(
             worlds,
-            [model_bytes_per_step(kind, w, 512, 10, 64, rows=1e9) / 2**20 for w in worlds],
+            [  # (1e9 rows < 2^31: the ids travel as int32)
+                model_bytes_per_step(kind, w, 512, 10, 64, rows=1e9, id_bytes=4) / 2**20
+                for w in worlds
+            ],
             marker="o",
             label=kind,
         )
@@ -598,7 +611,7 @@ def scaling_plot(path: str) -> None:
         yscale="log",
         xlabel="ranks",
         ylabel="MiB sent per step per rank",
-        title="1 feature, 512 bags/rank, 10 ids/bag, D=64",
+        title="1 feature, 512 bags/rank, 10 int32 ids/bag, D=64",
     )
     right.set(
         xscale="log",
