@@ -126,6 +126,14 @@ class TableConfig:
         hashed: the hashing trick: ids may be any int64 values, id ``x`` reads row
             ``embtable.nn.hashed.hash_rows(x, num_embeddings)`` (distinct ids may share a
             row).  Not with ``dynamic`` or ``padding_idx``.
+        scale_grad_by_freq: divide the gradient a row gets from a feature by the number of
+            times its id occurs among that feature's ids in the batch, as a
+            ``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` with ``scale_grad_by_freq=True``
+            per feature would (a table shared by two features counts per feature; ids are
+            counted as rows, after hashing or dynamic remapping).  Also in fused training and
+            across shards (docs/distributed.md, "Exactness").  Not with ``pooling="max"``
+            (torch refuses it too); not held by TorchRec's configs, so ``to_torchrec``
+            refuses such a table.
 
     Raises:
         ValueError: a field is out of range or inconsistent; the message names the table.
@@ -142,6 +150,14 @@ class TableConfig:
         Traceback (most recent call last):
         ...
         ValueError: TableConfig 'bad': num_embeddings must be a positive int, got 0
+        >>> TableConfig(name="query", num_embeddings=50, embedding_dim=4,
+        ...             scale_grad_by_freq=True).scale_grad_by_freq
+        True
+        >>> TableConfig(name="q", num_embeddings=50, embedding_dim=4, pooling="max",
+        ...             scale_grad_by_freq=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: TableConfig 'q': pooling='max' does not support scale_grad_by_freq=True ...
     """
 
     name: str
@@ -157,6 +173,7 @@ class TableConfig:
     storage: object | None = None
     dynamic: DynamicConfig | None = None
     hashed: bool = False
+    scale_grad_by_freq: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -189,6 +206,15 @@ class TableConfig:
                     f"first read; init must be 'normal' or 'uniform', got a callable"
                 )
 
+        if not isinstance(self.scale_grad_by_freq, bool):
+            raise TypeError(
+                f"{api}: scale_grad_by_freq must be a bool, got {self.scale_grad_by_freq!r}"
+            )
+        if self.scale_grad_by_freq and self.pooling is PoolingMode.MAX:
+            raise ValueError(
+                f"{api}: pooling='max' does not support scale_grad_by_freq=True (as torch's "
+                "EmbeddingBag); use 'sum' or 'mean', or scale_grad_by_freq=False"
+            )
         if not isinstance(self.hashed, bool):
             raise TypeError(f"{api}: hashed must be a bool, got {self.hashed!r}")
         if self.hashed and (self.dynamic is not None or self.padding_idx is not None):

@@ -108,7 +108,7 @@ def collection_to_torchrec(collection: Any, pooled: bool, api: str) -> Any:
     Raises:
         ImportError: torchrec is not installed.
         ValueError: a table TorchRec cannot hold (``"max"`` pooling, a ``padding_idx``,
-            a dtype other than float32 / float16 / bfloat16).
+            ``scale_grad_by_freq``, a dtype other than float32 / float16 / bfloat16).
     """
     try:
         import torchrec
@@ -124,6 +124,8 @@ def collection_to_torchrec(collection: Any, pooled: bool, api: str) -> Any:
             problem = f"padding_idx={table.padding_idx} (TorchRec tables have none)"
         elif pooled and table.pooling.value not in ("sum", "mean"):
             problem = f"pooling={table.pooling.value!r} (TorchRec pools by sum or mean)"
+        elif table.scale_grad_by_freq:
+            problem = "scale_grad_by_freq=True (TorchRec's table configs have no such option)"
         if problem:
             raise ValueError(f"{api}: table {table.name!r} has {problem}")
         fields = dict(name=table.name, num_embeddings=table.num_embeddings,

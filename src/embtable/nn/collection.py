@@ -16,6 +16,14 @@ such row per call it is passed as ``padding_idx``; with several, their ids are d
 before pooling, which is exactly torch's rule (padding entries are not pooled, not counted
 in a mean, get no gradient; a bag of only padding gives zeros).
 
+``scale_grad_by_freq``.  A table with the flag gets the gradient of a loop of
+``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` modules with ``scale_grad_by_freq=True``,
+one call per feature: a row's gradient from feature ``f`` is divided by the count of its id
+among ``f``'s ids in the batch.  The simplest exact way: such tables get buckets of their
+own, looked up with one call per bucket whose backward counts each ``(feature, row)``
+pair (fused tables: one fused update of the distinct rows per bucket and step).
+Those buckets take the general path (:func:`embtable.nn._freq.scaled_lookup`).
+
 state_dict.  Keys are per table, as in TorchRec and in a ``ModuleDict`` of torch
 modules: ``embedding_bags.<table>.weight`` (bag collection) or
 ``embeddings.<table>.weight`` (non-pooled collection), each ``[num_embeddings,
@@ -41,6 +49,7 @@ from embtable._functions import function_for as _function_for
 from embtable.config import PoolingMode, TableConfig
 from embtable.jagged import KeyedJagged, _complete_cumsum
 from embtable.nn import dynamic as _dynamic
+from embtable.nn._freq import scaled_lookup
 from embtable.nn._torchrec import as_keyed_jagged as _as_keyed_jagged
 from embtable.nn._torchrec import collection_to_torchrec, module_device, tables_from_torchrec
 from embtable.nn._torchrec import expand_rows as _expand_rows
@@ -490,15 +499,22 @@ class EmbeddingBagCollection(_GroupedTables):
         strides = _strides(features)
         pooled: dict[str, Tensor] = {}
         for bucket, lookup in zip(self.plan.buckets, self.bucket_inputs(features)):
-            out = functional.embedding_bag(
-                lookup.ids,
-                self.grouped_weights[bucket.group],
-                lookup.offsets,
-                mode=bucket.pooling.value,
-                per_sample_weights=lookup.per_sample_weights,
-                include_last_offset=True,
-                padding_idx=lookup.padding_idx,
-            )
+            if bucket.scale_grad_by_freq:  # ids counted per feature (nn/_freq.py)
+                sizes = [batch if strides is None else strides[f] for f in bucket.features]
+                out = scaled_lookup(
+                    self.grouped_weights[bucket.group], lookup.ids, lookup.offsets,
+                    lookup.per_sample_weights, bucket.pooling.value, lookup.padding_idx, sizes,
+                )
+            else:
+                out = functional.embedding_bag(
+                    lookup.ids,
+                    self.grouped_weights[bucket.group],
+                    lookup.offsets,
+                    mode=bucket.pooling.value,
+                    per_sample_weights=lookup.per_sample_weights,
+                    include_last_offset=True,
+                    padding_idx=lookup.padding_idx,
+                )
             if strides is None:
                 # unbind (not slicing) so that backward stacks the features' gradients in one copy
                 per_feature = out.view(len(bucket.features), batch, out.shape[1]).unbind(0)
@@ -515,8 +531,9 @@ class EmbeddingBagCollection(_GroupedTables):
         ``[B, sum(D)]`` layout (without autograd, ``embtable::pool_bucket`` does both in one
         pass over the ids), so a collection whose features form one bucket returns its
         :meth:`~PooledEmbeddings.values` without a concatenation.  Sum/mean buckets of float32
-        CPU tables with at most one padding row; anything else, and any invalid batch (whose
-        precise error :meth:`bucket_inputs` raises), takes the general path.
+        CPU tables with at most one padding row and no ``scale_grad_by_freq``; anything else, and
+        any invalid batch (whose precise error :meth:`bucket_inputs` raises), takes the general
+        path.
         """
         if not (isinstance(features, KeyedJagged) and ops.extension_available()):
             return None
@@ -531,6 +548,7 @@ class EmbeddingBagCollection(_GroupedTables):
             weight = weights[bucket.group]
             if (
                 bucket.pooling not in (PoolingMode.SUM, PoolingMode.MEAN)
+                or bucket.scale_grad_by_freq  # (the general path passes the flag)
                 or len(bucket.padding_rows) > 1
                 or weight.dtype != torch.float32
                 or weight.device.type != "cpu"
@@ -677,9 +695,14 @@ class EmbeddingCollection(_GroupedTables):
         for bucket, consts, lookup in zip(
             self.plan.buckets, self._bucket_consts, self.bucket_inputs(features)
         ):
-            rows = functional.embedding(
-                lookup.ids, self.grouped_weights[bucket.group], padding_idx=lookup.padding_idx
-            )
+            weight = self.grouped_weights[bucket.group]
+            if bucket.scale_grad_by_freq:  # ids counted per feature (nn/_freq.py)
+                rows = scaled_lookup(
+                    weight, lookup.ids, lookup.offsets, None, "none", None, lookup.counts,
+                    bucket.padding_rows,
+                )
+            else:
+                rows = functional.embedding(lookup.ids, weight, padding_idx=lookup.padding_idx)
             if len(bucket.padding_rows) > 1:
                 padding = _is_any(lookup.ids, consts["padding_rows"])
                 rows = torch.where(padding.unsqueeze(1), rows.detach(), rows)
@@ -706,6 +729,8 @@ def _tables_repr(tables: Sequence[TableConfig], with_pooling: bool) -> str:
             text += f", pooling={config.pooling.value}"
         if config.padding_idx is not None:
             text += f", padding_idx={config.padding_idx}"
+        if config.scale_grad_by_freq:
+            text += ", scale_grad_by_freq=True"
         if config.dtype != torch.float32:
             text += f", dtype={config.dtype}"
         if config.feature_names != (config.name,):

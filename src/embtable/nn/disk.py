@@ -577,6 +577,11 @@ class _DiskCollection(Module):
                 raise ValueError(f"{api}: table {config.name!r} has pooling='none'; use 'sum', 'mean' or 'max'")
             if not self._pooled and config.pooling in (PoolingMode.MEAN, PoolingMode.MAX):
                 raise ValueError(f"{api}: table {config.name!r} pools ({config.pooling.value!r}); use 'none'")
+            if config.scale_grad_by_freq:
+                raise ValueError(
+                    f"{api}: table {config.name!r} on disk has scale_grad_by_freq=True; only "
+                    "in-RAM tables of a collection support it (use embtable.nn.disk.DiskEmbeddingBag)"
+                )
         self.tables = tuple(tables)
         self.feature_names = [feature for config in tables for feature in config.feature_names]
         self.embedding_dims = [config.embedding_dim for config in tables for _ in config.feature_names]

@@ -95,12 +95,18 @@ class LookupBucket:
         features: feature names, in the collection's feature order.
         padding_rows: global rows (of the grouped weight) that are the ``padding_idx`` of a
             table read by the bucket; sorted.
+        scale_grad_by_freq: whether the bucket's tables scale gradients by id frequency
+            (``TableConfig.scale_grad_by_freq``; tables with and without it never share a
+            bucket).  Ids are counted per feature of the bucket, as one
+            ``torch.nn.EmbeddingBag(scale_grad_by_freq=True)`` call per feature
+            (:mod:`embtable.nn._freq`).
     """
 
     group: int
     pooling: PoolingMode
     features: tuple[str, ...]
     padding_rows: tuple[int, ...]
+    scale_grad_by_freq: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,17 +185,19 @@ def plan_groups(
                 config.embedding_dim, config.pooling,
             )
 
-    bucket_features: dict[tuple[int, PoolingMode], list[str]] = {}
-    bucket_pads: dict[tuple[int, PoolingMode], set[int]] = {}
+    bucket_features: dict[tuple[int, PoolingMode, bool], list[str]] = {}
+    bucket_pads: dict[tuple[int, PoolingMode, bool], set[int]] = {}
     for feature, place in features.items():
-        key = (place.group, place.pooling if pooled else PoolingMode.NONE)
+        scaled = configs[place.table].scale_grad_by_freq
+        key = (place.group, place.pooling if pooled else PoolingMode.NONE, scaled)
         bucket_features.setdefault(key, []).append(feature)
         padding_idx = configs[place.table].padding_idx
         pads = bucket_pads.setdefault(key, set())
         if padding_idx is not None:
             pads.add(place.row_offset + padding_idx)
     buckets = tuple(
-        LookupBucket(group, pooling, tuple(names), tuple(sorted(bucket_pads[(group, pooling)])))
-        for (group, pooling), names in bucket_features.items()
+        LookupBucket(group, pooling, tuple(names), tuple(sorted(bucket_pads[(group, pooling, scaled)])),
+                     scale_grad_by_freq=scaled)
+        for (group, pooling, scaled), names in bucket_features.items()
     )
     return CollectionPlan(configs, tuple(groups), placements, features, buckets)

@@ -1,0 +1,152 @@
+"""``scale_grad_by_freq`` for a collection's bucket: ids counted per feature, one call per bucket.
+
+A bucket concatenates the ids of several features (of one or several tables, shifted into
+one grouped weight).  torch's ``scale_grad_by_freq`` counts an id over one call, but a
+collection's contract is a loop of torch modules, one call per *feature*: the gradient a
+row gets from feature ``f`` is divided by the count of its id among ``f``'s ids.  A table
+shared by two features therefore counts per feature, which one torch call over the bucket
+would not do.  :func:`scaled_lookup` keeps one call per bucket and is exact: the forward is
+the plain lookup; the backward counts each ``(feature, row)`` pair, forms every touched
+row's gradient (``sum`` of ``weight * grad_out[bag] / count``, ``/ bag size`` for a mean;
+padding rows get none) and either returns it as the weight's dense gradient or, for a
+weight of :func:`embtable.optim.fuse`, hands the distinct rows and their gradients to its
+fused optimizer as one update (so a row read by two features is updated once a step, as
+one optimizer step on torch's summed gradient).  No double backward, forward-mode AD or
+``vmap`` through it.
+
+Example:
+    >>> import torch
+    >>> from embtable.nn._freq import scaled_lookup
+    >>> weight = torch.zeros(4, 2, requires_grad=True)
+    >>> ids, offsets = torch.tensor([1, 1, 2, 1]), torch.tensor([0, 2, 3, 4])
+    >>> out = scaled_lookup(weight, ids, offsets, None, "sum", None, [1, 2])
+    >>> out.sum().backward()   # feature 0: ids [1, 1]; feature 1: bags [2] and [1]
+    >>> weight.grad[:, 0].tolist()
+    [0.0, 2.0, 1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from embtable.functional import fused_optimizer
+
+__all__ = ["scaled_lookup"]
+
+
+def _row_grads(
+    weight: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    psw: Tensor | None,
+    mode: str,
+    padding: Tensor,
+    feature_of_bag: Tensor,
+    grad: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Distinct touched rows and their ``[U, D]`` gradient, ids counted per feature."""
+    if mode == "none":
+        bag_of = torch.arange(ids.numel(), device=ids.device)
+    else:
+        bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=ids.device), offsets.diff())
+    keep = ~torch.isin(ids, padding)
+    ids, bag_of = ids[keep], bag_of[keep]
+    coeff = torch.ones(ids.numel(), dtype=grad.dtype, device=grad.device)
+    if psw is not None:
+        coeff = coeff * psw.detach()[keep].to(grad.dtype)
+    if mode == "mean":  # 1 / non-padding ids of the bag
+        sizes = torch.bincount(bag_of, minlength=offsets.numel() - 1)
+        coeff = coeff / sizes[bag_of].to(grad.dtype)
+    pair = feature_of_bag[bag_of] * weight.shape[0] + ids  # (feature, row) -> one key
+    _, inverse, counts = torch.unique(pair, return_inverse=True, return_counts=True)
+    coeff = coeff / counts[inverse].to(grad.dtype)
+    rows, row_of = torch.unique(ids, return_inverse=True)
+    row_grad = grad.new_zeros((rows.numel(), grad.shape[1]))
+    row_grad.index_add_(0, row_of, grad.index_select(0, bag_of) * coeff.unsqueeze(1))
+    return rows, row_grad
+
+
+class _ScaledLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weight: Tensor,
+        per_sample_weights: Tensor | None,
+        ids: Tensor,
+        offsets: Tensor,
+        mode: str,
+        padding_idx: int | None,
+        padding: Tensor,
+        feature_of_bag: Tensor,
+        fused: Any,
+    ) -> Tensor:
+        ctx.weight = weight
+        ctx.meta = (mode, fused)
+        ctx.save_for_backward(ids, offsets, per_sample_weights, padding, feature_of_bag)
+        with torch.no_grad():
+            if mode == "none":
+                return weight.index_select(0, ids)
+            return torch.nn.functional.embedding_bag(
+                ids, weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
+                include_last_offset=True, padding_idx=padding_idx,
+            )
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        ids, offsets, psw, padding, feature_of_bag = ctx.saved_tensors
+        mode, fused = ctx.meta
+        weight = ctx.weight
+        grad = grad_output.contiguous()
+        grad_weight = grad_psw = None
+        if ctx.needs_input_grad[1]:  # d out / d psw (a weighted sum; the forward is unscaled)
+            bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
+            dots = (weight.detach().index_select(0, ids) * grad.index_select(0, bag_of)).sum(1)
+            grad_psw = torch.where(torch.isin(ids, padding), 0, dots).to(psw.dtype)
+        if ctx.needs_input_grad[0]:
+            rows, row_grad = _row_grads(weight, ids, offsets, psw, mode, padding, feature_of_bag, grad)
+            if fused is not None:  # one update of the distinct rows (POOL_NONE, no scaling)
+                fused.apply_update(weight, rows, offsets[:0], row_grad, None, 0, -1, False)
+            else:
+                grad_weight = weight.new_zeros(weight.shape)
+                grad_weight.index_add_(0, rows, row_grad.to(weight.dtype))
+        return (grad_weight, grad_psw) + (None,) * 7
+
+
+def scaled_lookup(
+    weight: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: str,
+    padding_idx: int | None,
+    bags_per_feature: Sequence[int],
+    padding_rows: Sequence[int] = (),
+) -> Tensor:
+    """One bucket's lookup whose gradient counts ids per feature (``scale_grad_by_freq``).
+
+    Args:
+        weight: the grouped weight ``[rows, D]`` (fused or not).
+        ids: the bucket's shifted ids (validated by the caller).
+        offsets: ``include_last_offset`` bag boundaries (feature-major bags); ignored for
+            ``mode="none"`` (then each id is its own bag).
+        per_sample_weights: per-id weights of a ``"sum"``, or ``None``.
+        mode: ``"sum"``, ``"mean"`` or ``"none"`` (rows as ``torch.nn.Embedding``).
+        padding_idx: the padding row pooling skips, or ``None``.
+        bags_per_feature: how many consecutive bags (ids for ``"none"``) each feature has.
+        padding_rows: every row that gets no gradient (``padding_idx`` is added).
+
+    Returns:
+        ``[bags, D]`` pooled rows, or ``[ids, D]`` rows for ``"none"``.
+    """
+    pads = {int(p) for p in padding_rows} | ({padding_idx} if padding_idx is not None else set())
+    padding = torch.tensor(sorted(pads), dtype=ids.dtype, device=ids.device)
+    sizes = torch.tensor(list(bags_per_feature), dtype=torch.int64, device=ids.device)
+    feature_of_bag = torch.repeat_interleave(torch.arange(sizes.numel(), device=ids.device), sizes)
+    fused = fused_optimizer(weight)  # (read here: Function.forward and backward run without grad mode)
+    return _ScaledLookup.apply(
+        weight, per_sample_weights, ids, offsets, mode, padding_idx, padding, feature_of_bag, fused
+    )
