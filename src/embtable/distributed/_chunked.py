@@ -128,6 +128,7 @@ def fused_local(module: Any, kjt: Any, chunking: Chunking, rank: int) -> _Local 
     if (
         tuple(bucket.features) != tuple(mine)
         or bucket.pooling not in (PoolingMode.SUM, PoolingMode.MEAN)
+        or bucket.scale_grad_by_freq  # (the collection's forward counts per feature)
         or weight.shape[1] == 0
         or getattr(weight, FUSED_ATTR, None) is None
     ):

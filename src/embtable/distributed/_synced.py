@@ -26,7 +26,10 @@ kernel) with these statistics; both run through
 :meth:`~embtable.optim.FusedOptimizer.apply_update` (``kernel=``), which keeps the state and
 step bookkeeping.  The collectives of a table run over the ranks holding its shards.  A
 column shard that needs no statistic (SGD, Adagrad, Adam with float32 state; sum / mean
-pooling) takes the ordinary compiled fused update of its own columns.
+pooling) takes the ordinary compiled fused update of its own columns.  A
+``scale_grad_by_freq`` bucket forms its distinct rows' gradient first, each feature's ids
+counted over the received bags (every shard receives the global batch's ids of its rows:
+global counts), then takes the update of the distinct rows above.
 
 **Data-parallel tables.** Each replica pools only its own rank's bags.  In backward, each
 rank reduces its gradient per row into a dense ``[rows, D + 1]`` buffer (the last column
@@ -62,6 +65,7 @@ from embtable.distributed._rowstat import (
     rowwise_adagrad_rows,
 )
 from embtable.functional import FUSED_ATTR
+from embtable.nn._freq import scaled_rows
 from embtable.nn.collection import BucketInput
 from embtable.ops._fused_reference import (
     _C127,
@@ -121,6 +125,7 @@ class Job:
     agree: bool = True
     num_features: int = 0
     kept: dict[str, Any] | None = None  # the module's workspace (feature-major gradient)
+    scale_grad_by_freq: bool = False  # ids counted per feature (column shards: scaled_rows)
 
 
 class SyncedLookup(torch.autograd.Function):
@@ -217,6 +222,25 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
+def _scaled_rows(job: Job, grad: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`_local_rows` of a ``scale_grad_by_freq`` bucket: ids counted per feature over
+    the received bags (:func:`embtable.nn._freq.scaled_rows`; no max pooling)."""
+    lookup = job.lookup
+    if job.num_features:
+        grad = _feature_major(grad, job, k)
+    grad = grad.reshape(-1, job.weight.shape[1]).float()
+    features = len(lookup.counts)
+    if job.pooling == POOL_NONE:
+        mode, sizes = "none", list(lookup.counts)
+    else:
+        mode = "sum" if job.pooling == ops.POOL_SUM else "mean"
+        sizes = [(lookup.offsets.numel() - 1) // max(features, 1)] * features
+    return scaled_rows(
+        job.weight.shape[0], lookup.ids, lookup.offsets, lookup.per_sample_weights, mode,
+        lookup.padding_idx, sizes, job.padding_rows, grad,
+    )
+
+
 def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:
     total = dense.get(id(weight))
     if total is None:
@@ -262,6 +286,10 @@ def _columns_backward(
     pending: list[_Pending] = []
     for job, grad, k in columns:
         optimizer = getattr(job.weight, FUSED_ATTR, None)
+        if job.scale_grad_by_freq:  # (every shard receives all ids of its rows: global counts)
+            rows, row_grad = _scaled_rows(job, grad, k)
+            pending.append(_Pending(job, optimizer, rows, row_grad))
+            continue
         if optimizer is not None and not job.agree and job.pooling == POOL_MAX:
             rows, row_grad = _local_rows(job, grad)  # (per-shard winners: TorchRec's meaning)
             optimizer.apply_update(

@@ -35,11 +35,11 @@ from torch import Tensor
 
 from embtable.functional import fused_optimizer
 
-__all__ = ["scaled_lookup"]
+__all__ = ["scaled_lookup", "scaled_rows"]
 
 
 def _row_grads(
-    weight: Tensor,
+    num_rows: int,
     ids: Tensor,
     offsets: Tensor,
     psw: Tensor | None,
@@ -61,7 +61,7 @@ def _row_grads(
     if mode == "mean":  # 1 / non-padding ids of the bag
         sizes = torch.bincount(bag_of, minlength=offsets.numel() - 1)
         coeff = coeff / sizes[bag_of].to(grad.dtype)
-    pair = feature_of_bag[bag_of] * weight.shape[0] + ids  # (feature, row) -> one key
+    pair = feature_of_bag[bag_of] * num_rows + ids  # (feature, row) -> one key
     _, inverse, counts = torch.unique(pair, return_inverse=True, return_counts=True)
     coeff = coeff / counts[inverse].to(grad.dtype)
     rows, row_of = torch.unique(ids, return_inverse=True)
@@ -107,7 +107,9 @@ class _ScaledLookup(torch.autograd.Function):
             dots = (weight.detach().index_select(0, ids) * grad.index_select(0, bag_of)).sum(1)
             grad_psw = torch.where(torch.isin(ids, padding), 0, dots).to(psw.dtype)
         if ctx.needs_input_grad[0]:
-            rows, row_grad = _row_grads(weight, ids, offsets, psw, mode, padding, feature_of_bag, grad)
+            rows, row_grad = _row_grads(
+                weight.shape[0], ids, offsets, psw, mode, padding, feature_of_bag, grad
+            )
             if fused is not None:  # one update of the distinct rows (POOL_NONE, no scaling)
                 fused.apply_update(weight, rows, offsets[:0], row_grad, None, 0, -1, False)
             else:
@@ -142,11 +144,40 @@ def scaled_lookup(
     Returns:
         ``[bags, D]`` pooled rows, or ``[ids, D]`` rows for ``"none"``.
     """
+    padding, feature_of_bag = _layout(ids, padding_idx, bags_per_feature, padding_rows)
+    fused = fused_optimizer(weight)  # (read here: Function.forward and backward run without grad mode)
+    return _ScaledLookup.apply(
+        weight, per_sample_weights, ids, offsets, mode, padding_idx, padding, feature_of_bag, fused
+    )
+
+
+def _layout(
+    ids: Tensor, padding_idx: int | None, bags_per_feature: Sequence[int], padding_rows: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """The padding rows as a tensor, and each bag's feature."""
     pads = {int(p) for p in padding_rows} | ({padding_idx} if padding_idx is not None else set())
     padding = torch.tensor(sorted(pads), dtype=ids.dtype, device=ids.device)
     sizes = torch.tensor(list(bags_per_feature), dtype=torch.int64, device=ids.device)
     feature_of_bag = torch.repeat_interleave(torch.arange(sizes.numel(), device=ids.device), sizes)
-    fused = fused_optimizer(weight)  # (read here: Function.forward and backward run without grad mode)
-    return _ScaledLookup.apply(
-        weight, per_sample_weights, ids, offsets, mode, padding_idx, padding, feature_of_bag, fused
+    return padding, feature_of_bag
+
+
+def scaled_rows(
+    num_rows: int,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: str,
+    padding_idx: int | None,
+    bags_per_feature: Sequence[int],
+    padding_rows: Sequence[int],
+    grad: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The backward of :func:`scaled_lookup` as data: the distinct touched rows (sorted) and
+    their ``[U, D]`` gradient, ids counted per feature, from the output gradient ``grad``
+    (feature-major bags, or one row per id for ``"none"``).  Used by the column shards of
+    :mod:`embtable.distributed`, whose update needs the rows before it runs."""
+    padding, feature_of_bag = _layout(ids, padding_idx, bags_per_feature, padding_rows)
+    return _row_grads(
+        num_rows, ids, offsets, per_sample_weights, mode, padding, feature_of_bag, grad
     )
