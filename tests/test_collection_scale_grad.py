@@ -218,3 +218,18 @@ def test_flagged_tables_do_not_share_a_call_with_unflagged_ones():
     got = [(b.features, b.scale_grad_by_freq) for b in collection.plan.buckets]
     assert got == [(("a1", "a2", "c"), True), (("b",), False)]
     assert "scale_grad_by_freq=True" in repr(collection)
+
+
+def test_disk_tables_refuse_the_flag_ram_tables_keep_it(tmp_path):
+    from embtable.nn.disk import DiskEmbeddingBagCollection
+    from embtable.storage.disk import Disk
+
+    on_disk = TableConfig(name="u", num_embeddings=10, embedding_dim=D, scale_grad_by_freq=True,
+                          storage=Disk(tmp_path / "u", cache_rows=4))
+    with pytest.raises(ValueError, match="table 'u' on disk has scale_grad_by_freq=True"):
+        DiskEmbeddingBagCollection([on_disk])
+    ram = _tables("sum", None, None)[2]  # table c, in RAM, flagged
+    disk = TableConfig(name="u", num_embeddings=10, embedding_dim=D, storage=Disk(tmp_path / "v", cache_rows=4))
+    collection = DiskEmbeddingBagCollection([ram, disk])
+    collection(KeyedJagged.from_dict({"c": [[3, 3]], "u": [[1]]})).values().sum().backward()
+    assert collection.ram.table_grad("c")[3].tolist() == [1.0] * D  # 2 ids / count 2

@@ -2,7 +2,8 @@
 
 Importable by the children by name.  Tables with ``scale_grad_by_freq=True`` (a shared sum
 table, a mean table with padding, a non-pooled shared table) sharded table-, row- and
-column-wise and in a mixed plan: forward outputs and the tables after fused steps equal the
+column-wise and in a mixed plan: forward outputs and the tables after fused steps (and after
+unfused ``torch.optim.SGD`` steps on the shards' gradients) equal the
 one-process collection on the concatenated global batches (``_dist_workers``' oracle), whose
 own gradient is tested against a loop of torch modules (tests/test_collection_scale_grad.py).
 """
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _dist_workers as _w  # noqa: E402
 
 import embtable  # noqa: E402
-from embtable import EmbeddingCollection, TableConfig  # noqa: E402
+from embtable import EmbeddingBagCollection, EmbeddingCollection, TableConfig  # noqa: E402
 from embtable.distributed import ShardingPlan, TableSharding  # noqa: E402
 from embtable.distributed.errors import ShardedValueError  # noqa: E402
 from embtable.distributed.sharded import ShardedEmbeddingBagCollection, shard  # noqa: E402
@@ -78,8 +79,27 @@ def check_scaled(rank: int, world: int) -> None:
                 _w.train_and_compare(rank, world, plan, rule, options, steps=3, tables=scaled_tables())
             except AssertionError as error:
                 raise AssertionError(f"plan {name}, {rule}: {error}") from None
+    _check_unfused(rank, world)
     _check_sequences(rank, world)
     _check_data_parallel_refused()
+
+
+def _check_unfused(rank: int, world: int) -> None:
+    """Without fuse: the shards' gradients (torch.optim.SGD steps) equal one process's."""
+    for name in ("row_wise", "column_wise", "mixed"):
+        torch.manual_seed(0)
+        reference = EmbeddingBagCollection(scaled_tables())
+        sharded = shard(reference, plans(world)[name])
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (sharded, reference)]
+        features = {f: c.num_embeddings for c in scaled_tables() for f in c.feature_names}
+        for step in range(2):
+            local, global_batch = _w.batches(features, step, world, rank)
+            _w._loss(sharded(local).values()).backward()
+            _w._loss(reference(global_batch).values()).backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+        _w._same_tables(sharded, reference, f"unfused, plan {name}")
 
 
 def _check_sequences(rank: int, world: int) -> None:

@@ -467,7 +467,7 @@ class EmbeddingBagCollection(_GroupedTables):
         Raises:
             ImportError: torchrec is not installed.
             ValueError: a table TorchRec cannot hold (``"max"`` pooling, a ``padding_idx``,
-                float64).
+                ``scale_grad_by_freq``, float64).
         """
         return collection_to_torchrec(self, True, "EmbeddingBagCollection.to_torchrec")
 
@@ -671,7 +671,8 @@ class EmbeddingCollection(_GroupedTables):
 
         Raises:
             ImportError: torchrec is not installed.
-            ValueError: a table TorchRec cannot hold (a ``padding_idx``, float64).
+            ValueError: a table TorchRec cannot hold (a ``padding_idx``,
+                ``scale_grad_by_freq``, float64).
         """
         return collection_to_torchrec(self, False, "EmbeddingCollection.to_torchrec")
 
