@@ -233,3 +233,24 @@ def test_disk_tables_refuse_the_flag_ram_tables_keep_it(tmp_path):
     collection = DiskEmbeddingBagCollection([ram, disk])
     collection(KeyedJagged.from_dict({"c": [[3, 3]], "u": [[1]]})).values().sum().backward()
     assert collection.ram.table_grad("c")[3].tolist() == [1.0] * D  # 2 ids / count 2
+
+
+def test_torch_func_grad_works_and_vmap_is_refused():
+    from torch.func import functional_call, grad, vmap
+
+    from embtable.func import KeyedJaggedStack
+
+    torch.manual_seed(0)
+    collection = EmbeddingBagCollection(_tables("mean", 2, None))
+    batch = KeyedJagged.from_dict({"a1": [[1, 1, 2], [1]], "a2": [[1], [2, 2]], "b": [[0], [1]], "c": [[3, 3], []]})
+    params = {k: v.detach() for k, v in collection.named_parameters()}
+
+    def loss(p, kjt):
+        return functional_call(collection, p, (kjt,)).values().pow(2).sum()
+
+    got = grad(loss)(params, batch)["grouped_weight_0"]
+    loss(dict(collection.named_parameters()), batch).backward()
+    torch.testing.assert_close(got, collection.grouped_weights[0].grad)
+    with pytest.raises(ValueError, match="scale_grad_by_freq=True cannot be looked up inside torch.func.vmap"):
+        even = KeyedJagged.from_dict({"a1": [[1, 1], [2, 1]], "a2": [[1], [2]], "b": [[0], [1]], "c": [[3], [3]]})
+        vmap(grad(loss), in_dims=(None, 0))(params, KeyedJaggedStack.from_batch(even))

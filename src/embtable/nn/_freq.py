@@ -11,8 +11,9 @@ row's gradient (``sum`` of ``weight * grad_out[bag] / count``, ``/ bag size`` fo
 padding rows get none) and either returns it as the weight's dense gradient or, for a
 weight of :func:`embtable.optim.fuse`, hands the distinct rows and their gradients to its
 fused optimizer as one update (so a row read by two features is updated once a step, as
-one optimizer step on torch's summed gradient).  No double backward, forward-mode AD or
-``vmap`` through it.
+one optimizer step on torch's summed gradient).  ``torch.func.grad`` works; no double
+backward, forward-mode AD or ``vmap`` (refused with ``ValueError``: the counts need the
+whole batch).
 
 Example:
     >>> import torch
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from embtable import ops
 from embtable.functional import fused_optimizer
 
 __all__ = ["scaled_lookup", "scaled_rows"]
@@ -73,7 +75,6 @@ def _row_grads(
 class _ScaledLookup(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
         weight: Tensor,
         per_sample_weights: Tensor | None,
         ids: Tensor,
@@ -84,16 +85,19 @@ class _ScaledLookup(torch.autograd.Function):
         feature_of_bag: Tensor,
         fused: Any,
     ) -> Tensor:
-        ctx.weight = weight
+        if mode == "none":
+            return weight.index_select(0, ids)
+        return torch.nn.functional.embedding_bag(
+            ids, weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
+            include_last_offset=True, padding_idx=padding_idx,
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        weight, psw, ids, offsets, mode, _, padding, feature_of_bag, fused = inputs
+        ctx.weight = weight  # (the fused optimizer knows the parameter itself)
         ctx.meta = (mode, fused)
-        ctx.save_for_backward(ids, offsets, per_sample_weights, padding, feature_of_bag)
-        with torch.no_grad():
-            if mode == "none":
-                return weight.index_select(0, ids)
-            return torch.nn.functional.embedding_bag(
-                ids, weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
-                include_last_offset=True, padding_idx=padding_idx,
-            )
+        ctx.save_for_backward(ids, offsets, psw, padding, feature_of_bag)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -145,6 +149,11 @@ def scaled_lookup(
         ``[bags, D]`` pooled rows, or ``[ids, D]`` rows for ``"none"``.
     """
     padding, feature_of_bag = _layout(ids, padding_idx, bags_per_feature, padding_rows)
+    if ops.batched(ids, weight, per_sample_weights):
+        raise ValueError(
+            "a table with scale_grad_by_freq=True cannot be looked up inside torch.func.vmap: "
+            "its ids are counted over the whole batch; take per-example gradients in a loop"
+        )
     fused = fused_optimizer(weight)  # (read here: Function.forward and backward run without grad mode)
     return _ScaledLookup.apply(
         weight, per_sample_weights, ids, offsets, mode, padding_idx, padding, feature_of_bag, fused
