@@ -88,7 +88,7 @@ def _pool_like_embedding_bag(rows, ids, bags, w, config):
     """
     keep = torch.ones(ids.numel()) if config.padding_idx is None else (ids != config.padding_idx).float()
     coeff = keep if w is None else keep * w
-    bag_of = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags]))
+    bag_of = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags], dtype=torch.long))
     out = rows.new_zeros((len(bags), rows.shape[1])).index_add(0, bag_of, rows * coeff.unsqueeze(1))
     if config.pooling.value == "mean":
         count = torch.zeros(len(bags)).index_add(0, bag_of, keep)
@@ -254,3 +254,22 @@ def test_torch_func_grad_works_and_vmap_is_refused():
     with pytest.raises(ValueError, match="scale_grad_by_freq=True cannot be looked up inside torch.func.vmap"):
         even = KeyedJagged.from_dict({"a1": [[1, 1], [2, 1]], "a2": [[1], [2]], "b": [[0], [1]], "c": [[3], [3]]})
         vmap(grad(loss), in_dims=(None, 0))(params, KeyedJaggedStack.from_batch(even))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.data(), pools, pads_a)
+def test_a_batch_size_per_feature_counts_per_feature(data, pool_a, pad_a):
+    tables = _tables(pool_a, pad_a, None)
+    torch.manual_seed(0)
+    collection = EmbeddingBagCollection(tables)
+    strides = data.draw(st.lists(st.integers(0, 3), min_size=4, max_size=4))
+    bags = {f: [data.draw(st.lists(st.integers(0, SIZES[t] - 1), max_size=4)) for _ in range(s)]
+            for (f, t), s in zip(FEATURES.items(), strides)}
+    values = torch.tensor([i for b in bags.values() for bag in b for i in bag], dtype=torch.long)
+    lengths = torch.tensor([len(bag) for b in bags.values() for bag in b], dtype=torch.long)
+    kjt = KeyedJagged(list(bags), values, lengths, stride_per_key=strides)
+    outs, coeffs, grads = _oracle_grads(collection, tables, bags, kjt, False, pooled=True)
+    result = collection(kjt)
+    sum((result[f] * coeffs[f]).sum() for f in outs).backward()
+    for name, grad in grads.items():
+        torch.testing.assert_close(collection.table_grad(name), grad, rtol=1e-5, atol=1e-6)
