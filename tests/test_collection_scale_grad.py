@@ -8,6 +8,7 @@ for the autograd path; the same loop's gradient + the documented fused rule (num
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -122,10 +123,12 @@ pads_c = st.one_of(st.none(), st.integers(0, 6))
 
 @settings(max_examples=25, deadline=None)
 @given(batches(), pools, pads_a, pads_c, st.booleans(), st.booleans())
-def test_bag_collection_gradient_is_a_loop_of_torch_modules(bags, pool_a, pad_a, pad_c, weighted, mean_b):
+def test_bag_collection_gradient_is_a_loop_of_torch_modules(bags, pool_a, pad_a, pad_c, weighted, a_scaled):
     if weighted:
         pool_a = "sum"  # per-value weights apply to sum tables
     tables = _tables(pool_a, pad_a, pad_c)
+    if not a_scaled:  # c alone in its flagged bucket: the kernels' own count is per feature
+        tables[0] = dataclasses.replace(tables[0], scale_grad_by_freq=False)
     torch.manual_seed(0)
     collection = EmbeddingBagCollection(tables, is_weighted=weighted)
     kjt = _kjt(bags, weighted, seed=1)
@@ -139,9 +142,11 @@ def test_bag_collection_gradient_is_a_loop_of_torch_modules(bags, pool_a, pad_a,
 
 
 @settings(max_examples=15, deadline=None)
-@given(batches(), pads_a, pads_c)
-def test_embedding_collection_gradient_is_a_loop_of_torch_modules(bags, pad_a, pad_c):
+@given(batches(), pads_a, pads_c, st.booleans())
+def test_embedding_collection_gradient_is_a_loop_of_torch_modules(bags, pad_a, pad_c, a_scaled):
     tables = _tables("sum", pad_a, pad_c, pooled=False)
+    if not a_scaled:  # c alone in its flagged bucket: the kernels' own count is per feature
+        tables[0] = dataclasses.replace(tables[0], scale_grad_by_freq=False)
     torch.manual_seed(0)
     collection = EmbeddingCollection(tables)
     kjt = _kjt(bags, False, seed=1)

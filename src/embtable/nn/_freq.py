@@ -6,14 +6,14 @@ collection's contract is a loop of torch modules, one call per *feature*: the gr
 row gets from feature ``f`` is divided by the count of its id among ``f``'s ids.  A table
 shared by two features therefore counts per feature, which one torch call over the bucket
 would not do.  :func:`scaled_lookup` keeps one call per bucket and is exact: the forward is
-the plain lookup; the backward counts each ``(feature, row)`` pair, forms every touched
-row's gradient (``sum`` of ``weight * grad_out[bag] / count``, ``/ bag size`` for a mean;
-padding rows get none) and either returns it as the weight's dense gradient or, for a
-weight of :func:`embtable.optim.fuse`, hands the distinct rows and their gradients to its
-fused optimizer as one update (so a row read by two features is updated once a step, as
-one optimizer step on torch's summed gradient).  ``torch.func.grad`` works; no double
-backward, forward-mode AD or ``vmap`` (refused with ``ValueError``: the counts need the
-whole batch).
+the plain lookup; the backward counts each ``(feature, row)`` pair and turns the gradient
+into a weighted sum pooling without padding (each id weighted by ``weight / count``,
+``/ non-padding bag size`` for a mean), which the compiled kernels take as they are: the
+dense gradient (``ops.pool_bags_backward``) or, for a weight of
+:func:`embtable.optim.fuse`, one fused update of the touched rows (so a row read by two
+features is updated once a step, as one optimizer step on torch's summed gradient).
+``torch.func.grad`` works; no double backward, forward-mode AD or ``vmap`` (refused with
+``ValueError``: the counts need the whole batch).
 
 Example:
     >>> import torch
@@ -36,8 +36,39 @@ from torch import Tensor
 
 from embtable import ops
 from embtable.functional import fused_optimizer
+from embtable.ops import POOL_SUM
 
 __all__ = ["scaled_lookup", "scaled_rows"]
+
+
+def _coefficients(
+    num_rows: int,
+    ids: Tensor,
+    offsets: Tensor,
+    psw: Tensor | None,
+    mode: str,
+    padding: Tensor,
+    feature_of_bag: Tensor,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(keep, bag_of, coeff)``: the non-padding ids, their bags, and each kept id's factor
+    ``weight / count in its feature`` (``/ non-padding ids of the bag`` for a mean), so that
+    the gradient is a weighted sum of the output gradient's bags."""
+    if mode == "none":
+        bag_of = torch.arange(ids.numel(), device=ids.device)
+    else:
+        bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=ids.device), offsets.diff())
+    keep = ~torch.isin(ids, padding) if padding.numel() else torch.ones_like(ids, dtype=torch.bool)
+    kept_ids, kept_bags = ids[keep], bag_of[keep]
+    coeff = torch.ones(kept_ids.numel(), dtype=dtype, device=ids.device)
+    if psw is not None:
+        coeff = coeff * psw.detach()[keep].to(dtype)
+    if mode == "mean":  # 1 / non-padding ids of the bag
+        sizes = torch.bincount(kept_bags, minlength=offsets.numel() - 1)
+        coeff = coeff / sizes[kept_bags].to(dtype)
+    pair = feature_of_bag[kept_bags] * num_rows + kept_ids  # (feature, row) -> one key
+    _, inverse, counts = torch.unique(pair, return_inverse=True, return_counts=True)
+    return keep, kept_bags, coeff / counts[inverse].to(dtype)
 
 
 def _row_grads(
@@ -51,25 +82,39 @@ def _row_grads(
     grad: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Distinct touched rows and their ``[U, D]`` gradient, ids counted per feature."""
-    if mode == "none":
-        bag_of = torch.arange(ids.numel(), device=ids.device)
-    else:
-        bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=ids.device), offsets.diff())
-    keep = ~torch.isin(ids, padding)
-    ids, bag_of = ids[keep], bag_of[keep]
-    coeff = torch.ones(ids.numel(), dtype=grad.dtype, device=grad.device)
-    if psw is not None:
-        coeff = coeff * psw.detach()[keep].to(grad.dtype)
-    if mode == "mean":  # 1 / non-padding ids of the bag
-        sizes = torch.bincount(bag_of, minlength=offsets.numel() - 1)
-        coeff = coeff / sizes[bag_of].to(grad.dtype)
-    pair = feature_of_bag[bag_of] * num_rows + ids  # (feature, row) -> one key
-    _, inverse, counts = torch.unique(pair, return_inverse=True, return_counts=True)
-    coeff = coeff / counts[inverse].to(grad.dtype)
-    rows, row_of = torch.unique(ids, return_inverse=True)
+    keep, bag_of, coeff = _coefficients(
+        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, grad.dtype
+    )
+    rows, row_of = torch.unique(ids[keep], return_inverse=True)
     row_grad = grad.new_zeros((rows.numel(), grad.shape[1]))
     row_grad.index_add_(0, row_of, grad.index_select(0, bag_of) * coeff.unsqueeze(1))
     return rows, row_grad
+
+
+def _as_weighted_sum(
+    num_rows: int,
+    ids: Tensor,
+    offsets: Tensor,
+    psw: Tensor | None,
+    mode: str,
+    padding: Tensor,
+    feature_of_bag: Tensor,
+    grad: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward as a weighted sum pooling without padding: ``(ids, offsets, grad,
+    weights)`` for the compiled kernels (``pool_bags_backward``, the fused update), whose
+    gradient is the per-feature-scaled one; padding ids are dropped (no row touched)."""
+    keep, bag_of, coeff = _coefficients(
+        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, torch.float32
+    )
+    kept = ids[keep]
+    if mode == "none":  # one bag per kept id
+        bounds = torch.arange(kept.numel() + 1, device=ids.device)
+        return kept, bounds, grad[keep], coeff
+    lengths = torch.bincount(bag_of, minlength=offsets.numel() - 1)
+    bounds = torch.zeros(offsets.numel(), dtype=torch.int64, device=ids.device)
+    torch.cumsum(lengths, 0, out=bounds[1:])
+    return kept, bounds, grad, coeff
 
 
 class _ScaledLookup(torch.autograd.Function):
@@ -111,14 +156,16 @@ class _ScaledLookup(torch.autograd.Function):
             dots = (weight.detach().index_select(0, ids) * grad.index_select(0, bag_of)).sum(1)
             grad_psw = torch.where(torch.isin(ids, padding), 0, dots).to(psw.dtype)
         if ctx.needs_input_grad[0]:
-            rows, row_grad = _row_grads(
+            ids, bounds, grad, coeff = _as_weighted_sum(
                 weight.shape[0], ids, offsets, psw, mode, padding, feature_of_bag, grad
             )
-            if fused is not None:  # one update of the distinct rows (POOL_NONE, no scaling)
-                fused.apply_update(weight, rows, offsets[:0], row_grad, None, 0, -1, False)
+            if fused is not None:  # one fused update of the rows (a weighted sum, no padding)
+                fused.apply_update(weight, ids, bounds, grad, coeff.to(grad.dtype), POOL_SUM, -1, False)
             else:
-                grad_weight = weight.new_zeros(weight.shape)
-                grad_weight.index_add_(0, rows, row_grad.to(weight.dtype))
+                grad_weight = ops.pool_bags_backward(
+                    grad, ids, bounds, coeff.to(grad.dtype), ids[:0], weight.shape[0], POOL_SUM,
+                    -1, False, False,
+                ).to(weight.dtype)
         return (grad_weight, grad_psw) + (None,) * 7
 
 

@@ -20,9 +20,12 @@ in a mean, get no gradient; a bag of only padding gives zeros).
 ``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` modules with ``scale_grad_by_freq=True``,
 one call per feature: a row's gradient from feature ``f`` is divided by the count of its id
 among ``f``'s ids in the batch.  The simplest exact way: such tables get buckets of their
-own, looked up with one call per bucket whose backward counts each ``(feature, row)``
-pair (fused tables: one fused update of the distinct rows per bucket and step).
-Those buckets take the general path (:func:`embtable.nn._freq.scaled_lookup`).
+own and take the general path.  In a bucket where no table is read by two of its
+features, distinct features never share a row, so the kernels' count over the call's ids
+(:func:`embtable.functional.embedding_bag` with the flag; fused: the fused update with the
+flag) is the per-feature count; a bucket with a shared table takes
+:func:`embtable.nn._freq.scaled_lookup`, one call whose backward counts each
+``(feature, row)`` pair (fused tables: one update of the distinct rows per bucket and step).
 
 state_dict.  Keys are per table, as in TorchRec and in a ``ModuleDict`` of torch
 modules: ``embedding_bags.<table>.weight`` (bag collection) or
@@ -128,6 +131,8 @@ class _GroupedTables(Module):
             "num_rows": [p.num_rows for p in places],
             "padding_rows": torch.tensor(bucket.padding_rows, dtype=torch.int64),
             "feature_rows": torch.tensor([[p.row_offset, p.num_rows] for p in places], dtype=torch.int64),
+            # scale_grad_by_freq: a table read by two features of the bucket counts per feature
+            "per_feature": bucket.scale_grad_by_freq and len({p.table for p in places}) < len(places),
         }
 
     # ------------------------------------------------------------------ storage access
@@ -498,8 +503,9 @@ class EmbeddingBagCollection(_GroupedTables):
         batch = features.stride() if isinstance(features, KeyedJagged) else 0
         strides = _strides(features)
         pooled: dict[str, Tensor] = {}
-        for bucket, lookup in zip(self.plan.buckets, self.bucket_inputs(features)):
-            if bucket.scale_grad_by_freq:  # ids counted per feature (nn/_freq.py)
+        buckets = zip(self.plan.buckets, self._bucket_consts, self.bucket_inputs(features))
+        for bucket, consts, lookup in buckets:
+            if consts["per_feature"]:  # ids counted per feature (nn/_freq.py)
                 sizes = [batch if strides is None else strides[f] for f in bucket.features]
                 out = scaled_lookup(
                     self.grouped_weights[bucket.group], lookup.ids, lookup.offsets,
@@ -514,6 +520,7 @@ class EmbeddingBagCollection(_GroupedTables):
                     per_sample_weights=lookup.per_sample_weights,
                     include_last_offset=True,
                     padding_idx=lookup.padding_idx,
+                    scale_grad_by_freq=bucket.scale_grad_by_freq,
                 )
             if strides is None:
                 # unbind (not slicing) so that backward stacks the features' gradients in one copy
@@ -697,13 +704,16 @@ class EmbeddingCollection(_GroupedTables):
             self.plan.buckets, self._bucket_consts, self.bucket_inputs(features)
         ):
             weight = self.grouped_weights[bucket.group]
-            if bucket.scale_grad_by_freq:  # ids counted per feature (nn/_freq.py)
+            if consts["per_feature"]:  # ids counted per feature (nn/_freq.py)
                 rows = scaled_lookup(
                     weight, lookup.ids, lookup.offsets, None, "none", None, lookup.counts,
                     bucket.padding_rows,
                 )
             else:
-                rows = functional.embedding(lookup.ids, weight, padding_idx=lookup.padding_idx)
+                rows = functional.embedding(
+                    lookup.ids, weight, padding_idx=lookup.padding_idx,
+                    scale_grad_by_freq=bucket.scale_grad_by_freq,
+                )
             if len(bucket.padding_rows) > 1:
                 padding = _is_any(lookup.ids, consts["padding_rows"])
                 rows = torch.where(padding.unsqueeze(1), rows.detach(), rows)
