@@ -159,7 +159,10 @@ def test_opcheck_pool_bags_grouped_and_bucket_ids():
     )
     torch.library.opcheck(torch.ops.embtable.pool_bags_backward.default, (grad, ids, offsets, None, 10, ops.POOL_MEAN, -1))
     rows = torch.tensor([[0, 4], [4, 6]])
-    torch.library.opcheck(torch.ops.embtable.bucket_ids.default, (torch.tensor([1, 3, 0, 5, 2]), torch.tensor([2, 0, 1, 2]), rows, 2))
+    for dtype in (torch.int64, torch.int32):  # (int32 ids are read as they are; int64 out)
+        values = torch.tensor([1, 3, 0, 5, 2], dtype=dtype)
+        torch.library.opcheck(torch.ops.embtable.bucket_ids.default, (values, torch.tensor([2, 0, 1, 2]), rows, 2))
+        assert torch.ops.embtable.bucket_ids(values, torch.tensor([2, 0, 1, 2]), rows, 2)[0].dtype == torch.int64
 
 
 @pytest.mark.parametrize("optimizer", sorted(HPARAMS))

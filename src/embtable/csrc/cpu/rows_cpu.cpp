@@ -566,7 +566,9 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
     const at::Tensor& feature_rows_in,
     int64_t batch) {
   const char* api = "embtable::bucket_ids";
-  const at::Tensor values = values_in.to(at::kLong).contiguous();
+  // int32 ids are read as they are (the sharded collections receive them so): no int64 copy
+  const bool narrow = values_in.scalar_type() == at::kInt;
+  const at::Tensor values = narrow ? values_in.contiguous() : values_in.to(at::kLong).contiguous();
   const at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
   const at::Tensor rows = feature_rows_in.to(at::kLong).contiguous();
   TORCH_CHECK(rows.dim() == 2 && rows.size(1) == 2, api,
@@ -576,23 +578,27 @@ std::tuple<at::Tensor, at::Tensor> bucket_ids_cpu(
               " lengths, got ", lengths.numel());
   const int64_t n = values.numel();
   at::Tensor offsets = at::empty({F * batch + 1}, lengths.options());
-  at::Tensor ids = at::empty({n}, values.options());
+  at::Tensor ids = at::empty({n}, lengths.options());  // int64, whatever the values' type
   const int64_t* L = lengths.data_ptr<int64_t>();
   const int64_t* R = rows.data_ptr<int64_t>();
-  const int64_t* X = values.data_ptr<int64_t>();
   int64_t* O = offsets.data_ptr<int64_t>();
   int64_t* Y = ids.data_ptr<int64_t>();
   bucket_offsets(L, F * batch, n, O, api);
-  int64_t bad = 0;
-  for (int64_t f = 0; f < F; ++f) {
-    const int64_t shift = R[2 * f], num_rows = R[2 * f + 1];
-    const int64_t begin = O[f * batch], end = O[(f + 1) * batch];
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t id = X[i];
-      bad |= static_cast<uint64_t>(id) >= static_cast<uint64_t>(num_rows);
-      Y[i] = id + shift;
+  auto shift_all = [&](const auto* X) {
+    int64_t bad = 0;
+    for (int64_t f = 0; f < F; ++f) {
+      const int64_t shift = R[2 * f], num_rows = R[2 * f + 1];
+      const int64_t begin = O[f * batch], end = O[(f + 1) * batch];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t id = X[i];
+        bad |= static_cast<uint64_t>(id) >= static_cast<uint64_t>(num_rows);
+        Y[i] = id + shift;
+      }
     }
-  }
+    return bad;
+  };
+  const int64_t bad = narrow ? shift_all(values.data_ptr<int32_t>())
+                             : shift_all(values.data_ptr<int64_t>());
   TORCH_CHECK(!bad, api, ": an id lies outside its table");
   return {ids, offsets};
 }
