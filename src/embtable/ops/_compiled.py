@@ -211,7 +211,8 @@ def bucket_ids(values: Tensor, lengths: Tensor, feature_rows: Tensor, batch: int
     """A bucket's ids shifted by their tables' row offsets, and its bag offsets, in one pass.
 
     ``feature_rows[f] = (row_offset, num_rows)`` of feature ``f``'s table; ``lengths`` holds
-    ``num_features * batch`` bag sizes (feature-major).  Returns int64 ``(ids, offsets)``.
+    ``num_features * batch`` bag sizes (feature-major).  Returns int64 ``(ids, offsets)``
+    (int32 ``values`` are read without an int64 copy; the ids are int64 either way).
     Raises ``RuntimeError`` (compiled) or ``IndexError`` (reference) when an id lies outside
     its table; callers that need a message naming the feature check again.
     """
