@@ -108,6 +108,27 @@ def test_unsharded_refuses_another_rule_before_loading(folder: str) -> None:
     assert torch.equal(plain.table_weight("a").detach(), saved["a"])
 
 
+def test_unsharded_refuses_other_tables_before_loading(folder: str) -> None:
+    """A collection without the saved table d (fused, so its state would load too), and one
+    with a table the checkpoint lacks: ``RuntimeError`` naming the key, nothing loaded."""
+    _needs(folder, "two")
+    path = os.path.join(folder, "two")
+    torch.manual_seed(97)
+    fewer = EmbeddingBagCollection(_w.bag_tables()[:3])
+    opt = embtable.optim.fuse(fewer, _r.CKPT_RULE[0], **_r.CKPT_RULE[1])
+    extra = _w.bag_tables() + [embtable.TableConfig(name="e", num_embeddings=5, embedding_dim=4)]
+    more = EmbeddingBagCollection(extra)
+    for plain, key in ((fewer, "embedding_bags.d.weight"), (more, "embedding_bags.e.weight")):
+        before = {n: t.detach().clone() for n, t in plain.table_weights().items()}
+        with pytest.raises(RuntimeError, match=key):
+            load_unsharded(path, plain, optimizer=plain is fewer)
+        for name, table in plain.table_weights().items():
+            assert torch.equal(table.detach(), before[name]), name  # nothing loaded
+    assert not any(opt.state.values())  # nor the optimizer state
+    with pytest.raises(TypeError, match="optimizer must be a bool, got 'adam'"):
+        load_unsharded(path, fewer, optimizer="adam")
+
+
 def test_torchrec_embedding_bag_collection_loads_the_checkpoint(folder: str) -> None:
     _needs(folder, "two")
     torchrec = pytest.importorskip("torchrec")

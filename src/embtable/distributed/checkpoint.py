@@ -416,6 +416,25 @@ def _plain_optimizer_state(
     return found
 
 
+def _check_plain_keys(tables: dict[str, Tensor], collection: torch.nn.Module) -> None:
+    """Raise before any write where ``load_state_dict`` would fail after copying some tables
+    (it copies the matching keys first, then raises for missing / unexpected ones)."""
+    current = {k: tuple(v.shape) for k, v in collection.state_dict().items()}
+    missing = sorted(set(current) - set(tables))
+    unexpected = sorted(set(tables) - set(current))
+    shapes = [
+        f"{k}: {tuple(v.shape)} saved, {current[k]} in the collection"
+        for k, v in tables.items()
+        if k in current and tuple(v.shape) != current[k]
+    ]
+    if missing or unexpected or shapes:
+        raise RuntimeError(
+            f"load_unsharded: the collection's tables do not match the checkpoint's "
+            f"(missing in the checkpoint: {missing}; not in the collection: {unexpected}; "
+            f"other shapes: {shapes}); nothing was loaded"
+        )
+
+
 def load_unsharded(
     path: str | os.PathLike[str], collection: torch.nn.Module, *, optimizer: bool = True
 ) -> None:
@@ -431,10 +450,15 @@ def load_unsharded(
         FileNotFoundError: no complete checkpoint at ``path``.
         ValueError: the saved optimizer state does not fit the fused optimizer (another rule
             or state dtype); nothing is loaded then.
-        RuntimeError: the collection's tables do not match (``load_state_dict``'s error).
+        RuntimeError: the collection's tables do not match the checkpoint's (a key missing
+            on either side, another shape; the keys are named); nothing is loaded then.
+        TypeError: ``optimizer`` is not a bool.
     """
+    if not isinstance(optimizer, bool):
+        raise TypeError(f"load_unsharded: optimizer must be a bool, got {optimizer!r}")
     manifest = read_manifest(path)
     tables = load_tables(path)
+    _check_plain_keys(tables, collection)
     states = []
     if optimizer and manifest.get("optimizer"):
         states = _plain_optimizer_state(path, collection)
