@@ -278,3 +278,18 @@ def test_a_batch_size_per_feature_counts_per_feature(data, pool_a, pad_a):
     sum((result[f] * coeffs[f]).sum() for f in outs).backward()
     for name, grad in grads.items():
         torch.testing.assert_close(collection.table_grad(name), grad, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(batches(), pools, pads_a)
+def test_float64_tables_keep_float64_precision(bags, pool_a, pad_a):
+    """The per-feature counts' factors are float64 for a float64 table, as torch's are."""
+    tables = [dataclasses.replace(t, dtype=torch.float64) for t in _tables(pool_a, pad_a, None)]
+    torch.manual_seed(0)
+    collection = EmbeddingBagCollection(tables)
+    kjt = _kjt(bags, False, seed=1)
+    outs, coeffs, grads = _oracle_grads(collection, tables, bags, kjt, False, pooled=True)
+    result = collection(kjt)
+    sum((result[f] * coeffs[f]).sum() for f in outs).backward()
+    for name, grad in grads.items():
+        torch.testing.assert_close(collection.table_grad(name), grad, rtol=1e-12, atol=1e-14)

@@ -104,8 +104,9 @@ def _as_weighted_sum(
     """The backward as a weighted sum pooling without padding: ``(ids, offsets, grad,
     weights)`` for the compiled kernels (``pool_bags_backward``, the fused update), whose
     gradient is the per-feature-scaled one; padding ids are dropped (no row touched)."""
+    dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     keep, bag_of, coeff = _coefficients(
-        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, torch.float32
+        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, dtype
     )
     kept = ids[keep]
     if mode == "none":  # one bag per kept id
