@@ -128,9 +128,11 @@ class TableConfig:
             row).  Not with ``dynamic`` or ``padding_idx``.
         scale_grad_by_freq: divide the gradient a row gets from a feature by the number of
             times its id occurs among that feature's ids in the batch, as a
-            ``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` with ``scale_grad_by_freq=True``
-            per feature would (a table shared by two features counts per feature; ids are
-            counted as rows, after hashing or dynamic remapping).  Also in fused training and
+            ``torch.nn.Embedding(scale_grad_by_freq=True)`` per feature would, pooled as
+            ``torch.nn.EmbeddingBag`` pools (torch 2.13's CPU ``EmbeddingBag`` with the flag
+            divides by a wrong count, pytorch #190063, docs/bags.md; a table shared by two
+            features counts per feature; ids are counted as rows, after hashing or dynamic
+            remapping).  Also in fused training and
             across shards (docs/distributed.md, "Exactness").  Not with ``pooling="max"``
             (torch refuses it too); not held by TorchRec's configs, so ``to_torchrec``
             refuses such a table.

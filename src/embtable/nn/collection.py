@@ -17,9 +17,10 @@ before pooling, which is exactly torch's rule (padding entries are not pooled, n
 in a mean, get no gradient; a bag of only padding gives zeros).
 
 ``scale_grad_by_freq``.  A table with the flag gets the gradient of a loop of
-``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` modules with ``scale_grad_by_freq=True``,
-one call per feature: a row's gradient from feature ``f`` is divided by the count of its id
-among ``f``'s ids in the batch.  The simplest exact way: such tables get buckets of their
+``torch.nn.Embedding`` modules with ``scale_grad_by_freq=True``, one call per feature, pooled
+as ``torch.nn.EmbeddingBag`` pools: a row's gradient from feature ``f`` is divided by the
+count of its id among ``f``'s ids in the batch (torch 2.13's CPU ``EmbeddingBag`` with the
+flag divides by a wrong count, pytorch #190063, docs/bags.md).  The simplest exact way: such tables get buckets of their
 own and take the general path.  In a bucket where no table is read by two of its
 features, distinct features never share a row, so the kernels' count over the call's ids
 (:func:`embtable.functional.embedding_bag` with the flag; fused: the fused update with the

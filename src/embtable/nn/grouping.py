@@ -98,8 +98,8 @@ class LookupBucket:
         scale_grad_by_freq: whether the bucket's tables scale gradients by id frequency
             (``TableConfig.scale_grad_by_freq``; tables with and without it never share a
             bucket).  Ids are counted per feature of the bucket, as one
-            ``torch.nn.EmbeddingBag(scale_grad_by_freq=True)`` call per feature
-            (:mod:`embtable.nn._freq`).
+            ``torch.nn.Embedding(scale_grad_by_freq=True)`` call per feature
+            (:mod:`embtable.nn._freq`; torch 2.13's CPU ``EmbeddingBag`` miscounts).
     """
 
     group: int
