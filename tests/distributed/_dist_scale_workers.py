@@ -3,7 +3,7 @@
 Importable by the children by name.  Tables with ``scale_grad_by_freq=True`` (a shared sum
 table, a mean table with padding, a non-pooled shared table) sharded table-, row- and
 column-wise and in a mixed plan: forward outputs and the tables after fused steps (and after
-unfused ``torch.optim.SGD`` steps on the shards' gradients) equal the
+unfused ``torch.optim.SGD`` steps on the shards' gradients, and with ``memory_chunks=2``) equal the
 one-process collection on the concatenated global batches (``_dist_workers``' oracle), whose
 own gradient is tested against a loop of torch modules (tests/test_collection_scale_grad.py).
 """
@@ -80,6 +80,7 @@ def check_scaled(rank: int, world: int) -> None:
             except AssertionError as error:
                 raise AssertionError(f"plan {name}, {rule}: {error}") from None
     _check_unfused(rank, world)
+    _check_chunked(rank, world)
     _check_sequences(rank, world)
     _check_data_parallel_refused()
 
@@ -100,6 +101,29 @@ def _check_unfused(rank: int, world: int) -> None:
                 opt.step()
                 opt.zero_grad()
         _w._same_tables(sharded, reference, f"unfused, plan {name}")
+
+
+def _check_chunked(rank: int, world: int) -> None:
+    """``memory_chunks=2`` with one flagged bucket per rank (the case the chunked fused
+    lookup, ``_chunked.fused_local``, would take: it must leave it to the collection)."""
+    tables = [t for t in scaled_tables() if t.name in ("a", "d")]
+    plan = ShardingPlan(
+        world_size=world,
+        tables={"a": TableSharding.table_wise(rank=0), "d": TableSharding.table_wise(rank=1)},
+    )
+    features = {f: c.num_embeddings for c in tables for f in c.feature_names}
+    for rule, options in RULES:
+        torch.manual_seed(0)
+        reference = EmbeddingBagCollection(tables)
+        sharded = shard(reference, plan)
+        sharded.memory_chunks = 2
+        embtable.optim.fuse(reference, rule, **options)
+        embtable.optim.fuse(sharded, rule, **options)
+        for step in range(3):
+            local, global_batch = _w.batches(features, step, world, rank)
+            _w._loss(sharded(local).values()).backward()
+            _w._loss(reference(global_batch).values()).backward()
+        _w._same_tables(sharded, reference, f"memory_chunks=2, {rule}")
 
 
 def _check_sequences(rank: int, world: int) -> None:
