@@ -293,3 +293,24 @@ def test_float64_tables_keep_float64_precision(bags, pool_a, pad_a):
     sum((result[f] * coeffs[f]).sum() for f in outs).backward()
     for name, grad in grads.items():
         torch.testing.assert_close(collection.table_grad(name), grad, rtol=1e-12, atol=1e-14)
+
+
+def test_the_flag_leaves_the_other_tables_steps_alone():
+    """A flagged table is grouped apart: an unflagged table of the same dim keeps one fused
+    step per training step (Adam's ``bias_correction="table"`` counts them), so its training
+    does not change when another table gets the flag."""
+    trained = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        collection = EmbeddingBagCollection([
+            TableConfig(name="a", num_embeddings=5, embedding_dim=D, scale_grad_by_freq=flag),
+            TableConfig(name="b", num_embeddings=5, embedding_dim=D),
+        ])
+        opt = embtable.optim.fuse(collection, "adam", lr=0.1, bias_correction="table")
+        for step in range(3):
+            kjt = KeyedJagged.from_dict({"a": [[1, 1], [step]], "b": [[2], [2, step]]})
+            collection(kjt).values().pow(2).sum().backward()
+        b_weight = collection.grouped_weights[collection.plan.tables["b"].group]
+        assert opt.state[b_weight]["table_step"] == 3, flag
+        trained[flag] = collection.table_weight("b").detach()
+    assert torch.equal(trained[True], trained[False])

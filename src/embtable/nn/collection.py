@@ -1,7 +1,7 @@
 r"""``EmbeddingBagCollection`` and ``EmbeddingCollection``: many tables, one batched lookup.
 
-Storage.  Tables of equal ``(embedding_dim, dtype)`` live in one grouped weight, a
-``Parameter`` of shape ``[sum of their num_embeddings, embedding_dim]`` named
+Storage.  Tables of equal ``(embedding_dim, dtype)`` (and ``scale_grad_by_freq``) live in
+one grouped weight, a ``Parameter`` of shape ``[sum of their num_embeddings, embedding_dim]`` named
 ``grouped_weight_<g>``; a table is a block of consecutive rows of it (see
 :mod:`embtable.nn.grouping` for the exact mapping table -> (group, row offset), which fused
 optimizers use to update the grouped weights in place).  :meth:`table_weight` gives a
@@ -20,8 +20,9 @@ in a mean, get no gradient; a bag of only padding gives zeros).
 ``torch.nn.Embedding`` modules with ``scale_grad_by_freq=True``, one call per feature, pooled
 as ``torch.nn.EmbeddingBag`` pools: a row's gradient from feature ``f`` is divided by the
 count of its id among ``f``'s ids in the batch (torch 2.13's CPU ``EmbeddingBag`` with the
-flag divides by a wrong count, pytorch #190063, docs/bags.md).  The simplest exact way: such tables get buckets of their
-own and take the general path.  In a bucket where no table is read by two of its
+flag divides by a wrong count, pytorch #190063, docs/bags.md).  The simplest exact way:
+such tables get groups (so a fused group's step count, one per lookup call, stays that of
+the other tables) and buckets of their own and take the general path.  In a bucket where no table is read by two of its
 features, distinct features never share a row, so the kernels' count over the call's ids
 (:func:`embtable.functional.embedding_bag` with the flag; fused: the fused update with the
 flag) is the per-feature count; a bucket with a shared table takes

@@ -2,7 +2,7 @@
 
 A collection stores all tables of one ``(embedding_dim, dtype)`` in one grouped weight
 ``[sum of their num_embeddings, embedding_dim]``, tables stacked in the order they were
-configured.  Table ``t`` of group ``g`` occupies rows
+configured (tables with ``scale_grad_by_freq`` in a group of their own).  Table ``t`` of group ``g`` occupies rows
 ``row_offset .. row_offset + num_embeddings - 1`` of group ``g``'s weight, so id ``i`` of a
 feature reading ``t`` is row ``row_offset + i`` there, and the table's ``padding_idx``
 becomes the global padding row ``row_offset + padding_idx``.
@@ -132,7 +132,8 @@ class CollectionPlan:
 def plan_groups(
     tables: Sequence[TableConfig], *, pooled: bool = True, api: str = "plan_groups"
 ) -> CollectionPlan:
-    """Group ``tables`` by ``(embedding_dim, dtype)`` and assign each a row offset.
+    """Group ``tables`` by ``(embedding_dim, dtype, scale_grad_by_freq)`` and assign each a
+    row offset.
 
     Args:
         tables: the table configs.
@@ -163,11 +164,14 @@ def plan_groups(
                 )
             owner[feature] = config.name
 
-    members: dict[tuple[int, torch.dtype], list[TableConfig]] = {}
+    # (scale_grad_by_freq tables apart: a fused group counts one step per lookup call, so
+    # their buckets must not add steps to the other tables' group)
+    members: dict[tuple[int, torch.dtype, bool], list[TableConfig]] = {}
     for config in tables:
-        members.setdefault((config.embedding_dim, config.dtype), []).append(config)
+        key = (config.embedding_dim, config.dtype, config.scale_grad_by_freq)
+        members.setdefault(key, []).append(config)
     groups, placements = [], {}
-    for index, ((dim, dtype), group_tables) in enumerate(members.items()):
+    for index, ((dim, dtype, _), group_tables) in enumerate(members.items()):
         offsets, total = [], 0
         for config in group_tables:
             offsets.append(total)
