@@ -3,7 +3,8 @@
 Importable by the children by name.  Tables with ``scale_grad_by_freq=True`` (a shared sum
 table, a mean table with padding, a non-pooled shared table) sharded table-, row- and
 column-wise and in a mixed plan: forward outputs and the tables after fused steps (and after
-unfused ``torch.optim.SGD`` steps on the shards' gradients, and with ``memory_chunks=2``) equal the
+unfused ``torch.optim.SGD`` steps on the shards' gradients, with ``memory_chunks=2``, and
+column shards with ``exact_columns=False`` under SGD) equal the
 one-process collection on the concatenated global batches (``_dist_workers``' oracle), whose
 own gradient is tested against a loop of torch modules (tests/test_collection_scale_grad.py).
 """
@@ -79,6 +80,10 @@ def check_scaled(rank: int, world: int) -> None:
                 _w.train_and_compare(rank, world, plan, rule, options, steps=3, tables=scaled_tables())
             except AssertionError as error:
                 raise AssertionError(f"plan {name}, {rule}: {error}") from None
+    # exact_columns=False: per-shard statistics (TorchRec's), the counts still global; SGD
+    # has no statistic, so it equals one process
+    _w.train_and_compare(rank, world, plans(world)["column_wise"], "sgd", {"lr": 0.1}, steps=3,
+                         tables=scaled_tables(), exact_columns=False)
     _check_unfused(rank, world)
     _check_chunked(rank, world)
     _check_sequences(rank, world)
