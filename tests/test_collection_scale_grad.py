@@ -182,10 +182,14 @@ RULES = {
 @pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("pooled", [True, False])
 @settings(max_examples=6, deadline=None)
-@given(steps=st.lists(batches(), min_size=2, max_size=2), pool_a=pools, pad_a=pads_a, pad_c=pads_c)
-def test_fused_steps_are_the_loops_gradient_and_the_rule(rule, pooled, steps, pool_a, pad_a, pad_c):
+@given(steps=st.lists(batches(), min_size=2, max_size=2), pool_a=pools, pad_a=pads_a, pad_c=pads_c,
+       a_scaled=st.booleans())
+def test_fused_steps_are_the_loops_gradient_and_the_rule(rule, pooled, steps, pool_a, pad_a, pad_c,
+                                                          a_scaled):
     options, make_oracle = RULES[rule]
     tables = _tables(pool_a, pad_a, pad_c, pooled=pooled)
+    if not a_scaled:  # c alone in its flagged bucket: the fused kernels' own count
+        tables[0] = dataclasses.replace(tables[0], scale_grad_by_freq=False)
     torch.manual_seed(0)
     collection = (EmbeddingBagCollection if pooled else EmbeddingCollection)(tables)
     oracles = {n: make_oracle(w.detach().double().numpy()) for n, w in collection.table_weights().items()}
