@@ -318,3 +318,29 @@ def test_the_flag_leaves_the_other_tables_steps_alone():
         assert opt.state[b_weight]["table_step"] == 3, flag
         trained[flag] = collection.table_weight("b").detach()
     assert torch.equal(trained[True], trained[False])
+
+
+def test_per_value_weights_get_torch_loops_gradient():
+    """Weights that require a gradient, on a shared flagged table with padding (the
+    per-feature call): their gradient and the table's equal the torch loop's."""
+    tables = [TableConfig(name="a", num_embeddings=5, embedding_dim=D, feature_names=["a1", "a2"],
+                          padding_idx=4, scale_grad_by_freq=True)]
+    bags = {"a1": [[1, 1, 2], [1, 4]], "a2": [[2, 2], [3, 1, 1]]}
+    torch.manual_seed(0)
+    collection = EmbeddingBagCollection(tables, is_weighted=True)
+    with torch.no_grad():
+        collection.table_weight("a")[4] = 1.0  # (a padding row that is not zero)
+    kjt = KeyedJagged.from_dict(bags)
+    weights = (torch.rand(kjt.values().numel(), generator=torch.Generator().manual_seed(2)) + 0.5)
+    ours = weights.clone().requires_grad_(True)
+    theirs = weights.clone().requires_grad_(True)
+    table = collection.table_weight("a").detach().clone().requires_grad_(True)
+    oracle = _loop_of_torch({"a": table}, tables, bags,
+                            KeyedJagged(kjt.keys(), kjt.values(), kjt.lengths(), weights=theirs),
+                            True, True)
+    coeffs = _coeffs(oracle)
+    sum((oracle[f] * coeffs[f]).sum() for f in bags).backward()
+    result = collection(KeyedJagged(kjt.keys(), kjt.values(), kjt.lengths(), weights=ours))
+    sum((result[f] * coeffs[f]).sum() for f in bags).backward()
+    torch.testing.assert_close(collection.table_grad("a"), table.grad)
+    torch.testing.assert_close(ours.grad, theirs.grad)
