@@ -235,8 +235,13 @@ def test_disk_tables_refuse_the_flag_ram_tables_keep_it(tmp_path):
 
     on_disk = TableConfig(name="u", num_embeddings=10, embedding_dim=D, scale_grad_by_freq=True,
                           storage=Disk(tmp_path / "u", cache_rows=4))
-    with pytest.raises(ValueError, match="table 'u' on disk has scale_grad_by_freq=True"):
+    with pytest.raises(ValueError, match="table 'u' on disk has scale_grad_by_freq=True.*DiskEmbeddingBag"):
         DiskEmbeddingBagCollection([on_disk])
+    from embtable.nn.disk import DiskEmbeddingCollection
+
+    unpooled = dataclasses.replace(on_disk, pooling="none", storage=Disk(tmp_path / "w", cache_rows=4))
+    with pytest.raises(ValueError, match=r"on disk has scale_grad_by_freq=True.*disk\.DiskEmbedding\)"):
+        DiskEmbeddingCollection([unpooled])
     ram = _tables("sum", None, None)[2]  # table c, in RAM, flagged
     disk = TableConfig(name="u", num_embeddings=10, embedding_dim=D, storage=Disk(tmp_path / "v", cache_rows=4))
     collection = DiskEmbeddingBagCollection([ram, disk])

@@ -580,7 +580,8 @@ class _DiskCollection(Module):
             if config.scale_grad_by_freq:
                 raise ValueError(
                     f"{api}: table {config.name!r} on disk has scale_grad_by_freq=True; only "
-                    "in-RAM tables of a collection support it (use embtable.nn.disk.DiskEmbeddingBag)"
+                    "in-RAM tables of a collection support it (use embtable.nn.disk."
+                    f"{'DiskEmbeddingBag' if self._pooled else 'DiskEmbedding'})"
                 )
         self.tables = tuple(tables)
         self.feature_names = [feature for config in tables for feature in config.feature_names]
