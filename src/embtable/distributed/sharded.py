@@ -69,8 +69,10 @@ _ShardedTables = ShardedTables  # (the name checkpoint.py and older callers impo
 
 #: Bytes of the ``[B, sum D]`` result per chunk when ``memory_chunks`` is ``None``.
 CHUNK_BYTES = 1 << 20
-#: The most chunks chosen by ``memory_chunks=None``.
-MAX_CHUNKS = 8
+#: The most chunks chosen by ``memory_chunks=None`` (10: the 1M-row benchmark's peak per rank
+#: stays within 1.1x its shards on every rank, at some samples/s against 8; see
+#: docs/distributed.md, "Memory per rank").
+MAX_CHUNKS = 10
 
 
 class ShardedEmbeddingBagCollection(ShardedTables):
