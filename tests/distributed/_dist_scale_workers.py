@@ -4,7 +4,8 @@ Importable by the children by name.  Tables with ``scale_grad_by_freq=True`` (a 
 table, a mean table with padding, a non-pooled shared table) sharded table-, row- and
 column-wise and in a mixed plan: forward outputs and the tables after fused steps (and after
 unfused ``torch.optim.SGD`` steps on the shards' gradients, with ``memory_chunks=2``, and
-column shards with ``exact_columns=False`` under SGD) equal the
+column shards with ``exact_columns=False`` under SGD; data-parallel replicas, whose counts are
+summed over the ranks) equal the
 one-process collection on the concatenated global batches (``_dist_workers``' oracle), whose
 own gradient is tested against a loop of torch modules (tests/test_collection_scale_grad.py).
 """
@@ -23,8 +24,7 @@ import _dist_workers as _w  # noqa: E402
 import embtable  # noqa: E402
 from embtable import EmbeddingBagCollection, EmbeddingCollection, TableConfig  # noqa: E402
 from embtable.distributed import ShardingPlan, TableSharding  # noqa: E402
-from embtable.distributed.errors import ShardedValueError  # noqa: E402
-from embtable.distributed.sharded import ShardedEmbeddingBagCollection, shard  # noqa: E402
+from embtable.distributed.sharded import shard  # noqa: E402
 
 RULES = [("sgd", {"lr": 0.1}), ("rowwise_adagrad", {"lr": 0.1})]
 
@@ -52,6 +52,8 @@ def plans(world: int) -> dict[str, ShardingPlan]:
         ),
         "row_wise": every(TableSharding.row_wise),
         "column_wise": every(TableSharding.column_wise),
+        # (a replica counts its rank's ids: the counts are summed over the ranks first)
+        "data_parallel": every(TableSharding.data_parallel),
         "mixed": ShardingPlan(
             world_size=world,
             tables={
@@ -87,12 +89,11 @@ def check_scaled(rank: int, world: int) -> None:
     _check_unfused(rank, world)
     _check_chunked(rank, world)
     _check_sequences(rank, world)
-    _check_data_parallel_refused()
 
 
 def _check_unfused(rank: int, world: int) -> None:
     """Without fuse: the shards' gradients (torch.optim.SGD steps) equal one process's."""
-    for name in ("row_wise", "column_wise", "mixed"):
+    for name in ("row_wise", "column_wise", "data_parallel", "mixed"):
         torch.manual_seed(0)
         reference = EmbeddingBagCollection(scaled_tables())
         sharded = shard(reference, plans(world)[name])
@@ -133,7 +134,7 @@ def _check_chunked(rank: int, world: int) -> None:
 
 def _check_sequences(rank: int, world: int) -> None:
     """EmbeddingCollection: row- and column-wise, fused row-wise Adagrad, 3 steps."""
-    for kind in (TableSharding.row_wise, TableSharding.column_wise):
+    for kind in (TableSharding.row_wise, TableSharding.column_wise, TableSharding.data_parallel):
         plan = ShardingPlan(world_size=world, tables={"w": kind(), "v": kind()})
         torch.manual_seed(1)
         reference = EmbeddingCollection(seq_tables())
@@ -158,21 +159,3 @@ def _check_sequences(rank: int, world: int) -> None:
             total.backward()
             ref_total.backward()
         _w._same_tables(sharded, reference, f"EmbeddingCollection {plan.to_dict()}")
-
-
-def _check_data_parallel_refused() -> None:
-    plan = ShardingPlan(
-        world_size=torch.distributed.get_world_size(),
-        tables={t: TableSharding.data_parallel() for t in "abcd"},
-    )
-    try:
-        ShardedEmbeddingBagCollection(scaled_tables(), plan)
-    except ShardedValueError as error:
-        assert "table 'a' has scale_grad_by_freq=True and is data-parallel" in str(error)
-    else:
-        raise AssertionError("a data-parallel table with scale_grad_by_freq was not refused")
-    # the flag is what is refused: the same plan without it builds
-    plain = [TableConfig(name=c.name, num_embeddings=c.num_embeddings, embedding_dim=c.embedding_dim,
-                         feature_names=c.feature_names, pooling=c.pooling, padding_idx=c.padding_idx)
-             for c in scaled_tables()]
-    ShardedEmbeddingBagCollection(plain, plan)

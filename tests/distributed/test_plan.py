@@ -174,15 +174,3 @@ def test_movielens_nproc_must_be_positive() -> None:
     with pytest.raises(ValueError, match="nproc must be an int >= 1, got 0"):
         train_movielens_sharded(object(), 0)
 
-
-def test_planner_never_replicates_a_scale_grad_by_freq_table() -> None:
-    """A small table with ``scale_grad_by_freq`` is not replicated (the sharded collections
-    refuse such a table data-parallel): it goes table-wise, its smaller twin still replicates."""
-    tables = [
-        TableConfig(name="a", num_embeddings=10, embedding_dim=4, scale_grad_by_freq=True),
-        TableConfig(name="b", num_embeddings=10, embedding_dim=4),
-        TableConfig(name="c", num_embeddings=1000, embedding_dim=4),
-    ]
-    plan = plan_sharding(tables, 2, data_parallel_bytes=1000)
-    assert plan.tables["a"].sharding_type is ShardingType.TABLE_WISE
-    assert plan.tables["b"].sharding_type is ShardingType.DATA_PARALLEL

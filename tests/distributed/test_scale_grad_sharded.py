@@ -3,8 +3,8 @@
 Owners of row-, table- and column-wise shards receive every id of their rows from the whole
 global batch, so counting ids per feature over the received bags is counting them over the
 global batch: the tables after 3 fused steps (SGD, row-wise Adagrad) equal the one-process
-collection on the concatenated global batches; data-parallel tables with the flag are
-refused (a replica sees its own rank's ids only).  Workers: ``_dist_scale_workers.py``.
+collection on the concatenated global batches; data-parallel replicas see their own rank's
+ids only and sum the counts over the ranks first.  Workers: ``_dist_scale_workers.py``.
 """
 
 from __future__ import annotations

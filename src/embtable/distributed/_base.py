@@ -77,17 +77,6 @@ class ShardedTables(Agreement, Exchange, Module):
                 f"covers static tables only (docs/distributed.md, Limits)"
             )
         plan.check(self.tables)
-        scaled = [
-            c.name
-            for c in self.tables
-            if c.scale_grad_by_freq and plan.tables[c.name].sharding_type is ShardingType.DATA_PARALLEL
-        ]
-        if scaled:  # (a replica counts only its rank's ids: docs/distributed.md, Limits)
-            raise ShardedValueError(
-                f"{api}: table {scaled[0]!r} has scale_grad_by_freq=True and is data-parallel; "
-                f"a replica sees only its rank's ids, so its counts would not be the global "
-                f"batch's: shard it table-, row- or column-wise"
-            )
         if process_group is None:  # (new_group's own default would be 30 minutes)
             process_group = dist.new_group(timeout=timeout or _default_timeout())
         self.group = process_group

@@ -65,7 +65,7 @@ from embtable.distributed._rowstat import (
     rowwise_adagrad_rows,
 )
 from embtable.functional import FUSED_ATTR
-from embtable.nn._freq import scaled_rows
+from embtable.nn._freq import pair_counts, scaled_rows
 from embtable.nn.collection import BucketInput
 from embtable.ops._fused_reference import (
     _C127,
@@ -222,23 +222,55 @@ def _local_rows(job: Job, grad: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
-def _scaled_rows(job: Job, grad: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _freq_layout(job: Job) -> tuple[str, list[int]]:
+    """The mode and bags per feature of a ``scale_grad_by_freq`` bucket (no max pooling)."""
+    lookup = job.lookup
+    features = len(lookup.counts)
+    if job.pooling == POOL_NONE:
+        return "none", list(lookup.counts)
+    mode = "sum" if job.pooling == ops.POOL_SUM else "mean"
+    return mode, [(lookup.offsets.numel() - 1) // max(features, 1)] * features
+
+
+def _scaled_rows(
+    job: Job, grad: Tensor, k: int, counts: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """:func:`_local_rows` of a ``scale_grad_by_freq`` bucket: ids counted per feature over
-    the received bags (:func:`embtable.nn._freq.scaled_rows`; no max pooling)."""
+    the received bags, or as ``counts`` says (a replica: the pairs' counts summed over the
+    ranks) (:func:`embtable.nn._freq.scaled_rows`; no max pooling)."""
     lookup = job.lookup
     if job.num_features:
         grad = _feature_major(grad, job, k)
     grad = grad.reshape(-1, job.weight.shape[1]).float()
-    features = len(lookup.counts)
-    if job.pooling == POOL_NONE:
-        mode, sizes = "none", list(lookup.counts)
-    else:
-        mode = "sum" if job.pooling == ops.POOL_SUM else "mean"
-        sizes = [(lookup.offsets.numel() - 1) // max(features, 1)] * features
+    mode, sizes = _freq_layout(job)
     return scaled_rows(
         job.weight.shape[0], lookup.ids, lookup.offsets, lookup.per_sample_weights, mode,
-        lookup.padding_idx, sizes, job.padding_rows, grad,
+        lookup.padding_idx, sizes, job.padding_rows, grad, counts,
     )
+
+
+def _global_pair_counts(
+    jobs: list[tuple[Job, Tensor]], group: Any, stats: CommStats
+) -> dict[int, Tensor]:
+    """Per ``scale_grad_by_freq`` replica bucket (by ``id(job)``): each ``(feature, row)``
+    pair's count over every rank's bags, one ``all_reduce`` for all of them (every rank has
+    the same replica buckets, so the same order)."""
+    scaled = [job for job, _ in jobs if job.scale_grad_by_freq]
+    if not scaled:
+        return {}
+    local = []
+    for job in scaled:
+        mode, sizes = _freq_layout(job)
+        lookup = job.lookup
+        local.append(
+            pair_counts(
+                job.weight.shape[0], lookup.ids, lookup.offsets, mode, lookup.padding_idx,
+                sizes, job.padding_rows,
+            )
+        )
+    flat = torch.cat(local)
+    all_reduce(flat, dist.ReduceOp.SUM, group, stats, "dp_counts")
+    return {id(job): part for job, part in zip(scaled, flat.split([c.numel() for c in local]))}
 
 
 def _add_dense(dense: dict[int, Tensor], weight: Tensor, rows: Tensor, grad: Tensor) -> None:
@@ -379,8 +411,12 @@ def _replica_backward(
     jobs: list[tuple[Job, Tensor]], group: Any, stats: CommStats, dense: dict[int, Tensor]
 ) -> None:
     buffers = []
+    counts = _global_pair_counts(jobs, group, stats)  # (scale_grad_by_freq: global counts)
     for job, grad in jobs:
-        rows, row_grad = _local_rows(job, grad)
+        if job.scale_grad_by_freq:
+            rows, row_grad = _scaled_rows(job, grad, 0, counts[id(job)])
+        else:
+            rows, row_grad = _local_rows(job, grad)
         buffer = torch.zeros(job.weight.shape[0], job.weight.shape[1] + 1, device=grad.device)
         buffer[rows, :-1] = row_grad
         buffer[rows, -1] = 1.0

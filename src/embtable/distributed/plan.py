@@ -398,8 +398,7 @@ def plan_sharding(
     """A plan balancing per-rank bytes (table + optimizer state) and lookup cost.
 
     Tables go, heaviest (share of bytes + share of lookup cost) first: replicated (``data_parallel``) when they take at most
-    ``data_parallel_bytes`` (never a ``scale_grad_by_freq`` table: the sharded collections
-    refuse those replicated); ``row_wise`` over every rank when one table holds more than an
+    ``data_parallel_bytes``; ``row_wise`` over every rank when one table holds more than an
     even share of all bytes (``total / world_size``) or more than ``memory_per_rank``;
     otherwise ``table_wise`` on the rank with the least load so far, the load of a rank
     being its share of all bytes plus its share of all lookup cost
@@ -463,7 +462,7 @@ def plan_sharding(
     for config in sorted(tables, key=lambda t: (-weight(t), t.name)):
         name = config.name
         size = sizes[name]
-        if size <= data_parallel_bytes and not config.scale_grad_by_freq:
+        if size <= data_parallel_bytes:
             chosen[name] = TableSharding.data_parallel(
                 reason=f"{_mib(size)} <= data_parallel_bytes: replicated"
             )

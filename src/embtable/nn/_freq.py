@@ -38,7 +38,7 @@ from embtable import ops
 from embtable.functional import fused_optimizer
 from embtable.ops import POOL_SUM
 
-__all__ = ["scaled_lookup", "scaled_rows"]
+__all__ = ["pair_counts", "scaled_lookup", "scaled_rows"]
 
 
 def _coefficients(
@@ -50,25 +50,40 @@ def _coefficients(
     padding: Tensor,
     feature_of_bag: Tensor,
     dtype: torch.dtype,
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(keep, bag_of, coeff)``: the non-padding ids, their bags, and each kept id's factor
     ``weight / count in its feature`` (``/ non-padding ids of the bag`` for a mean), so that
-    the gradient is a weighted sum of the output gradient's bags."""
-    if mode == "none":
-        bag_of = torch.arange(ids.numel(), device=ids.device)
-    else:
-        bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=ids.device), offsets.diff())
-    keep = ~torch.isin(ids, padding) if padding.numel() else torch.ones_like(ids, dtype=torch.bool)
-    kept_ids, kept_bags = ids[keep], bag_of[keep]
+    the gradient is a weighted sum of the output gradient's bags.  ``counts``: the count of
+    every ``(feature, row)`` pair, ``[F * num_rows]`` (:func:`pair_counts`, e.g. summed over
+    the ranks of a data-parallel table); ``None``: counted here, over these ids."""
+    keep, kept_bags, pair = _kept_pairs(num_rows, ids, offsets, mode, padding, feature_of_bag)
+    kept_ids = ids[keep]
     coeff = torch.ones(kept_ids.numel(), dtype=dtype, device=ids.device)
     if psw is not None:
         coeff = coeff * psw.detach()[keep].to(dtype)
     if mode == "mean":  # 1 / non-padding ids of the bag
         sizes = torch.bincount(kept_bags, minlength=offsets.numel() - 1)
         coeff = coeff / sizes[kept_bags].to(dtype)
-    pair = feature_of_bag[kept_bags] * num_rows + kept_ids  # (feature, row) -> one key
-    _, inverse, counts = torch.unique(pair, return_inverse=True, return_counts=True)
-    return keep, kept_bags, coeff / counts[inverse].to(dtype)
+    if counts is not None:
+        return keep, kept_bags, coeff / counts[pair].to(dtype)
+    _, inverse, found = torch.unique(pair, return_inverse=True, return_counts=True)
+    return keep, kept_bags, coeff / found[inverse].to(dtype)
+
+
+def _kept_pairs(
+    num_rows: int, ids: Tensor, offsets: Tensor, mode: str, padding: Tensor, feature_of_bag: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(keep, kept_bags, pair)``: the non-padding ids, their bags, and each kept id's
+    ``(feature, row)`` key ``feature * num_rows + row``."""
+    if mode == "none":
+        bag_of = torch.arange(ids.numel(), device=ids.device)
+    else:
+        bag_of = torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=ids.device), offsets.diff())
+    keep = ~torch.isin(ids, padding) if padding.numel() else torch.ones_like(ids, dtype=torch.bool)
+    kept_bags = bag_of[keep]
+    pair = feature_of_bag[kept_bags] * num_rows + ids[keep].to(torch.int64)  # (feature, row)
+    return keep, kept_bags, pair
 
 
 def _row_grads(
@@ -80,10 +95,12 @@ def _row_grads(
     padding: Tensor,
     feature_of_bag: Tensor,
     grad: Tensor,
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Distinct touched rows and their ``[U, D]`` gradient, ids counted per feature."""
+    """Distinct touched rows and their ``[U, D]`` gradient, ids counted per feature (or as
+    ``counts`` says: :func:`_coefficients`)."""
     keep, bag_of, coeff = _coefficients(
-        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, grad.dtype
+        num_rows, ids, offsets, psw, mode, padding, feature_of_bag, grad.dtype, counts
     )
     rows, row_of = torch.unique(ids[keep], return_inverse=True)
     row_grad = grad.new_zeros((rows.numel(), grad.shape[1]))
@@ -229,12 +246,38 @@ def scaled_rows(
     bags_per_feature: Sequence[int],
     padding_rows: Sequence[int],
     grad: Tensor,
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The backward of :func:`scaled_lookup` as data: the distinct touched rows (sorted) and
     their ``[U, D]`` gradient, ids counted per feature, from the output gradient ``grad``
-    (feature-major bags, or one row per id for ``"none"``).  Used by the column shards of
-    :mod:`embtable.distributed`, whose update needs the rows before it runs."""
+    (feature-major bags, or one row per id for ``"none"``).  Used by the column shards and
+    the data-parallel replicas of :mod:`embtable.distributed`, whose update needs the rows
+    before it runs; ``counts`` (:func:`pair_counts`, summed over the replicas' ranks) replaces
+    the counts of these ids."""
     padding, feature_of_bag = _layout(ids, padding_idx, bags_per_feature, padding_rows)
     return _row_grads(
-        num_rows, ids, offsets, per_sample_weights, mode, padding, feature_of_bag, grad
+        num_rows, ids, offsets, per_sample_weights, mode, padding, feature_of_bag, grad, counts
     )
+
+
+def pair_counts(
+    num_rows: int,
+    ids: Tensor,
+    offsets: Tensor,
+    mode: str,
+    padding_idx: int | None,
+    bags_per_feature: Sequence[int],
+    padding_rows: Sequence[int],
+) -> Tensor:
+    """How often each row occurs in each feature's non-padding ids: int64 ``[F * num_rows]``
+    (``feature * num_rows + row``), the counts :func:`scaled_rows` divides by.
+
+    Example:
+        >>> import torch
+        >>> ids, offsets = torch.tensor([1, 1, 2, 1]), torch.tensor([0, 2, 3, 4])
+        >>> pair_counts(3, ids, offsets, "sum", None, [1, 2], []).view(2, 3).tolist()
+        [[0, 2, 0], [0, 1, 1]]
+    """
+    padding, feature_of_bag = _layout(ids, padding_idx, bags_per_feature, padding_rows)
+    _, _, pair = _kept_pairs(num_rows, ids, offsets, mode, padding, feature_of_bag)
+    return torch.bincount(pair, minlength=len(bags_per_feature) * num_rows)
