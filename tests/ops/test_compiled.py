@@ -122,16 +122,19 @@ def test_bucket_ids_matches_reference(num_features, batch, seed, int32):
     values = torch.cat([torch.randint(0, int(n), (int(c),), generator=g) for n, c in zip(sizes, counts)])
     dtype = torch.int32 if int32 else torch.int64
     got = torch.ops.embtable.bucket_ids(values.to(dtype), lengths.to(dtype), rows, batch)
-    want = _reference.bucket_ids(values, lengths, rows, batch)
+    want = _reference.bucket_ids(values.to(dtype), lengths.to(dtype), rows, batch)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert got[0].dtype == want[0].dtype == torch.int64
     if values.numel():
-        bad = values.clone()
         f = int(torch.nonzero(counts)[0])
-        bad[int(counts[:f].sum())] = int(sizes[f])  # one past the end of its table
-        with pytest.raises(RuntimeError, match="embtable::bucket_ids"):
-            torch.ops.embtable.bucket_ids(bad, lengths, rows, batch)
-        with pytest.raises(IndexError):
-            _reference.bucket_ids(bad, lengths, rows, batch)
+        for wrong in (int(sizes[f]), -1):  # one past the end of its table; negative
+            bad = values.clone()
+            bad[int(counts[:f].sum())] = wrong
+            bad = bad.to(dtype)  # (int32 ids are bounds-checked as read, not widened first)
+            with pytest.raises(RuntimeError, match="embtable::bucket_ids"):
+                torch.ops.embtable.bucket_ids(bad, lengths, rows, batch)
+            with pytest.raises(IndexError):
+                _reference.bucket_ids(bad, lengths, rows, batch)
 
 
 @settings(max_examples=50, deadline=None)
