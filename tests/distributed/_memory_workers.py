@@ -138,8 +138,46 @@ def int32_ids_worker(rank: int, world: int) -> None:
             shared = any(at == b.untyped_storage().data_ptr() for b in pool)
             assert shared != wide, f"wide={wide}: kept ids shared with the buffer: {shared}"
             workers._loss(out).backward()
+        _agree._INT32_LIMIT = limit
+        _forwards_before_backwards(rank, world, tables, plan, features)
     finally:
         cls.memory_chunks, _agree._INT32_LIMIT = default, limit
+
+
+def _forwards_before_backwards(rank, world, tables, plan, features) -> None:
+    """Three forwards, then their backwards: each step's ids, shifted in place in the
+    workspace's ids buffer and kept for its backward, are not handed to a later step's
+    exchange (nor shifted again) while that backward still holds them; the tables equal a
+    module's that makes every buffer anew (``_kept = None``)."""
+    import _dist_workers as workers
+
+    import embtable
+    from embtable import EmbeddingBagCollection
+
+    made = []
+    for kept in (True, False):
+        torch.manual_seed(0)
+        module = embtable.distributed.shard(EmbeddingBagCollection(tables), plan)
+        embtable.optim.fuse(module, "rowwise_adagrad", lr=0.1)
+        if not kept:
+            module._kept = None
+        made.append(module)
+    for module in made:
+        outs, saved = [], []
+        for step in range(3):  # (3: more steps in flight than the 2 kept buffers per role)
+            local, _ = workers.batches(features, step, world, rank)
+            out = module(local).values()
+            ids = out.grad_fn.saved_tensors[0]
+            assert ids.dtype == torch.int32
+            saved.append((ids, ids.clone()))
+            outs.append(out)
+        for ids, then in saved:
+            assert torch.equal(ids, then), "kept ids written over by a later step"
+        for out in outs:
+            workers._loss(out).backward()
+    tables_of = [module.full_tables() for module in made]
+    for name, table in tables_of[0].items():
+        assert torch.equal(table, tables_of[1][name]), f"forwards before backwards: {name}"
 
 
 def _fused_case(world: int):
