@@ -40,6 +40,8 @@
 #include <tuple>
 #include <vector>
 
+#include "rowstat_distinct.h"
+
 #pragma GCC optimize("fp-contract=off")
 
 namespace embtable {
@@ -182,51 +184,6 @@ void rowstat_rowwise_adagrad_cpu(const at::Tensor& weight, const at::Tensor& acc
   });
 }
 
-// The sorted distinct ids of ip[0..n) in [0, num_rows) (range-checked; `skip`, if in range,
-// left out) by a byte mark per table row, and position[r] = r's index among them (valid
-// only for those rows).
-struct Distinct {
-  at::Tensor rows;
-  std::unique_ptr<int32_t[]> position;
-};
-
-Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n, int64_t num_rows,
-                           int64_t skip, const at::TensorOptions& options) {
-  TORCH_CHECK(num_rows >= 0 && num_rows < (int64_t{1} << 31), api,
-              ": num_rows must be in [0, 2^31), got ", num_rows);
-  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);  // (8 bytes of padding)
-  for (int64_t i = 0; i < n; ++i) {  // (the marks are local: a bad id leaves nothing behind)
-    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, api, ": id ", ip[i], " at position ", i,
-                      " is outside the table's ", num_rows, " rows");
-    mark[ip[i]] = 1;
-  }
-  Distinct out;
-  out.position.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(num_rows, 1))]);
-  if (skip >= 0 && skip < num_rows) mark[skip] = 0;
-  // found[count] is written for every row of a non-zero word and kept by marked ones only
-  // (branch-free: the marks are random, a branch per row mispredicts): one spare slot
-  std::vector<int64_t> found(static_cast<size_t>(std::min(n, num_rows)) + 1);
-  int32_t* position = out.position.get();
-  int64_t count = 0;
-  for (int64_t r = 0; r < num_rows;) {
-    uint64_t word;
-    std::memcpy(&word, mark.data() + r, sizeof(word));
-    if (word == 0) {  // eight unmarked rows at once
-      r += 8;
-      continue;
-    }
-    const int64_t stop = std::min<int64_t>(r + 8, num_rows);
-    for (; r < stop; ++r) {
-      position[r] = static_cast<int32_t>(count);
-      found[count] = r;
-      count += mark[r];
-    }
-  }
-  out.rows = at::empty({count}, options);
-  std::memcpy(out.rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
-  return out;
-}
-
 std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, int64_t num_rows) {
   constexpr const char* kApi = "embtable::rowstat_distinct";
   TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1, kApi,
@@ -234,7 +191,8 @@ std::tuple<at::Tensor, at::Tensor> rowstat_distinct_cpu(const at::Tensor& ids, i
   const at::Tensor c = ids.contiguous();
   const int64_t n = c.numel();
   const int64_t* ip = c.data_ptr<int64_t>();
-  Distinct distinct = distinct_by_marks(kApi, ip, n, num_rows, -1, c.options());
+  rowstat::Distinct distinct =
+      rowstat::distinct_by_marks(kApi, ip, n, num_rows, -1, c.options());
   at::Tensor inverse = at::empty({n}, c.options());
   int64_t* vp = inverse.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) vp[i] = distinct.position[ip[i]];
@@ -275,7 +233,8 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
                 psw.scalar_type(), " of shape ", psw.sizes());
     pp = psw.data_ptr<float>();
   }
-  Distinct distinct = distinct_by_marks(kApi, ip, n, num_rows, padding_idx, c.options());
+  rowstat::Distinct distinct =
+      rowstat::distinct_by_marks(kApi, ip, n, num_rows, padding_idx, c.options());
   const int32_t* position = distinct.position.get();
   const int64_t count = distinct.rows.numel();
   at::Tensor rows = distinct.rows;

@@ -27,6 +27,8 @@
 #include <tuple>
 #include <vector>
 
+#include "rowstat_distinct.h"
+
 #pragma GCC optimize("fp-contract=off")
 
 namespace embtable {
@@ -157,32 +159,11 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_strided_cpu(
   }
   // distinct rows by a byte mark per table row (range-checked first: nothing is written
   // outside this call before a bad id raises)
-  std::vector<uint8_t> mark(static_cast<size_t>(num_rows) + 8, 0);  // (8 bytes of padding)
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_INDEX(ip[i] >= 0 && ip[i] < num_rows, kApi, ": id ", ip[i], " at position ", i,
-                      " is outside the table's ", num_rows, " rows");
-    mark[ip[i]] = 1;
-  }
-  if (padding_idx >= 0 && padding_idx < num_rows) mark[padding_idx] = 0;
-  std::vector<int32_t> position(static_cast<size_t>(std::max<int64_t>(num_rows, 1)));
-  std::vector<int64_t> found(static_cast<size_t>(std::min(n, num_rows)) + 1);
-  int64_t count = 0;
-  for (int64_t r = 0; r < num_rows;) {
-    uint64_t word;
-    std::memcpy(&word, mark.data() + r, sizeof(word));
-    if (word == 0) {  // eight unmarked rows at once
-      r += 8;
-      continue;
-    }
-    const int64_t stop = std::min<int64_t>(r + 8, num_rows);
-    for (; r < stop; ++r) {  // (branch-free: found[count] kept by marked rows only)
-      position[r] = static_cast<int32_t>(count);
-      found[count] = r;
-      count += mark[r];
-    }
-  }
-  at::Tensor rows = at::empty({count}, c.options());
-  if (count > 0) std::memcpy(rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
+  const rowstat::Distinct distinct =
+      rowstat::distinct_by_marks(kApi, ip, n, num_rows, padding_idx, c.options());
+  const int32_t* position = distinct.position.get();
+  const at::Tensor rows = distinct.rows;
+  const int64_t count = rows.numel();
   at::Tensor out = at::empty({count, d}, g3.options().memory_format(at::MemoryFormat::Contiguous));
   if (count == 0 || d == 0) return {rows, out};
   std::vector<uint8_t> seen(static_cast<size_t>(count), 0);
@@ -191,11 +172,11 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_strided_cpu(
   const bool scaled = pp != nullptr || pooling == 2;
   if (scaled) {
     reduce_dispatch<true>(d, ip, op, gp, features, nb, g3.stride(0), g3.stride(1), pp, pooling,
-                          padding_idx, position.data(), out.data_ptr<float>(), seen.data(),
+                          padding_idx, position, out.data_ptr<float>(), seen.data(),
                           zero.data(), n);
   } else {
     reduce_dispatch<false>(d, ip, op, gp, features, nb, g3.stride(0), g3.stride(1), pp, pooling,
-                           padding_idx, position.data(), out.data_ptr<float>(), seen.data(),
+                           padding_idx, position, out.data_ptr<float>(), seen.data(),
                            zero.data(), n);
   }
   return {rows, out};
