@@ -1,7 +1,9 @@
 """``embtable::rowstat_reduce_strided`` (the column shards' gradient reduction read in place from
 an example-major gradient) against its oracles: the pure-PyTorch
 :func:`embtable.distributed._rowstat.reference_bag_rows` on the feature-major copy, and
-``embtable::rowstat_reduce`` (bit for bit); opcheck; errors; the fallback."""
+``embtable::rowstat_reduce`` on that copy (bit for bit; since the s6 review it runs the same
+kernel on a contiguous ``[1, bags, D]``: the strided reads against the contiguous ones);
+opcheck; errors; the fallback."""
 
 from __future__ import annotations
 

@@ -181,8 +181,8 @@ def bag_rows(
     num_rows: int, pooling: int, padding_idx: int,
 ) -> tuple[Tensor, Tensor]:
     """The distinct rows of sum / mean bags and their summed gradient, in one pass
-    (``embtable::rowstat_reduce_strided``, else ``embtable::rowstat_reduce``; contributions
-    in input order per row).
+    (``embtable::rowstat_reduce_strided``, else its oracle :func:`reference_bag_rows`;
+    contributions in input order per row).
 
     Args:
         ids: 1-D int64 ids of the bags.

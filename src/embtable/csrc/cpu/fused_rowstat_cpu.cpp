@@ -23,6 +23,8 @@
 //       summed gradient, contributions added in input order (pool_bags_backward's factors:
 //       1 / bag size in float64 for a mean, times the per-sample weight), in one call
 //       (first contributions written as 0 + t: no zeroed result first; rows prefetched).
+//       Since session 6 it runs rowstat_reduce_strided's kernel (rowstat_strided_cpu.cpp) on
+//       grad[None]; no library code calls it (bag_rows takes rowstat_reduce_strided).
 //   rowstat_distinct(ids, num_rows) -> (rows, inverse)
 //       torch.unique(ids, sorted=True, return_inverse=True) by a mark per table row (for
 //       tables of at most a few rows per id: one pass over the ids, one over the marks).
@@ -204,93 +206,13 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_cpu(
     const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows, int64_t pooling,
     int64_t padding_idx) {
   constexpr const char* kApi = "embtable::rowstat_reduce";
-  TORCH_CHECK(pooling == 1 || pooling == 2, kApi, ": pooling must be 1 (sum) or 2 (mean), got ",
-              pooling);
-  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 &&
-                  offsets.scalar_type() == at::kLong && offsets.dim() == 1,
-              kApi, ": ids and offsets must be 1-D int64 CPU tensors, got ", ids.scalar_type(), " ",
-              ids.sizes(), " and ", offsets.scalar_type(), " ", offsets.sizes());
   const int64_t bags = std::max<int64_t>(offsets.numel() - 1, 0);
   TORCH_CHECK(grad_in.scalar_type() == at::kFloat && grad_in.dim() == 2 && grad_in.size(0) == bags,
               kApi, ": grad must be float32 of shape [", bags, ", D], got ", grad_in.scalar_type(),
               " of shape ", grad_in.sizes());
-  const at::Tensor c = ids.contiguous(), o = offsets.contiguous(), grad = grad_in.contiguous();
-  const int64_t n = c.numel(), d = grad.size(1);
-  const int64_t* ip = c.data_ptr<int64_t>();
-  const int64_t* op = o.data_ptr<int64_t>();
-  // (no bags: no ids either, else rows of ids in no bag would be returned unwritten)
-  TORCH_CHECK(bags == 0 ? n == 0 : (op[0] == 0 && op[bags] == n), kApi,
-              ": offsets must run from 0 to ", n);
-  for (int64_t b = 0; b < bags; ++b) {
-    TORCH_CHECK(op[b] <= op[b + 1], kApi, ": offsets must not decrease (bag ", b, ")");
-  }
-  const float* pp = nullptr;
-  at::Tensor psw;
-  if (per_sample_weights.has_value() && per_sample_weights->defined()) {
-    psw = per_sample_weights->contiguous();
-    TORCH_CHECK(psw.scalar_type() == at::kFloat && psw.numel() == n, kApi,
-                ": per_sample_weights must be float32 with one weight per id (", n, "), got ",
-                psw.scalar_type(), " of shape ", psw.sizes());
-    pp = psw.data_ptr<float>();
-  }
-  rowstat::Distinct distinct =
-      rowstat::distinct_by_marks(kApi, ip, n, num_rows, padding_idx, c.options());
-  const int32_t* position = distinct.position.get();
-  const int64_t count = distinct.rows.numel();
-  at::Tensor rows = distinct.rows;
-  // Each row's first contribution is written as 0 + t (what adding it to a zeroed row gives,
-  // bit for bit), so the [count, D] result is never zeroed first; the next ids' rows are
-  // prefetched (they are scattered over the result).
-  at::Tensor out = at::empty({count, d}, grad.options());
-  float* yp = out.data_ptr<float>();
-  const float* gp = grad.data_ptr<float>();
-  std::vector<uint8_t> seen(static_cast<size_t>(count) + 1, 0);
-  uint8_t* sp = seen.data();
-  const bool scaled = pp != nullptr || pooling == 2;
-  for (int64_t b = 0; b < bags; ++b) {
-    double inverse = 1.0;
-    if (pooling == 2) {
-      int64_t size = 0;
-      for (int64_t i = op[b]; i < op[b + 1]; ++i) size += ip[i] != padding_idx;
-      inverse = 1.0 / static_cast<double>(std::max<int64_t>(size, 1));
-    }
-    const float* g = gp + b * d;
-    const float mean_scale = static_cast<float>(inverse);
-    for (int64_t i = op[b]; i < op[b + 1]; ++i) {
-      if (i + kAhead < n && ip[i + kAhead] != padding_idx) {
-        __builtin_prefetch(yp + static_cast<int64_t>(position[ip[i + kAhead]]) * d, 1);
-      }
-      const int64_t id = ip[i];
-      if (id == padding_idx) continue;
-      const int64_t p = position[id];
-      float* y = yp + p * d;
-      float f = 1.0f;
-      if (pp != nullptr) {
-        f = pooling == 2 ? static_cast<float>(static_cast<double>(pp[i]) * inverse) : pp[i];
-      } else if (pooling == 2) {
-        f = mean_scale;
-      }
-      if (!sp[p]) {
-        sp[p] = 1;
-        if (scaled) {
-          for (int64_t j = 0; j < d; ++j) {
-            const float t = g[j] * f;
-            y[j] = 0.0f + t;
-          }
-        } else {
-          for (int64_t j = 0; j < d; ++j) y[j] = 0.0f + g[j];
-        }
-      } else if (scaled) {
-        for (int64_t j = 0; j < d; ++j) {
-          const float t = g[j] * f;
-          y[j] = y[j] + t;
-        }
-      } else {
-        for (int64_t j = 0; j < d; ++j) y[j] = y[j] + g[j];
-      }
-    }
-  }
-  return {rows, out};
+  // the [F, nb, D] kernel with one feature: the same sums, bit for bit (rowstat_strided_cpu.cpp)
+  return rowstat::reduce_feature_bags(kApi, ids, offsets, grad_in.unsqueeze(0),
+                                      per_sample_weights, num_rows, pooling, padding_idx);
 }
 
 }  // namespace

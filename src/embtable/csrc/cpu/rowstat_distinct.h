@@ -1,6 +1,7 @@
-// The distinct rows of a batch of ids by a byte mark per table row, shared by the column
-// shards' reductions: fused_rowstat_cpu.cpp (rowstat_distinct, rowstat_reduce) and
-// rowstat_strided_cpu.cpp (rowstat_reduce_strided).
+// Shared by the column shards' row statistics: the distinct rows of a batch of ids by a byte
+// mark per table row (fused_rowstat_cpu.cpp's rowstat_distinct, rowstat_strided_cpu.cpp), and
+// the distinct rows and summed gradient of sum / mean bags (rowstat_strided_cpu.cpp; behind
+// both rowstat_reduce and rowstat_reduce_strided).
 
 #pragma once
 
@@ -10,6 +11,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 namespace embtable {
@@ -59,6 +62,14 @@ inline Distinct distinct_by_marks(const char* api, const int64_t* ip, int64_t n,
   std::memcpy(out.rows.data_ptr<int64_t>(), found.data(), sizeof(int64_t) * count);
   return out;
 }
+
+// rowstat_reduce_strided's kernel (its checks' messages name `api`): the sorted distinct
+// non-padding rows of the bags of ids / offsets and each row's summed gradient, bag
+// k = f * nb + b reading grad[f, b] of a float32 [F, nb, D] grad with any strides.
+std::tuple<at::Tensor, at::Tensor> reduce_feature_bags(
+    const char* api, const at::Tensor& ids, const at::Tensor& offsets, const at::Tensor& grad,
+    const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows, int64_t pooling,
+    int64_t padding_idx);
 
 }  // namespace rowstat
 }  // namespace embtable

@@ -115,11 +115,14 @@ void reduce_dispatch(int64_t d, const int64_t* ip, const int64_t* op, const floa
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> rowstat_reduce_strided_cpu(
-    const at::Tensor& ids, const at::Tensor& offsets, const at::Tensor& grad,
+}  // namespace
+
+namespace rowstat {
+
+std::tuple<at::Tensor, at::Tensor> reduce_feature_bags(
+    const char* kApi, const at::Tensor& ids, const at::Tensor& offsets, const at::Tensor& grad,
     const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows, int64_t pooling,
     int64_t padding_idx) {
-  constexpr const char* kApi = "embtable::rowstat_reduce_strided";
   TORCH_CHECK(pooling == 1 || pooling == 2, kApi, ": pooling must be 1 (sum) or 2 (mean), got ",
               pooling);
   TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 &&
@@ -180,6 +183,18 @@ std::tuple<at::Tensor, at::Tensor> rowstat_reduce_strided_cpu(
                            zero.data(), n);
   }
   return {rows, out};
+}
+
+}  // namespace rowstat
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> rowstat_reduce_strided_cpu(
+    const at::Tensor& ids, const at::Tensor& offsets, const at::Tensor& grad,
+    const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows, int64_t pooling,
+    int64_t padding_idx) {
+  return rowstat::reduce_feature_bags("embtable::rowstat_reduce_strided", ids, offsets, grad,
+                                      per_sample_weights, num_rows, pooling, padding_idx);
 }
 
 }  // namespace
